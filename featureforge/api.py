@@ -1,0 +1,118 @@
+"""The library API: the CLI's verbs as Python functions with the same names and options."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Sequence
+
+from .errors import OptionError
+from .plugins import get_registry
+from .roles import ActivationSource
+from .storage import Location
+from .store import STORAGE_DTYPES, ActivationStore, StoreSpec, default_rows_per_chunk, open_store, prepare_store
+from .writer import StoreWriter
+
+__all__ = ["cache", "open_store", "make_source"]
+
+
+def make_source(source: str | ActivationSource, options: Mapping[str, Any] | Sequence[str] | None = None) -> ActivationSource:
+    """An ActivationSource instance from a registered name and options (or pass one through)."""
+    if isinstance(source, ActivationSource):
+        if options:
+            raise OptionError("pass options to the source's constructor, not to cache(), when giving a source instance")
+        return source
+    cls = get_registry().get("source", source)
+    return cls(options)
+
+
+def _distributed_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """Explicit rank/world size, else torch.distributed's, else torchrun's environment, else 0/1."""
+    if rank is not None or world_size is not None:
+        return int(rank or 0), int(world_size or 1)
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+    except ImportError:  # pragma: no cover
+        pass
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def cache(
+    source: str | ActivationSource,
+    options: Mapping[str, Any] | Sequence[str] | None = None,
+    *,
+    store: str | os.PathLike,
+    rows: int | None = None,
+    dtype: str = "float32",
+    rows_per_chunk: int | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    storage_options: dict[str, Any] | None = None,
+) -> ActivationStore:
+    """Write a source's activations into a store, continuing a partly written one.
+
+    Several writers (``rank``/``world_size``, or torchrun's environment) fill disjoint chunks of
+    one store; run each with the same arguments. Returns the opened store.
+    """
+    from .progress import progress_bar
+
+    if dtype not in STORAGE_DTYPES:
+        raise OptionError(f"unknown dtype {dtype!r}; use one of: {', '.join(STORAGE_DTYPES)}")
+    rank, world_size = _distributed_rank(rank, world_size)
+    if not 0 <= rank < world_size:
+        raise OptionError(f"rank {rank} is outside world size {world_size}; use 0 <= rank < world size")
+    src = make_source(source, options)
+    total = src.n_rows
+    if rows is not None:
+        if rows <= 0:
+            raise OptionError(f"--rows must be positive, got {rows}")
+        total = rows if total is None else min(rows, total)
+    if total is None:
+        raise OptionError(f"source {src.name!r} is unbounded; say how many rows to cache with --rows N")
+    d_in = int(src.d_in)
+    rpc = int(rows_per_chunk or default_rows_per_chunk(d_in, dtype))
+    if rpc <= 0:
+        raise OptionError(f"rows_per_chunk must be positive, got {rpc}")
+    columns = {"acts": dtype}
+    for name, logical in src.columns.items():
+        columns[name] = dtype if name == "grads" else logical
+    registration = get_registry().tables()["source"].get(src.name)
+    spec = StoreSpec(
+        d_in=d_in,
+        dtype=dtype,
+        rows=int(total),
+        rows_per_chunk=rpc,
+        writers=world_size,
+        columns=columns,
+        source={
+            "name": src.name,
+            "options": src.options_dict(),
+            "distribution": registration.distribution if registration else type(src).__module__,
+            "version": registration.version if registration else "",
+        },
+        provenance=src.provenance(),
+    )
+    location = Location(store, storage_options)
+    opened = prepare_store(location, spec, rank=rank, overwrite=overwrite, ground_truth=src.ground_truth)
+    writer = StoreWriter(opened, src, rank=rank, world_size=world_size)
+    _, done_rows = writer.committed()
+    label = f"cache {src.name}" + (f" [rank {rank}/{world_size}]" if world_size > 1 else "")
+    with progress_bar(writer.rows_to_write(), label, initial=done_rows, enabled=None if progress else False) as bar:
+        writer.progress = bar.update
+        writer.run()
+    return finalize(opened)
+
+
+def finalize(store: ActivationStore) -> ActivationStore:
+    """Once every writer is done, record the row count and normalisation in the root attributes."""
+    store = store.refresh()
+    if store.complete and not (store.attrs.get("summary") or {}).get("complete"):
+        summary = {"complete": True, "rows": store.rows, "normalisation": store._compute_normalisation()}
+        store.group.attrs.update({"summary": summary})
+        store = store.refresh()
+    return store
+

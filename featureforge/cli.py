@@ -1,0 +1,175 @@
+"""The ``featureforge`` command line: thin click commands over the library API.
+
+Errors are shown as one ``Error: ...`` line (exit code 1); ``--debug`` (or
+``FEATUREFORGE_DEBUG=1``) shows the traceback instead. Plugins add commands through the
+``featureforge_register_commands`` hook.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .errors import FeatureforgeError
+
+DEFAULT_DEMO_DIR = "stores/demo"
+
+
+class FeatureforgeGroup(click.Group):
+    """A click group that turns exceptions into one-line errors unless --debug is given."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except Exception as exc:
+            if _debug(ctx):
+                raise
+            if isinstance(exc, FeatureforgeError):
+                message = str(exc)
+            elif isinstance(exc, KeyboardInterrupt):
+                raise
+            else:
+                message = f"{type(exc).__name__}: {exc} (rerun with --debug for the traceback)"
+            click.echo(f"Error: {message}", err=True)
+            ctx.exit(1)
+
+
+def _debug(ctx: click.Context) -> bool:
+    root = ctx.find_root()
+    return bool((root.obj or {}).get("debug")) or os.environ.get("FEATUREFORGE_DEBUG") == "1"
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+@click.group(cls=FeatureforgeGroup)
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.version_option(package_name="featureforge")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Learn and study feature dictionaries (sparse autoencoders and relatives)."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def plugins(as_json: bool) -> None:
+    """List installed sources, trainers and evaluators with their options."""
+    from .plugins import get_registry
+
+    data = get_registry().describe()
+    if as_json:
+        _echo_json(data)
+        return
+    for row in data["plugins"]:
+        click.echo(f"{row['kind']:<9} {row['name']:<16} {row['distribution']} {row['version']}  {row['description']}")
+        for opt in row["options"]:
+            setting = f"{opt['name']}={opt['default']}"
+            click.echo(f"{'':<10}-o {setting:<28} ({opt['type']}) {opt['help']}")
+    for problem in data["problems"]:
+        click.echo(f"problem   {problem['distribution']} {problem['version']}: {problem['message']}")
+
+
+@cli.command()
+@click.option("--source", "source_name", required=True, help="Activation source name (see `featureforge plugins`).")
+@click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE", help="Source option; repeatable.")
+@click.option("--store", required=True, help="Store path or fsspec URL (e.g. stores/my-store, s3://bucket/x).")
+@click.option("--rows", type=int, default=None, help="Rows to cache (required for unbounded sources).")
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True)
+@click.option("--rows-per-chunk", type=int, default=None, help="Rows per Zarr chunk (default: about 16 MiB).")
+@click.option("--rank", type=int, default=None, help="This writer's rank (default: torchrun's RANK or 0).")
+@click.option("--world-size", type=int, default=None, help="Number of writers (default: torchrun's WORLD_SIZE or 1).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing store holding other activations.")
+def cache(source_name: str, options: tuple[str, ...], store: str, rows: int | None, dtype: str, rows_per_chunk: int | None,
+          rank: int | None, world_size: int | None, overwrite: bool) -> None:
+    """Cache a source's activations into a Zarr store (a rerun continues a partial store)."""
+    from . import api
+
+    opened = api.cache(source_name, list(options), store=store, rows=rows, dtype=dtype, rows_per_chunk=rows_per_chunk,
+                       rank=rank, world_size=world_size, overwrite=overwrite)
+    state = "complete" if opened.complete else "waiting for other writers"
+    click.echo(f"Wrote {opened.rows} rows × {opened.d_in} ({opened.dtype}) to {opened.url} ({state})")
+
+
+@cli.command()
+@click.argument("store")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def info(store: str, as_json: bool) -> None:
+    """Describe a store: rows, width, dtype, chunks, provenance and normalisation."""
+    from .store import open_store
+
+    data = open_store(store).info()
+    if as_json:
+        _echo_json(data)
+        return
+    _print_info(data)
+
+
+def _print_info(data: dict[str, Any]) -> None:
+    click.echo(f"store        {data['store']}")
+    status = "complete" if data["complete"] else f"partial ({data['rows']} of {data['rows_allocated']} rows committed)"
+    click.echo(f"rows         {data['rows']:,}  [{status}]")
+    click.echo(f"d_in         {data['d_in']}")
+    click.echo(f"dtype        {data['dtype']}")
+    click.echo(f"columns      {', '.join(f'{k}:{v}' for k, v in data['columns'].items())}")
+    click.echo(f"chunks       {data['chunks_committed']}/{data['chunks']} committed, {data['rows_per_chunk']} rows each, {data['writers']} writer(s)")
+    src = data["source"]
+    click.echo(f"source       {src['name']} ({src.get('distribution', '')} {src.get('version', '')})")
+    for key, value in (src.get("options") or {}).items():
+        click.echo(f"  {key:<22} {value}")
+    if data["provenance"]:
+        click.echo("provenance")
+        for key, value in data["provenance"].items():
+            click.echo(f"  {key:<22} {value}")
+    norm = data["normalisation"]
+    if "mean_squared_norm" in norm:
+        click.echo(f"normalisation  E|x|^2={norm['mean_squared_norm']:.6g}  scale={norm['scale']:.6g}  "
+                   f"mean|mean|={norm.get('mean_abs_mean', 0):.4g}  mean std={norm.get('mean_std', 0):.4g}")
+    if data["ground_truth"]:
+        click.echo(f"ground truth {', '.join(data['ground_truth'])}")
+
+
+@cli.command()
+@click.option("--out", default=DEFAULT_DEMO_DIR, show_default=True, help="Folder for the demo's store and outputs.")
+def demo(out: str) -> None:
+    """Run the pipeline on embedded defaults: cache a small synthetic store and describe it."""
+    from . import api
+
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    store_path = out_dir / "synthetic.zarr"
+    click.echo(f"featureforge demo: caching 65,536 synthetic rows (d_in=128, 1024 true features) into {store_path}")
+    opened = api.cache("synthetic", {"d_in": 128, "n_features": 1024, "mean_active": 8.0, "seed": 0},
+                       store=str(store_path), rows=65536, rows_per_chunk=4096)
+    _print_info(opened.info())
+    click.echo(f"Wrote the demo store to {store_path}")
+
+
+def build_cli() -> click.Group:
+    from .plugins import get_registry
+
+    get_registry().add_commands(cli)
+    return cli
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    try:
+        command = build_cli()
+    except FeatureforgeError as exc:  # pragma: no cover - plugin loading reports its own problems
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
+    command.main(args=argv, prog_name="featureforge")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,199 @@
+"""The crash-safe store writer: whole owned chunks, then statistics, then the commit marker.
+
+A writer of rank ``r`` among ``W`` owns chunks ``r, r+W, r+2W, ...``. Random-access sources
+produce each chunk's rows directly, so any writer count gives the same bytes; streaming sources
+fill the writer's chunks in order from its own shard of the data.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from .errors import BadInputError
+from .roles import ActivationSource
+from .store import ACT_COLUMNS, WRITE_CONFIG, ActivationStore, to_storage
+
+
+def as_numpy(value: Any) -> np.ndarray:
+    """Numpy view of a batch column (torch tensors are moved to CPU; bf16 widened to fp32)."""
+    if isinstance(value, np.ndarray):
+        return value
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        torch = None
+    if torch is not None and isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        if value.dtype in (torch.bfloat16, torch.float16):
+            value = value.float()
+        return value.numpy()
+    return np.asarray(value)
+
+
+class StoreWriter:
+    """Writes one writer's share of a store from a source, resuming at its commit marker."""
+
+    def __init__(
+        self,
+        store: ActivationStore,
+        source: ActivationSource,
+        rank: int = 0,
+        world_size: int = 1,
+        progress: Callable[[int], None] | None = None,
+    ):
+        self.store = store
+        self.source = source
+        self.rank = rank
+        self.world_size = world_size
+        self.progress = progress or (lambda rows: None)
+        self.arrays = {name: store.group[name].with_config(WRITE_CONFIG) for name in store.columns}
+        self.stats = store.group["chunk_stats"].with_config(WRITE_CONFIG)
+        self.marker_group = store.group[f"writers/{rank}"]
+        self.my_chunks = list(range(rank, store.n_chunks, world_size))
+
+    # -- public -------------------------------------------------------------------------------
+    def committed(self) -> tuple[int, int]:
+        """(chunks, rows) this writer has committed so far."""
+        marker = dict(self.marker_group.attrs)
+        n = int(marker.get("chunks", 0))
+        rows = sum(self.store.chunk_rows(c) for c in self.my_chunks[:n])
+        if n and marker.get("last_chunk_rows") is not None:
+            rows += int(marker["last_chunk_rows"]) - self.store.chunk_rows(self.my_chunks[n - 1])
+        return n, rows
+
+    def rows_to_write(self) -> int:
+        return sum(self.store.chunk_rows(c) for c in self.my_chunks)
+
+    def run(self) -> int:
+        """Write every remaining owned chunk; returns rows written by this call."""
+        if dict(self.marker_group.attrs).get("done"):
+            return 0
+        done_chunks, done_rows = self.committed()
+        if self.source.random_access:
+            written = self._run_random_access(done_chunks)
+        else:
+            written = self._run_stream(done_chunks, done_rows)
+        return written
+
+    # -- the two ways of producing rows -------------------------------------------------------
+    def _run_random_access(self, done_chunks: int) -> int:
+        written = 0
+        for i in range(done_chunks, len(self.my_chunks)):
+            chunk = self.my_chunks[i]
+            start = chunk * self.store.rows_per_chunk
+            stop = start + self.store.chunk_rows(chunk)
+            batch = self.source.rows(start, stop)
+            n = self._write_chunk(chunk, batch, stop - start)
+            self._commit(i + 1, last_chunk_rows=None, done=i + 1 == len(self.my_chunks))
+            written += n
+            self.progress(n)
+        if not self.my_chunks:
+            self._commit(0, last_chunk_rows=None, done=True)
+        return written
+
+    def _run_stream(self, done_chunks: int, done_rows: int) -> int:
+        written = 0
+        pending: list[dict[str, np.ndarray]] = []
+        pending_rows = 0
+        i = done_chunks
+        batches: Iterator[Any] = self.source.stream(self.rank, self.world_size, skip_rows=done_rows)
+        try:
+            for batch in batches:
+                if i >= len(self.my_chunks):
+                    break
+                batch = {k: as_numpy(v) for k, v in batch.items() if v is not None}
+                pending.append(batch)
+                pending_rows += len(batch["acts"])
+                while i < len(self.my_chunks) and pending_rows >= self.store.chunk_rows(self.my_chunks[i]):
+                    need = self.store.chunk_rows(self.my_chunks[i])
+                    chunk_batch, pending = _take_rows(pending, need)
+                    pending_rows -= need
+                    written += self._write_chunk(self.my_chunks[i], chunk_batch, need)
+                    i += 1
+                    self._commit(i, last_chunk_rows=None, done=i == len(self.my_chunks))
+                    self.progress(need)
+        finally:
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()
+        if i < len(self.my_chunks):
+            # The source ran dry: a last partial chunk, and this writer is done.
+            last_rows = None
+            if pending_rows:
+                chunk_batch, _ = _take_rows(pending, pending_rows)
+                written += self._write_chunk(self.my_chunks[i], chunk_batch, pending_rows)
+                i += 1
+                last_rows = pending_rows
+                self.progress(pending_rows)
+            self._commit(i, last_chunk_rows=last_rows, done=True)
+        return written
+
+    # -- one chunk ----------------------------------------------------------------------------
+    def _write_chunk(self, chunk: int, batch: dict[str, Any], n_rows: int) -> int:
+        start = chunk * self.store.rows_per_chunk
+        columns = self.store.columns
+        data = {k: as_numpy(v) for k, v in batch.items() if k in columns and v is not None}
+        self._validate(data, start, n_rows)
+        for name, logical in columns.items():
+            values = data[name]
+            if name in ACT_COLUMNS:
+                stored = to_storage(values, logical)
+                if logical == "float16" and not np.isfinite(stored).all():
+                    raise BadInputError(
+                        f"rows {start}–{start + n_rows - 1} overflow float16 ({name} beyond ±65504); cache with --dtype bfloat16 or float32"
+                    )
+            else:
+                stored = values.astype(logical, copy=False)
+            self.arrays[name][start : start + n_rows] = stored
+        acts = data["acts"].astype(np.float64)
+        row = np.concatenate([acts.sum(0), (acts * acts).sum(0), [float((acts * acts).sum())]])
+        self.stats[chunk] = row
+        return n_rows
+
+    def _validate(self, data: dict[str, np.ndarray], start: int, n_rows: int) -> None:
+        name = self.source.name
+        for column in self.store.columns:
+            if column not in data:
+                raise BadInputError(f"source {name!r} gave no {column!r} column for rows {start}–{start + n_rows - 1}; the store expects it")
+        acts = data["acts"]
+        d = self.store.d_in
+        if acts.ndim != 2 or acts.shape != (n_rows, d):
+            raise BadInputError(f"source {name!r} gave acts of shape {tuple(acts.shape)} for rows {start}–{start + n_rows - 1}; expected ({n_rows}, {d})")
+        for column, values in data.items():
+            if values.shape[0] != n_rows:
+                raise BadInputError(f"source {name!r} gave {values.shape[0]} {column} for {n_rows} rows starting at row {start}")
+            if column in ACT_COLUMNS:
+                if column == "grads" and values.shape != acts.shape:
+                    raise BadInputError(f"source {name!r} gave grads of shape {tuple(values.shape)} but acts of shape {tuple(acts.shape)}; they must match")
+                bad = ~np.isfinite(values).all(axis=1)
+                if bad.any():
+                    idx = np.flatnonzero(bad)
+                    raise BadInputError(
+                        f"source {name!r} produced NaN/Inf {column} in rows {start + idx[0]}–{start + idx[-1]} "
+                        f"({len(idx)} rows); fix the source or its options and rerun; chunks committed so far are kept"
+                    )
+
+    def _commit(self, chunks: int, last_chunk_rows: int | None, done: bool) -> None:
+        # zarr's LocalStore writes zarr.json through a temporary file and a rename: atomic.
+        self.marker_group.attrs.update({"chunks": chunks, "last_chunk_rows": last_chunk_rows, "done": done})
+
+
+def _take_rows(pending: list[dict[str, np.ndarray]], n: int) -> tuple[dict[str, np.ndarray], list[dict[str, np.ndarray]]]:
+    """Split the first ``n`` rows off a list of batches."""
+    taken: dict[str, list[np.ndarray]] = {}
+    rest: list[dict[str, np.ndarray]] = []
+    need = n
+    for batch in pending:
+        rows = len(batch["acts"])
+        if need <= 0:
+            rest.append(batch)
+            continue
+        k = min(need, rows)
+        for key, value in batch.items():
+            taken.setdefault(key, []).append(value[:k])
+        if k < rows:
+            rest.append({key: value[k:] for key, value in batch.items()})
+        need -= k
+    return {key: np.concatenate(parts) for key, parts in taken.items()}, rest
