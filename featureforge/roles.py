@@ -104,21 +104,84 @@ class ActivationSource(Plugin):
         yield
 
 
+@dataclasses.dataclass
+class StepOutput:
+    """What ``DictionaryTrainer.loss`` returns for one batch (all in training units)."""
+
+    #: Scalar to minimise.
+    loss: Any
+    #: Reconstruction [n, d_in]; the loop derives FVU from it.
+    x_hat: Any
+    #: Bool [d_dict]: latents that fired on this batch, for dead-latent bookkeeping (or None).
+    active: Any = None
+    #: Mean number of active latents per row (tensor or float), or None.
+    l0: Any = None
+    #: Further scalars to log (tensors are converted when logged).
+    metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class TrainState:
+    """What the loop tells a trainer during a step."""
+
+    step: int
+    rows_seen: int
+    #: Int64 [d_dict]: rows since each latent last fired (identical on every rank).
+    rows_since_fired: Any
+    world_size: int = 1
+
+    def all_reduce(self, tensor: Any, op: str = "sum") -> Any:
+        """Reduce a tensor across DDP ranks in place (``sum``, ``max``, ``min`` or ``mean``); no-op alone."""
+        if self.world_size == 1:
+            return tensor
+        import torch.distributed as dist
+
+        ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN, "mean": dist.ReduceOp.SUM}
+        dist.all_reduce(tensor, op=ops[op])
+        if op == "mean":
+            tensor /= self.world_size
+        return tensor
+
+
 class DictionaryTrainer(Plugin):
-    """Builds a dictionary and defines its loss; the core owns the loop, data and checkpoints."""
+    """Builds a dictionary and defines its loss; the core owns the loop, data and checkpoints.
+
+    Batches reach ``loss`` in training units (rows times the store's normalisation scale).
+    """
 
     kind: ClassVar[str] = "trainer"
+    #: Formats ``featureforge export``/``import`` can use with this trainer (e.g. "saelens").
+    formats: ClassVar[tuple[str, ...]] = ()
 
     def build(self, d_in: int) -> Any:
-        """A fresh ``Dictionary`` for rows of width ``d_in``."""
+        """A fresh ``Dictionary`` for rows of width ``d_in`` (random init, seeded by the loop)."""
         raise NotImplementedError
 
-    def loss(self, dictionary: Any, batch: Batch) -> tuple[Any, dict[str, float]]:
-        """Scalar loss tensor for one batch and a dict of metrics to log."""
+    def initialize(self, dictionary: Any, sample: Any) -> None:
+        """Data-dependent initialisation from a sample of training rows (e.g. ``b_dec``)."""
+
+    def learning_rate(self, dictionary: Any) -> float:
+        """Default Adam learning rate when the user gives none."""
+        return 2e-4
+
+    def loss(self, dictionary: Any, batch: Batch, state: TrainState) -> StepOutput:
+        """Loss and reconstruction of one batch."""
         raise NotImplementedError
 
-    def after_step(self, dictionary: Any, batch: Batch, step: int) -> None:
-        """Called after each optimiser step (decoder renormalisation, dead-latent bookkeeping)."""
+    def before_step(self, dictionary: Any, state: TrainState) -> None:
+        """After backward, before the optimiser step (e.g. remove gradient parallel to decoder rows)."""
+
+    def after_step(self, dictionary: Any, state: TrainState) -> None:
+        """After the optimiser step (e.g. renormalise decoder rows)."""
+
+    def export(self, dictionary: Any, fmt: str, out_dir: Path) -> Path:
+        """Write ``dictionary`` in another library's layout (one of ``formats``)."""
+        raise NotImplementedError(f"trainer {self.name!r} cannot export to {fmt!r}")
+
+    @classmethod
+    def import_dictionary(cls, src_dir: Path, fmt: str) -> tuple[dict[str, Any], Any] | None:
+        """(options, Dictionary) read from another library's layout, or None if not this trainer's."""
+        return None
 
 
 @dataclasses.dataclass

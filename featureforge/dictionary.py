@@ -1,0 +1,162 @@
+"""Dictionary: the trained object. Encode rows to sparse codes and decode them back.
+
+Subclasses (in trainer plugins) implement ``encode_normalised`` and ``decode_normalised``, which
+work in *training units*: rows multiplied by ``input_scale`` (from the store's normalisation, so
+the mean squared norm is d_in). ``encode``/``decode``/``forward`` take and give original units.
+
+A dictionary is saved as ``config.json`` (what rebuilds it: trainer name and options, d_in,
+d_dict, normalisation, store provenance) plus ``weights.safetensors``; ``featureforge.load``
+rebuilds it through the registered trainer. Nothing is ever pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from .errors import BadInputError, CorruptStoreError, FeatureforgeError
+
+RUN_FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "weights.safetensors"
+
+
+class ForwardOutput(NamedTuple):
+    """Result of ``Dictionary.forward``: reconstruction (original units) and the codes."""
+
+    x_hat: torch.Tensor
+    codes: torch.Tensor
+
+
+class Dictionary(nn.Module):
+    """Base of every feature dictionary; see the module docstring for the unit convention."""
+
+    def __init__(self, d_in: int, d_dict: int):
+        super().__init__()
+        self.d_in = int(d_in)
+        self.d_dict = int(d_dict)
+        # Multiplies inputs before encoding and divides outputs after decoding.
+        self.register_buffer("input_scale", torch.ones(()))
+        self.config: dict[str, Any] = {}
+
+    # -- implemented by subclasses ------------------------------------------------------------
+    def encode_normalised(self, x: torch.Tensor) -> torch.Tensor:
+        """Dense codes [n, d_dict] (zeros where inactive) of rows in training units."""
+        raise NotImplementedError
+
+    def decode_normalised(self, codes: torch.Tensor) -> torch.Tensor:
+        """Rows in training units reconstructed from dense codes."""
+        raise NotImplementedError
+
+    @property
+    def decoder_directions(self) -> torch.Tensor:
+        """[d_dict, d_in] decoder rows (feature directions), used by evaluators."""
+        raise NotImplementedError
+
+    # -- original units -----------------------------------------------------------------------
+    def _check_width(self, x: torch.Tensor) -> None:
+        if x.shape[-1] != self.d_in:
+            raise BadInputError(f"rows have width {x.shape[-1]} but this dictionary expects d_in={self.d_in}; use activations from the same hook point")
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_width(x)
+        return self.encode_normalised(x.float() * self.input_scale)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.decode_normalised(codes) / self.input_scale
+
+    def forward(self, x: torch.Tensor) -> ForwardOutput:
+        codes = self.encode(x)
+        return ForwardOutput(self.decode(codes), codes)
+
+    # -- persistence --------------------------------------------------------------------------
+    def save(self, run_dir: str | os.PathLike, config: dict[str, Any] | None = None) -> Path:
+        """Write ``config.json`` and ``weights.safetensors`` into ``run_dir`` (atomically each)."""
+        from safetensors.torch import save_file
+
+        run = Path(run_dir)
+        run.mkdir(parents=True, exist_ok=True)
+        if config is not None:
+            self.config = dict(config)
+        cfg = {"format_version": RUN_FORMAT_VERSION, **self.config, "d_in": self.d_in, "d_dict": self.d_dict}
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        atomic_write(run / WEIGHTS_FILE, lambda p: save_file(tensors, str(p), metadata={"format": "featureforge", "trainer": str(cfg.get("trainer", ""))}))
+        write_json(run / CONFIG_FILE, cfg)
+        return run
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Write a file through a temporary sibling and a rename, so a crash never leaves half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n"))
+
+
+def read_config(run_dir: str | os.PathLike) -> dict[str, Any]:
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.exists():
+        raise FeatureforgeError(f"{run_dir} is not a featureforge run (no {CONFIG_FILE}); pass the --out folder of `featureforge train`")
+    try:
+        cfg = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CorruptStoreError(f"{path} is not valid JSON ({exc}); restore it or retrain") from None
+    for key in ("trainer", "d_in", "d_dict"):
+        if key not in cfg:
+            raise CorruptStoreError(f"{path} has no {key!r}; it was not written by featureforge train")
+    return cfg
+
+
+def load_weights(dictionary: Dictionary, path: str | os.PathLike) -> None:
+    """Load safetensors weights, refusing missing, extra or mis-shaped tensors in one line."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.exists():
+        raise CorruptStoreError(f"{path} is missing; the run has no trained weights yet (train it, or --resume)")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CorruptStoreError(f"{path} is not a readable safetensors file ({exc}); it is corrupt or foreign") from None
+    expected = dictionary.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise CorruptStoreError(
+            f"{path} does not match a {type(dictionary).__name__}: missing {missing or 'none'}, unexpected {extra or 'none'}; "
+            "it belongs to another trainer or version"
+        )
+    for key, value in tensors.items():
+        if value.shape != expected[key].shape:
+            raise CorruptStoreError(f"{path}: tensor {key} has shape {tuple(value.shape)}, expected {tuple(expected[key].shape)}; it belongs to another dictionary")
+    dictionary.load_state_dict(tensors)
+
+
+def load(run_dir: str | os.PathLike) -> Dictionary:
+    """Rebuild a trained dictionary from a run folder through its registered trainer."""
+    from .plugins import get_registry
+
+    cfg = read_config(run_dir)
+    trainer_cls = get_registry().get("trainer", cfg["trainer"])
+    trainer = trainer_cls(cfg.get("options", {}))
+    dictionary = trainer.build(int(cfg["d_in"]))
+    load_weights(dictionary, Path(run_dir) / WEIGHTS_FILE)
+    dictionary.config = cfg
+    dictionary.eval()
+    return dictionary
