@@ -4,7 +4,7 @@ The library API has the CLI's verbs: ``cache``, ``open_store`` (and, as they lan
 ``evaluate``, ``load``). Plugins subclass the role classes and register them with ``hookimpl``.
 """
 
-from .api import cache, make_source, open_store
+from .api import cache, export, import_run, load, make_source, open_store, train
 from .errors import (
     BadInputError,
     CorruptStoreError,
@@ -39,6 +39,10 @@ __all__ = [
     "StoreError",
     "StoreMismatchError",
     "cache",
+    "export",
+    "import_run",
+    "load",
+    "train",
     "describe_options",
     "get_registry",
     "hookimpl",

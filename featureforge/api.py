@@ -12,7 +12,7 @@ from .storage import Location
 from .store import STORAGE_DTYPES, ActivationStore, StoreSpec, default_rows_per_chunk, open_store, prepare_store
 from .writer import StoreWriter
 
-__all__ = ["cache", "open_store", "make_source"]
+__all__ = ["cache", "export", "import_run", "load", "make_source", "open_store", "train"]
 
 
 def make_source(source: str | ActivationSource, options: Mapping[str, Any] | Sequence[str] | None = None) -> ActivationSource:
@@ -116,3 +116,66 @@ def finalize(store: ActivationStore) -> ActivationStore:
         store = store.refresh()
     return store
 
+
+
+def train(trainer: str, options: Mapping[str, Any] | Sequence[str] | None = None, **kwargs: Any) -> list:
+    """Train a dictionary (or a sweep) on a store; see :func:`featureforge.training.train`."""
+    from .training import train as _train
+
+    return _train(trainer, options, **kwargs)
+
+
+def load(run: str | os.PathLike) -> Any:
+    """Rebuild a trained dictionary from its run folder."""
+    from .dictionary import load as _load
+
+    return _load(run)
+
+
+def export(run: str | os.PathLike, format: str, out: str | os.PathLike) -> Any:
+    """Write a run's dictionary in another library's layout (``saelens`` or ``sparsify``)."""
+    from pathlib import Path
+
+    from .dictionary import load as _load, read_config
+
+    cfg = read_config(run)
+    trainer_cls = get_registry().get("trainer", cfg["trainer"])
+    if format not in trainer_cls.formats:
+        known = ", ".join(trainer_cls.formats) or "none"
+        raise OptionError(f"trainer {cfg['trainer']!r} cannot export to {format!r}; it supports: {known}")
+    dictionary = _load(run)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return trainer_cls(cfg.get("options", {})).export(dictionary, format, out_dir)
+
+
+def import_run(src: str | os.PathLike, format: str, out: str | os.PathLike) -> Any:
+    """Turn another library's saved dictionary into a featureforge run folder."""
+    from pathlib import Path
+
+    from .errors import BadInputError
+
+    src_dir = Path(src)
+    if not src_dir.is_dir():
+        raise BadInputError(f"{src} is not a folder; pass the folder holding cfg.json and the weights")
+    registry = get_registry()
+    for name in registry.names("trainer"):
+        cls = registry.get("trainer", name)
+        if format not in cls.formats:
+            continue
+        found = cls.import_dictionary(src_dir, format)
+        if found is None:
+            continue
+        options, dictionary = found
+        reg = registry.registration("trainer", name)
+        config = {
+            "trainer": name,
+            "trainer_distribution": reg.distribution,
+            "trainer_version": reg.version,
+            "options": options,
+            "normalisation": {"scale": float(dictionary.input_scale), "applied": False},
+            "imported_from": {"path": str(src_dir.absolute()), "format": format},
+            "status": "complete",
+        }
+        return dictionary.save(out, config)
+    raise BadInputError(f"no installed trainer recognises {src} as a {format!r} dictionary; check --format or install the plugin that wrote it")

@@ -139,6 +139,64 @@ def _print_info(data: dict[str, Any]) -> None:
 
 
 @cli.command()
+@click.option("--trainer", "trainer_name", required=True, help="Trainer name (see `featureforge plugins`).")
+@click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="Trainer option; repeatable. A comma list on a scalar option (k=16,32,64) trains a sweep from one pass.")
+@click.option("--store", required=True, help="Store path or fsspec URL.")
+@click.option("--out", required=True, help="Run folder (a sweep gets one sub-folder per setting).")
+@click.option("--rows", type=int, default=None, help="Training rows (default: --epochs passes over the training chunks).")
+@click.option("--epochs", type=float, default=None, help="Passes over the training chunks (default 1).")
+@click.option("--batch-size", type=int, default=None, help="Rows per step, summed over ranks (default 4096).")
+@click.option("--lr", type=float, default=None, help="Adam learning rate (default: the trainer's suggestion).")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default=None, help="Compute dtype (bf16 autocast, fp32 master weights).")
+@click.option("--threads", type=int, default=None, help="torch intra-op threads.")
+@click.option("--seed", type=int, default=None, help="Seed of initialisation and data order (default 0).")
+@click.option("-t", "--train-option", "train_options", multiple=True, metavar="KEY=VALUE",
+              help="Further loop option (warmup_steps, decay_fraction, log_every, checkpoint_every, holdout_rows, dead_after, device, data_shards, ...).")
+@click.option("--resume", is_flag=True, help="Continue from the run's last checkpoint (bit-identical to an uninterrupted run).")
+@click.option("--overwrite", is_flag=True, help="Delete an existing run folder and start again.")
+def train(trainer_name: str, options: tuple[str, ...], store: str, out: str, rows: int | None, epochs: float | None,
+          batch_size: int | None, lr: float | None, dtype: str | None, threads: int | None, seed: int | None,
+          train_options: tuple[str, ...], resume: bool, overwrite: bool) -> None:
+    """Train a dictionary on a store with a registered trainer."""
+    from . import api
+    from .options import parse_options
+    from .training import TrainConfig
+
+    given = {"rows": rows, "epochs": epochs, "batch_size": batch_size, "lr": lr, "dtype": dtype, "threads": threads, "seed": seed}
+    config = {k: v for k, v in given.items() if v is not None}
+    extra = parse_options(TrainConfig, list(train_options), owner="train (-t)")
+    config |= {k: v for k, v in vars(extra).items() if k in {p.split("=", 1)[0].strip().replace("-", "_") for p in train_options}}
+    runs = api.train(trainer_name, list(options), store=store, out=out, resume=resume, overwrite=overwrite, **config)
+    for run in runs:
+        click.echo(f"Trained {trainer_name} into {run}")
+
+
+@cli.command(name="export")
+@click.argument("run")
+@click.option("--format", "fmt", type=click.Choice(["saelens", "sparsify"]), required=True)
+@click.option("--out", required=True, help="Folder to write.")
+def export_command(run: str, fmt: str, out: str) -> None:
+    """Write a trained dictionary in SAELens' or sparsify's layout."""
+    from . import api
+
+    api.export(run, fmt, out)
+    click.echo(f"Exported {run} as {fmt} to {out}")
+
+
+@cli.command(name="import")
+@click.argument("src")
+@click.option("--format", "fmt", type=click.Choice(["saelens", "sparsify"]), required=True)
+@click.option("--out", required=True, help="Run folder to create.")
+def import_command(src: str, fmt: str, out: str) -> None:
+    """Turn a SAELens or sparsify dictionary folder into a featureforge run."""
+    from . import api
+
+    api.import_run(src, fmt, out)
+    click.echo(f"Imported {src} ({fmt}) into {out}")
+
+
+@cli.command()
 @click.option("--out", default=DEFAULT_DEMO_DIR, show_default=True, help="Folder for the demo's store and outputs.")
 def demo(out: str) -> None:
     """Run the pipeline on embedded defaults: cache a small synthetic store and describe it."""
