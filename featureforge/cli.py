@@ -160,13 +160,15 @@ def train(trainer_name: str, options: tuple[str, ...], store: str, out: str, row
           train_options: tuple[str, ...], resume: bool, overwrite: bool) -> None:
     """Train a dictionary on a store with a registered trainer."""
     from . import api
-    from .options import parse_options
-    from .training import TrainConfig
+    from .errors import OptionError
 
     given = {"rows": rows, "epochs": epochs, "batch_size": batch_size, "lr": lr, "dtype": dtype, "threads": threads, "seed": seed}
-    config = {k: v for k, v in given.items() if v is not None}
-    extra = parse_options(TrainConfig, list(train_options), owner="train (-t)")
-    config |= {k: v for k, v in vars(extra).items() if k in {p.split("=", 1)[0].strip().replace("-", "_") for p in train_options}}
+    config: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+    for pair in train_options:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise OptionError(f"-t {pair!r} is not key=value; write e.g. -t log_every=100")
+        config[key.strip().replace("-", "_")] = value
     runs = api.train(trainer_name, list(options), store=store, out=out, resume=resume, overwrite=overwrite, **config)
     for run in runs:
         click.echo(f"Trained {trainer_name} into {run}")
