@@ -278,8 +278,9 @@ class _Run:
             if not (run_dir / CONFIG_FILE).exists():
                 continue
             old = read_config(run_dir)
-            fixed = ("trainer", "options", "d_in", "d_dict")
-            diffs = [f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in fixed if old.get(k) != new[k]]
+            diffs = [f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in ("trainer", "d_in", "d_dict") if old.get(k) != new[k]]
+            oo, no = old.get("options", {}), new["options"]
+            diffs += [f"{k}: {oo.get(k)!r} -> {no.get(k)!r}" for k in sorted(set(oo) | set(no)) if oo.get(k) != no.get(k)]
             if old.get("store", {}).get("source") != new["store"]["source"] or old.get("store", {}).get("rows") != new["store"]["rows"]:
                 diffs.append(f"store: {old.get('store', {}).get('url')} -> {new['store']['url']}")
             ignore = {"threads", "log_every", "checkpoint_every", "device"}

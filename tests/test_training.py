@@ -1,0 +1,231 @@
+"""The generic training loop, driven through the API with a small in-test trainer plugin."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import featureforge as ff
+from featureforge.dictionary import Dictionary
+from featureforge.plugins import get_registry
+from featureforge.roles import StepOutput
+
+
+class TinyTopK(Dictionary):
+    def __init__(self, d_in: int, d_dict: int, k: int):
+        super().__init__(d_in, d_dict)
+        self.k = k
+        self.W_enc = torch.nn.Parameter(torch.randn(d_dict, d_in) / d_in**0.5)
+        self.W_dec = torch.nn.Parameter(self.W_enc.data.clone())
+        self.b_dec = torch.nn.Parameter(torch.zeros(d_in))
+
+    def encode_normalised(self, x):
+        z = torch.relu((x - self.b_dec) @ self.W_enc.T)
+        values, idx = z.topk(self.k, dim=-1)
+        return torch.zeros_like(z).scatter(-1, idx, values)
+
+    def decode_normalised(self, codes):
+        return codes @ self.W_dec + self.b_dec
+
+    @property
+    def decoder_directions(self):
+        return self.W_dec
+
+
+@dataclasses.dataclass
+class TinyOptions:
+    d_dict: int = 64
+    """Latents."""
+    k: int = 4
+    """Active latents per row."""
+    fail_at_step: int = -1
+    """Raise at this step (to simulate a crash), or make the loss NaN if nan=true."""
+    nan: bool = False
+    """Make the loss NaN at fail_at_step instead of raising."""
+
+
+class Crash(RuntimeError):
+    pass
+
+
+class TinyTrainer(ff.DictionaryTrainer):
+    name = "tiny-topk"
+    description = "test-only top-k dictionary"
+    Options = TinyOptions
+
+    def build(self, d_in):
+        return TinyTopK(d_in, self.options.d_dict, self.options.k)
+
+    def initialize(self, dictionary, sample):
+        dictionary.b_dec.copy_(sample.mean(0))
+
+    def learning_rate(self, dictionary):
+        return 1e-3
+
+    def loss(self, dictionary, batch, state):
+        x = batch["acts"]
+        if state.step == self.options.fail_at_step:
+            if self.options.nan:
+                return StepOutput(loss=torch.tensor(float("nan"), requires_grad=True), x_hat=x)
+            raise Crash(f"simulated crash at step {state.step}")
+        z = dictionary.encode_normalised(x)
+        x_hat = dictionary.decode_normalised(z)
+        loss = (x - x_hat).pow(2).sum(-1).mean()
+        return StepOutput(loss=loss, x_hat=x_hat, active=(z > 0).any(0), l0=(z > 0).float().sum(-1).mean())
+
+    def after_step(self, dictionary, state):
+        with torch.no_grad():
+            dictionary.W_dec /= dictionary.W_dec.norm(dim=1, keepdim=True)
+
+
+class _Plugin:
+    @ff.hookimpl
+    def featureforge_register_trainers(self, register):
+        register(TinyTrainer)
+
+
+@pytest.fixture(scope="module")
+def tiny_trainer():
+    plugin = _Plugin()
+    registry = get_registry()
+    registry.register_plugin(plugin, "test-plugin", "0")
+    yield "tiny-topk"
+    registry.unregister_plugin(plugin)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("stores") / "toy.zarr"
+    return ff.cache("synthetic", {"d_in": 16, "n_features": 32, "mean_active": 3, "seed": 1}, store=str(path), rows=12288,
+                    rows_per_chunk=1024, progress=False)
+
+
+def _weights(run):
+    return load_file(str(run / "weights.safetensors"))
+
+
+def _train(trainer, store, out, **kw):
+    defaults = dict(batch_size=256, epochs=2, log_every=5, checkpoint_every=2048, progress=False)
+    return ff.train(trainer, kw.pop("options", {}), store=store.url, out=str(out), **(defaults | kw))
+
+
+def test_training_writes_run_folder_and_learns(tiny_trainer, store, tmp_path):
+    [run] = _train(tiny_trainer, store, tmp_path / "run")
+    config = json.loads((run / "config.json").read_text())
+    assert config["trainer"] == "tiny-topk" and config["status"] == "complete"
+    assert config["d_in"] == 16 and config["d_dict"] == 64
+    assert config["holdout"]["chunks"], "held-out chunks are recorded"
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {"step", "rows", "loss", "fvu", "l0", "dead_fraction", "rows_per_s", "lr"} <= set(lines[0])
+    assert lines[-1]["fvu"] < lines[0]["fvu"] * 0.8, "training reduces the reconstruction error"
+    assert (run / "plots" / "training.png").stat().st_size > 1000
+    loaded = ff.load(run)
+    x = torch.from_numpy(store.read(0, 64))
+    assert loaded(x).x_hat.shape == x.shape
+
+
+def test_held_out_chunks_are_never_trained_on(tiny_trainer, store, tmp_path):
+    [run] = _train(tiny_trainer, store, tmp_path / "run", epochs=1)
+    held = set(json.loads((run / "config.json").read_text())["holdout"]["chunks"])
+    train_rows = sum(c.rows for c in store.committed_chunks() if c.index not in held)
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["rows"] <= train_rows
+
+
+def test_resume_after_crash_is_bit_identical(tiny_trainer, store, tmp_path):
+    [reference] = _train(tiny_trainer, store, tmp_path / "ref")
+    with pytest.raises(Crash):
+        _train(tiny_trainer, store, tmp_path / "crashed", options={"fail_at_step": 70})
+    assert (tmp_path / "crashed" / "checkpoint" / "state.json").exists()
+    # Resume under the original options (the crash option is part of the identity, so patch it out
+    # by resuming a run whose config says fail_at_step=-1: rewrite like a user fixing a bug).
+    cfg_path = tmp_path / "crashed" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["options"]["fail_at_step"] = -1
+    cfg_path.write_text(json.dumps(cfg))
+    [resumed] = _train(tiny_trainer, store, tmp_path / "crashed", resume=True)
+    a, b = _weights(reference), _weights(resumed)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    ref_lines = [json.loads(x) for x in (reference / "metrics.jsonl").read_text().splitlines()]
+    res_lines = [json.loads(x) for x in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in ref_lines] == [x["step"] for x in res_lines]
+    assert [x["loss"] for x in ref_lines] == [x["loss"] for x in res_lines]
+
+
+def test_sweep_members_equal_separate_runs(tiny_trainer, store, tmp_path):
+    runs = _train(tiny_trainer, store, tmp_path / "sweep", options={"k": "2,4"}, epochs=1)
+    assert [r.name for r in runs] == ["k=2", "k=4"]
+    [single] = _train(tiny_trainer, store, tmp_path / "single", options={"k": 4}, epochs=1)
+    a, b = _weights(runs[1]), _weights(single)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(tiny_trainer, store, tmp_path):
+    with pytest.raises(ff.FeatureforgeError, match=r"loss became nan at step 45 .*last good checkpoint \(step 40\)"):
+        _train(tiny_trainer, store, tmp_path / "nan", options={"fail_at_step": 45, "nan": True}, checkpoint_every=2048)
+    assert json.loads((tmp_path / "nan" / "checkpoint" / "state.json").read_text())["step"] == 40
+
+
+def test_existing_run_folder_needs_resume_or_overwrite(tiny_trainer, store, tmp_path):
+    _train(tiny_trainer, store, tmp_path / "run", epochs=1)
+    with pytest.raises(ff.FeatureforgeError, match="already exists; pass --resume .* or --overwrite"):
+        _train(tiny_trainer, store, tmp_path / "run", epochs=1)
+    [run] = _train(tiny_trainer, store, tmp_path / "run", epochs=1, overwrite=True)
+    assert (run / "weights.safetensors").exists()
+
+
+def test_resume_with_other_options_is_refused(tiny_trainer, store, tmp_path):
+    _train(tiny_trainer, store, tmp_path / "run", epochs=1)
+    with pytest.raises(ff.FeatureforgeError, match="cannot --resume .*k: 4 -> 8"):
+        _train(tiny_trainer, store, tmp_path / "run", epochs=1, options={"k": 8}, resume=True)
+
+
+def test_single_process_replays_two_data_shards(tiny_trainer, store, tmp_path):
+    """--data-shards 2 in one process reads what two DDP ranks read: both shards, concatenated."""
+    [one] = _train(tiny_trainer, store, tmp_path / "one", epochs=1, data_shards=2)
+    [two] = _train(tiny_trainer, store, tmp_path / "two", epochs=1, data_shards=2)
+    a, b = _weights(one), _weights(two)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bfloat16_autocast_trains(tiny_trainer, store, tmp_path):
+    [run] = _train(tiny_trainer, store, tmp_path / "bf16", dtype="bfloat16", epochs=1)
+    weights = _weights(run)
+    assert weights["W_dec"].dtype == torch.float32, "master weights stay fp32"
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["fvu"] < 1.0
+
+
+DDP_SCRIPT = r"""
+import sys, featureforge as ff
+sys.path.insert(0, {tests!r})
+from test_training import _Plugin
+from featureforge.plugins import get_registry
+get_registry().register_plugin(_Plugin(), "test-plugin", "0")
+ff.train("tiny-topk", {{}}, store={store!r}, out={out!r}, batch_size=256, epochs=1, log_every=5,
+         checkpoint_every=2048, progress=False, threads=1)
+"""
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_single_process(tiny_trainer, store, tmp_path):
+    """torchrun --nproc-per-node 2 (gloo) equals one process reading both data shards."""
+    script = tmp_path / "ddp_train.py"
+    script.write_text(DDP_SCRIPT.format(tests=os.path.dirname(__file__), store=store.url, out=str(tmp_path / "ddp")))
+    env = {**os.environ, "FEATUREFORGE_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517", str(script)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [single] = _train(tiny_trainer, store, tmp_path / "single", epochs=1, data_shards=2, threads=1)
+    a, b = _weights(tmp_path / "ddp"), _weights(single)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
