@@ -14,6 +14,7 @@ from .errors import (
     StoreError,
     StoreMismatchError,
 )
+from .evaluation import evaluate
 from .hookspecs import hookimpl
 from .options import describe_options, parse_options
 from .plugins import get_registry
@@ -39,6 +40,7 @@ __all__ = [
     "StoreError",
     "StoreMismatchError",
     "cache",
+    "evaluate",
     "export",
     "import_run",
     "load",

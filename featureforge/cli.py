@@ -174,6 +174,27 @@ def train(trainer_name: str, options: tuple[str, ...], store: str, out: str, row
         click.echo(f"Trained {trainer_name} into {run}")
 
 
+@cli.command(name="evaluate")
+@click.argument("run")
+@click.option("--store", required=True, help="Store path or fsspec URL to evaluate on.")
+@click.option("--evaluator", "evaluators", multiple=True, metavar="NAME",
+              help="Evaluator to run; repeatable (default: reconstruction, plus ground-truth when the store has it).")
+@click.option("--rows", type=int, default=None,
+              help="Eval rows (default: the run's held-out rows on its own store, else the store's first 65,536).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+def evaluate_command(run: str, store: str, evaluators: tuple[str, ...], rows: int | None, as_json: bool) -> None:
+    """Measure a trained run on a store; writes RUN/report.json and plots into RUN/plots/."""
+    from .evaluation import evaluate, report_path, summary_lines
+
+    report = evaluate(run, store=store, evaluators=list(evaluators) or None, rows=rows)
+    if as_json:
+        _echo_json(report)
+    else:
+        for line in summary_lines(report):
+            click.echo(line)
+    click.echo(f"Wrote {report_path(run)}", err=as_json)
+
+
 @cli.command(name="export")
 @click.argument("run")
 @click.option("--format", "fmt", type=click.Choice(["saelens", "sparsify"]), required=True)

@@ -28,6 +28,8 @@ ENTRY_POINT_GROUP = "featureforge"
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "featureforge.builtin.synthetic",
     "featureforge.builtin.array",
+    "featureforge.builtin.reconstruction",
+    "featureforge.builtin.ground_truth",
 )
 CORE_DISTRIBUTION = "featureforge"
 

@@ -1,0 +1,84 @@
+"""``reconstruction``: how well a dictionary reconstructs the eval rows, and how its latents fire.
+
+Metrics (formulas in ``featureforge/evaluation.py``): FVU, explained variance, MSE, L0, dead and
+dense latents (counts and fractions) and the log10 firing-frequency histogram, drawn to
+``plots/latent_density.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from ..errors import OptionError
+from ..hookspecs import hookimpl
+from ..roles import EvaluationContext, EvaluationResult, Evaluator
+
+
+@dataclasses.dataclass
+class ReconstructionOptions:
+    dense_threshold: float = 0.1
+    """A latent active on more than this fraction of the eval rows counts as dense."""
+    bins: int = 50
+    """Bins of the log10 firing-frequency histogram."""
+    batch_size: int = 0
+    """Rows encoded at once; 0 picks about 16M code values per batch."""
+
+
+class ReconstructionEvaluator(Evaluator):
+    name = "reconstruction"
+    description = "FVU, explained variance, MSE, L0, dead/dense latents and a latent-density histogram"
+    Options = ReconstructionOptions
+
+    def __post_init__(self) -> None:
+        o = self.options
+        if not 0 < o.dense_threshold <= 1:
+            raise OptionError(f"reconstruction: dense_threshold={o.dense_threshold} must be in (0, 1]")
+        if o.bins <= 0 or o.batch_size < 0:
+            raise OptionError("reconstruction: bins must be positive and batch_size non-negative")
+
+    def evaluate(self, dictionary: Any, context: EvaluationContext) -> EvaluationResult:
+        import torch
+
+        from ..evaluation import ReconstructionStats, auto_batch_size, eval_device, eval_rows
+
+        rows = eval_rows(context)
+        device = eval_device(context)
+        stats = ReconstructionStats(dictionary.d_in, dictionary.d_dict, device=device)
+        batch = auto_batch_size(dictionary.d_in, dictionary.d_dict, self.options.batch_size)
+        with torch.no_grad():
+            for _, acts in rows.blocks(batch):
+                x = torch.from_numpy(acts).to(device)
+                x_hat, codes = dictionary(x)
+                stats.update(x, x_hat, codes)
+        metrics = stats.result(self.options.dense_threshold, self.options.bins)
+        path = context.out_dir / "latent_density.png"
+        _plot_density(metrics, path)
+        return EvaluationResult(metrics=metrics, artifacts={"latent_density": str(path)})
+
+
+def _plot_density(metrics: dict[str, Any], path: Any) -> None:
+    from ..evaluation import new_figure, save_figure
+
+    hist = metrics["density_histogram"]
+    edges, counts = hist["bin_edges"], hist["counts"]
+    fig = new_figure()
+    ax = fig.add_subplot()
+    widths = [b - a for a, b in zip(edges, edges[1:])]
+    ax.bar(edges[:-1], counts, width=widths, align="edge", color="#4c72b0", edgecolor="white", linewidth=0.3)
+    ax.axvline(math.log10(metrics["dense_threshold"]), color="#c44e52", linestyle="--", linewidth=1, label=f"dense > {metrics['dense_threshold']:g}")
+    ax.set_xlabel("log10 firing frequency (fraction of eval rows)")
+    ax.set_ylabel("latents")
+    ax.set_title(
+        f"Latent density: {metrics['d_dict']} latents, {metrics['dead']} dead, {metrics['dense']} dense; "
+        f"L0={metrics['l0']:.3g}, FVU={metrics['fvu']:.3g}",
+        fontsize=9,
+    )
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+@hookimpl
+def featureforge_register_evaluators(register):
+    register(ReconstructionEvaluator)
