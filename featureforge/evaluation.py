@@ -230,19 +230,20 @@ def firing_f1(true_active: Any, learned_active: Any) -> float:
 class ReconstructionStats:
     """Accumulates FVU, MSE, L0 and firing counts over batches; ``result()`` gives the metrics.
 
-    Sums are float64 and centred on the first batch's mean, so large activation offsets do not
-    cancel away the variance.
+    Row sums are float64 and centred on the first batch's mean, so large activation offsets do
+    not cancel away the variance. Firing counts are summed per batch in float32 (exact integers
+    for batches under 2^24 rows) and accumulated in float64.
     """
 
     def __init__(self, d_in: int, d_dict: int, device: Any = "cpu"):
+        kw = {"dtype": torch.float64, "device": device}
         self.n = 0
         self.d_in = d_in
         self.shift: torch.Tensor | None = None
-        self.sum_x = torch.zeros(d_in, dtype=torch.float64, device=device)
-        self.sum_x2 = torch.zeros(d_in, dtype=torch.float64, device=device)
-        self.sse = torch.zeros((), dtype=torch.float64, device=device)
-        self.active = torch.zeros((), dtype=torch.float64, device=device)
-        self.counts = torch.zeros(d_dict, dtype=torch.int64, device=device)
+        self.sum_x = torch.zeros(d_in, **kw)
+        self.sum_x2 = torch.zeros(d_in, **kw)
+        self.sse = torch.zeros((), **kw)
+        self.counts = torch.zeros(d_dict, **kw)
 
     @torch.no_grad()
     def update(self, x: torch.Tensor, x_hat: torch.Tensor, codes: torch.Tensor) -> None:
@@ -252,41 +253,42 @@ class ReconstructionStats:
         xc = x - self.shift
         self.n += x.shape[0]
         self.sum_x += xc.sum(dim=0)
-        self.sum_x2 += (xc**2).sum(dim=0)
+        self.sum_x2 += (xc * xc).sum(dim=0)
         self.sse += ((x - x_hat.to(torch.float64)) ** 2).sum()
-        fired = codes != 0
-        self.active += fired.sum()
-        self.counts += fired.sum(dim=0)
+        self.counts += (codes != 0).to(torch.float32).sum(dim=0).to(torch.float64)
 
     def result(self, dense_threshold: float = DEFAULT_DENSE_THRESHOLD, bins: int = DENSITY_BINS) -> dict[str, Any]:
         n = max(self.n, 1)
         sst = float((self.sum_x2 - self.sum_x**2 / n).sum())
         sse = float(self.sse)
         value = sse / sst if sst > 0 else math.nan
-        dead = dead_latents(self.counts)
-        dense = dense_latents(self.counts, n, dense_threshold)
-        m = self.counts.numel()
+        counts = self.counts.round().to(torch.int64).cpu()
+        dead = dead_latents(counts)
+        dense = dense_latents(counts, n, dense_threshold)
+        m = counts.numel()
         return {
             "rows": self.n,
             "fvu": value,
             "explained_variance": 1.0 - value,
             "mse": sse / (n * self.d_in),
-            "l0": float(self.active) / n,
+            "l0": float(counts.sum()) / n,
             "d_dict": m,
             "dead": int(dead.sum()),
             "dead_fraction": float(dead.sum()) / m,
             "dense": int(dense.sum()),
             "dense_fraction": float(dense.sum()) / m,
             "dense_threshold": dense_threshold,
-            "density_histogram": density_histogram(self.counts, n, bins),
+            "density_histogram": density_histogram(counts, n, bins),
         }
 
 
 class CodeMatchStats:
     """Accumulates the statistics MCC and F1 need between true codes [n, k] and learned codes [n, m].
 
-    Keeps Σc, Σc², Σz, Σz², the cross-term Σ cᵀz and the co-firing counts Σ [c>0]ᵀ[z≠0], all
-    float64, so memory is O(k·m) whatever the number of rows.
+    Keeps Σc, Σc², Σz, Σz², the cross-term Σ cᵀz and the co-firing counts Σ [c≠0]ᵀ[z≠0]: each
+    batch's sums and matrix products are float32, accumulated in float64, so memory is O(k·m)
+    whatever the number of rows. Codes are not centred before the products: sparse codes have
+    means small next to their spread, so cov = Σcz − ΣcΣz/n loses no precision that matters.
     """
 
     def __init__(self, k: int, m: int, device: Any = "cpu"):
@@ -297,27 +299,21 @@ class CodeMatchStats:
         self.cross = torch.zeros(k, m, **kw)
         self.cofire = torch.zeros(k, m, **kw)
         self.fire_t, self.fire_l = torch.zeros(k, **kw), torch.zeros(m, **kw)
-        self._shift_t: torch.Tensor | None = None
-        self._shift_l: torch.Tensor | None = None
 
     @torch.no_grad()
     def update(self, true_codes: torch.Tensor, learned_codes: torch.Tensor) -> None:
         t = true_codes.to(torch.float32)
         z = learned_codes.to(torch.float32)
-        if self._shift_t is None:  # centre on the first batch's means (numerical stability)
-            self._shift_t, self._shift_l = t.mean(dim=0), z.mean(dim=0)
-        ta, za = t != 0, z != 0
-        tc, zc = t - self._shift_t, z - self._shift_l
+        ta, za = (t != 0).to(torch.float32), (z != 0).to(torch.float32)
         self.n += t.shape[0]
-        self.sum_t += tc.sum(dim=0, dtype=torch.float64)
-        self.sum_t2 += (tc.double() ** 2).sum(dim=0)
-        self.sum_l += zc.sum(dim=0, dtype=torch.float64)
-        self.sum_l2 += (zc.double() ** 2).sum(dim=0)
-        self.cross += (tc.T @ zc).double()
-        ta_f, za_f = ta.to(torch.float32), za.to(torch.float32)
-        self.cofire += (ta_f.T @ za_f).double()
-        self.fire_t += ta_f.sum(dim=0, dtype=torch.float64)
-        self.fire_l += za_f.sum(dim=0, dtype=torch.float64)
+        self.sum_t += t.sum(dim=0).double()
+        self.sum_t2 += (t * t).sum(dim=0).double()
+        self.sum_l += z.sum(dim=0).double()
+        self.sum_l2 += (z * z).sum(dim=0).double()
+        self.cross += (t.T @ z).double()
+        self.cofire += (ta.T @ za).double()
+        self.fire_t += ta.sum(dim=0).double()
+        self.fire_l += za.sum(dim=0).double()
 
     def correlation(self) -> torch.Tensor:
         """[k, m] Pearson correlations of true and learned codes (0 where either is constant)."""
@@ -325,9 +321,11 @@ class CodeMatchStats:
         cov = self.cross - self.sum_t[:, None] * self.sum_l[None, :] / n
         var_t = (self.sum_t2 - self.sum_t**2 / n).clamp_min(0)
         var_l = (self.sum_l2 - self.sum_l**2 / n).clamp_min(0)
+        # A column constant up to float32 rounding (variance < 1e-5 of its mean square) counts as constant.
+        ok_t = var_t > 1e-5 * self.sum_t2.clamp_min(1e-300)
+        ok_l = var_l > 1e-5 * self.sum_l2.clamp_min(1e-300)
         denom = (var_t[:, None] * var_l[None, :]).sqrt()
-        # Relative tolerance: a column constant up to rounding is treated as constant.
-        ok = (var_t[:, None] > 1e-12 * n) & (var_l[None, :] > 1e-12 * n)
+        ok = ok_t[:, None] & ok_l[None, :]
         return torch.where(ok, cov / denom.clamp_min(1e-300), torch.zeros_like(cov)).clamp(-1, 1)
 
     def match(self) -> tuple[np.ndarray, torch.Tensor]:
