@@ -75,6 +75,8 @@ def plugins(as_json: bool) -> None:
         for opt in row["options"]:
             setting = f"{opt['name']}={opt['default']}"
             click.echo(f"{'':<10}-o {setting:<28} ({opt['type']}) {opt['help']}")
+    for command in data["commands"]:
+        click.echo(f"{'command':<9} {command['name']:<16} {command['distribution']} {command['version']}  {command['description']}")
     for problem in data["problems"]:
         click.echo(f"problem   {problem['distribution']} {problem['version']}: {problem['message']}")
 

@@ -57,6 +57,8 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "None"
     origin = typing.get_origin(tp)
     if origin is Literal:
         return "|".join(str(a) for a in typing.get_args(tp))
@@ -66,6 +68,11 @@ def _type_name(tp: Any) -> str:
         args = [a for a in typing.get_args(tp) if a is not Ellipsis]
         return f"comma list of {_type_name(args[0]) if args else 'str'}"
     return getattr(tp, "__name__", str(tp))
+
+
+def _a(noun: str) -> str:
+    """``noun`` with its indefinite article: "an int", "a float"."""
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
 
 
 def parse_value(text: str, tp: Any, key: str = "value") -> Any:
@@ -83,7 +90,7 @@ def parse_value(text: str, tp: Any, key: str = "value") -> Any:
                 return parse_value(text, arg, key)
             except OptionError as exc:
                 errors.append(str(exc))
-        raise OptionError(f"option {key}={text!r} is not a {_type_name(tp)}")
+        raise OptionError(f"option {key}={text!r} is not {_a(_type_name(tp))}")
     if origin is Literal:
         choices = typing.get_args(tp)
         for choice in choices:
@@ -105,7 +112,7 @@ def parse_value(text: str, tp: Any, key: str = "value") -> Any:
         try:
             value = float(text) if tp is float else int(text.replace("_", ""))
         except ValueError:
-            raise OptionError(f"option {key}={text!r} is not an {tp.__name__}") from None
+            raise OptionError(f"option {key}={text!r} is not {_a(tp.__name__)}") from None
         return value
     if tp is Path:
         return Path(text).expanduser()

@@ -1,8 +1,9 @@
 """The plugin manager: built-in plugins plus every entry point in the group ``featureforge``.
 
-Entry points are loaded one at a time: a plugin that fails to import, or whose hook raises, or
-that registers a name already taken, is reported in one line naming its distribution, and the
-others keep working (``FEATUREFORGE_STRICT_PLUGINS=1`` re-raises instead).
+Built-ins register first, then entry points one at a time in order of distribution name: a
+plugin that fails to import, or whose hook raises, or that registers a name (or command) already
+taken, is reported in one line naming its distribution, the first registration keeps the name,
+and the others keep working (``FEATUREFORGE_STRICT_PLUGINS=1`` raises instead).
 ``FEATUREFORGE_PLUGINS`` (comma list of distribution or entry-point names; empty for none)
 limits which entry-point plugins load.
 """
@@ -13,6 +14,7 @@ import dataclasses
 import importlib
 import importlib.metadata
 import os
+import re
 import sys
 import threading
 from typing import Any, Iterable
@@ -46,6 +48,16 @@ class Registration:
 
 
 @dataclasses.dataclass
+class CommandRegistration:
+    """A click command a plugin added through ``featureforge_register_commands``."""
+
+    name: str
+    description: str
+    distribution: str
+    version: str
+
+
+@dataclasses.dataclass
 class LoadProblem:
     """A plugin that could not be loaded or registered, kept for ``featureforge plugins``."""
 
@@ -66,6 +78,8 @@ class PluginRegistry:
         self._origin: dict[int, tuple[str, str]] = {}
         self.problems: list[LoadProblem] = []
         self._tables: dict[str, dict[str, Registration]] | None = None
+        self._commands: dict[str, CommandRegistration] = {}
+        self._command_groups: set[int] = set()
         self._loaded = False
         self._lock = threading.RLock()
 
@@ -95,25 +109,35 @@ class PluginRegistry:
             self._load_entry_points()
 
     def _load_entry_points(self) -> None:
+        """Entry points in order of distribution name, then entry-point name: the first wins a name."""
         allowed = _allowed_plugins()
-        for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        entries = []
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             dist = ep.dist.name if ep.dist is not None else ep.value.split(":")[0]
             version = ep.dist.version if ep.dist is not None else ""
-            if allowed is not None and dist not in allowed and ep.name not in allowed:
+            entries.append((_normalize(dist), ep.name, dist, version, ep))
+        for key, ep_name, dist, version, ep in sorted(entries, key=lambda e: e[:2]):
+            if allowed is not None and key not in allowed and _normalize(ep_name) not in allowed:
                 continue
-            if self.pm.has_plugin(ep.name):
+            # Entry-point names are only unique within a distribution ("plugin" is common).
+            plugin_name = f"{dist}:{ep_name}"
+            if self.pm.has_plugin(plugin_name):
                 continue
             try:
                 plugin = ep.load()
-                self.register_plugin(plugin, dist, version, name=ep.name)
+                if self.pm.is_registered(plugin):  # two entry points naming one module
+                    continue
+                self.register_plugin(plugin, dist, version, name=plugin_name)
             except Exception as exc:  # a broken plugin must not take the CLI down
                 self._problem(dist, version, f"import of {ep.value!r} failed: {type(exc).__name__}: {exc}", exc)
 
     def _problem(self, dist: str, version: str, message: str, exc: BaseException | None = None) -> None:
-        problem = LoadProblem(dist, version, message)
+        problem = LoadProblem(dist, version, " ".join(message.split()))  # one line, whatever the exception's text
         self.problems.append(problem)
-        if os.environ.get("FEATUREFORGE_STRICT_PLUGINS") == "1" and exc is not None:
-            raise exc
+        if os.environ.get("FEATUREFORGE_STRICT_PLUGINS") == "1":
+            if exc is not None:
+                raise exc
+            raise PluginError(problem.line())
         print(problem.line(), file=sys.stderr)
 
     # -- registration tables ------------------------------------------------------------------
@@ -132,8 +156,9 @@ class PluginRegistry:
             "evaluator": self.pm.hook.featureforge_register_evaluators,
         }
         for kind, hook in hooks.items():
-            # Oldest registration first, so a built-in keeps its name against a later duplicate.
-            for impl in reversed(hook.get_hookimpls()):
+            # Oldest registration first (get_hookimpls() lists them in registration order), so a
+            # built-in keeps its name against a plugin, and an earlier plugin against a later one.
+            for impl in hook.get_hookimpls():
                 dist, version = self._origin.get(id(impl.plugin), (impl.plugin_name, ""))
                 register = self._make_register(kind, tables[kind], dist, version)
                 try:
@@ -192,23 +217,58 @@ class PluginRegistry:
                 )
         return {
             "plugins": rows,
+            "commands": [dataclasses.asdict(c) for c in sorted(self._commands.values(), key=lambda c: c.name)],
+            "distributions": self.distributions(),
             "problems": [dataclasses.asdict(p) for p in self.problems],
         }
 
+    def distributions(self) -> list[dict[str, Any]]:
+        """Every loaded plugin module: its distribution, version and the hooks it implements."""
+        self.load()
+        out = []
+        for name, plugin in self.pm.list_name_plugin():
+            dist, version = self._origin.get(id(plugin), (name, ""))
+            hooks = sorted(caller.name for caller in self.pm.get_hookcallers(plugin) or [])
+            out.append({"distribution": dist, "version": version, "plugin": name, "hooks": hooks})
+        return out
+
     def add_commands(self, cli: Any) -> None:
-        for impl in reversed(self.pm.hook.featureforge_register_commands.get_hookimpls()):
+        """Let plugins add click commands to ``cli``; a plugin may not replace an existing command."""
+        with self._lock:
+            self.load()
+            if id(cli) in self._command_groups:  # already done for this group
+                return
+            self._command_groups.add(id(cli))
+            self._add_commands(cli)
+
+    def _add_commands(self, cli: Any) -> None:
+        for impl in self.pm.hook.featureforge_register_commands.get_hookimpls():
             dist, version = self._origin.get(id(impl.plugin), (impl.plugin_name, ""))
+            before = dict(cli.commands)
             try:
                 impl.function(cli=cli)
             except Exception as exc:
                 self._problem(dist, version, f"featureforge_register_commands raised {type(exc).__name__}: {exc}", exc)
+            for name, command in list(cli.commands.items()):
+                if name in before and before[name] is not command:
+                    cli.commands[name] = before[name]
+                    owner = self._commands[name].distribution if name in self._commands else "featureforge"
+                    self._problem(dist, version, f"command {name!r} is already provided by {owner}; rename one of them")
+                elif name not in before:
+                    help_line = command.get_short_help_str(limit=200) if hasattr(command, "get_short_help_str") else ""
+                    self._commands[name] = CommandRegistration(name, help_line, dist, version)
+
+
+def _normalize(name: str) -> str:
+    """A distribution name as pip compares them: ``FeatureForge_Sine`` == ``featureforge-sine``."""
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def _allowed_plugins() -> set[str] | None:
     value = os.environ.get("FEATUREFORGE_PLUGINS")
     if value is None:
         return None
-    return {part.strip() for part in value.split(",") if part.strip()}
+    return {_normalize(part.strip()) for part in value.split(",") if part.strip()}
 
 
 def _version(dist: str) -> str:
