@@ -4,7 +4,7 @@ The library API has the CLI's verbs: ``cache``, ``open_store`` (and, as they lan
 ``evaluate``, ``load``). Plugins subclass the role classes and register them with ``hookimpl``.
 """
 
-from .api import cache, export, import_run, load, make_source, open_store, train
+from .api import cache, evaluate, export, import_run, load, make_source, open_store, train
 from .errors import (
     BadInputError,
     CorruptStoreError,
@@ -14,7 +14,6 @@ from .errors import (
     StoreError,
     StoreMismatchError,
 )
-from .evaluation import evaluate
 from .hookspecs import hookimpl
 from .options import describe_options, parse_options
 from .plugins import get_registry

@@ -12,7 +12,7 @@ from .storage import Location
 from .store import STORAGE_DTYPES, ActivationStore, StoreSpec, default_rows_per_chunk, open_store, prepare_store
 from .writer import StoreWriter
 
-__all__ = ["cache", "export", "import_run", "load", "make_source", "open_store", "train"]
+__all__ = ["cache", "evaluate", "export", "import_run", "load", "make_source", "open_store", "train"]
 
 
 def make_source(source: str | ActivationSource, options: Mapping[str, Any] | Sequence[str] | None = None) -> ActivationSource:
@@ -123,6 +123,13 @@ def train(trainer: str, options: Mapping[str, Any] | Sequence[str] | None = None
     from .training import train as _train
 
     return _train(trainer, options, **kwargs)
+
+
+def evaluate(run: str | os.PathLike, **kwargs: Any) -> dict[str, Any]:
+    """Evaluate a trained run on a store; see :func:`featureforge.evaluation.evaluate`."""
+    from .evaluation import evaluate as _evaluate
+
+    return _evaluate(run, **kwargs)
 
 
 def load(run: str | os.PathLike) -> Any:
