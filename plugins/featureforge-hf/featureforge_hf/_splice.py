@@ -1,0 +1,244 @@
+"""The live model with a dictionary spliced in at the source's hook point, for downstream metrics.
+
+Used as ``with source.splice(dictionary) as live: ...``. ``live(input_ids, attention_mask)`` runs
+the whole model with the hook point's tensor replaced (at the positions the store would hold) and
+returns logits (causal LMs) or the last hidden state (encoders). ``live.compare(batch)`` gives the
+sums a downstream evaluator needs, and ``summarize`` turns summed totals into the agreed metrics:
+
+- causal LM: CE-loss score ``(CE_zero - CE_splice) / (CE_zero - CE_clean)`` and KL(clean ‖ spliced)
+  per token;
+- encoder: the same score over ``1 - cos`` of pooled sentence embeddings (clean has distance 0).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Literal, Mapping, Union
+
+import torch
+
+from featureforge import BadInputError
+
+from ._model import attach, model_kwargs, next_token_ce
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._source import HFSource
+
+Replacement = Union[Literal["dictionary", "none", "zero", "mean"], Callable[[torch.Tensor], torch.Tensor]]
+
+
+@dataclasses.dataclass
+class TokenBatch:
+    """Sequences prepared exactly as the source prepares them for caching."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    #: Positions the store would hold as rows (not padding; not special unless asked): replaced ones.
+    token_mask: torch.Tensor
+    doc_ids: torch.Tensor
+
+
+class SplicedModel:
+    """A source's live model whose hook point can be replaced; see the module docstring."""
+
+    def __init__(self, source: "HFSource", dictionary: Any):
+        self.source = source
+        loaded = source.loaded
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.device = loaded.device
+        self.hook = source.hook_name
+        self.site = source.options.site
+        #: "causal-lm" (logits; CE/KL metrics) or "encoder" (hidden states; pooled-embedding metrics).
+        self.kind = "causal-lm" if loaded.is_causal else "encoder"
+        self.pooling = _pooling_mode(loaded.path) if self.kind == "encoder" else None
+        self.dictionary = dictionary
+        if isinstance(dictionary, torch.nn.Module):
+            dictionary.to(self.device)
+            dictionary.eval()
+        self._replace: Replacement = "none"
+        self._mask: torch.Tensor | None = None
+        self._mean: torch.Tensor | None = None
+        self._handle = attach(source._module, self.site, self._hook)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    # -- data ---------------------------------------------------------------------------------
+    def batches(
+        self,
+        texts: Iterable[str] | None = None,
+        *,
+        start_doc: int = 0,
+        max_sequences: int | None = None,
+        batch_size: int | None = None,
+    ) -> Iterator[TokenBatch]:
+        """Token batches of ``texts``, or of the source's own data from document ``start_doc`` on.
+
+        Held-out text for a dictionary trained on a store: pass ``start_doc`` = the store's
+        largest ``doc_ids`` + 1, so no sequence was seen in training.
+        """
+        src = self.source
+        if texts is None:
+            docs: Iterable[tuple[int, str]] = src.documents(keep=lambda i: i >= start_doc)
+        else:
+            docs = enumerate(t for t in texts if t.strip())
+        size = batch_size or src.options.batch_size
+        pending: list[Any] = []
+        produced = 0
+        for window in src.windows(docs):
+            if max_sequences is not None and produced >= max_sequences:
+                break
+            pending.append(window)
+            produced += 1
+            if len(pending) == size:
+                yield self._batch(pending)
+                pending = []
+        if pending:
+            yield self._batch(pending)
+
+    def _batch(self, windows: list[Any]) -> TokenBatch:
+        input_ids, mask = self.source._pad([w.ids for w in windows])
+        keep = torch.zeros(input_ids.shape, dtype=torch.bool)
+        for i, w in enumerate(windows):
+            keep[i, : len(w.keep)] = torch.as_tensor(w.keep)
+        doc_ids = torch.as_tensor([w.doc_id for w in windows], dtype=torch.int64)
+        return TokenBatch(input_ids, mask, keep.to(self.device), doc_ids)
+
+    def token_mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Stored-row positions of arbitrary input ids: not padding, not special (unless included)."""
+        mask = attention_mask.bool()
+        if not self.source.options.include_special_tokens:
+            special = torch.as_tensor(sorted(self.source.loaded.special_ids), dtype=input_ids.dtype, device=input_ids.device)
+            mask = mask & ~torch.isin(input_ids, special)
+        return mask
+
+    # -- running ------------------------------------------------------------------------------
+    def __call__(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        replace: Replacement = "dictionary",
+        token_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits [b, t, vocab] (causal LM) or last hidden state [b, t, d] (encoder).
+
+        ``replace``: "dictionary" (the reconstruction), "none" (clean run), "zero", "mean" (the
+        batch's mean activation at the replaced positions), or a function of the rows [n, d].
+        Only positions in ``token_mask`` (default: :meth:`token_mask`) are replaced.
+        """
+        input_ids = input_ids.to(self.device)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        attention_mask = attention_mask.to(self.device)
+        if replace == "dictionary" and self.dictionary is None:
+            raise BadInputError("splice(None) has no dictionary to splice in; pass replace='none', 'zero', 'mean' or a function")
+        self._replace = replace
+        self._mask = (token_mask if token_mask is not None else self.token_mask(input_ids, attention_mask)).to(self.device)
+        try:
+            with torch.inference_mode():
+                out = self.model(input_ids=input_ids, attention_mask=attention_mask, **model_kwargs(self.model))
+        finally:
+            self._replace, self._mask = "none", None
+        if self.kind == "causal-lm":
+            return out.logits
+        return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+    def _hook(self, x: torch.Tensor) -> torch.Tensor | None:
+        replace, mask = self._replace, self._mask
+        if replace == "none" or mask is None:
+            return None
+        rows = x[mask]
+        if replace == "dictionary":
+            out = self.dictionary(rows.float())
+            new = out.x_hat if hasattr(out, "x_hat") else out
+        elif replace == "zero":
+            new = torch.zeros_like(rows)
+        elif replace == "mean":
+            new = rows.float().mean(0, keepdim=True).expand_as(rows)
+        elif callable(replace):
+            new = replace(rows)
+        else:
+            raise BadInputError(f"replace={replace!r} is not one of dictionary, none, zero, mean or a function")
+        if tuple(new.shape) != tuple(rows.shape):
+            raise BadInputError(f"the replacement gives shape {tuple(new.shape)} for rows of shape {tuple(rows.shape)}; it must keep the shape")
+        x = x.clone()
+        x[mask] = new.to(x.dtype)
+        return x
+
+    # -- metrics ------------------------------------------------------------------------------
+    def pooled(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Sentence embeddings as the model's sentence-transformers pooling makes them (mean by default)."""
+        if self.pooling == "cls":
+            return hidden[:, 0].float()
+        m = attention_mask.to(hidden.device).unsqueeze(-1).float()
+        return (hidden.float() * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+    def compare(self, batch: TokenBatch, replacements: Iterable[str] = ("dictionary", "zero")) -> dict[str, float]:
+        """Summed downstream quantities for one batch: clean vs each replacement.
+
+        Causal LM: ``tokens`` (predicted tokens), ``ce_clean``, ``ce_<r>`` (summed next-token CE)
+        and ``kl_<r>`` (summed KL(clean ‖ r) over predicted positions). Encoder: ``sequences`` and
+        ``cos_dist_<r>`` (summed 1 − cosine of pooled embeddings to the clean ones).
+        Add totals over batches and pass them to :func:`summarize`.
+        """
+        ids, mask = batch.input_ids.to(self.device), batch.attention_mask.to(self.device)
+        clean = self(ids, mask, replace="none")
+        sums: dict[str, float] = {}
+        if self.kind == "causal-lm":
+            valid = (mask[:, 1:].bool() & mask[:, :-1].bool())
+            sums["tokens"] = float(valid.sum())
+            sums["ce_clean"] = float(next_token_ce(clean, ids, mask).sum())
+            log_p = torch.log_softmax(clean[:, :-1].float(), -1)
+            for r in replacements:
+                out = self(ids, mask, replace=r, token_mask=batch.token_mask)
+                sums[f"ce_{r}"] = float(next_token_ce(out, ids, mask).sum())
+                log_q = torch.log_softmax(out[:, :-1].float(), -1)
+                kl = (log_p.exp() * (log_p - log_q)).sum(-1)
+                sums[f"kl_{r}"] = float((kl * valid).sum())
+        else:
+            ref = self.pooled(clean, mask)
+            sums["sequences"] = float(ids.shape[0])
+            for r in replacements:
+                emb = self.pooled(self(ids, mask, replace=r, token_mask=batch.token_mask), mask)
+                sums[f"cos_dist_{r}"] = float((1 - torch.nn.functional.cosine_similarity(ref, emb, dim=-1)).sum())
+        return sums
+
+
+def summarize(totals: Mapping[str, float]) -> dict[str, float]:
+    """Means and the agreed downstream score from totals of :meth:`SplicedModel.compare`."""
+    out: dict[str, float] = {}
+    if "tokens" in totals:
+        n = max(totals["tokens"], 1.0)
+        for key, value in totals.items():
+            if key != "tokens":
+                out[key] = value / n
+        if "ce_dictionary" in out and "ce_zero" in out:
+            denom = out["ce_zero"] - out["ce_clean"]
+            out["ce_loss_score"] = (out["ce_zero"] - out["ce_dictionary"]) / denom if denom else float("nan")
+        out["tokens"] = totals["tokens"]
+    elif "sequences" in totals:
+        n = max(totals["sequences"], 1.0)
+        for key, value in totals.items():
+            if key != "sequences":
+                out[key] = value / n
+        if "cos_dist_dictionary" in out and "cos_dist_zero" in out:
+            denom = out["cos_dist_zero"]
+            out["embedding_score"] = (denom - out["cos_dist_dictionary"]) / denom if denom else float("nan")
+        out["sequences"] = totals["sequences"]
+    return out
+
+
+def _pooling_mode(model_path: str) -> str:
+    """"cls" or "mean", from a sentence-transformers folder's 1_Pooling/config.json (default mean)."""
+    cfg = Path(model_path) / "1_Pooling" / "config.json"
+    try:
+        data = json.loads(cfg.read_text())
+    except (OSError, ValueError):
+        return "mean"
+    return "cls" if data.get("pooling_mode_cls_token") and not data.get("pooling_mode_mean_tokens") else "mean"
