@@ -1,0 +1,115 @@
+"""The dictionaries the trainers build (parameters named as in sparsify: ``encoder.weight``
+``[d_dict, d_in]``, ``encoder.bias [d_dict]``, ``W_dec [d_dict, d_in]``, ``b_dec [d_in]``).
+
+Every method here works in training units (see ``featureforge.dictionary``); ``encode``/
+``decode`` of the base class add the ``input_scale`` conversion.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from featureforge.dictionary import Dictionary
+
+from ._kernels import dense_decode, sparse_decode, topk_encode
+
+
+class _LinearSAE(Dictionary):
+    """Encoder ``nn.Linear(d_in, d_dict)``, decoder rows ``W_dec`` and decoder bias ``b_dec``."""
+
+    def __init__(self, d_in: int, d_dict: int):
+        super().__init__(d_in, d_dict)
+        self.encoder = nn.Linear(d_in, d_dict)
+        self.W_dec = nn.Parameter(torch.empty(d_dict, d_in))
+        self.b_dec = nn.Parameter(torch.zeros(d_in))
+
+    @property
+    def decoder_directions(self) -> Tensor:
+        return self.W_dec
+
+    def decode_normalised(self, codes: Tensor) -> Tensor:
+        return codes.to(self.W_dec.dtype) @ self.W_dec + self.b_dec
+
+    @torch.no_grad()
+    def normalise_decoder(self) -> None:
+        """Scale every decoder row to unit norm (rows of norm 0 stay 0)."""
+        norms = self.W_dec.norm(dim=1, keepdim=True)
+        self.W_dec.div_(norms.clamp_min(torch.finfo(self.W_dec.dtype).tiny))
+
+
+class TopKSAE(_LinearSAE):
+    """``z = TopK_k(ReLU(W_enc (x - b_dec) + b_enc))``, ``x_hat = W_dec^T z + b_dec``.
+
+    Initialisation follows Gao et al. (2024) and sparsify: the encoder gets nn.Linear's default
+    (Kaiming-uniform) weights and zero bias, the decoder the encoder's rows scaled to unit norm.
+    """
+
+    def __init__(self, d_in: int, d_dict: int, k: int):
+        super().__init__(d_in, d_dict)
+        self.k = int(k)
+        with torch.no_grad():
+            self.encoder.bias.zero_()
+            self.W_dec.copy_(self.encoder.weight)
+        self.normalise_decoder()
+
+    def sparse_encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(values [n, k], indices [n, k])`` of rows in training units (values >= 0)."""
+        values, indices, _, _ = topk_encode(x, self.encoder.weight, self.encoder.bias, self.b_dec, self.k)
+        return values, indices
+
+    def sparse_decode(self, values: Tensor, indices: Tensor) -> Tensor:
+        """Rows in training units from ``sparse_encode``'s output (sparse gather, no dense codes)."""
+        return sparse_decode(values, indices, self.W_dec) + self.b_dec
+
+    def encode_normalised(self, x: Tensor) -> Tensor:
+        values, indices = self.sparse_encode(x)
+        return values.new_zeros((x.shape[0], self.d_dict)).scatter_(1, indices, values)
+
+    def forward_sparse(self, x: Tensor) -> Tensor:
+        return self.sparse_decode(*self.sparse_encode(x))
+
+
+class BatchTopKSAE(TopKSAE):
+    """BatchTopK (Bussmann et al. 2024): trained with the top ``n*k`` activations of a batch,
+    used with a single threshold: ``z = ReLU(pre) * 1[ReLU(pre) > threshold]``.
+
+    ``threshold`` is a buffer estimated during training (a running average of the smallest
+    activation kept per batch); ``k`` only matters for training.
+    """
+
+    def __init__(self, d_in: int, d_dict: int, k: int):
+        super().__init__(d_in, d_dict, k)
+        self.register_buffer("threshold", torch.zeros(()))
+
+    def pre_activations(self, x: Tensor) -> Tensor:
+        """``ReLU(W_enc (x - b_dec) + b_enc)``, dense ``[n, d_dict]``."""
+        return F.relu(F.linear(x.to(self.W_dec.dtype) - self.b_dec, self.encoder.weight, self.encoder.bias))
+
+    def encode_normalised(self, x: Tensor) -> Tensor:
+        z = self.pre_activations(x)
+        return z * (z > self.threshold.clamp_min(0))
+
+
+class ReLUSAE(_LinearSAE):
+    """``z = ReLU(W_enc x + b_enc)``, ``x_hat = W_dec^T z + b_dec`` (Anthropic, April 2024 update).
+
+    Decoder rows start as random directions of norm ``init_decoder_norm`` and the encoder as the
+    decoder's transpose; both biases start at zero. The input is not centred by ``b_dec``.
+    """
+
+    def __init__(self, d_in: int, d_dict: int, init_decoder_norm: float = 0.1):
+        super().__init__(d_in, d_dict)
+        with torch.no_grad():
+            w = torch.randn(d_dict, d_in)
+            w *= init_decoder_norm / w.norm(dim=1, keepdim=True)
+            self.W_dec.copy_(w)
+            self.encoder.weight.copy_(w)
+            self.encoder.bias.zero_()
+
+    def encode_normalised(self, x: Tensor) -> Tensor:
+        return F.relu(self.encoder(x.to(self.W_dec.dtype)))
+
+
+__all__ = ["TopKSAE", "BatchTopKSAE", "ReLUSAE", "dense_decode"]

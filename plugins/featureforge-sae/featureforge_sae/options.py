@@ -1,0 +1,115 @@
+"""Options of the three trainers: one dataclass each, a docstring under every field.
+
+``featureforge train --trainer topk -o k=64 -o d_dict=16384`` fills these by field type; a bad
+combination raises ``featureforge.OptionError`` naming the fix. ``d_dict`` may depend on the
+store's ``d_in`` (through ``expansion_factor``), so the checks that need it run again when the
+trainer builds its dictionary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from featureforge import OptionError
+
+DEFAULT_EXPANSION = 8
+
+
+def _check_width(d_dict: int | None, expansion_factor: int | None) -> None:
+    if d_dict is not None and expansion_factor is not None:
+        raise OptionError(f"give d_dict ({d_dict}) or expansion_factor ({expansion_factor}), not both; drop one of them")
+    if d_dict is not None and d_dict <= 0:
+        raise OptionError(f"d_dict={d_dict} must be positive; use e.g. -o d_dict=4096")
+    if expansion_factor is not None and expansion_factor <= 0:
+        raise OptionError(f"expansion_factor={expansion_factor} must be positive; use e.g. -o expansion_factor=8")
+
+
+def resolve_d_dict(d_dict: int | None, expansion_factor: int | None, d_in: int) -> int:
+    """Latent count for rows of width ``d_in``."""
+    if d_dict is not None:
+        return int(d_dict)
+    return int(d_in) * int(expansion_factor if expansion_factor is not None else DEFAULT_EXPANSION)
+
+
+@dataclasses.dataclass
+class TopKOptions:
+    """Options of the ``topk`` trainer (Gao et al. 2024)."""
+
+    d_dict: int | None = None
+    """Number of latents; default: expansion_factor x d_in."""
+    expansion_factor: int | None = None
+    """Latents per input dimension when d_dict is not given (default 8)."""
+    k: int = 32
+    """Active latents per row."""
+    dead_after: int = 10_000_000
+    """Rows without firing after which a latent counts as dead and joins the AuxK loss (Gao et al. and sparsify use 10M tokens)."""
+    k_aux: int | None = None
+    """Dead latents per row that reconstruct the residual in the AuxK loss; default d_in // 2 (Gao et al. appendix B.1)."""
+    aux_coef: float = 1 / 32
+    """Weight of the AuxK loss (Gao et al.: 1/32); 0 turns it off."""
+    decoder_impl: Literal["sparse", "dense"] = "sparse"
+    """sparse: fused top-k encoder and gather decoder with sparse backward passes; dense: the eager reference (slow, for checks)."""
+    b_dec_init: Literal["geometric_median", "mean", "zeros"] = "geometric_median"
+    """Initial decoder bias: geometric median (Weiszfeld) or mean of the initialisation sample, or zeros."""
+
+    def __post_init__(self) -> None:
+        _check_width(self.d_dict, self.expansion_factor)
+        if self.k <= 0:
+            raise OptionError(f"k={self.k} must be positive; use e.g. -o k=32")
+        if self.d_dict is not None and self.k >= self.d_dict:
+            raise OptionError(f"k={self.k} must be smaller than d_dict={self.d_dict}; lower k or raise d_dict")
+        if self.dead_after <= 0:
+            raise OptionError(f"dead_after={self.dead_after} must be a positive number of rows; use e.g. -o dead_after=10000000")
+        if self.k_aux is not None and self.k_aux <= 0:
+            raise OptionError(f"k_aux={self.k_aux} must be positive; leave it unset for d_in // 2, or set aux_coef=0 to turn AuxK off")
+        if not self.aux_coef >= 0:
+            raise OptionError(f"aux_coef={self.aux_coef} must be >= 0; use 0 to turn the AuxK loss off")
+
+    def check_for(self, d_in: int) -> int:
+        """``d_dict`` for this ``d_in``, refusing combinations that only fail once it is known."""
+        d_dict = resolve_d_dict(self.d_dict, self.expansion_factor, d_in)
+        if self.k >= d_dict:
+            raise OptionError(f"k={self.k} must be smaller than d_dict={d_dict} (d_in={d_in}); lower k or raise d_dict/expansion_factor")
+        return d_dict
+
+
+@dataclasses.dataclass
+class BatchTopKOptions(TopKOptions):
+    """Options of the ``batchtopk`` trainer (Bussmann, Leask & Nanda 2024)."""
+
+    threshold_lr: float = 0.01
+    """Step of the running average that estimates the inference threshold from each batch's smallest kept activation (SAELens: 0.01)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 < self.threshold_lr <= 1:
+            raise OptionError(f"threshold_lr={self.threshold_lr} must be in (0, 1]; use e.g. -o threshold_lr=0.01")
+
+
+@dataclasses.dataclass
+class ReLUOptions:
+    """Options of the ``relu`` trainer (ReLU + decoder-norm-weighted L1; Anthropic, April 2024)."""
+
+    d_dict: int | None = None
+    """Number of latents; default: expansion_factor x d_in."""
+    expansion_factor: int | None = None
+    """Latents per input dimension when d_dict is not given (default 8)."""
+    l1_coef: float = 5.0
+    """Final weight of the L1 penalty sum_i z_i * ||W_dec,i|| (Anthropic used 5 with rows scaled to mean squared norm d_in)."""
+    l1_warmup_rows: int = 2_000_000
+    """Rows over which the L1 weight rises linearly from 0 (Anthropic: the first 5% of training); 0 for none."""
+    init_decoder_norm: float = 0.1
+    """Norm of each decoder row at initialisation (random directions; the encoder starts as the transpose)."""
+
+    def __post_init__(self) -> None:
+        _check_width(self.d_dict, self.expansion_factor)
+        if not self.l1_coef >= 0:
+            raise OptionError(f"l1_coef={self.l1_coef} must be >= 0; use e.g. -o l1_coef=5")
+        if self.l1_warmup_rows < 0:
+            raise OptionError(f"l1_warmup_rows={self.l1_warmup_rows} must be >= 0; use 0 for no warm-up")
+        if not self.init_decoder_norm > 0:
+            raise OptionError(f"init_decoder_norm={self.init_decoder_norm} must be positive; use e.g. -o init_decoder_norm=0.1")
+
+    def check_for(self, d_in: int) -> int:
+        return resolve_d_dict(self.d_dict, self.expansion_factor, d_in)

@@ -1,0 +1,288 @@
+"""The ``topk``, ``batchtopk`` and ``relu`` trainers.
+
+Each builds a dictionary, gives its loss for a batch and keeps the decoder in shape around the
+optimiser step; the featureforge loop owns everything else (data, Adam, schedule, autocast,
+checkpoints, DDP). Losses (all in training units, where rows have mean squared norm d_in):
+
+* topk / batchtopk: FVU = sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 over the batch, the
+  normalised MSE Gao et al. (2024) train and report (sparsify's ``fvu``), plus
+  ``aux_coef * AuxK``: the top ``k_aux`` pre-activations of latents that have not fired for
+  ``dead_after`` rows reconstruct the residual ``e = x - x_hat`` (detached), normalised as
+  ``||e - e_hat||^2 / ||e - mean(e)||^2`` and scaled by ``min(1, n_dead / k_aux)`` (sparsify's
+  damping when few latents are dead). AuxK is skipped while no latent is dead.
+* relu: ``mean_rows ||x - x_hat||^2 + lambda * mean_rows sum_i z_i ||W_dec,i||`` (Anthropic's
+  April 2024 update), lambda warming up linearly over ``l1_warmup_rows``.
+
+Heavy imports (the dictionaries, kernels) happen inside methods so that listing plugins stays
+cheap.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from featureforge import DictionaryTrainer
+from featureforge.roles import StepOutput, TrainState
+
+from .options import BatchTopKOptions, ReLUOptions, TopKOptions
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from ._models import BatchTopKSAE, ReLUSAE, TopKSAE
+
+
+def geometric_median(points: "torch.Tensor", iters: int = 200, tol: float = 1e-6) -> "torch.Tensor":
+    """Geometric median of the rows of ``points`` by Weiszfeld's iterations, started at the mean."""
+    import torch
+
+    x = points.float()
+    y = x.mean(0)
+    for _ in range(iters):
+        dist = (x - y).norm(dim=1).clamp_min(1e-8)
+        w = dist.reciprocal()
+        new = (w @ x) / w.sum()
+        moved = (new - y).norm()
+        y = new
+        if moved <= tol * max(float(y.norm()), 1.0):
+            break
+    return y.to(points.dtype) if torch.is_floating_point(points) else y
+
+
+class TopKTrainer(DictionaryTrainer):
+    """TopK sparse autoencoder with AuxK (Gao et al. 2024, arXiv 2406.04093)."""
+
+    name = "topk"
+    description = "TopK sparse autoencoder with AuxK dead-latent loss (Gao et al. 2024); sparse fused kernels"
+    Options = TopKOptions
+    formats: ClassVar[tuple[str, ...]] = ("saelens", "sparsify")
+
+    # -- building -----------------------------------------------------------------------------
+    def d_dict_for(self, d_in: int) -> int:
+        return self.options.check_for(d_in)
+
+    def build(self, d_in: int) -> "TopKSAE":
+        from ._models import TopKSAE
+
+        return TopKSAE(d_in, self.d_dict_for(d_in), self.options.k)
+
+    def initialize(self, dictionary: Any, sample: Any) -> None:
+        import torch
+
+        how = self.options.b_dec_init
+        with torch.no_grad():
+            if how == "zeros" or sample is None or len(sample) == 0:
+                dictionary.b_dec.zero_()
+            elif how == "mean":
+                dictionary.b_dec.copy_(sample.float().mean(0))
+            else:
+                dictionary.b_dec.copy_(geometric_median(sample.float()))
+
+    def learning_rate(self, dictionary: Any) -> float:
+        """Gao et al. / sparsify's scaling: 2e-4 at 2^14 latents, times (2^14 / d_dict)^0.5."""
+        return 2e-4 / math.sqrt(dictionary.d_dict / 2**14)
+
+    def k_aux(self, d_in: int) -> int:
+        return self.options.k_aux if self.options.k_aux is not None else max(1, d_in // 2)
+
+    # -- the step -----------------------------------------------------------------------------
+    def _dead_latents(self, dictionary: Any, state: TrainState | None) -> "torch.Tensor | None":
+        if state is None or self.options.aux_coef == 0 or state.rows_since_fired is None:
+            return None
+        dead = state.rows_since_fired >= self.options.dead_after
+        if not bool(dead.any()):
+            return None
+        return dead.nonzero().squeeze(1).to(dictionary.W_dec.device)
+
+    def _encode(self, dictionary: Any, x: "torch.Tensor", dead: "torch.Tensor | None", k_aux: int):
+        from ._kernels import dense_encode, topk_encode
+
+        enc = topk_encode if self.options.decoder_impl == "sparse" else dense_encode
+        return enc(x, dictionary.encoder.weight, dictionary.encoder.bias, dictionary.b_dec, dictionary.k, dead, k_aux)
+
+    def _decode(self, dictionary: Any, values: "torch.Tensor", indices: "torch.Tensor") -> "torch.Tensor":
+        from ._kernels import dense_decode, sparse_decode
+
+        dec = sparse_decode if self.options.decoder_impl == "sparse" else dense_decode
+        return dec(values, indices, dictionary.W_dec)
+
+    def loss(self, dictionary: Any, batch: Any, state: TrainState) -> StepOutput:
+        import torch
+
+        x = batch["acts"]
+        dead = self._dead_latents(dictionary, state)
+        k_aux = min(self.k_aux(dictionary.d_in), len(dead)) if dead is not None else 0
+        values, indices, aux_values, aux_indices = self._encode(dictionary, x, dead, k_aux)
+        return self._finish(dictionary, x, values, indices, aux_values, aux_indices, dead)
+
+    def _finish(self, dictionary, x, values, indices, aux_values, aux_indices, dead) -> StepOutput:
+        import torch
+
+        x_hat = self._decode(dictionary, values, indices) + dictionary.b_dec
+        x = x.to(x_hat.dtype)
+        e = x - x_hat
+        total_variance = (x - x.mean(0)).pow(2).sum().clamp_min(torch.finfo(x.dtype).tiny)
+        fvu = e.pow(2).sum() / total_variance
+        loss = fvu
+        metrics: dict[str, Any] = {"fvu_train": fvu.detach()}
+        if dead is not None and aux_indices.shape[1] > 0:
+            e = e.detach()
+            e_hat = self._decode(dictionary, aux_values, aux_indices)
+            scale = min(len(dead) / self.k_aux(dictionary.d_in), 1.0)
+            aux_den = (e - e.mean(0)).pow(2).sum().clamp_min(torch.finfo(e.dtype).tiny)
+            auxk = scale * (e - e_hat).pow(2).sum() / aux_den
+            loss = loss + self.options.aux_coef * auxk
+            metrics["auxk_loss"] = auxk.detach()
+        else:
+            metrics["auxk_loss"] = 0.0
+        with torch.no_grad():
+            fired = values > 0
+            active = torch.zeros(dictionary.d_dict, dtype=torch.bool, device=values.device)
+            active[indices[fired]] = True
+            l0 = fired.sum(1).float().mean()
+        return StepOutput(loss=loss, x_hat=x_hat, active=active, l0=l0, metrics=metrics)
+
+    def before_step(self, dictionary: Any, state: TrainState) -> None:
+        """Remove the gradient component parallel to each (unit) decoder row."""
+        import torch
+
+        grad = dictionary.W_dec.grad
+        if grad is None:
+            return
+        with torch.no_grad():
+            W = dictionary.W_dec
+            parallel = (grad * W).sum(1, keepdim=True)
+            grad.sub_(parallel * W)
+
+    def after_step(self, dictionary: Any, state: TrainState) -> None:
+        """Renormalise decoder rows to unit norm after the optimiser moved them."""
+        dictionary.normalise_decoder()
+
+    # -- other libraries' layouts -------------------------------------------------------------
+    def export(self, dictionary: Any, fmt: str, out_dir: Path) -> Path:
+        from ._interop import export_dictionary
+
+        return export_dictionary(self, dictionary, fmt, Path(out_dir))
+
+    @classmethod
+    def import_dictionary(cls, src_dir: Path, fmt: str):
+        from ._interop import import_dictionary
+
+        return import_dictionary(cls, Path(src_dir), fmt)
+
+
+class BatchTopKTrainer(TopKTrainer):
+    """BatchTopK sparse autoencoder (Bussmann, Leask & Nanda 2024, arXiv 2412.06410)."""
+
+    name = "batchtopk"
+    description = "BatchTopK SAE: top n*k activations per batch in training, a learned threshold at inference (Bussmann et al. 2024)"
+    Options = BatchTopKOptions
+    formats: ClassVar[tuple[str, ...]] = ("saelens",)
+
+    def __post_init__(self) -> None:
+        self._batch_min: "torch.Tensor | None" = None
+
+    def build(self, d_in: int) -> "BatchTopKSAE":
+        from ._models import BatchTopKSAE
+
+        return BatchTopKSAE(d_in, self.d_dict_for(d_in), self.options.k)
+
+    def loss(self, dictionary: Any, batch: Any, state: TrainState) -> StepOutput:
+        import torch
+
+        from ._kernels import batch_topk_encode, dense_batch_topk_encode
+
+        x = batch["acts"]
+        dead = self._dead_latents(dictionary, state)
+        k_aux = min(self.k_aux(dictionary.d_in), len(dead)) if dead is not None else 0
+        enc = batch_topk_encode if self.options.decoder_impl == "sparse" else dense_batch_topk_encode
+        values, indices, aux_values, aux_indices = enc(
+            x, dictionary.encoder.weight, dictionary.encoder.bias, dictionary.b_dec, dictionary.k, dead, k_aux
+        )
+        with torch.no_grad():
+            kept = values[values > 0]
+            self._batch_min = kept.min().float() if kept.numel() else None
+        return self._finish(dictionary, x, values, indices, aux_values, aux_indices, dead)
+
+    def after_step(self, dictionary: Any, state: TrainState) -> None:
+        """Renormalise decoder rows and fold this batch's smallest kept activation into the threshold."""
+        import torch
+
+        super().after_step(dictionary, state)
+        if self._batch_min is None and state.world_size == 1:
+            return
+        with torch.no_grad():
+            # A rank without a positive kept activation contributes +inf to the min.
+            local = self._batch_min if self._batch_min is not None else torch.tensor(float("inf"))
+            local = local.reshape(1).to(dictionary.threshold.device, torch.float32).clone()
+            state.all_reduce(local, "min")
+            value = float(local)
+            self._batch_min = None
+            if not math.isfinite(value):
+                return
+            theta = dictionary.threshold
+            if float(theta) <= 0:
+                theta.fill_(value)  # first estimate: start at the batch's value, not at 0
+            else:
+                lr = self.options.threshold_lr
+                theta.mul_(1 - lr).add_(lr * value)
+
+
+class ReLUTrainer(DictionaryTrainer):
+    """ReLU SAE with a decoder-norm-weighted L1 penalty (Anthropic, April 2024 update)."""
+
+    name = "relu"
+    description = "ReLU SAE with decoder-norm-weighted L1 and L1 warm-up (Anthropic, April 2024 update)"
+    Options = ReLUOptions
+    formats: ClassVar[tuple[str, ...]] = ("saelens",)
+
+    def build(self, d_in: int) -> "ReLUSAE":
+        from ._models import ReLUSAE
+
+        return ReLUSAE(d_in, self.options.check_for(d_in), self.options.init_decoder_norm)
+
+    def learning_rate(self, dictionary: Any) -> float:
+        """Anthropic's April 2024 update: 5e-5 with Adam."""
+        return 5e-5
+
+    def l1_weight(self, rows_seen: int) -> float:
+        o = self.options
+        if o.l1_warmup_rows <= 0:
+            return o.l1_coef
+        return o.l1_coef * min(1.0, rows_seen / o.l1_warmup_rows)
+
+    def loss(self, dictionary: Any, batch: Any, state: TrainState) -> StepOutput:
+        import torch
+        import torch.nn.functional as F
+
+        x = batch["acts"]
+        z = F.relu(F.linear(x, dictionary.encoder.weight, dictionary.encoder.bias))
+        x_hat = (z @ dictionary.W_dec.to(z.dtype)).float() + dictionary.b_dec
+        x = x.float()
+        mse = (x - x_hat).pow(2).sum(1).mean()
+        norms = dictionary.W_dec.norm(dim=1)
+        l1 = (z.float() @ norms).mean()
+        coef = self.l1_weight(state.rows_seen if state is not None else 0)
+        loss = mse + coef * l1
+        with torch.no_grad():
+            fired = z > 0
+            active = fired.any(0)
+            l0 = fired.sum(1).float().mean()
+        return StepOutput(loss=loss, x_hat=x_hat, active=active, l0=l0,
+                          metrics={"mse": mse.detach(), "l1": l1.detach(), "l1_coef": coef})
+
+    def export(self, dictionary: Any, fmt: str, out_dir: Path) -> Path:
+        from ._interop import export_dictionary
+
+        return export_dictionary(self, dictionary, fmt, Path(out_dir))
+
+    @classmethod
+    def import_dictionary(cls, src_dir: Path, fmt: str):
+        from ._interop import import_dictionary
+
+        return import_dictionary(cls, Path(src_dir), fmt)
+
+
+TRAINERS = (TopKTrainer, BatchTopKTrainer, ReLUTrainer)
