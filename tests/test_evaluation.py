@@ -321,7 +321,7 @@ def test_bad_inputs_raise_one_line_errors(plugin, store, features, tmp_path):
 def _cli(args, plugin_dir, cwd):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(plugin_dir), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    env.pop("FEATUREFORGE_PLUGINS", None)
+    env["FEATUREFORGE_PLUGINS"] = PLUGIN_MODULE  # only this entry point: other installed plugins cannot add noise
     env.pop("FEATUREFORGE_DEBUG", None)
     return subprocess.run([sys.executable, "-m", "featureforge.cli", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
 
