@@ -334,8 +334,8 @@ def create_store(location: Location, spec: StoreSpec, ground_truth: dict[str, np
         for name, logical in spec.columns.items():
             shape, chunks = ((n, d), (r, d)) if name in ACT_COLUMNS else ((n,), (r,))
             storage = STORAGE_DTYPES.get(logical, logical)
-            arr = group.create_array(name, shape=shape, chunks=chunks, dtype=storage, compressors=None, fill_value=0, config=WRITE_CONFIG)
-            arr.attrs.update({"logical_dtype": logical, "row_axis": 0})
+            group.create_array(name, shape=shape, chunks=chunks, dtype=storage, compressors=None, fill_value=0, config=WRITE_CONFIG,
+                               attributes={"logical_dtype": logical, "row_axis": 0})
         n_chunks = -(-n // r)
         group.create_array("chunk_stats", shape=(n_chunks, 2 * d + 1), chunks=(1, 2 * d + 1), dtype="float64", compressors=None, fill_value=0, config=WRITE_CONFIG)
         if ground_truth:
@@ -345,9 +345,10 @@ def create_store(location: Location, spec: StoreSpec, ground_truth: dict[str, np
                 gt.create_array(key, shape=value.shape, dtype=value.dtype, fill_value=0)[...] = value
         writers = group.create_group("writers")
         for rank in range(spec.writers):
-            writers.create_group(str(rank)).attrs.update({"chunks": 0, "last_chunk_rows": None, "done": False})
-        # Root attributes last: a store whose zarr.json lacks them is recognisably unfinished.
-        group.attrs.update(
+            writers.create_group(str(rank), attributes={"chunks": 0, "last_chunk_rows": None, "done": False})
+        # Root attributes last: a store whose zarr.json lacks them is recognisably unfinished. `put` writes
+        # zarr.json once (zarr's `attrs.update` rewrites it once per key, so a reader could see half of them).
+        group.attrs.put(
             {
                 "format": FORMAT_NAME,
                 "format_version": FORMAT_VERSION,

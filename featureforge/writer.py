@@ -7,13 +7,14 @@ fill the writer's chunks in order from its own shard of the data.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from .errors import BadInputError
 from .roles import ActivationSource
-from .store import ACT_COLUMNS, WRITE_CONFIG, ActivationStore, to_storage
+from .store import ACT_COLUMNS, WRITE_CONFIG, ActivationStore, to_float32, to_storage
 
 
 def as_numpy(value: Any) -> np.ndarray:
@@ -66,8 +67,42 @@ class StoreWriter:
     def rows_to_write(self) -> int:
         return sum(self.store.chunk_rows(c) for c in self.my_chunks)
 
+    def verify(self) -> int:
+        """Rewind the marker to this writer's first committed chunk whose files are missing or damaged.
+
+        Readers refuse such a chunk and tell the user to rerun ``cache``; this is what makes that
+        rerun rewrite it (and every later chunk of this writer, which a stream source must redo).
+        Returns the number of committed chunks that remain.
+        """
+        n, _ = self.committed()
+        arrays = dict(self.arrays, chunk_stats=self.stats)
+        sizes = {name: self._chunk_sizes(name) for name in arrays} if self.store.location.remote else None
+        for i, chunk in enumerate(self.my_chunks[:n]):
+            for name, arr in arrays.items():
+                coords = (chunk,) + (0,) * (arr.ndim - 1)
+                key = f"{name}/{arr.metadata.encode_chunk_key(coords)}"
+                expected = int(np.prod(arr.chunks)) * arr.dtype.itemsize
+                path = self.store.location.key_path(key)
+                if sizes is not None:
+                    size = sizes[name].get(path.split("://", 1)[-1])
+                else:
+                    try:
+                        size = os.stat(path).st_size
+                    except FileNotFoundError:
+                        size = None
+                if size != expected:
+                    self._commit(i, last_chunk_rows=None, done=False)
+                    return i
+        return n
+
+    def _chunk_sizes(self, name: str) -> dict[str, int]:
+        fs, prefix = self.store.location.fs, self.store.location.key_path(name)
+        found = fs.find(prefix, detail=True) if fs.exists(prefix) else {}
+        return {path.split("://", 1)[-1]: int(info.get("size") or 0) for path, info in found.items()}
+
     def run(self) -> int:
         """Write every remaining owned chunk; returns rows written by this call."""
+        self.verify()
         if dict(self.marker_group.attrs).get("done"):
             return 0
         done_chunks, done_rows = self.committed()
@@ -136,6 +171,7 @@ class StoreWriter:
         columns = self.store.columns
         data = {k: as_numpy(v) for k, v in batch.items() if k in columns and v is not None}
         self._validate(data, start, n_rows)
+        row = None
         for name, logical in columns.items():
             values = data[name]
             if name in ACT_COLUMNS:
@@ -144,11 +180,11 @@ class StoreWriter:
                     raise BadInputError(
                         f"rows {start}–{start + n_rows - 1} overflow float16 ({name} beyond ±65504); cache with --dtype bfloat16 or float32"
                     )
+                if name == "acts":  # statistics describe the rows as stored (after any rounding)
+                    row = _chunk_stats(stored, logical)
             else:
                 stored = values.astype(logical, copy=False)
             self.arrays[name][start : start + n_rows] = stored
-        acts = data["acts"].astype(np.float64)
-        row = np.concatenate([acts.sum(0), (acts * acts).sum(0), [float((acts * acts).sum())]])
         self.stats[chunk] = row
         return n_rows
 
@@ -176,8 +212,28 @@ class StoreWriter:
                     )
 
     def _commit(self, chunks: int, last_chunk_rows: int | None, done: bool) -> None:
-        # zarr's LocalStore writes zarr.json through a temporary file and a rename: atomic.
-        self.marker_group.attrs.update({"chunks": chunks, "last_chunk_rows": last_chunk_rows, "done": done})
+        # zarr's LocalStore writes zarr.json through a temporary file and a rename: atomic. `put` writes it once;
+        # `attrs.update` would write it once per key, and a kill between those writes leaves a torn marker.
+        self.marker_group.attrs.put({"chunks": chunks, "last_chunk_rows": last_chunk_rows, "done": done})
+
+
+_STATS_BLOCK = 256  # rows widened to float64 at a time: cache-sized, no chunk-sized temporaries
+
+
+def _chunk_stats(stored: np.ndarray, logical: str) -> np.ndarray:
+    """A chunk's float64 row of per-column sums, per-column sums of squares, and their total."""
+    n, d = stored.shape
+    sums = np.zeros(d, dtype=np.float64)
+    squares = np.zeros(d, dtype=np.float64)
+    block = np.empty((min(n, _STATS_BLOCK), d), dtype=np.float64)
+    for start in range(0, n, _STATS_BLOCK):
+        part = stored[start : start + _STATS_BLOCK]
+        wide = block[: len(part)]
+        wide[...] = to_float32(part, logical)
+        sums += wide.sum(0)
+        np.multiply(wide, wide, out=wide)
+        squares += wide.sum(0)
+    return np.concatenate([sums, squares, [squares.sum()]])
 
 
 def _take_rows(pending: list[dict[str, np.ndarray]], n: int) -> tuple[dict[str, np.ndarray], list[dict[str, np.ndarray]]]:

@@ -59,7 +59,7 @@ class ArraySource(ActivationSource):
             try:
                 data = np.load(path, mmap_mode="r", allow_pickle=False)
             except ValueError as exc:
-                if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
+                if any(text in str(exc) for text in ("allow_pickle", "Object arrays", "Python objects")):
                     raise BadInputError(f"array: {path} holds Python objects, which featureforge never unpickles; save a numeric array (e.g. float32)") from None
                 raise BadInputError(f"array: {path} is not a readable .npy file ({exc})") from None
             if not np.issubdtype(data.dtype, np.number):
