@@ -206,9 +206,10 @@ class StoreWriter:
                 bad = ~np.isfinite(values).all(axis=1)
                 if bad.any():
                     idx = np.flatnonzero(bad)
+                    where = f"row {start + idx[0]}" if len(idx) == 1 else f"rows {start + idx[0]}–{start + idx[-1]} ({len(idx)} rows)"
                     raise BadInputError(
-                        f"source {name!r} produced NaN/Inf {column} in rows {start + idx[0]}–{start + idx[-1]} "
-                        f"({len(idx)} rows); fix the source or its options and rerun; chunks committed so far are kept"
+                        f"source {name!r} produced NaN/Inf {column} in {where}; "
+                        "fix the source or its options and rerun; chunks committed so far are kept"
                     )
 
     def _commit(self, chunks: int, last_chunk_rows: int | None, done: bool) -> None:

@@ -187,7 +187,7 @@ def test_nan_rows_are_named_and_committed_chunks_kept(tmp_path):
 def test_inf_row_is_named(tmp_path):
     path, _ = _npy_with_bad_rows(tmp_path, (1300,), np.inf)
     result = run_cli("cache", "--source", "array", "-o", f"path={path}", "--store", tmp_path / "s.zarr", "--rows-per-chunk", 512, ok=False)
-    assert_one_line_error(result, "NaN/Inf acts in rows 1300–1300 (1 rows)")
+    assert_one_line_error(result, "NaN/Inf acts in row 1300;")
 
 
 @pytest.mark.parametrize(
