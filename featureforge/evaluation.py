@@ -16,8 +16,9 @@ when its code is non-zero), ``W`` the decoder rows [m, d], ``F`` the true featur
 - **MCC** (mean correlation coefficient): Pearson correlations ρ_ij between true code c_i and
   learned code z_j over the eval rows; true features and latents are matched one to one by the
   Hungarian algorithm maximising Σ|ρ| (the matching is on *code correlations*, not on decoder
-  directions); MCC = mean over true features of |ρ| of its match (0 for a feature left unmatched
-  when m < k, or for one that never fires on the eval rows, which is left out of the mean and counted).
+  directions); MCC = mean over true features of |ρ| with its match. A feature left unmatched
+  (m < k) counts 0; one that never fires on the eval rows has no correlation and is left out of
+  the mean (``true_features_active`` counts those kept).
 - **recovered@τ** = fraction of true features whose *matched* decoder row has cos > τ (default
   0.9); ``recovered_best`` uses the best decoder row instead of the matched one.
 - **F1** per true feature after matching: firing of c_i (> 0) against firing of its matched latent
@@ -60,6 +61,8 @@ __all__ = [
     "dead_latents",
     "dense_latents",
     "density_histogram",
+    "auto_batch_size",
+    "eval_device",
     "eval_rows",
     "evaluate",
     "explained_variance",
@@ -71,8 +74,15 @@ __all__ = [
     "mcc",
     "mmcs",
     "mse",
+    "new_figure",
     "pearson_matrix",
+    "quantiles",
     "recovered_fraction",
+    "report_path",
+    "same_store",
+    "save_figure",
+    "select_eval_rows",
+    "summary_lines",
 ]
 
 REPORT_FORMAT_VERSION = 1
@@ -411,15 +421,20 @@ def same_store(run_config: Mapping[str, Any], store: "ActivationStore") -> bool:
 
     ``config["store"]`` is what ``featureforge train`` records: a dict with ``url``, ``source``
     (name + options), and optionally ``rows``, ``d_in``, ``dtype``, ``rows_per_chunk`` (a bare URL
-    string is accepted too). Equal URLs (local paths compared absolute) decide; otherwise the
-    source name and options, and every other recorded layout fact, must all be equal (a copy of
-    the store, or the same deterministic source cached again).
+    string is accepted too). A recorded source must have the store's name and options; then equal
+    URLs (local paths compared absolute) decide, and otherwise every other recorded fact must be
+    equal too (a copy or a move of the store, or a path given relative to another folder).
     """
     recorded = run_config.get("store")
     if not recorded:
         return False
     if isinstance(recorded, str):
         recorded = {"url": recorded}
+    source = recorded.get("source")
+    if isinstance(source, Mapping) and "name" in source:
+        mine = store.source
+        if source.get("name") != mine.get("name") or (source.get("options") or {}) != (mine.get("options") or {}):
+            return False
     url = recorded.get("url")
     if url:
         try:
@@ -427,11 +442,7 @@ def same_store(run_config: Mapping[str, Any], store: "ActivationStore") -> bool:
                 return True
         except Exception:  # an unparsable recorded URL simply does not match
             pass
-    source = recorded.get("source")
     if not isinstance(source, Mapping) or "name" not in source:
-        return False
-    mine = store.source
-    if source.get("name") != mine.get("name") or (source.get("options") or {}) != (mine.get("options") or {}):
         return False
     facts = {"rows": store.rows, "d_in": store.d_in, "dtype": store.dtype, "rows_per_chunk": store.rows_per_chunk}
     return all(recorded.get(key) is None or recorded.get(key) == value for key, value in facts.items())

@@ -311,6 +311,19 @@ def test_a_real_topk_run_evaluates_when_featureforge_sae_is_installed(store, tmp
     assert 0.3 < gt["mmcs"] <= 1 and 0 <= gt["recovered"] <= 1 and 0 < gt["mcc"] <= 1
 
 
+def test_same_store_compares_url_then_source_and_layout(store):
+    source = store.source
+    assert ev.same_store({"store": {"url": store.url, "source": source}}, store)
+    assert ev.same_store({"store": store.url}, store)
+    # Moved or given relative to another folder: the source and recorded facts decide.
+    assert ev.same_store({"store": {"url": "/elsewhere/x.zarr", "source": source, "rows": ROWS, "d_in": 32}}, store)
+    assert not ev.same_store({"store": {"url": "/elsewhere/x.zarr", "source": source, "rows": ROWS + 1}}, store)
+    other = {**source, "options": {**source["options"], "seed": 99}}
+    assert not ev.same_store({"store": {"url": store.url, "source": other}}, store)  # overwritten with other data
+    assert not ev.same_store({"store": {"url": "/elsewhere/x.zarr"}}, store)
+    assert not ev.same_store({}, store)
+
+
 def test_bad_inputs_raise_one_line_errors(plugin, store, features, tmp_path):
     run = save_run(oracle(plugin, features), tmp_path / "run")
     wide = ff.cache("synthetic", {**SYNTH, "d_in": 48}, store=str(tmp_path / "wide.zarr"), rows=1024, progress=False)
