@@ -20,8 +20,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: Documents tokenized together (the fast tokenizer batches them across threads).
 TOKENIZE_DOCS = 64
-#: Windows are sorted by length within groups of this many batches, so batches pad little.
-GROUP_BATCHES = 8
+#: Windows are sorted by length within groups of this many batches, so batches pad little
+#: (on standard-library text: 3% padding at 32, 7% at 8).
+GROUP_BATCHES = 32
 
 
 @dataclasses.dataclass

@@ -31,6 +31,29 @@ def make_tokenizer(texts: Iterable[str], vocab_size: int = 512) -> Any:
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=BOS, unk_token=None)
 
 
+def build_gpt2(
+    tokenizer: Any,
+    *,
+    n_layer: int = 2,
+    n_embd: int = 32,
+    n_head: int = 2,
+    n_positions: int = 64,
+    dropout: float = 0.0,
+    seed: int = 0,
+) -> Any:
+    """A randomly initialised ``GPT2LMHeadModel`` sized for ``tokenizer``'s vocabulary."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=n_positions, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
+    )
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(config)
+
+
 def make_gpt2(
     folder: str | Path,
     texts: Iterable[str],
@@ -43,18 +66,12 @@ def make_gpt2(
     seed: int = 0,
 ) -> Path:
     """Save a randomly initialised GPT-2 and its tokenizer (trained on ``texts``) into ``folder``."""
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from ._model import _quiet_transformers
 
     folder = Path(folder)
     tokenizer = make_tokenizer(texts, vocab_size)
-    config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=n_positions, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-    )
-    torch.manual_seed(seed)
-    model = GPT2LMHeadModel(config)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    model = build_gpt2(tokenizer, n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_positions=n_positions, seed=seed)
+    with _quiet_transformers():
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
     return folder

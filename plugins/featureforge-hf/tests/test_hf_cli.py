@@ -103,20 +103,15 @@ BAD_INPUTS = [
     (["-o", "hook=encoder.layer.30"], ["encoder.layer.30", "nearest: encoder.layer.3"]),
     (["-o", "context_size=1000"], ["context_size=1000", "512", "-o context_size=512"]),
     (["-o", "data=EMPTY"], ["holds no text", "-o data="]),
-    (["-o", "data=BADJSON"], ["line 2 is not JSON"]),
-    (["-o", "data=/no/such/file.txt"], ["does not exist"]),
     (["-o", "grads=true"], ["grads=true needs a causal language model", "-o grads=false"]),
 ]
 
 
-@pytest.mark.parametrize("args,needles", BAD_INPUTS, ids=["offline-model", "hook", "context", "empty-data", "bad-json", "missing-data", "grads-encoder"])
+@pytest.mark.parametrize("args,needles", BAD_INPUTS, ids=["offline-model", "hook", "context", "empty-data", "grads-encoder"])
 def test_bad_input_is_one_error_line_naming_problem_and_fix(args, needles, tmp_path, cli_env):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n   \n")
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"text": "fine"}\n{"text": oops}\n')
-    args = [a.replace("EMPTY", str(empty)).replace("BADJSON", str(bad)) for a in args]
+    args = [a.replace("EMPTY", str(empty)) for a in args]
     result = run(cli_env, "cache", "--source", "hf", *args, "--store", tmp_path / "s.zarr", "--rows", 1000)
     assert_one_line_error(result, *needles)
-    if not args[-1].startswith(f"data={bad}"):
-        assert not (tmp_path / "s.zarr").exists()  # refused before any store was made
+    assert not (tmp_path / "s.zarr").exists()  # refused before any store was made

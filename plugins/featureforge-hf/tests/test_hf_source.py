@@ -53,17 +53,18 @@ def test_early_stop_does_not_run_later_layers(minilm):
 
 def test_include_special_tokens_keeps_cls_and_sep_but_never_padding(minilm):
     source = HFSource(max_docs=4, context_size=64, batch_size=4, include_special_tokens=True)
+    assert source.options_dict() != minilm.options_dict()
     rows = collect(source.stream())
     plain = collect(minilm.stream())
     assert np.isin(rows["token_ids"], [101, 102]).any() and not np.isin(rows["token_ids"], [0]).any()
     assert len(rows["acts"]) == len(plain["acts"]) + 2 * int((rows["token_ids"] == 101).sum())
 
 
-def test_grads_equal_autograd_of_the_next_token_loss(tiny_gpt2):
+def test_grads_equal_autograd_of_the_next_token_loss(tiny_gpt2, short_docs_jsonl):
     """grads=true on a causal LM: d(summed next-token CE)/d(block output), against plain autograd."""
     from transformers import AutoModelForCausalLM
 
-    source = HFSource(model=tiny_gpt2, hook="transformer.h.0", grads=True, max_docs=3, context_size=48, batch_size=3)
+    source = HFSource(model=tiny_gpt2, data=short_docs_jsonl, hook="transformer.h.0", grads=True, max_docs=3, context_size=48, batch_size=3)
     assert source.columns["grads"] == "float32"
     rows = collect(source.stream())
     assert rows["grads"].shape == rows["acts"].shape
@@ -103,25 +104,26 @@ def test_hook_relative_to_the_base_model_is_accepted(tiny_gpt2):
     assert HFSource(model=tiny_gpt2, hook="h.0", context_size=32).hook_name == "transformer.h.0"
 
 
-def test_skip_rows_resumes_exactly_where_the_rows_left_off(tiny_gpt2):
-    source = HFSource(model=tiny_gpt2, max_docs=6, context_size=32, batch_size=2)
+def test_skip_rows_resumes_exactly_where_the_rows_left_off(tiny_gpt2, short_docs_jsonl):
+    source = HFSource(model=tiny_gpt2, data=short_docs_jsonl, context_size=24, batch_size=2)
     full = collect(source.stream())
-    for skip in (0, 1, 37, 300, len(full["acts"]) - 5):
+    assert len(full["acts"]) > 200  # several groups of 16 windows
+    for skip in (0, 1, 37, 150, len(full["acts"]) - 5):
         rest = collect(source.stream(skip_rows=skip))
         for key in full:
             np.testing.assert_array_equal(rest[key], full[key][skip:], err_msg=f"{key} after skipping {skip}")
 
 
-def test_documents_are_sharded_round_robin_across_writers(tiny_gpt2):
-    source = HFSource(model=tiny_gpt2, max_docs=7, context_size=32)
+def test_documents_are_sharded_round_robin_across_writers(tiny_gpt2, short_docs_jsonl):
+    source = HFSource(model=tiny_gpt2, data=short_docs_jsonl, context_size=32)
     shards = [collect(source.stream(rank, 3)) for rank in range(3)]
     for rank, rows in enumerate(shards):
-        assert set(rows["doc_ids"].tolist()) == {i for i in range(7) if i % 3 == rank}
+        assert set(rows["doc_ids"].tolist()) == {i for i in range(6) if i % 3 == rank}
     assert sum(len(r["acts"]) for r in shards) == len(collect(source.stream())["acts"])
 
 
-def test_cache_api_writes_grads_with_the_token_columns(tiny_gpt2, tmp_path):
-    opts = {"model": tiny_gpt2, "grads": True, "max_docs": 20, "context_size": 32, "batch_size": 4}
+def test_cache_api_writes_grads_with_the_token_columns(tiny_gpt2, short_docs_jsonl, tmp_path):
+    opts = {"model": tiny_gpt2, "data": short_docs_jsonl, "grads": True, "context_size": 32, "batch_size": 4}
     store = ff.cache("hf", opts, store=tmp_path / "s.zarr", rows=400, rows_per_chunk=64, progress=False)
     assert set(store.columns) == {"acts", "grads", "token_ids", "doc_ids", "positions"}
     assert store.rows == 400
@@ -170,6 +172,14 @@ def test_unreadable_data_is_refused_in_one_line(tmp_path):
         texts(HFSource(data=str(table)))
     with pytest.raises(ff.BadInputError, match="matches no"):
         HFSource(data=str(tmp_path / "*.jsonl"))
+    with pytest.raises(ff.BadInputError, match="does not exist"):
+        HFSource(data=str(tmp_path / "missing.txt"))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": oops}\n')
+    with pytest.raises(ff.BadInputError, match="line 2 is not JSON"):
+        texts(HFSource(data=str(bad)))
+    with pytest.raises(ff.BadInputError, match="no text field 'body'"):
+        texts(HFSource(data=str(bad), text_field="body"))
 
 
 def test_stdlib_text_is_deterministic_and_splits_top_level_definitions():

