@@ -41,10 +41,13 @@ __all__ = [
     "compute_dtype",
 ]
 
-# torch warns once per process that CSR/COO support is "beta"; the kernels below only use the
-# long-standing COO matmul, so the warning says nothing to a user.
-warnings.filterwarnings("ignore", message=r"Sparse (CSR|CSC|BSR|BSC) tensor support is in beta")
-warnings.filterwarnings("ignore", message=r"Sparse invariant checks are implicitly disabled")
+
+def _csr(crow: Tensor, col: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:
+    """A CSR tensor built without torch's "beta" and "invariant checks" warnings (the kernels
+    construct valid patterns by design; checking them would cost a pass per call)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, col, values, size, check_invariants=False)
 
 
 def compute_dtype(device: torch.device, default: torch.dtype) -> torch.dtype:
@@ -106,7 +109,7 @@ def sparse_t_matmul(indices: Tensor, weights: Tensor, dense: Tensor, n_rows: int
     nonzero = w != 0
     if not bool(nonzero.all()):  # padded or ReLU-zeroed slots contribute nothing
         rows, cols, w = rows[nonzero], cols[nonzero], w[nonzero]
-    coo = torch.sparse_coo_tensor(torch.stack([cols, rows]), w, (n_rows, n))
+    coo = torch.sparse_coo_tensor(torch.stack([cols, rows]), w, (n_rows, n), check_invariants=False)
     return torch.sparse.mm(coo, dense)
 
 
@@ -114,7 +117,7 @@ def gather_dot(grad: Tensor, weight: Tensor, indices: Tensor) -> Tensor:
     """``out[i, j] = grad[i] . weight[indices[i, j]]`` without a dense ``grad @ weight.T``."""
     n, k = indices.shape
     crow = torch.arange(0, n * k + 1, k, device=indices.device)
-    pattern = torch.sparse_csr_tensor(crow, indices.reshape(-1), torch.zeros(n * k, dtype=grad.dtype, device=grad.device), (n, weight.shape[0]))
+    pattern = _csr(crow, indices.reshape(-1), torch.zeros(n * k, dtype=grad.dtype, device=grad.device), (n, weight.shape[0]))
     if grad.device.type == "cpu":
         try:
             return torch.sparse.sampled_addmm(pattern, grad, weight.t()).values().view(n, k)

@@ -1,0 +1,35 @@
+"""Run inside the peers' venv (benchmarks/install_peers.sh): load an exported folder with the
+peer library itself and write its codes and reconstruction of given rows.
+
+    python peer_check.py saelens|sparsify FOLDER ROWS.safetensors OUT.safetensors
+"""
+
+import sys
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+def main(fmt: str, folder: str, rows: str, out: str) -> None:
+    x = load_file(rows)["x"]
+    with torch.no_grad():
+        if fmt == "saelens":
+            from sae_lens import SAE
+
+            sae = SAE.load_from_disk(folder, device="cpu")
+            codes = sae.encode(x)
+            x_hat = sae.decode(codes)
+            kind = type(sae).__name__
+        else:
+            from sparsify import SparseCoder
+
+            sae = SparseCoder.load_from_disk(folder, device="cpu")
+            top_acts, top_indices, _ = sae.encode(x)
+            codes = torch.zeros(x.shape[0], sae.num_latents).scatter_(1, top_indices, top_acts)
+            x_hat = sae.decode(top_acts, top_indices)
+            kind = type(sae).__name__
+    save_file({"codes": codes.float().contiguous(), "x_hat": x_hat.float().contiguous()}, out, metadata={"class": kind})
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:5])
