@@ -125,11 +125,11 @@ def train(trainer: str, options: Mapping[str, Any] | Sequence[str] | None = None
     return _train(trainer, options, **kwargs)
 
 
-def evaluate(run: str | os.PathLike, **kwargs: Any) -> dict[str, Any]:
+def evaluate(run: str | os.PathLike, store: Any = None, evaluators: Sequence[str] | None = None, **kwargs: Any) -> dict[str, Any]:
     """Evaluate a trained run on a store; see :func:`featureforge.evaluation.evaluate`."""
     from .evaluation import evaluate as _evaluate
 
-    return _evaluate(run, **kwargs)
+    return _evaluate(run, store, evaluators, **kwargs)
 
 
 def load(run: str | os.PathLike) -> Any:
