@@ -3,23 +3,37 @@
 A TopK step touches ``k`` of ``d_dict`` latents per row, so only the encoder matmul has to be
 dense. Everything after it works on ``(values [n, k], indices [n, k])``:
 
-* ``TopKEncode`` – the encoder matmul, top-k selection and ReLU in one autograd Function whose
-  backward never forms a dense ``[n, d_dict]`` gradient: the encoder weight gradient is a sparse
-  ``S^T @ x`` (S holds the k selected gradients per row), the encoder bias gradient an
-  ``index_add`` and the ``b_dec`` gradient ``-(grad_b_enc @ W_enc)``. It can also select the
-  AuxK latents (top ``k_aux`` pre-activations among dead latents) from the same matmul.
-* ``SparseDecode`` – ``x_hat = sum_j values[:, j] * W_dec[indices[:, j]]`` through
-  ``embedding_bag``; its backward computes the value gradient as a gather-dot and the decoder
-  gradient as a sparse ``S^T @ grad`` touching only the used rows.
+* ``TopKEncode`` – encoder matmul, top-k selection and ReLU in one autograd Function whose
+  backward never forms a dense ``[n, d_dict]`` gradient. With ``S`` the sparse ``[n, d_dict]``
+  matrix of the selected latents' gradients: ``grad_b_enc = S^T 1`` (an ``index_add``),
+  ``grad_W_enc = S^T x - grad_b_enc b_dec^T`` (one sparse-transpose matmul),
+  ``grad_b_dec = -grad_b_enc @ W_enc``. ``b_dec`` is folded into the bias of the matmul
+  (``x W^T + (b_enc - W b_dec)``), so ``x - b_dec`` is never materialised. The same matmul also
+  yields the AuxK selection (top ``k_aux`` pre-activations among dead latents).
+* ``SparseDecode`` – ``x_hat = sum_j values[:, j] * W_dec[indices[:, j]]`` (``embedding_bag``);
+  backward: value gradient by a sampled dense-dense product (``grad . W_dec[idx]`` at the k
+  used latents only) and ``grad_W_dec = S_v^T grad``, touching only the used rows.
+* Top-k selection by groups: a row's top k lie in the k groups with the largest maxima (any
+  partition of the latents works: a latent in the top k has fewer than k larger entries, so its
+  group's maximum cannot be beaten by k other groups' maxima). Maxima of interleaved groups are
+  one vectorised pass; the exact top k then comes from ``k * group_size`` candidates.
 
-The references (``dense_encode``, ``dense_decode``) are plain autograd code: the parity tests
-compare values and every gradient against them. Kernels run on whatever device the tensors are
-on; only the matmul follows bf16 autocast, the sparse parts stay in fp32 (they are cheap, and
-the gradients land in fp32 master weights anyway).
+Both backward passes need ``S^T`` (rows sorted by latent): the index pattern is sorted once per
+step (``_Pattern``, attached to the index tensor) and shared by encoder and decoder.
+
+The references (``dense_encode``, ``dense_decode``, ``dense_batch_topk_encode``) are plain
+autograd code; the parity tests compare outputs and every gradient against them.
+
+Precision: the sparse parts run in the weights' dtype (fp32 master weights). Under autocast the
+encoder matmul runs in the autocast dtype where the hardware has it (CUDA, or CPUs with AMX /
+AVX512-BF16); on CPUs without bf16 units an emulated bf16 matmul is ~5x slower than fp32, so
+the kernel keeps fp32 there (more precise, and faster).
 """
 
 from __future__ import annotations
 
+import functools
+import math
 import warnings
 
 import torch
@@ -30,49 +44,79 @@ __all__ = [
     "TopKEncode",
     "SparseDecode",
     "topk_encode",
+    "batch_topk_encode",
     "sparse_decode",
     "dense_encode",
-    "dense_decode",
-    "batch_topk_encode",
     "dense_batch_topk_encode",
+    "dense_decode",
+    "select_topk",
     "select_batch_topk",
     "sparse_t_matmul",
-    "select_topk",
     "compute_dtype",
 ]
 
 
 def _csr(crow: Tensor, col: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:
     """A CSR tensor built without torch's "beta" and "invariant checks" warnings (the kernels
-    construct valid patterns by design; checking them would cost a pass per call)."""
+    build valid patterns by construction; checking them would cost a pass per call)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return torch.sparse_csr_tensor(crow, col, values, size, check_invariants=False)
 
 
+@functools.cache
+def _cpu_has_fast_bf16() -> bool:
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # pragma: no cover - older torch
+        return False
+
+
 def compute_dtype(device: torch.device, default: torch.dtype) -> torch.dtype:
-    """The autocast dtype on ``device`` when autocast is on there, else ``default``."""
-    if torch.is_autocast_enabled(device.type):
-        return torch.get_autocast_dtype(device.type)
-    return default
+    """Dtype of the encoder matmul: autocast's where it is on and fast on this device."""
+    if not torch.is_autocast_enabled(device.type):
+        return default
+    dtype = torch.get_autocast_dtype(device.type)
+    if device.type == "cpu" and dtype in (torch.bfloat16, torch.float16) and not _cpu_has_fast_bf16():
+        return default
+    return dtype
+
+
+# -- selection -------------------------------------------------------------------------------
+def _group_size(d_dict: int, k: int) -> int:
+    """Latents per group for grouped top-k selection, 0 where plain ``torch.topk`` is better."""
+    size = 1 << int(math.log2(max(1.0, math.sqrt(d_dict / max(k, 1)))))
+    while size >= 4 and (d_dict % size or d_dict // size < 2 * k):
+        size //= 2
+    return size if size >= 4 else 0
 
 
 def select_topk(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Top-k of each row of ``pre`` (any order), ReLU applied to the kept values.
+    """Top-k of each row of ``pre`` (any order) with ReLU applied to the kept values.
 
-    ReLU is monotone, so ``relu(topk(pre)) == topk(relu(pre))`` and no pass over the dense
-    ``[n, d_dict]`` block is spent on it.
+    ReLU is monotone, so ``relu(topk(pre)) == topk(relu(pre))``: no pass over the dense block is
+    spent on it. Exact; uses grouped selection (module docstring) when it saves work.
     """
-    values, indices = torch.topk(pre, k, dim=-1, sorted=False)
+    n, m = pre.shape
+    size = _group_size(m, k)
+    if not size:
+        values, indices = torch.topk(pre, k, dim=-1, sorted=False)
+        return values.relu_(), indices
+    groups = m // size
+    view = pre.view(n, size, groups)  # group g holds latents g, g + groups, g + 2 * groups, ...
+    _, top_groups = view.amax(1).topk(k, dim=1, sorted=False)  # [n, k]
+    candidates = view.gather(2, top_groups[:, None, :].expand(n, size, k)).view(n, size * k)
+    values, pos = candidates.topk(k, dim=1, sorted=False)
+    indices = torch.div(pos, k, rounding_mode="floor").mul_(groups).add_(top_groups.gather(1, pos.remainder(k)))
     return values.relu_(), indices
 
 
 def select_batch_topk(pre: Tensor, k: int, candidates: int = 4) -> tuple[Tensor, Tensor]:
     """The ``n*k`` largest entries of ``relu(pre)`` over the whole ``[n, d_dict]`` block.
 
-    Exact without a sort of all ``n*d_dict`` entries: each row offers its top ``c*k``
-    candidates (sorted), the global threshold is the ``n*k``-th largest candidate, and if some
-    row's smallest candidate still reaches that threshold (it may hold more) the candidate count
+    Exact without sorting all ``n*d_dict`` entries: each row offers its top ``c*k`` candidates
+    (sorted), the global threshold is the ``n*k``-th largest candidate, and if some row's
+    smallest candidate still reaches that threshold (it may hold more) the candidate count
     doubles. Returns ``[n, k_max]`` (values, indices); slots a row does not use hold 0.
     """
     n, m = pre.shape
@@ -94,36 +138,63 @@ def select_batch_topk(pre: Tensor, k: int, candidates: int = 4) -> tuple[Tensor,
     return values, cand_i[:, :width].contiguous()
 
 
+# -- the sparse pattern and its transpose ----------------------------------------------------
+class _Pattern:
+    """Column indices ``[n, k]`` of a sparse ``[n, m]`` matrix; its transpose is sorted once."""
+
+    def __init__(self, indices: Tensor, m: int):
+        self.indices = indices
+        self.m = m
+        self._t: tuple[Tensor, Tensor, Tensor] | None = None
+        self._crow_rows: Tensor | None = None
+
+    @staticmethod
+    def of(indices: Tensor, m: int) -> "_Pattern":
+        pattern = getattr(indices, "_featureforge_pattern", None)
+        if pattern is None or pattern.m != m:
+            pattern = _Pattern(indices, m)
+            try:
+                indices._featureforge_pattern = pattern  # type: ignore[attr-defined]
+            except (AttributeError, RuntimeError):  # pragma: no cover - tensor subclasses
+                pass
+        return pattern
+
+    def transpose(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(crow [m+1], row of each entry [nnz], order [nnz]): ``S^T`` in CSR, entries sorted by latent."""
+        if self._t is None:
+            n, k = self.indices.shape
+            flat = self.indices.reshape(-1)
+            # A stable sort of int64 keys is a single-threaded radix sort on CPU: fast, and
+            # immune to the thread-barrier stalls of the parallel sort on a busy machine.
+            sorted_latents, order = torch.sort(flat, stable=True)
+            crow = torch.searchsorted(sorted_latents, torch.arange(self.m + 1, device=flat.device))
+            self._t = (crow, torch.div(order, k, rounding_mode="floor"), order)
+        return self._t
+
+    def t_matmul(self, weights: Tensor, dense: Tensor) -> Tensor:
+        """``S^T @ dense`` for ``S`` holding ``weights [n, k]`` at this pattern: ``[m, d]``."""
+        crow, rows, order = self.transpose()
+        n = self.indices.shape[0]
+        values = weights.reshape(-1).to(dense.dtype).index_select(0, order)
+        return torch.sparse.mm(_csr(crow, rows, values, (self.m, n)), dense)
+
+    def sampled_dot(self, grad: Tensor, weight: Tensor) -> Tensor:
+        """``out[i, j] = grad[i] . weight[indices[i, j]]`` without a dense ``grad @ weight.T``."""
+        n, k = self.indices.shape
+        if grad.device.type == "cpu":
+            crow = torch.arange(0, n * k + 1, k, device=grad.device)
+            pattern = _csr(crow, self.indices.reshape(-1), grad.new_zeros(n * k), (n, self.m))
+            try:
+                return torch.sparse.sampled_addmm(pattern, grad, weight.t()).values().view(n, k)
+            except (RuntimeError, NotImplementedError):  # pragma: no cover - builds without it
+                pass
+        return torch.bmm(F.embedding(self.indices, weight), grad.unsqueeze(-1)).squeeze(-1)
+
+
 def sparse_t_matmul(indices: Tensor, weights: Tensor, dense: Tensor, n_rows: int) -> Tensor:
-    """``out[l] = sum over (i, j) with indices[i, j] == l of weights[i, j] * dense[i]``.
-
-    That is ``S^T @ dense`` for the sparse ``S [n, n_rows]`` holding ``weights`` at
-    ``indices``: the gradient of a weight matrix whose rows were gathered by ``indices``. Done
-    as a COO sparse matmul (sorted once, reduced per output row), never as a dense ``[n,
-    n_rows]`` product nor as an ``[n*k, d]`` outer-product buffer.
-    """
-    n, k = indices.shape
-    rows = torch.arange(n, device=indices.device).repeat_interleave(k)
-    cols = indices.reshape(-1)
-    w = weights.reshape(-1).to(dense.dtype)
-    nonzero = w != 0
-    if not bool(nonzero.all()):  # padded or ReLU-zeroed slots contribute nothing
-        rows, cols, w = rows[nonzero], cols[nonzero], w[nonzero]
-    coo = torch.sparse_coo_tensor(torch.stack([cols, rows]), w, (n_rows, n), check_invariants=False)
-    return torch.sparse.mm(coo, dense)
-
-
-def gather_dot(grad: Tensor, weight: Tensor, indices: Tensor) -> Tensor:
-    """``out[i, j] = grad[i] . weight[indices[i, j]]`` without a dense ``grad @ weight.T``."""
-    n, k = indices.shape
-    crow = torch.arange(0, n * k + 1, k, device=indices.device)
-    pattern = _csr(crow, indices.reshape(-1), torch.zeros(n * k, dtype=grad.dtype, device=grad.device), (n, weight.shape[0]))
-    if grad.device.type == "cpu":
-        try:
-            return torch.sparse.sampled_addmm(pattern, grad, weight.t()).values().view(n, k)
-        except (RuntimeError, NotImplementedError):  # pragma: no cover - older builds
-            pass
-    return torch.bmm(F.embedding(indices, weight), grad.unsqueeze(-1)).squeeze(-1)
+    """``out[l] = sum over (i, j) with indices[i, j] == l of weights[i, j] * dense[i]``: the
+    gradient of a matrix whose rows were gathered by ``indices`` (``S^T @ dense``)."""
+    return _Pattern.of(indices, n_rows).t_matmul(weights, dense)
 
 
 # -- encoder ---------------------------------------------------------------------------------
@@ -132,20 +203,23 @@ class TopKEncode(torch.autograd.Function):
 
     Returns ``(values [n, k], indices [n, k], aux_values [n, k_aux], aux_indices [n, k_aux])``;
     the aux pair selects the top ``k_aux`` pre-activations among ``aux_latents`` (AuxK) and is
-    empty when ``aux_latents`` is None. Gradients flow to ``W_enc``, ``b_enc`` and ``b_dec``
-    (and to ``x`` if it requires them) from both pairs.
+    empty when ``aux_latents`` is None. With ``batch=True`` the selection is BatchTopK's (the
+    batch's top ``n*k``; see :func:`select_batch_topk`). Gradients flow to ``W_enc``, ``b_enc``
+    and ``b_dec`` (and to ``x`` if it requires them) from both pairs.
     """
 
     @staticmethod
     def forward(ctx, x, W_enc, b_enc, b_dec, k, aux_latents, k_aux, batch=False):  # type: ignore[override]
         cdt = compute_dtype(x.device, W_enc.dtype)
+        d_dict = W_enc.shape[0]
         with torch.autocast(x.device.type, enabled=False):
-            sae_in = x.to(W_enc.dtype) - b_dec
-            pre = torch.addmm(b_enc.to(cdt), sae_in.to(cdt), W_enc.to(cdt).t())
+            x = x.to(W_enc.dtype)
+            bias = torch.addmv(b_enc, W_enc, b_dec, alpha=-1)  # b_enc - W_enc b_dec
+            pre = torch.addmm(bias.to(cdt), x.to(cdt), W_enc.to(cdt).t())
             values, indices = select_batch_topk(pre, k) if batch else select_topk(pre, k)
             if aux_latents is not None and k_aux > 0:
-                aux_pre = pre.index_select(1, aux_latents)
-                aux_values, aux_local = select_topk(aux_pre, k_aux)
+                aux_values, aux_local = torch.topk(pre.index_select(1, aux_latents), k_aux, dim=-1, sorted=False)
+                aux_values.relu_()
                 aux_indices = aux_latents[aux_local]
             else:
                 aux_values = pre.new_zeros((pre.shape[0], 0))
@@ -153,31 +227,45 @@ class TopKEncode(torch.autograd.Function):
             del pre
         values = values.to(W_enc.dtype)
         aux_values = aux_values.to(W_enc.dtype)
-        ctx.save_for_backward(sae_in, W_enc, values, indices, aux_values, aux_indices)
+        indices._featureforge_pattern = _Pattern(indices, d_dict)  # type: ignore[attr-defined]
+        aux_indices._featureforge_pattern = _Pattern(aux_indices, d_dict)  # type: ignore[attr-defined]
+        ctx.patterns = (indices._featureforge_pattern, aux_indices._featureforge_pattern)  # type: ignore[attr-defined]
+        ctx.save_for_backward(x, W_enc, b_dec, values, aux_values)
         ctx.mark_non_differentiable(indices, aux_indices)
         return values, indices, aux_values, aux_indices
 
     @staticmethod
     def backward(ctx, g_values, _g_indices, g_aux, _g_aux_indices):  # type: ignore[override]
-        sae_in, W_enc, values, indices, aux_values, aux_indices = ctx.saved_tensors
-        # ReLU: latents selected at a non-positive pre-activation pass no gradient.
+        # backward() may be called inside the autocast region; the sparse parts stay fp32.
+        with torch.autocast(g_values.device.type, enabled=False):
+            return TopKEncode._backward(ctx, g_values, g_aux)
+
+    @staticmethod
+    def _backward(ctx, g_values, g_aux):
+        x, W_enc, b_dec, values, aux_values = ctx.saved_tensors
+        main, aux = ctx.patterns
+        has_aux = aux.indices.shape[1] > 0
+        # ReLU: latents kept at a non-positive pre-activation pass no gradient.
         g = torch.where(values > 0, g_values.to(W_enc.dtype), 0.0)
-        if aux_indices.shape[1]:
-            g_aux = torch.where(aux_values > 0, g_aux.to(W_enc.dtype), 0.0)
-            g = torch.cat([g, g_aux], 1)
-            idx = torch.cat([indices, aux_indices], 1)
-        else:
-            idx = indices
+        g_a = torch.where(aux_values > 0, g_aux.to(W_enc.dtype), 0.0) if has_aux else None
         d_dict = W_enc.shape[0]
         grad_x = grad_W = grad_b_enc = grad_b_dec = None
+        grad_c = torch.zeros(d_dict, dtype=W_enc.dtype, device=W_enc.device).index_add_(0, main.indices.reshape(-1), g.reshape(-1))
+        if has_aux:
+            grad_c.index_add_(0, aux.indices.reshape(-1), g_a.reshape(-1))
         if ctx.needs_input_grad[1]:
-            grad_W = sparse_t_matmul(idx, g, sae_in, d_dict)
-        if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
-            grad_b_enc = torch.zeros(d_dict, dtype=W_enc.dtype, device=W_enc.device).index_add_(0, idx.reshape(-1), g.reshape(-1))
-            if ctx.needs_input_grad[3]:
-                grad_b_dec = -(grad_b_enc @ W_enc)
+            grad_W = main.t_matmul(g, x)
+            if has_aux:
+                grad_W += aux.t_matmul(g_a, x)
+            grad_W.addr_(grad_c, b_dec, alpha=-1)  # S^T (x - b_dec) = S^T x - (S^T 1) b_dec^T
+        if ctx.needs_input_grad[2]:
+            grad_b_enc = grad_c
+        if ctx.needs_input_grad[3]:
+            grad_b_dec = -(grad_c @ W_enc)
         if ctx.needs_input_grad[0]:
-            grad_x = F.embedding_bag(idx, W_enc, per_sample_weights=g, mode="sum")
+            grad_x = F.embedding_bag(main.indices, W_enc, per_sample_weights=g, mode="sum")
+            if has_aux:
+                grad_x += F.embedding_bag(aux.indices, W_enc, per_sample_weights=g_a, mode="sum")
         return grad_x, grad_W, grad_b_enc, grad_b_dec, None, None, None, None
 
 
@@ -207,18 +295,20 @@ class SparseDecode(torch.autograd.Function):
         with torch.autocast(values.device.type, enabled=False):
             v = values.to(W_dec.dtype)
             out = F.embedding_bag(indices, W_dec, per_sample_weights=v, mode="sum")
-        ctx.save_for_backward(v, indices, W_dec)
+        ctx.pattern = _Pattern.of(indices, W_dec.shape[0])
+        ctx.save_for_backward(v, W_dec)
         return out
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        values, indices, W_dec = ctx.saved_tensors
-        grad = grad.to(W_dec.dtype).contiguous()
+        values, W_dec = ctx.saved_tensors
         grad_values = grad_W = None
-        if ctx.needs_input_grad[0]:
-            grad_values = gather_dot(grad, W_dec, indices)
-        if ctx.needs_input_grad[2]:
-            grad_W = sparse_t_matmul(indices, values, grad, W_dec.shape[0])
+        with torch.autocast(grad.device.type, enabled=False):
+            grad = grad.to(W_dec.dtype).contiguous()
+            if ctx.needs_input_grad[0]:
+                grad_values = ctx.pattern.sampled_dot(grad, W_dec)
+            if ctx.needs_input_grad[2]:
+                grad_W = ctx.pattern.t_matmul(values, grad)
         return grad_values, None, grad_W
 
 
@@ -228,38 +318,32 @@ def sparse_decode(values: Tensor, indices: Tensor, W_dec: Tensor) -> Tensor:
 
 
 # -- eager dense references ------------------------------------------------------------------
+def _aux_reference(pre: Tensor, aux_latents: Tensor | None, k_aux: int, like: Tensor) -> tuple[Tensor, Tensor]:
+    if aux_latents is not None and k_aux > 0:
+        aux_values, aux_local = torch.topk(pre[:, aux_latents], k_aux, dim=-1, sorted=False)
+        return aux_values, aux_latents[aux_local]
+    return pre.new_zeros((pre.shape[0], 0)), like.new_zeros((pre.shape[0], 0))
+
+
 def dense_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k: int,
                  aux_latents: Tensor | None = None, k_aux: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Reference of :func:`topk_encode`: dense matmul, ReLU, top-k, plain autograd."""
     pre = F.relu(F.linear(x - b_dec, W_enc, b_enc))
     values, indices = torch.topk(pre, k, dim=-1, sorted=False)
-    if aux_latents is not None and k_aux > 0:
-        aux_values, aux_local = torch.topk(pre[:, aux_latents], k_aux, dim=-1, sorted=False)
-        aux_indices = aux_latents[aux_local]
-    else:
-        aux_values = pre.new_zeros((pre.shape[0], 0))
-        aux_indices = indices.new_zeros((pre.shape[0], 0))
-    return values, indices, aux_values, aux_indices
+    return (values, indices, *_aux_reference(pre, aux_latents, k_aux, indices))
 
 
 def dense_batch_topk_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k: int,
                             aux_latents: Tensor | None = None, k_aux: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Reference of :func:`batch_topk_encode` (as in SAELens' BatchTopK): dense codes of the
-    batch's top ``n*k`` ReLU activations, returned as ``values [n, d_dict]`` with the identity
-    ``indices``."""
+    """Reference of :func:`batch_topk_encode` (as SAELens' BatchTopK): dense codes of the batch's
+    top ``n*k`` ReLU activations, returned as ``values [n, d_dict]`` with identity ``indices``."""
     pre = F.relu(F.linear(x - b_dec, W_enc, b_enc))
     n, m = pre.shape
     flat = pre.reshape(-1)
     top = torch.topk(flat, min(n * k, flat.numel()), sorted=False)
     codes = torch.zeros_like(flat).scatter(0, top.indices, top.values).reshape(n, m)
     indices = torch.arange(m, device=pre.device).expand(n, m)
-    if aux_latents is not None and k_aux > 0:
-        aux_values, aux_local = torch.topk(pre[:, aux_latents], k_aux, dim=-1, sorted=False)
-        aux_indices = aux_latents[aux_local]
-    else:
-        aux_values = pre.new_zeros((n, 0))
-        aux_indices = indices.new_zeros((n, 0))
-    return codes, indices, aux_values, aux_indices
+    return (codes, indices, *_aux_reference(pre, aux_latents, k_aux, indices))
 
 
 def dense_decode(values: Tensor, indices: Tensor, W_dec: Tensor) -> Tensor:

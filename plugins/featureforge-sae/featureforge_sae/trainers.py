@@ -119,29 +119,33 @@ class TopKTrainer(DictionaryTrainer):
 
     def _finish(self, dictionary, x, values, indices, aux_values, aux_indices, dead) -> StepOutput:
         import torch
+        import torch.nn.functional as F
 
         x_hat = self._decode(dictionary, values, indices) + dictionary.b_dec
         x = x.to(x_hat.dtype)
-        e = x - x_hat
-        total_variance = (x - x.mean(0)).pow(2).sum().clamp_min(torch.finfo(x.dtype).tiny)
-        fvu = e.pow(2).sum() / total_variance
+        with torch.no_grad():
+            n = x.shape[0]
+            total_variance = (torch.var(x, 0, correction=0).sum() * n).clamp_min(torch.finfo(x.dtype).tiny)
+        fvu = F.mse_loss(x_hat, x, reduction="sum") / total_variance
         loss = fvu
         metrics: dict[str, Any] = {"fvu_train": fvu.detach()}
         if dead is not None and aux_indices.shape[1] > 0:
-            e = e.detach()
+            with torch.no_grad():
+                e = x - x_hat
+                aux_den = (torch.var(e, 0, correction=0).sum() * n).clamp_min(torch.finfo(e.dtype).tiny)
             e_hat = self._decode(dictionary, aux_values, aux_indices)
             scale = min(len(dead) / self.k_aux(dictionary.d_in), 1.0)
-            aux_den = (e - e.mean(0)).pow(2).sum().clamp_min(torch.finfo(e.dtype).tiny)
-            auxk = scale * (e - e_hat).pow(2).sum() / aux_den
+            auxk = scale * F.mse_loss(e_hat, e, reduction="sum") / aux_den
             loss = loss + self.options.aux_coef * auxk
             metrics["auxk_loss"] = auxk.detach()
         else:
             metrics["auxk_loss"] = 0.0
         with torch.no_grad():
             fired = values > 0
-            active = torch.zeros(dictionary.d_dict, dtype=torch.bool, device=values.device)
-            active[indices[fired]] = True
-            l0 = fired.sum(1).float().mean()
+            hits = torch.zeros(dictionary.d_dict, dtype=torch.float32, device=values.device)
+            hits.index_add_(0, indices.reshape(-1), fired.reshape(-1).to(torch.float32))
+            active = hits > 0
+            l0 = fired.sum() / fired.shape[0]
         return StepOutput(loss=loss, x_hat=x_hat, active=active, l0=l0, metrics=metrics)
 
     def before_step(self, dictionary: Any, state: TrainState) -> None:
@@ -153,8 +157,8 @@ class TopKTrainer(DictionaryTrainer):
             return
         with torch.no_grad():
             W = dictionary.W_dec
-            parallel = (grad * W).sum(1, keepdim=True)
-            grad.sub_(parallel * W)
+            parallel = torch.linalg.vecdot(grad, W).unsqueeze_(1)
+            grad.addcmul_(parallel, W, value=-1)
 
     def after_step(self, dictionary: Any, state: TrainState) -> None:
         """Renormalise decoder rows to unit norm after the optimiser moved them."""
