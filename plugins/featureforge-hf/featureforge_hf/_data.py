@@ -75,7 +75,7 @@ def stdlib_documents(root: Path | None = None) -> Iterator[str]:
         yield from split_python_source(text)
 
 
-def resolve(data: str, text_field: str = "text") -> DataSpec:
+def resolve(data: str) -> DataSpec:
     """Turn the ``data`` option into a ``DataSpec``; refuse what cannot be read, in one line."""
     if not data:
         root = stdlib_root()

@@ -337,10 +337,22 @@ def next_token_ce(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask:
 
 def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded ``input_ids`` and ``attention_mask`` [b, longest]."""
+    import numpy as np
+
     longest = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+    ids = np.full((len(sequences), longest), pad_id, dtype=np.int64)
+    mask = np.zeros((len(sequences), longest), dtype=np.int64)
     for i, s in enumerate(sequences):
-        ids[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+        ids[i, : len(s)] = s
         mask[i, : len(s)] = 1
-    return ids.to(device), mask.to(device)
+    return torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
+
+
+def keep_mask(keeps: Sequence[Sequence[bool]], shape: tuple[int, ...]) -> torch.Tensor:
+    """Bool [b, t]: each row's ``keep`` flags, False over the padding."""
+    import numpy as np
+
+    out = np.zeros(shape, dtype=bool)
+    for i, keep in enumerate(keeps):
+        out[i, : len(keep)] = keep
+    return torch.from_numpy(out)

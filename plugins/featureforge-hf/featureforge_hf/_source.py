@@ -86,7 +86,7 @@ class HFSource(ActivationSource):
             raise OptionError(f"max_docs={o.max_docs} must be at least 1, or none for all documents")
         if not o.split:
             raise OptionError("split must not be empty; pass e.g. -o split=train")
-        self._data = _data.resolve(o.data, o.text_field)
+        self._data = _data.resolve(o.data)
         self._loaded: LoadedModel | None = None
         self._hook_name = ""
         self._width: int | None = None
@@ -306,10 +306,10 @@ class HFSource(ActivationSource):
     def _run_batch(self, batch: list[Window]) -> dict[str, Any]:
         import torch
 
+        from ._model import keep_mask
+
         input_ids, mask = self._pad([w.ids for w in batch])
-        keep = torch.zeros(input_ids.shape, dtype=torch.bool)
-        for i, w in enumerate(batch):
-            keep[i, : len(w.keep)] = torch.as_tensor(w.keep)
+        keep = keep_mask([w.keep for w in batch], tuple(input_ids.shape))
         grads = None
         if self.options.grads:
             acts, grads = self._capture_with_grads(input_ids, mask)

@@ -21,7 +21,7 @@ import torch
 
 from featureforge import BadInputError
 
-from ._model import attach, model_kwargs, next_token_ce
+from ._model import attach, keep_mask, model_kwargs, next_token_ce
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._source import HFSource
@@ -103,9 +103,7 @@ class SplicedModel:
 
     def _batch(self, windows: list[Any]) -> TokenBatch:
         input_ids, mask = self.source._pad([w.ids for w in windows])
-        keep = torch.zeros(input_ids.shape, dtype=torch.bool)
-        for i, w in enumerate(windows):
-            keep[i, : len(w.keep)] = torch.as_tensor(w.keep)
+        keep = keep_mask([w.keep for w in windows], tuple(input_ids.shape))
         doc_ids = torch.as_tensor([w.doc_id for w in windows], dtype=torch.int64)
         return TokenBatch(input_ids, mask, keep.to(self.device), doc_ids)
 

@@ -189,3 +189,14 @@ def test_stdlib_text_is_deterministic_and_splits_top_level_definitions():
     assert parts == ['"""Doc."""\nimport os', "def f():\n    pass", "@dec\nclass C:\n\n    def m(self):\n        pass"]
     a = HFSource(max_docs=50)
     assert texts(a) == texts(HFSource(max_docs=50)) and len(texts(a)) == 50
+
+
+def test_datasets_saved_to_disk_and_an_unreachable_dataset_name(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"content": ["one doc", "", "two doc"]})})
+    ds.save_to_disk(str(tmp_path / "ds"))
+    assert texts(HFSource(data=str(tmp_path / "ds"), text_field="content", seed=None)) == ["one doc", "two doc"]
+    with pytest.raises(ff.BadInputError, match="no split 'test'"):
+        texts(HFSource(data=str(tmp_path / "ds"), text_field="content", split="test"))
+    with pytest.raises(ff.BadInputError, match="could not be loaded"):
+        texts(HFSource(data="nobody/no-such-dataset"))
