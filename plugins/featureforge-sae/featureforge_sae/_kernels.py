@@ -82,6 +82,26 @@ def compute_dtype(device: torch.device, default: torch.dtype) -> torch.dtype:
     return dtype
 
 
+# -- workspace -------------------------------------------------------------------------------
+_WORKSPACE: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+
+
+def _scratch(shape: tuple[int, int], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A reusable buffer for the dense pre-activations, which never outlive one forward call.
+
+    Allocating the ``[n, d_dict]`` block afresh each step costs more than the top-k on it: a
+    64 MiB buffer comes from ``mmap`` every time, and its page faults (kernel zeroing) cost
+    20-30 ms on two cores. One buffer per (device, dtype) is kept and grown as needed.
+    """
+    numel = shape[0] * shape[1]
+    key = (torch.device(device), dtype)
+    buf = _WORKSPACE.get(key)
+    if buf is None or buf.numel() < numel:
+        buf = torch.empty(numel, dtype=dtype, device=device)
+        _WORKSPACE[key] = buf
+    return buf[:numel].view(shape)
+
+
 # -- selection -------------------------------------------------------------------------------
 def _group_size(d_dict: int, k: int) -> int:
     """Latents per group for grouped top-k selection, 0 where plain ``torch.topk`` is better."""
@@ -215,7 +235,8 @@ class TopKEncode(torch.autograd.Function):
         with torch.autocast(x.device.type, enabled=False):
             x = x.to(W_enc.dtype)
             bias = torch.addmv(b_enc, W_enc, b_dec, alpha=-1)  # b_enc - W_enc b_dec
-            pre = torch.addmm(bias.to(cdt), x.to(cdt), W_enc.to(cdt).t())
+            pre = _scratch((x.shape[0], d_dict), cdt, x.device)
+            torch.addmm(bias.to(cdt), x.to(cdt), W_enc.to(cdt).t(), out=pre)
             values, indices = select_batch_topk(pre, k) if batch else select_topk(pre, k)
             if aux_latents is not None and k_aux > 0:
                 aux_values, aux_local = torch.topk(pre.index_select(1, aux_latents), k_aux, dim=-1, sorted=False)

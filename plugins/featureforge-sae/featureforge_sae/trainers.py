@@ -51,6 +51,15 @@ def geometric_median(points: "torch.Tensor", iters: int = 200, tol: float = 1e-6
     return y.to(points.dtype) if torch.is_floating_point(points) else y
 
 
+def _sum_sq_centred(x: "torch.Tensor") -> "torch.Tensor":
+    """sum ||x_i - mean(x)||^2 over rows (the FVU denominator), floored at the dtype's tiny."""
+    import torch
+
+    centred = x - x.mean(0)
+    flat = centred.reshape(-1)
+    return torch.dot(flat, flat).clamp_min(torch.finfo(x.dtype).tiny)
+
+
 class TopKTrainer(DictionaryTrainer):
     """TopK sparse autoencoder with AuxK (Gao et al. 2024, arXiv 2406.04093)."""
 
@@ -124,15 +133,14 @@ class TopKTrainer(DictionaryTrainer):
         x_hat = self._decode(dictionary, values, indices) + dictionary.b_dec
         x = x.to(x_hat.dtype)
         with torch.no_grad():
-            n = x.shape[0]
-            total_variance = (torch.var(x, 0, correction=0).sum() * n).clamp_min(torch.finfo(x.dtype).tiny)
+            total_variance = _sum_sq_centred(x)
         fvu = F.mse_loss(x_hat, x, reduction="sum") / total_variance
         loss = fvu
         metrics: dict[str, Any] = {"fvu_train": fvu.detach()}
         if dead is not None and aux_indices.shape[1] > 0:
             with torch.no_grad():
                 e = x - x_hat
-                aux_den = (torch.var(e, 0, correction=0).sum() * n).clamp_min(torch.finfo(e.dtype).tiny)
+                aux_den = _sum_sq_centred(e)
             e_hat = self._decode(dictionary, aux_values, aux_indices)
             scale = min(len(dead) / self.k_aux(dictionary.d_in), 1.0)
             auxk = scale * F.mse_loss(e_hat, e, reduction="sum") / aux_den
