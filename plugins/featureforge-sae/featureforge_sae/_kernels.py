@@ -84,6 +84,8 @@ def compute_dtype(device: torch.device, default: torch.dtype) -> torch.dtype:
 
 # -- workspace -------------------------------------------------------------------------------
 _WORKSPACE: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+#: Largest block kept between calls (128 MiB in fp32); larger ones are allocated per call.
+_WORKSPACE_MAX_ELEMENTS = 1 << 25
 
 
 def _scratch(shape: tuple[int, int], dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -91,9 +93,12 @@ def _scratch(shape: tuple[int, int], dtype: torch.dtype, device: torch.device) -
 
     Allocating the ``[n, d_dict]`` block afresh each step costs more than the top-k on it: a
     64 MiB buffer comes from ``mmap`` every time, and its page faults (kernel zeroing) cost
-    20-30 ms on two cores. One buffer per (device, dtype) is kept and grown as needed.
+    20-30 ms on two cores. One buffer per (device, dtype) is kept and grown as needed, up to
+    ``_WORKSPACE_MAX_ELEMENTS``.
     """
     numel = shape[0] * shape[1]
+    if numel > _WORKSPACE_MAX_ELEMENTS:  # e.g. encoding a whole evaluation set at once
+        return torch.empty(shape, dtype=dtype, device=device)
     key = (torch.device(device), dtype)
     buf = _WORKSPACE.get(key)
     if buf is None or buf.numel() < numel:
@@ -111,23 +116,28 @@ def _group_size(d_dict: int, k: int) -> int:
     return size if size >= 4 else 0
 
 
-def select_topk(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Top-k of each row of ``pre`` (any order) with ReLU applied to the kept values.
-
-    ReLU is monotone, so ``relu(topk(pre)) == topk(relu(pre))``: no pass over the dense block is
-    spent on it. Exact; uses grouped selection (module docstring) when it saves work.
-    """
+def _topk_rows(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Exact top-k of each row (any order), by grouped selection when it saves work."""
     n, m = pre.shape
     size = _group_size(m, k)
     if not size:
-        values, indices = torch.topk(pre, k, dim=-1, sorted=False)
-        return values.relu_(), indices
+        return torch.topk(pre, k, dim=-1, sorted=False)
     groups = m // size
     view = pre.view(n, size, groups)  # group g holds latents g, g + groups, g + 2 * groups, ...
     _, top_groups = view.amax(1).topk(k, dim=1, sorted=False)  # [n, k]
     candidates = view.gather(2, top_groups[:, None, :].expand(n, size, k)).view(n, size * k)
     values, pos = candidates.topk(k, dim=1, sorted=False)
     indices = torch.div(pos, k, rounding_mode="floor").mul_(groups).add_(top_groups.gather(1, pos.remainder(k)))
+    return values, indices
+
+
+def select_topk(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Top-k of each row of ``pre`` (any order) with ReLU applied to the kept values.
+
+    ReLU is monotone, so ``relu(topk(pre)) == topk(relu(pre))``: no pass over the dense block is
+    spent on it. Exact; uses grouped selection (module docstring) when it saves work.
+    """
+    values, indices = _topk_rows(pre, k)
     return values.relu_(), indices
 
 
@@ -143,7 +153,9 @@ def select_batch_topk(pre: Tensor, k: int, candidates: int = 4) -> tuple[Tensor,
     total = n * k
     kc = min(m, candidates * k)
     while True:
-        cand_v, cand_i = torch.topk(pre, kc, dim=-1, sorted=True)
+        cand_v, cand_i = _topk_rows(pre, kc)
+        cand_v, order = torch.sort(cand_v, dim=1, descending=True)
+        cand_i = cand_i.gather(1, order)
         flat = cand_v.reshape(-1)
         if total >= flat.numel():
             threshold = flat.min()

@@ -11,6 +11,7 @@ from featureforge_sae._kernels import (
     dense_decode,
     dense_encode,
     select_batch_topk,
+    select_topk,
     sparse_decode,
     sparse_t_matmul,
     topk_encode,
@@ -124,3 +125,14 @@ def test_encoder_passes_gradient_to_inputs_when_asked():
     values, indices, _, _ = dense_encode(x, *params[:3], 4)
     values.sum().backward()
     assert _rel(g_sparse, x.grad) < 1e-5
+
+
+@pytest.mark.parametrize("n, m, k", [(300, 4096, 32), (64, 1024, 8), (50, 1000, 3), (20, 96, 40), (7, 512, 1)])
+def test_grouped_selection_is_exact_even_with_ties(n, m, k):
+    g = torch.Generator().manual_seed(n + m + k)
+    pre = torch.randint(-20, 20, (n, m), generator=g).float()  # many exact ties
+    values, indices = select_topk(pre, k)
+    expected = torch.topk(pre, k, dim=1).values.relu()
+    assert torch.equal(values.sort(1, descending=True).values, expected)
+    assert torch.equal(pre.gather(1, indices).relu(), values)
+    assert all(len(set(row.tolist())) == k for row in indices)  # no latent chosen twice

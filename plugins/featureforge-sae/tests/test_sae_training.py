@@ -89,7 +89,7 @@ def test_dense_reference_path_gives_the_same_step():
         state = fresh_state(64)
         state.rows_since_fired[:20] = 10
         out, _ = train_steps(trainer, d, [x, x], state=state)
-        losses.append((float(out.loss), d.W_dec.detach().clone()))
+        losses.append((float(out.loss.detach()), d.W_dec.detach().clone()))
     assert abs(losses[0][0] - losses[1][0]) < 1e-5
     assert torch.allclose(losses[0][1], losses[1][1], atol=1e-5)
 
