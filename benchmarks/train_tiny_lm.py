@@ -9,7 +9,7 @@ saved as a Hugging Face folder under ``stores/models/<name>`` (git-ignored), usa
 Prints one JSON object: final train loss (mean of the last steps), validation loss (held-out
 documents: every 50th), tokens/s, parameters, steps, where it saved.
 
-    .venv/bin/python benchmarks/train_tiny_lm.py --minutes 5 [--name stdlib-gpt2] [--layers 4] [--d-model 192]
+    .venv/bin/python benchmarks/train_tiny_lm.py --minutes 5 [--name stdlib-gpt2] [--layers 4] [--d-model 128]
 """
 
 from __future__ import annotations
@@ -54,13 +54,13 @@ def main() -> None:
     parser.add_argument("--out-root", default=str(ROOT / "stores" / "models"))
     parser.add_argument("--minutes", type=float, default=5.0, help="training time budget")
     parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--d-model", type=int, default=192)
-    parser.add_argument("--heads", type=int, default=6)
+    parser.add_argument("--d-model", type=int, default=128)
+    parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--context", type=int, default=128)
-    parser.add_argument("--vocab", type=int, default=4096)
+    parser.add_argument("--vocab", type=int, default=2048)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--max-chars", type=int, default=12_000_000, help="standard-library text used (characters)")
+    parser.add_argument("--max-chars", type=int, default=4_000_000, help="standard-library text used (characters)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

@@ -200,3 +200,28 @@ def test_datasets_saved_to_disk_and_an_unreachable_dataset_name(tmp_path):
         texts(HFSource(data=str(tmp_path / "ds"), text_field="content", split="test"))
     with pytest.raises(ff.BadInputError, match="could not be loaded"):
         texts(HFSource(data="nobody/no-such-dataset"))
+
+
+def test_interrupted_cache_resumes_to_the_same_store(tiny_gpt2, short_docs_jsonl, tmp_path, monkeypatch):
+    """A writer killed after some chunks continues at its marker; the result equals an uninterrupted run."""
+    opts = {"model": tiny_gpt2, "data": short_docs_jsonl, "context_size": 24, "batch_size": 2}
+    whole = ff.cache("hf", opts, store=tmp_path / "whole.zarr", rows=600, rows_per_chunk=64, progress=False)
+    calls = {"n": 0}
+    real = HFSource._run_batch
+
+    def crash_after_some_batches(self, batch):
+        calls["n"] += 1
+        if calls["n"] > 12:
+            raise KeyboardInterrupt("killed")
+        return real(self, batch)
+
+    monkeypatch.setattr(HFSource, "_run_batch", crash_after_some_batches)
+    with pytest.raises(KeyboardInterrupt):
+        ff.cache("hf", opts, store=tmp_path / "resumed.zarr", rows=600, rows_per_chunk=64, progress=False)
+    partial = ff.open_store(tmp_path / "resumed.zarr")
+    assert 0 < partial.rows < 600
+    monkeypatch.setattr(HFSource, "_run_batch", real)
+    resumed = ff.cache("hf", opts, store=tmp_path / "resumed.zarr", rows=600, rows_per_chunk=64, progress=False)
+    assert resumed.rows == whole.rows == 600
+    for column in ("acts", "token_ids", "doc_ids", "positions"):
+        np.testing.assert_array_equal(resumed.read(0, 600, column), whole.read(0, 600, column))
