@@ -269,11 +269,16 @@ class ReLUTrainer(DictionaryTrainer):
         import torch
         import torch.nn.functional as F
 
+        from ._kernels import compute_dtype
+
         x = batch["acts"]
-        z = F.relu(F.linear(x, dictionary.encoder.weight, dictionary.encoder.bias))
-        x_hat = (z @ dictionary.W_dec.to(z.dtype)).float() + dictionary.b_dec
+        # Keep fp32 where autocast's bf16 would only be emulated (see _kernels.compute_dtype).
+        cdt = compute_dtype(x.device, torch.float32)
+        with torch.autocast(x.device.type, dtype=cdt if cdt != torch.float32 else None, enabled=cdt != torch.float32):
+            z = F.relu(F.linear(x, dictionary.encoder.weight, dictionary.encoder.bias))
+            x_hat = (z @ dictionary.W_dec.to(z.dtype)).float() + dictionary.b_dec
         x = x.float()
-        mse = (x - x_hat).pow(2).sum(1).mean()
+        mse = F.mse_loss(x_hat, x, reduction="sum") / x.shape[0]
         norms = dictionary.W_dec.norm(dim=1)
         l1 = (z.float() @ norms).mean()
         coef = self.l1_weight(state.rows_seen if state is not None else 0)

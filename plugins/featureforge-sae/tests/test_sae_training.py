@@ -143,13 +143,14 @@ def test_relu_l1_warms_up_and_weights_by_decoder_norm():
     state = fresh_state(64)
     state.rows_seen = 1000
     out = trainer.loss(d, {"acts": x}, state)
-    z = torch.relu(x @ d.encoder.weight.T + d.encoder.bias)
-    expect_l1 = (z * d.W_dec.norm(dim=1)).sum(1).mean()
+    with torch.no_grad():
+        z = torch.relu(x @ d.encoder.weight.T + d.encoder.bias)
+        expect_l1 = (z * d.W_dec.norm(dim=1)).sum(1).mean()
     assert float(out.metrics["l1"]) == pytest.approx(float(expect_l1), rel=1e-5)
-    assert float(out.loss) == pytest.approx(float(out.metrics["mse"] + 4.0 * expect_l1), rel=1e-5)
-    first = float(out.loss)
+    assert float(out.loss.detach()) == pytest.approx(float(out.metrics["mse"] + 4.0 * expect_l1), rel=1e-5)
+    first = float(out.loss.detach())
     out, _ = train_steps(trainer, d, [x] * 30, lr=1e-2, state=state)
-    assert float(out.loss) < first
+    assert float(out.loss.detach()) < first
 
 
 @pytest.mark.parametrize("cls, options", [(TopKTrainer, {"d_dict": 64, "k": 5}), (BatchTopKTrainer, {"d_dict": 64, "k": 5}), (ReLUTrainer, {"d_dict": 64})])
