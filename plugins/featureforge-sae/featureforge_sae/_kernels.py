@@ -196,10 +196,12 @@ class _Pattern:
         if self._t is None:
             n, k = self.indices.shape
             flat = self.indices.reshape(-1)
-            # A stable sort of int64 keys is a single-threaded radix sort on CPU: fast, and
-            # immune to the thread-barrier stalls of the parallel sort on a busy machine.
-            sorted_latents, order = torch.sort(flat, stable=True)
-            crow = torch.searchsorted(sorted_latents, torch.arange(self.m + 1, device=flat.device))
+            # Stable (so sums run in a fixed order: bit-reproducible steps) and on the narrowest
+            # key type: a radix sort of int16 keys makes 2 passes where int64 makes 8, which is
+            # 10x faster on a busy 2-core machine where every parallel pass may stall.
+            key_dtype = torch.int16 if self.m < 2**15 - 1 else torch.int32
+            sorted_latents, order = torch.sort(flat.to(key_dtype), stable=True)
+            crow = torch.searchsorted(sorted_latents, torch.arange(self.m + 1, device=flat.device, dtype=key_dtype), out_int32=False)
             self._t = (crow, torch.div(order, k, rounding_mode="floor"), order)
         return self._t
 
