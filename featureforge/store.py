@@ -241,10 +241,11 @@ def to_storage(acts: np.ndarray, dtype: str) -> np.ndarray:
         return np.ascontiguousarray(acts, dtype=np.float32)
     if dtype == "float16":
         return acts.astype(np.float16)
-    import torch
-
-    t = torch.from_numpy(np.ascontiguousarray(acts, dtype=np.float32)).to(torch.bfloat16)
-    return t.view(torch.int16).numpy().view(np.uint16)
+    # Round to nearest even on the upper 16 bits of the float32 pattern: bit-identical to torch's
+    # float32 -> bfloat16 cast for finite values and infinities (NaN rows are refused earlier).
+    bits = np.ascontiguousarray(acts, dtype=np.float32).view(np.uint32)
+    bias = ((bits >> 16) & 1) + np.uint32(0x7FFF)
+    return ((bits + bias) >> 16).astype(np.uint16)
 
 
 def to_float32(data: np.ndarray, dtype: str) -> np.ndarray:
