@@ -222,10 +222,15 @@ class HFSource(ActivationSource):
                 yield rows
 
     # -- documents -> windows -> batches ------------------------------------------------------
-    def documents(self, keep: Any = lambda i: True) -> Iterator[tuple[int, str]]:
-        """``(doc_id, text)`` in this source's order (seeded shuffle), ids accepted by ``keep``."""
+    def documents(self, keep: Any = lambda i: True, limit: bool = True) -> Iterator[tuple[int, str]]:
+        """``(doc_id, text)`` in this source's order (seeded shuffle), ids accepted by ``keep``.
+
+        ``limit=False`` ignores ``max_docs`` (held-out documents after the cached ones).
+        """
         o = self.options
-        return _data.numbered_documents(self._data, text_field=o.text_field, split=o.split, seed=o.seed, max_docs=o.max_docs, keep=keep)
+        return _data.numbered_documents(
+            self._data, text_field=o.text_field, split=o.split, seed=o.seed, max_docs=o.max_docs if limit else None, keep=keep
+        )
 
     def windows(self, docs: Iterable[tuple[int, str]]) -> Iterator[Window]:
         """Each document's tokens cut into sequences of ``context_size``, special tokens framing each."""

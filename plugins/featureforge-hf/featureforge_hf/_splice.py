@@ -80,11 +80,12 @@ class SplicedModel:
         """Token batches of ``texts``, or of the source's own data from document ``start_doc`` on.
 
         Held-out text for a dictionary trained on a store: pass ``start_doc`` = the store's
-        largest ``doc_ids`` + 1, so no sequence was seen in training.
+        largest ``doc_ids`` + 1, so no sequence was seen in training (``max_docs`` does not
+        apply here).
         """
         src = self.source
         if texts is None:
-            docs: Iterable[tuple[int, str]] = src.documents(keep=lambda i: i >= start_doc)
+            docs: Iterable[tuple[int, str]] = src.documents(keep=lambda i: i >= start_doc, limit=False)
         else:
             docs = enumerate(t for t in texts if t.strip())
         size = batch_size or src.options.batch_size
@@ -100,6 +101,9 @@ class SplicedModel:
                 pending = []
         if pending:
             yield self._batch(pending)
+        elif produced == 0:
+            where = "the texts given" if texts is not None else f"{src._data.description} from document {start_doc} on"
+            raise BadInputError(f"no text to evaluate in {where}; pass texts, or a smaller start_doc")
 
     def _batch(self, windows: list[Any]) -> TokenBatch:
         input_ids, mask = self.source._pad([w.ids for w in windows])

@@ -85,8 +85,11 @@ def test_causal_lm_ce_and_kl_with_identity_and_zero(tiny_gpt2, held_out_texts):
     assert metrics["ce_loss_score"] == pytest.approx(1.0, abs=1e-3)
 
 
-def test_held_out_batches_start_after_the_cached_documents(tiny_gpt2):
-    source = HFSource(model=tiny_gpt2, context_size=32, max_docs=10)
+def test_held_out_batches_go_beyond_max_docs_and_refuse_an_empty_range(tiny_gpt2, short_docs_jsonl):
+    from featureforge import BadInputError
+
+    source = HFSource(model=tiny_gpt2, data=short_docs_jsonl, context_size=32, max_docs=2)
     with source.splice(None) as live:
-        docs = {int(d) for b in live.batches(start_doc=7) for d in b.doc_ids}
-    assert docs == {7, 8, 9}
+        assert {int(d) for b in live.batches(start_doc=4) for d in b.doc_ids} == {4, 5}
+        with pytest.raises(BadInputError, match="from document 6 on"):
+            next(live.batches(start_doc=6))
