@@ -8,8 +8,11 @@ bf16 autocast, with Adam as the loop builds it (``foreach=True``) and with ``fus
 
 The bound: one step must at least run the encoder matmul ``[batch, d_in] x [d_in, d_dict]``
 (everything else is sparse), so ``bound_rows_per_s = batch / t(matmul)``; the script prints
-the fraction of it that the whole step reaches. Times are medians over ``--steps`` steps
-(minimum in ``*_best``), so a busy machine shows as a spread, not as a wrong ratio.
+the fraction of it that the whole step reaches. All contenders run round-robin (matmul, our
+step in four variants, and a baseline step implementing sparsify's published algorithm: dense
+``relu(linear)`` + ``topk``, index_add backward, embedding_bag decoder), so a busy machine slows
+them alike; times are medians over ``--steps`` rounds, minima in ``*_best``. The split then
+times each kernel and each phase of a step on its own.
 
     python benchmarks/topk_step.py [--steps 10] [--threads 2] [--d-in 384 --d-dict 4096 --k 32 --batch 4096]
 """
@@ -23,6 +26,53 @@ import statistics
 import time
 
 import torch
+
+
+class _IndexAddEncoder(torch.autograd.Function):
+    """Baseline: sparsify's published algorithm (fused_encoder.py), written here from its
+    description: dense ``relu(linear)`` + ``topk`` forward; backward with ``embedding_bag`` for
+    the input and ``index_add_`` of per-entry outer products ``[n*k, d_in]`` for the weight."""
+
+    @staticmethod
+    def forward(ctx, x, W, b, k):
+        pre = torch.nn.functional.relu(torch.nn.functional.linear(x, W, b))
+        values, indices = torch.topk(pre, k, dim=-1, sorted=False)
+        ctx.save_for_backward(x, W, indices)
+        return values, indices
+
+    @staticmethod
+    def backward(ctx, g, _):
+        x, W, indices = ctx.saved_tensors
+        grad_x = torch.nn.functional.embedding_bag(indices, W, mode="sum", per_sample_weights=g)
+        outer = (g.unsqueeze(2) * x.unsqueeze(1)).reshape(-1, x.shape[1])
+        grad_W = torch.zeros_like(W).index_add_(0, indices.reshape(-1), outer)
+        grad_b = torch.zeros(W.shape[0], dtype=W.dtype).index_add_(0, indices.reshape(-1), g.reshape(-1))
+        return grad_x, grad_W, grad_b, None
+
+
+def _baseline_step(x, k, d_dict, threads_adam="foreach"):
+    """One step of the sparsify-style baseline (same model, same loss, eager embedding_bag decoder)."""
+    torch.manual_seed(0)
+    d_in = x.shape[1]
+    enc = torch.nn.Linear(d_in, d_dict)
+    W_dec = torch.nn.Parameter(enc.weight.detach().clone() / enc.weight.detach().norm(dim=1, keepdim=True))
+    b_dec = torch.nn.Parameter(torch.zeros(d_in))
+    params = [enc.weight, enc.bias, W_dec, b_dec]
+    opt = torch.optim.Adam(params, lr=1e-4, **{threads_adam: True})
+
+    def step():
+        values, indices = _IndexAddEncoder.apply(x - b_dec, enc.weight, enc.bias, k)
+        x_hat = torch.nn.functional.embedding_bag(indices, W_dec, per_sample_weights=values, mode="sum") + b_dec
+        loss = (x_hat - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+        loss.backward()
+        with torch.no_grad():
+            W_dec.grad -= (W_dec.grad * W_dec).sum(1, keepdim=True) * W_dec
+        opt.step()
+        with torch.no_grad():
+            W_dec.div_(W_dec.norm(dim=1, keepdim=True))
+        opt.zero_grad(set_to_none=True)
+
+    return step
 
 
 def _timed(fn, steps: int, warmup: int = 2) -> list[float]:
@@ -79,34 +129,18 @@ def main() -> None:
         "cpu": platform.processor() or platform.machine(),
     }
 
-    # -- the bound: the dense encoder matmul alone ----------------------------------------------
+    # -- everything round-robin, so that a busy machine slows all contenders alike ---------------
     W = torch.randn(d_dict, d_in)
     out_buf = torch.empty(n, d_dict)
-    mm = _timed(lambda: torch.mm(x, W.t(), out=out_buf), args.steps)
-    mm_fresh = _timed(lambda: torch.mm(x, W.t()), args.steps)
     bf_x, bf_W = x.bfloat16(), W.bfloat16()
-    mm_bf16 = _timed(lambda: torch.mm(bf_x, bf_W.t()), max(3, args.steps // 3), warmup=1)
-    flops = 2.0 * n * d_in * d_dict
-    bound = n / statistics.median(mm)
-    results["matmul_fp32"] = {**_summary(mm), "gflops": flops / statistics.median(mm) / 1e9, "bound_rows_per_s": bound,
-                              "bound_rows_per_s_best": n / min(mm)}
-    # The same product into a freshly allocated [batch, d_dict] output: the page faults of a new
-    # 64 MiB buffer are part of what a naive step pays (the fused kernel reuses one buffer).
-    results["matmul_fp32_fresh_output"] = _summary(mm_fresh)
-    results["matmul_bf16"] = {**_summary(mm_bf16), "gflops": flops / statistics.median(mm_bf16) / 1e9}
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        encoder_dtype = str(compute_dtype(torch.device("cpu"), torch.float32)).replace("torch.", "")
-    results["bf16_encoder_matmul_dtype"] = encoder_dtype
 
-    # -- whole steps ----------------------------------------------------------------------------
-    def run(autocast: bool, adam: str) -> list[float]:
+    def our_step(autocast: bool, adam: str):
         dictionary, state = fresh()
         opt = torch.optim.Adam(dictionary.parameters(), lr=1e-4, **{adam: True})
-        ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if autocast else (lambda: torch.autocast("cpu", enabled=False))
         batch = {"acts": x}
 
         def step():
-            with ctx():
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
                 out = trainer.loss(dictionary, batch, state)
             out.loss.backward()
             trainer.before_step(dictionary, state)
@@ -114,22 +148,49 @@ def main() -> None:
             trainer.after_step(dictionary, state)
             opt.zero_grad(set_to_none=True)
 
-        return _timed(step, args.steps)
+        return step
 
-    for label, autocast in (("fp32", False), ("bf16_autocast", True)):
-        for adam in ("foreach", "fused"):
-            times = run(autocast, adam)
-            rows = n / statistics.median(times)
-            results[f"step_{label}_adam_{adam}"] = {
-                **_summary(times),
-                "rows_per_s": rows,
-                "rows_per_s_best": n / min(times),
-                "fraction_of_matmul_bound": rows / bound,
-                "fraction_of_matmul_bound_best": (n / min(times)) / (n / min(mm)),
-            }
+    contenders = {
+        # The bound: one step must at least run this product (everything else is sparse).
+        "matmul_fp32": lambda: torch.mm(x, W.t(), out=out_buf),
+        # The same into a fresh [batch, d_dict] output: what a naive step pays in page faults.
+        "matmul_fp32_fresh_output": lambda: torch.mm(x, W.t()),
+        "matmul_bf16": lambda: torch.mm(bf_x, bf_W.t()),
+        "step_fp32_adam_foreach": our_step(False, "foreach"),
+        "step_fp32_adam_fused": our_step(False, "fused"),
+        "step_bf16_autocast_adam_foreach": our_step(True, "foreach"),
+        "step_bf16_autocast_adam_fused": our_step(True, "fused"),
+        "baseline_sparsify_algorithm_adam_foreach": _baseline_step(x, k, d_dict),
+    }
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for fn in contenders.values():  # warm-up
+        fn()
+        fn()
+    for _ in range(args.steps):
+        for name, fn in contenders.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    flops = 2.0 * n * d_in * d_dict
+    mm = times["matmul_fp32"]
+    bound, bound_best = n / statistics.median(mm), n / min(mm)
+    for name, v in times.items():
+        entry: dict[str, float] = {**_summary(v), "rows_per_s": n / statistics.median(v), "rows_per_s_best": n / min(v)}
+        if name.startswith("matmul"):
+            entry["gflops"] = flops / statistics.median(v) / 1e9
+        else:
+            entry["fraction_of_matmul_bound"] = (n / statistics.median(v)) / bound
+            entry["fraction_of_matmul_bound_best"] = (n / min(v)) / bound_best
+        results[name] = entry
+    results["bound_rows_per_s"] = bound
+    results["bound_rows_per_s_best"] = bound_best
+    results["speedup_vs_baseline"] = statistics.median(times["baseline_sparsify_algorithm_adam_foreach"]) / statistics.median(times["step_fp32_adam_foreach"])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        results["bf16_encoder_matmul_dtype"] = str(compute_dtype(torch.device("cpu"), torch.float32)).replace("torch.", "")
 
     # -- where a step's time goes (fp32, fused Adam) ---------------------------------------------
     dictionary, state = fresh()
+    out_buf = None
     opt = torch.optim.Adam(dictionary.parameters(), lr=1e-4, fused=True)
     W_enc, b_enc = dictionary.encoder.weight.detach(), dictionary.encoder.bias.detach()
     pre = torch.addmm(b_enc, x, W_enc.t())

@@ -54,7 +54,7 @@ def _cos(a, b):
     return float(torch.nn.functional.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0))
 
 
-@pytest.mark.parametrize("d_in, d_dict, k", [(32, 128, 8), (37, 301, 7), (17, 64, 1), (64, 512, 32)])
+@pytest.mark.parametrize("d_in, d_dict, k", [(32, 128, 8), (37, 301, 7), (17, 64, 1), (64, 512, 32), (8, 33000, 4)])
 @pytest.mark.parametrize("with_aux", [False, True])
 def test_topk_kernels_match_dense_reference(d_in, d_dict, k, with_aux):
     x, params = _params(d_in, d_dict)
