@@ -127,8 +127,17 @@ def test_encoder_passes_gradient_to_inputs_when_asked():
     assert _rel(g_sparse, x.grad) < 1e-5
 
 
-@pytest.mark.parametrize("n, m, k", [(300, 4096, 32), (64, 1024, 8), (50, 1000, 3), (20, 96, 40), (7, 512, 1)])
+@pytest.mark.parametrize("n, m, k", [(300, 4096, 32), (64, 1024, 8), (50, 1000, 3), (20, 96, 40), (7, 512, 1), (1001, 512, 16)])
 def test_grouped_selection_is_exact_even_with_ties(n, m, k):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # >= 512 rows: row blocks on two threads
+    try:
+        _check_selection(n, m, k)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _check_selection(n, m, k):
     g = torch.Generator().manual_seed(n + m + k)
     pre = torch.randint(-20, 20, (n, m), generator=g).float()  # many exact ties
     values, indices = select_topk(pre, k)
