@@ -133,11 +133,12 @@ class StoreWriter:
         pending: list[dict[str, np.ndarray]] = []
         pending_rows = 0
         i = done_chunks
+        if i >= len(self.my_chunks):  # a writer that owns no (more) chunks
+            self._commit(i, last_chunk_rows=None, done=True)
+            return 0
         batches: Iterator[Any] = self.source.stream(self.rank, self.world_size, skip_rows=done_rows)
         try:
             for batch in batches:
-                if i >= len(self.my_chunks):
-                    break
                 batch = {k: as_numpy(v) for k, v in batch.items() if v is not None}
                 pending.append(batch)
                 pending_rows += len(batch["acts"])
@@ -149,6 +150,8 @@ class StoreWriter:
                     i += 1
                     self._commit(i, last_chunk_rows=None, done=i == len(self.my_chunks))
                     self.progress(need)
+                if i >= len(self.my_chunks):
+                    break  # every owned chunk is full: ask the source for nothing more
         finally:
             close = getattr(batches, "close", None)
             if close is not None:
