@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+import featureforge_sae._kernels as kernels
+
 from featureforge_sae._kernels import (
     batch_topk_encode,
     dense_batch_topk_encode,
@@ -88,8 +90,13 @@ def test_batch_topk_selection_widens_its_candidates_when_one_row_holds_many():
     assert (values > 0).sum() == 128
 
 
+@pytest.mark.parametrize("bf16_units", [True, False], ids=["bf16-hardware", "no-bf16-hardware"])
 @pytest.mark.parametrize("d_in, d_dict, k", [(64, 512, 16), (37, 301, 7)])
-def test_topk_kernels_under_bf16_autocast_are_as_close_to_fp32_as_eager_bf16(d_in, d_dict, k):
+def test_topk_kernels_under_bf16_autocast_are_as_close_to_fp32_as_eager_bf16(monkeypatch, d_in, d_dict, k, bf16_units):
+    # Without bf16 units the fused kernel keeps its matmul in fp32; force both paths here.
+    monkeypatch.setattr(kernels, "_cpu_has_fast_bf16", lambda: bf16_units)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert kernels.compute_dtype(torch.device("cpu"), torch.float32) == (torch.bfloat16 if bf16_units else torch.float32)
     x, params = _params(d_in, d_dict)
     fp32 = _run(dense_encode, dense_decode, x, params, k)
     with torch.autocast("cpu", dtype=torch.bfloat16):
