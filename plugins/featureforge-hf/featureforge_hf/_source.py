@@ -334,6 +334,33 @@ class HFSource(ActivationSource):
             rows["grads"] = grads[keep_dev].float().cpu()
         return rows
 
+    def decode_tokens(self, token_ids: Any) -> list[str]:
+        """Display text of each token id; joined, the pieces read as the decoded text.
+
+        Each piece is the text a token adds to the decoding of up to four tokens before it, so
+        WordPiece continuations (``##ing``) attach to their word and byte-level BPE keeps its
+        spaces; a token that completes no character on its own (part of a UTF-8 sequence) falls
+        back to the tokenizer's own rendering of that token.
+        """
+        tokenizer = self.loaded.tokenizer
+        ids = [int(i) for i in token_ids]
+
+        def text(part: list[int]) -> str:
+            return tokenizer.decode(part, skip_special_tokens=False, clean_up_tokenization_spaces=False) if part else ""
+
+        pieces = []
+        for i, token in enumerate(ids):
+            before = ids[max(0, i - 4) : i]
+            head, full = text(before), text(before + [token])
+            if full.startswith(head) and "\ufffd" not in full[len(head) :]:
+                piece = full[len(head) :]
+            else:
+                piece = tokenizer.convert_tokens_to_string([tokenizer.convert_ids_to_tokens(token)])
+            if i == 0:
+                piece = piece.lstrip(" ") or piece
+            pieces.append(piece)
+        return pieces
+
     # -- live model ---------------------------------------------------------------------------
     @contextlib.contextmanager
     def splice(self, dictionary: Any) -> Iterator["SplicedModel"]:

@@ -181,14 +181,19 @@ class SplicedModel:
         m = attention_mask.to(hidden.device).unsqueeze(-1).float()
         return (hidden.float() * m).sum(1) / m.sum(1).clamp_min(1.0)
 
-    def compare(self, batch: TokenBatch, replacements: Iterable[str] = ("dictionary", "zero")) -> dict[str, float]:
+    def compare(
+        self, batch: TokenBatch, replacements: Iterable[str] | Mapping[str, Replacement] = ("dictionary", "zero")
+    ) -> dict[str, float]:
         """Summed downstream quantities for one batch: clean vs each replacement.
 
+        ``replacements``: names of ``replace`` values, or a mapping label -> ``replace`` value
+        (e.g. ``{"mean": lambda rows: store_mean.expand_as(rows)}``); ``<r>`` below is the label.
         Causal LM: ``tokens`` (predicted tokens), ``ce_clean``, ``ce_<r>`` (summed next-token CE)
         and ``kl_<r>`` (summed KL(clean ‖ r) over predicted positions). Encoder: ``sequences`` and
         ``cos_dist_<r>`` (summed 1 − cosine of pooled embeddings to the clean ones).
         Add totals over batches and pass them to :func:`summarize`.
         """
+        chosen: dict[str, Replacement] = dict(replacements) if isinstance(replacements, Mapping) else {r: r for r in replacements}
         ids, mask = batch.input_ids.to(self.device), batch.attention_mask.to(self.device)
         clean = self(ids, mask, replace="none")
         sums: dict[str, float] = {}
@@ -197,8 +202,8 @@ class SplicedModel:
             sums["tokens"] = float(valid.sum())
             sums["ce_clean"] = float(next_token_ce(clean, ids, mask).sum())
             log_p = torch.log_softmax(clean[:, :-1].float(), -1)
-            for r in replacements:
-                out = self(ids, mask, replace=r, token_mask=batch.token_mask)
+            for r, how in chosen.items():
+                out = self(ids, mask, replace=how, token_mask=batch.token_mask)
                 sums[f"ce_{r}"] = float(next_token_ce(out, ids, mask).sum())
                 log_q = torch.log_softmax(out[:, :-1].float(), -1)
                 kl = (log_p.exp() * (log_p - log_q)).sum(-1)
@@ -206,8 +211,8 @@ class SplicedModel:
         else:
             ref = self.pooled(clean, mask)
             sums["sequences"] = float(ids.shape[0])
-            for r in replacements:
-                emb = self.pooled(self(ids, mask, replace=r, token_mask=batch.token_mask), mask)
+            for r, how in chosen.items():
+                emb = self.pooled(self(ids, mask, replace=how, token_mask=batch.token_mask), mask)
                 sums[f"cos_dist_{r}"] = float((1 - torch.nn.functional.cosine_similarity(ref, emb, dim=-1)).sum())
         return sums
 
