@@ -183,12 +183,24 @@ def train(trainer_name: str, options: tuple[str, ...], store: str, out: str, row
               help="Evaluator to run; repeatable (default: reconstruction, plus ground-truth when the store has it).")
 @click.option("--rows", type=int, default=None,
               help="Eval rows (default: the run's held-out rows on its own store, else the store's first 65,536).")
+@click.option("-o", "--option", "options", multiple=True, metavar="EVALUATOR.KEY=VALUE",
+              help="An evaluator's option, e.g. -o downstream.max_sequences=64; repeatable (names the evaluator if not given).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
-def evaluate_command(run: str, store: str, evaluators: tuple[str, ...], rows: int | None, as_json: bool) -> None:
+def evaluate_command(run: str, store: str, evaluators: tuple[str, ...], rows: int | None, options: tuple[str, ...], as_json: bool) -> None:
     """Measure a trained run on a store; writes RUN/report.json and plots into RUN/plots/."""
+    from .errors import OptionError
     from .evaluation import evaluate, report_path, summary_lines
 
-    report = evaluate(run, store=store, evaluators=list(evaluators) or None, rows=rows)
+    chosen: Any = list(evaluators) or None
+    if options:
+        per: dict[str, list[str]] = {name: [] for name in evaluators}
+        for pair in options:
+            name, dot, setting = pair.partition(".")
+            if not dot or "=" not in setting or "=" in name:
+                raise OptionError(f"-o {pair!r} is not EVALUATOR.KEY=VALUE; write e.g. -o downstream.max_sequences=64")
+            per.setdefault(name, []).append(setting)
+        chosen = per
+    report = evaluate(run, store=store, evaluators=chosen, rows=rows)
     if as_json:
         _echo_json(report)
     else:

@@ -82,6 +82,12 @@ class TrainConfig:
     """Rows mixed in the reader's shuffle buffer (default: 8 chunks, at least 65536 rows)."""
     data_shards: int | None = None
     """Shards the data is cut into; default: the DDP world size."""
+    eval_every: int = 0
+    """Steps between evaluations of the current dictionary during training (rank 0; metrics.jsonl lines with keys like downstream/ce_loss_score); 0: never."""
+    eval_evaluators: list[str] | None = None
+    """Evaluators run every eval_every steps; default: downstream when the store's source can splice a live model, else reconstruction."""
+    eval_options: list[str] | None = None
+    """Options of those evaluators as EVALUATOR.KEY=VALUE (e.g. downstream.max_sequences=64)."""
 
 
 @dataclasses.dataclass
@@ -183,6 +189,55 @@ def _scalar(value: Any) -> float:
     return float(value.detach().float().item()) if isinstance(value, torch.Tensor) else float(value)
 
 
+# -- evaluation during training ---------------------------------------------------------------------
+def default_eval_evaluators(store: ActivationStore) -> list[str]:
+    """``downstream`` when the store's source can splice a live model and it is installed, else ``reconstruction``."""
+    from .roles import ActivationSource
+
+    registry = get_registry()
+    name = (store.source or {}).get("name")
+    cls = registry.tables()["source"].get(name).cls if name in registry.tables()["source"] else None
+    if cls is not None and cls.splice is not ActivationSource.splice and "downstream" in registry.names("evaluator"):
+        return ["downstream"]
+    return ["reconstruction"]
+
+
+def _eval_instances(cfg: TrainConfig, store: ActivationStore) -> list[Any]:
+    """The evaluators to run during training, with their options (validated before training starts)."""
+    names = list(cfg.eval_evaluators) if cfg.eval_evaluators else default_eval_evaluators(store)
+    settings: dict[str, list[str]] = {name: [] for name in names}
+    for pair in cfg.eval_options or []:
+        name, dot, setting = str(pair).partition(".")
+        if not dot or "=" not in setting or "=" in name:
+            raise OptionError(f"eval_options entry {pair!r} is not EVALUATOR.KEY=VALUE; write e.g. downstream.max_sequences=64")
+        if name not in settings:
+            raise OptionError(f"eval_options names evaluator {name!r}, which is not among eval_evaluators ({', '.join(names)})")
+        settings[name].append(setting)
+    registry = get_registry()
+    return [registry.get("evaluator", name)(settings[name]) for name in names]
+
+
+@contextlib.contextmanager
+def _rng_preserved() -> Iterator[None]:
+    """Restore torch (CPU and CUDA), numpy and Python RNG states afterwards: the training stream never sees the detour."""
+    import random
+
+    import numpy as np
+
+    cpu = torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    try:
+        yield
+    finally:
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+
+
 # -- the loop ---------------------------------------------------------------------------------------
 def train(
     trainer: str,
@@ -203,6 +258,8 @@ def train(
     cfg = parse_options(TrainConfig, config, owner="train")
     if cfg.batch_size <= 0:
         raise OptionError(f"--batch-size must be positive, got {cfg.batch_size}")
+    if cfg.eval_every < 0:
+        raise OptionError(f"eval_every must be 0 (no evaluation during training) or a number of steps, got {cfg.eval_every}")
     trainer_cls = get_registry().get("trainer", trainer)
     variants = expand_sweep(trainer_cls.Options, options)
     trainers = [(label, trainer_cls(opts)) for label, opts in variants]
@@ -283,7 +340,7 @@ class _Run:
             diffs += [f"{k}: {oo.get(k)!r} -> {no.get(k)!r}" for k in sorted(set(oo) | set(no)) if oo.get(k) != no.get(k)]
             if old.get("store", {}).get("source") != new["store"]["source"] or old.get("store", {}).get("rows") != new["store"]["rows"]:
                 diffs.append(f"store: {old.get('store', {}).get('url')} -> {new['store']['url']}")
-            ignore = {"threads", "log_every", "checkpoint_every", "device"}
+            ignore = {"threads", "log_every", "checkpoint_every", "device", "eval_every", "eval_evaluators", "eval_options"}
             ot, nt = old.get("training", {}), new["training"]
             diffs += [f"{k}: {ot.get(k)!r} -> {nt[k]!r}" for k in nt if k not in ignore and ot.get(k) != nt[k]]
             if diffs:
@@ -401,6 +458,7 @@ class _Run:
                 m.run_dir.mkdir(parents=True, exist_ok=True)
                 m.dictionary.config = config
                 write_json(m.run_dir / CONFIG_FILE, config)
+        evaluators = _eval_instances(self.cfg, self.store) if self.cfg.eval_every > 0 else []
         streams = [_shard_batches(r) for r in readers]
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.cfg.dtype == "bfloat16" else contextlib.nullcontext()
         metric_files = [open(m.run_dir / METRICS_FILE, "a") if self.rank == 0 else None for m in members]
@@ -434,6 +492,10 @@ class _Run:
                             f.flush()
                     bar.set_postfix(fvu=f"{line['fvu']:.4f}", l0=f"{line.get('l0', 0):.1f}", refresh=False)
                     window_start, window_rows = time.perf_counter(), 0
+                if evaluators and (step % self.cfg.eval_every == 0 or step == total_steps):
+                    paused = time.perf_counter()
+                    self._evaluate(members, configs, evaluators, metric_files, step, rows_seen)
+                    window_start += time.perf_counter() - paused  # evaluation time is not training throughput
                 if rows_seen >= next_checkpoint or step == total_steps:
                     offsets = [f.tell() if f is not None else 0 for f in metric_files]
                     self._checkpoint(members, readers, step, rows_seen, offsets)
@@ -452,6 +514,46 @@ class _Run:
                 m.dictionary.save(m.run_dir, config)
                 _plot_metrics(m.run_dir)
         return self._run_dirs()
+
+    def _evaluate(self, members: list[Member], configs: list[dict[str, Any]], evaluators: list[Any], metric_files: list[Any],
+                  step: int, rows_seen: int) -> None:
+        """Run the evaluators on a copy of each member's current dictionary; log one metrics line each.
+
+        Rank 0 only (the others wait at a barrier). The RNG states are restored afterwards and the
+        dictionary evaluated is a copy, so the training stream is exactly the one without evaluation.
+        """
+        if self.rank == 0:
+            from .evaluation import select_eval_rows
+            from .roles import EvaluationContext
+
+            with _rng_preserved(), torch.no_grad():
+                for m, config, f in zip(members, configs, metric_files):
+                    started = time.perf_counter()
+                    copy = m.trainer.build(self.store.d_in)
+                    copy.load_state_dict(m.dictionary.state_dict())
+                    copy.to(self.device).eval()
+                    context = EvaluationContext(
+                        store=self.store,
+                        out_dir=m.run_dir / "plots" / "during_training",
+                        run_dir=m.run_dir,
+                        extra={"eval_rows": select_eval_rows(self.store, config), "run_config": config,
+                               "device": str(self.device), "progress": False},
+                    )
+                    line: dict[str, Any] = {"step": step, "rows": rows_seen}
+                    for evaluator in evaluators:
+                        result = evaluator.evaluate(copy, context)
+                        for key, value in result.metrics.items():
+                            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                                continue
+                            line[f"{evaluator.name}/{key}"] = value if math.isfinite(value) else None
+                    line["eval_seconds"] = time.perf_counter() - started
+                    if f is not None:
+                        f.write(json.dumps(line) + "\n")
+                        f.flush()
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
 
     def _step(self, m: Member, batch: dict[str, torch.Tensor], autocast: Any, step: int, rows_seen: int) -> None:
         with autocast:
@@ -537,14 +639,18 @@ def _plot_metrics(run_dir: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     keys = [k for k in ("loss", "fvu", "l0", "dead_fraction") if any(k in line for line in lines)]
+    # Evaluation during training: each evaluator's score (or FVU) on its own panel.
+    keys += sorted({k for line in lines for k in line if "/" in k and k.rsplit("/", 1)[1] in ("score", "fvu")})
+    if not keys:
+        return None
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2))
     axes = [axes] if len(keys) == 1 else list(axes)
-    rows = [line["rows"] for line in lines]
     for ax, key in zip(axes, keys):
-        ax.plot(rows, [line.get(key, math.nan) for line in lines])
+        points = [(line["rows"], line[key]) for line in lines if line.get(key) is not None]
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o" if "/" in key else None, markersize=3)
         ax.set_title(key)
         ax.set_xlabel("rows")
-        if key in ("loss", "fvu") and all(line.get(key, 1) > 0 for line in lines):
+        if key in ("loss", "fvu") and points and all(p[1] > 0 for p in points):
             ax.set_yscale("log")
     fig.tight_layout()
     out = run_dir / "plots" / "training.png"

@@ -391,6 +391,14 @@ def test_cli_evaluate_writes_report_and_plots(plugin_dir, cli_setup):
     assert proc.stdout.strip().splitlines()[-1] == f"Wrote {Path('run') / 'report.json'}"
     assert set(json.loads((cli_setup / "run" / "report.json").read_text())["evaluators"]) == {"reconstruction"}
 
+    proc = _cli(["evaluate", "run", "--store", "synth.zarr", "--evaluator", "ground-truth", "-o", "reconstruction.bins=7", "--json"],
+                plugin_dir, cli_setup)
+    assert proc.returncode == 0, proc.stderr
+    evaluators = json.loads(proc.stdout)["evaluators"]
+    assert set(evaluators) == {"ground-truth", "reconstruction"}, "-o names its evaluator"
+    assert evaluators["reconstruction"]["options"]["bins"] == 7
+    assert len(evaluators["reconstruction"]["metrics"]["density_histogram"]["counts"]) == 7
+
 
 def test_cli_evaluate_bad_input_is_one_error_line(plugin_dir, cli_setup):
     proc = _cli(["cache", "--source", "synthetic", "-o", "d_in=8", "--store", "narrow.zarr", "--rows", "512"], plugin_dir, cli_setup)
@@ -406,3 +414,5 @@ def test_cli_evaluate_bad_input_is_one_error_line(plugin_dir, cli_setup):
 
     line = _error_line(_cli(["evaluate", "run", "--store", "synth.zarr", "--evaluator", "nope"], plugin_dir, cli_setup))
     assert "unknown evaluator 'nope'" in line and "reconstruction" in line
+    line = _error_line(_cli(["evaluate", "run", "--store", "synth.zarr", "-o", "bins=7"], plugin_dir, cli_setup))
+    assert "EVALUATOR.KEY=VALUE" in line

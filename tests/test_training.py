@@ -212,15 +212,16 @@ from test_training import _Plugin
 from featureforge.plugins import get_registry
 get_registry().register_plugin(_Plugin(), "test-plugin", "0")
 ff.train("tiny-topk", {{}}, store={store!r}, out={out!r}, batch_size=256, epochs=1, log_every=5,
-         checkpoint_every=2048, progress=False, threads=1)
+         checkpoint_every=2048, progress=False, threads=1, eval_every={eval_every})
 """
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_match_single_process(tiny_trainer, store, tmp_path):
-    """torchrun --nproc-per-node 2 (gloo) equals one process reading both data shards."""
+@pytest.mark.parametrize("eval_every", [0, 7])
+def test_ddp_two_processes_match_single_process(tiny_trainer, store, tmp_path, eval_every):
+    """torchrun --nproc-per-node 2 (gloo) equals one process reading both data shards (with or without evaluation)."""
     script = tmp_path / "ddp_train.py"
-    script.write_text(DDP_SCRIPT.format(tests=os.path.dirname(__file__), store=store.url, out=str(tmp_path / "ddp")))
+    script.write_text(DDP_SCRIPT.format(tests=os.path.dirname(__file__), store=store.url, out=str(tmp_path / "ddp"), eval_every=eval_every))
     env = {**os.environ, "FEATUREFORGE_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517", str(script)],
                           env=env, capture_output=True, text=True, timeout=300)
@@ -229,3 +230,93 @@ def test_ddp_two_processes_match_single_process(tiny_trainer, store, tmp_path):
     a, b = _weights(tmp_path / "ddp"), _weights(single)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+    lines = _lines(tmp_path / "ddp")
+    total = max(line["step"] for line in lines)
+    evals = [line["step"] for line in lines if "eval_seconds" in line]
+    assert evals == ([] if not eval_every else sorted(set(range(eval_every, total + 1, eval_every)) | {total})), "rank 0 alone logs each evaluation"
+
+
+# -- evaluation during training ---------------------------------------------------------------------
+class RngHungry(ff.Evaluator):
+    """A test evaluator that draws from every global RNG, as a careless evaluator might."""
+
+    name = "rng-hungry"
+    description = "test-only: consumes RNG and reports a number"
+
+    def evaluate(self, dictionary, context):
+        import random
+
+        import numpy as np
+
+        noise = float(torch.randn(1000).sum()) + float(np.random.rand()) + random.random()
+        return ff.EvaluationResult(metrics={"noise": noise, "d_dict": dictionary.d_dict, "label": "not a number"})
+
+
+class _EvalPlugin:
+    @ff.hookimpl
+    def featureforge_register_evaluators(self, register):
+        register(RngHungry)
+
+
+@pytest.fixture(scope="module")
+def rng_hungry():
+    plugin = _EvalPlugin()
+    registry = get_registry()
+    registry.register_plugin(plugin, "test-eval-plugin", "0")
+    yield "rng-hungry"
+    registry.unregister_plugin(plugin)
+
+
+def _lines(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_evaluation_during_training_is_off_by_default_and_logs_prefixed_metrics(tiny_trainer, store, tmp_path):
+    from featureforge.training import TrainConfig, default_eval_evaluators
+
+    assert TrainConfig().eval_every == 0
+    assert default_eval_evaluators(store) == ["reconstruction"], "a synthetic store has no live model"
+    [plain] = _train(tiny_trainer, store, tmp_path / "plain", epochs=1)
+    assert not any("eval_seconds" in line for line in _lines(plain))
+    [run] = _train(tiny_trainer, store, tmp_path / "eval", epochs=1, eval_every=10)
+    steps = [line["step"] for line in _lines(run) if "eval_seconds" in line]
+    total = max(line["step"] for line in _lines(run))
+    assert steps == sorted(set(range(10, total + 1, 10)) | {total}), "every eval_every steps and at the end"
+    evals = [line for line in _lines(run) if "eval_seconds" in line]
+    assert {"reconstruction/fvu", "reconstruction/l0", "reconstruction/dead", "step", "rows"} <= set(evals[0])
+    assert evals[-1]["reconstruction/fvu"] < evals[0]["reconstruction/fvu"]
+    assert not any(k.endswith("density_histogram") for k in evals[0]), "only numbers are logged"
+    a, b = _weights(plain), _weights(run)
+    assert all(torch.equal(a[k], b[k]) for k in a), "evaluation does not change training"
+    assert [x["loss"] for x in _lines(plain)] == [x["loss"] for x in _lines(run) if "loss" in x]
+    assert (run / "plots" / "during_training" / "latent_density.png").exists()
+    assert (run / "plots" / "training.png").stat().st_size > 1000
+
+
+def test_evaluation_using_rng_does_not_disturb_training_or_resume(tiny_trainer, rng_hungry, store, tmp_path):
+    [plain] = _train(tiny_trainer, store, tmp_path / "plain")
+    with pytest.raises(Crash):
+        _train(tiny_trainer, store, tmp_path / "crashed", options={"fail_at_step": 70}, eval_every=6, eval_evaluators=[rng_hungry])
+    cfg_path = tmp_path / "crashed" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["options"]["fail_at_step"] = -1
+    cfg_path.write_text(json.dumps(cfg))
+    [resumed] = _train(tiny_trainer, store, tmp_path / "crashed", resume=True, eval_every=6, eval_evaluators=[rng_hungry])
+    a, b = _weights(plain), _weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a), "bit-identical to a run without evaluation"
+    evals = [line for line in _lines(resumed) if "eval_seconds" in line]
+    total = max(line["step"] for line in _lines(resumed))
+    assert total > 70 and [line["step"] for line in evals] == sorted(set(range(6, total + 1, 6)) | {total})
+    assert evals[0]["rng-hungry/d_dict"] == 64 and "rng-hungry/label" not in evals[0]
+
+
+def test_evaluation_settings_are_checked_before_training(tiny_trainer, store, tmp_path):
+    with pytest.raises(ff.OptionError, match="eval_every must be 0"):
+        _train(tiny_trainer, store, tmp_path / "a", eval_every=-1)
+    with pytest.raises(ff.FeatureforgeError, match="unknown evaluator 'nope'"):
+        _train(tiny_trainer, store, tmp_path / "b", eval_every=5, eval_evaluators=["nope"])
+    with pytest.raises(ff.OptionError, match="not EVALUATOR.KEY=VALUE"):
+        _train(tiny_trainer, store, tmp_path / "c", eval_every=5, eval_options=["bins"])
+    with pytest.raises(ff.OptionError, match="unknown option 'nope'"):
+        _train(tiny_trainer, store, tmp_path / "d", eval_every=5, eval_options=["reconstruction.nope=1"])
+    assert not (tmp_path / "b" / "weights.safetensors").exists()

@@ -135,3 +135,62 @@ def test_options_are_checked():
     with pytest.raises(ff.OptionError, match="max_sequences=0"):
         _downstream(max_sequences=0)
     assert "downstream" in ff.get_registry().names("evaluator")
+
+
+# -- evaluation during training -------------------------------------------------------------------
+class Linear(Dictionary):
+    def __init__(self, d_in: int, d_dict: int):
+        super().__init__(d_in, d_dict)
+        self.W = torch.nn.Parameter(torch.randn(d_dict, d_in) / d_in**0.5)
+
+    def encode_normalised(self, x):
+        return torch.relu(x @ self.W.T)
+
+    def decode_normalised(self, codes):
+        return codes @ self.W
+
+
+class LinearTrainer(ff.DictionaryTrainer):
+    name = "test-linear"
+    description = "test-only ReLU autoencoder with tied weights"
+
+    def build(self, d_in):
+        return Linear(d_in, 64)
+
+    def learning_rate(self, dictionary):
+        return 3e-3
+
+    def loss(self, dictionary, batch, state):
+        from featureforge.roles import StepOutput
+
+        x = batch["acts"]
+        z = dictionary.encode_normalised(x)
+        x_hat = dictionary.decode_normalised(z)
+        return StepOutput(loss=(x - x_hat).pow(2).sum(-1).mean(), x_hat=x_hat)
+
+
+class _TrainerPlugin:
+    @ff.hookimpl
+    def featureforge_register_trainers(self, register):
+        register(LinearTrainer)
+
+
+def test_training_on_an_hf_store_evaluates_downstream_by_default(gpt2_store, tmp_path):
+    from featureforge.plugins import get_registry
+    from featureforge.training import default_eval_evaluators
+
+    assert default_eval_evaluators(gpt2_store) == ["downstream"]
+    plugin = _TrainerPlugin()
+    get_registry().register_plugin(plugin, "test-hf-trainer", "0")
+    try:
+        [run] = ff.train("test-linear", store=gpt2_store.url, out=str(tmp_path / "run"), batch_size=128, epochs=2, log_every=2,
+                         eval_every=4, eval_options=["downstream.max_sequences=4", "downstream.batch_size=4"], progress=False)
+    finally:
+        get_registry().unregister_plugin(plugin)
+    import json
+
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [line for line in lines if "eval_seconds" in line]
+    assert evals and {"downstream/ce_loss_score", "downstream/kl_dictionary", "downstream/ce_clean", "downstream/score"} <= set(evals[0])
+    assert all(0 < line["downstream/tokens"] <= 4 * 47 for line in evals), "max_sequences=4 of 48 tokens"
+    assert (run / "plots" / "during_training" / "downstream.png").exists()
