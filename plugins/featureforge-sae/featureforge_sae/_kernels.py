@@ -48,6 +48,8 @@ __all__ = [
     "topk_encode",
     "batch_topk_encode",
     "sparse_decode",
+    "sparse_reconstruction_loss",
+    "dense_reconstruction_loss",
     "dense_encode",
     "dense_batch_topk_encode",
     "dense_decode",
@@ -301,12 +303,13 @@ class TopKEncode(torch.autograd.Function):
         d_dict = W_enc.shape[0]
         with torch.autocast(x.device.type, enabled=False):
             x = x.to(W_enc.dtype)
-            bias = torch.addmv(b_enc, W_enc, b_dec, alpha=-1)  # b_enc - W_enc b_dec
+            with _one_thread(x.device):  # a 1.5M-MAC gemv: one thread is as fast and never stalls
+                bias = torch.addmv(b_enc, W_enc, b_dec, alpha=-1)  # b_enc - W_enc b_dec
             pre = _scratch((x.shape[0], d_dict), cdt, x.device)
             torch.addmm(bias.to(cdt), x.to(cdt), W_enc.to(cdt).t(), out=pre)
             values, indices = select_batch_topk(pre, k) if batch else select_topk(pre, k)
             if aux_latents is not None and k_aux > 0:
-                aux_values, aux_local = torch.topk(pre.index_select(1, aux_latents), k_aux, dim=-1, sorted=False)
+                aux_values, aux_local = _row_parallel_topk(pre.index_select(1, aux_latents), k_aux)
                 aux_values.relu_()
                 aux_indices = aux_latents[aux_local]
             else:
@@ -324,8 +327,9 @@ class TopKEncode(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_values, _g_indices, g_aux, _g_aux_indices):  # type: ignore[override]
-        # backward() may be called inside the autocast region; the sparse parts stay fp32.
-        with torch.autocast(g_values.device.type, enabled=False):
+        # backward() may be called inside the autocast region; the sparse parts stay fp32, on
+        # one thread (small memory-bound ops: see _one_thread).
+        with torch.autocast(g_values.device.type, enabled=False), _one_thread(g_values.device):
             return TopKEncode._backward(ctx, g_values, g_aux)
 
     @staticmethod
@@ -380,7 +384,7 @@ class SparseDecode(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, values, indices, W_dec):  # type: ignore[override]
-        with torch.autocast(values.device.type, enabled=False):
+        with torch.autocast(values.device.type, enabled=False), _one_thread(values.device):
             v = values.to(W_dec.dtype)
             out = F.embedding_bag(indices, W_dec, per_sample_weights=v, mode="sum")
         ctx.pattern = _Pattern.of(indices, W_dec.shape[0])
@@ -391,7 +395,7 @@ class SparseDecode(torch.autograd.Function):
     def backward(ctx, grad):  # type: ignore[override]
         values, W_dec = ctx.saved_tensors
         grad_values = grad_W = None
-        with torch.autocast(grad.device.type, enabled=False):
+        with torch.autocast(grad.device.type, enabled=False), _one_thread(grad.device):
             grad = grad.to(W_dec.dtype).contiguous()
             if ctx.needs_input_grad[0]:
                 grad_values = ctx.pattern.sampled_dot(grad, W_dec)
@@ -403,6 +407,59 @@ class SparseDecode(torch.autograd.Function):
 def sparse_decode(values: Tensor, indices: Tensor, W_dec: Tensor) -> Tensor:
     """Sparse decoder (no bias); see :class:`SparseDecode`."""
     return SparseDecode.apply(values, indices, W_dec)  # type: ignore[return-value]
+
+
+class SparseReconstructionLoss(torch.autograd.Function):
+    """``(||target - x_hat||^2 / denominator, x_hat)`` with ``x_hat = sparse_decode(values,
+    indices, W_dec) + bias``: decoder and squared error in one Function, so a step's backward
+    holds no dense autograd node but this one (all on one thread; ``x_hat`` is returned without
+    gradient). Gradients flow to ``values``, ``W_dec`` and ``bias``, not to ``target``.
+    """
+
+    @staticmethod
+    def forward(ctx, values, indices, W_dec, bias, target, denominator):  # type: ignore[override]
+        with torch.autocast(values.device.type, enabled=False), _one_thread(values.device):
+            v = values.to(W_dec.dtype)
+            x_hat = F.embedding_bag(indices, W_dec, per_sample_weights=v, mode="sum")
+            if bias is not None:
+                x_hat += bias
+            diff = x_hat - target.to(W_dec.dtype)
+            flat = diff.view(-1)
+            loss = torch.dot(flat, flat) / denominator
+        ctx.pattern = _Pattern.of(indices, W_dec.shape[0])
+        ctx.has_bias = bias is not None
+        ctx.save_for_backward(v, W_dec, diff, denominator)
+        ctx.mark_non_differentiable(x_hat)
+        return loss, x_hat
+
+    @staticmethod
+    def backward(ctx, g_loss, _g_x_hat):  # type: ignore[override]
+        values, W_dec, diff, denominator = ctx.saved_tensors
+        grad_values = grad_W = grad_bias = None
+        with torch.autocast(diff.device.type, enabled=False), _one_thread(diff.device):
+            grad = diff * (2 * g_loss.to(diff.dtype) / denominator)
+            if ctx.needs_input_grad[0]:
+                grad_values = ctx.pattern.sampled_dot(grad, W_dec)
+            if ctx.needs_input_grad[2]:
+                grad_W = ctx.pattern.t_matmul(values, grad)
+            if ctx.has_bias and ctx.needs_input_grad[3]:
+                grad_bias = grad.sum(0)
+        return grad_values, None, grad_W, grad_bias, None, None
+
+
+def sparse_reconstruction_loss(values: Tensor, indices: Tensor, W_dec: Tensor, bias: Tensor | None,
+                               target: Tensor, denominator: Tensor) -> tuple[Tensor, Tensor]:
+    """Fused sparse decode + squared error; see :class:`SparseReconstructionLoss`."""
+    return SparseReconstructionLoss.apply(values, indices, W_dec, bias, target, denominator)  # type: ignore[return-value]
+
+
+def dense_reconstruction_loss(values: Tensor, indices: Tensor, W_dec: Tensor, bias: Tensor | None,
+                              target: Tensor, denominator: Tensor) -> tuple[Tensor, Tensor]:
+    """Reference of :func:`sparse_reconstruction_loss` (dense decode, plain autograd)."""
+    x_hat = dense_decode(values, indices, W_dec)
+    if bias is not None:
+        x_hat = x_hat + bias
+    return F.mse_loss(x_hat, target.to(x_hat.dtype), reduction="sum") / denominator, x_hat
 
 
 # -- eager dense references ------------------------------------------------------------------

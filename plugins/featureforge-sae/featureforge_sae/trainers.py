@@ -55,7 +55,7 @@ def _sum_sq_centred(x: "torch.Tensor") -> "torch.Tensor":
     """sum ||x_i - mean(x)||^2 over rows (the FVU denominator), floored at the dtype's tiny."""
     import torch
 
-    centred = x - x.mean(0)
+    centred = x - x.mean(0, keepdim=True)
     flat = centred.reshape(-1)
     return torch.dot(flat, flat).clamp_min(torch.finfo(x.dtype).tiny)
 
@@ -111,11 +111,12 @@ class TopKTrainer(DictionaryTrainer):
         enc = topk_encode if self.options.decoder_impl == "sparse" else dense_encode
         return enc(x, dictionary.encoder.weight, dictionary.encoder.bias, dictionary.b_dec, dictionary.k, dead, k_aux)
 
-    def _decode(self, dictionary: Any, values: "torch.Tensor", indices: "torch.Tensor") -> "torch.Tensor":
-        from ._kernels import dense_decode, sparse_decode
+    def _reconstruction(self, dictionary: Any, values, indices, bias, target, denominator):
+        """(squared error / denominator, reconstruction) through the sparse or the dense decoder."""
+        from ._kernels import dense_reconstruction_loss, sparse_reconstruction_loss
 
-        dec = sparse_decode if self.options.decoder_impl == "sparse" else dense_decode
-        return dec(values, indices, dictionary.W_dec)
+        fn = sparse_reconstruction_loss if self.options.decoder_impl == "sparse" else dense_reconstruction_loss
+        return fn(values, indices, dictionary.W_dec, bias, target, denominator)
 
     def loss(self, dictionary: Any, batch: Any, state: TrainState) -> StepOutput:
         import torch
@@ -127,23 +128,28 @@ class TopKTrainer(DictionaryTrainer):
         return self._finish(dictionary, x, values, indices, aux_values, aux_indices, dead)
 
     def _finish(self, dictionary, x, values, indices, aux_values, aux_indices, dead) -> StepOutput:
-        import torch
-        import torch.nn.functional as F
+        from ._kernels import _one_thread
 
-        x_hat = self._decode(dictionary, values, indices) + dictionary.b_dec
-        x = x.to(x_hat.dtype)
+        # Everything after the encoder is small memory-bound work: one thread (see _one_thread).
+        with _one_thread(x.device):
+            return self._losses(dictionary, x, values, indices, aux_values, aux_indices, dead)
+
+    def _losses(self, dictionary, x, values, indices, aux_values, aux_indices, dead) -> StepOutput:
+        import torch
+
+        x = x.to(dictionary.W_dec.dtype)
         with torch.no_grad():
             total_variance = _sum_sq_centred(x)
-        fvu = F.mse_loss(x_hat, x, reduction="sum") / total_variance
+        fvu, x_hat = self._reconstruction(dictionary, values, indices, dictionary.b_dec, x, total_variance)
         loss = fvu
         metrics: dict[str, Any] = {"fvu_train": fvu.detach()}
         if dead is not None and aux_indices.shape[1] > 0:
             with torch.no_grad():
-                e = x - x_hat
+                e = x - x_hat.detach()
                 aux_den = _sum_sq_centred(e)
-            e_hat = self._decode(dictionary, aux_values, aux_indices)
             scale = min(len(dead) / self.k_aux(dictionary.d_in), 1.0)
-            auxk = scale * F.mse_loss(e_hat, e, reduction="sum") / aux_den
+            auxk, _ = self._reconstruction(dictionary, aux_values, aux_indices, None, e, aux_den)
+            auxk = scale * auxk
             loss = loss + self.options.aux_coef * auxk
             metrics["auxk_loss"] = auxk.detach()
         else:
@@ -154,16 +160,18 @@ class TopKTrainer(DictionaryTrainer):
             hits.index_add_(0, indices.reshape(-1), fired.reshape(-1).to(torch.float32))
             active = hits > 0
             l0 = fired.sum() / fired.shape[0]
-        return StepOutput(loss=loss, x_hat=x_hat, active=active, l0=l0, metrics=metrics)
+        return StepOutput(loss=loss, x_hat=x_hat.detach(), active=active, l0=l0, metrics=metrics)
 
     def before_step(self, dictionary: Any, state: TrainState) -> None:
         """Remove the gradient component parallel to each (unit) decoder row."""
         import torch
 
+        from ._kernels import _one_thread
+
         grad = dictionary.W_dec.grad
         if grad is None:
             return
-        with torch.no_grad():
+        with torch.no_grad(), _one_thread(grad.device):
             W = dictionary.W_dec
             parallel = torch.linalg.vecdot(grad, W).unsqueeze_(1)
             grad.addcmul_(parallel, W, value=-1)

@@ -9,6 +9,8 @@ import featureforge_sae._kernels as kernels
 
 from featureforge_sae._kernels import (
     batch_topk_encode,
+    dense_reconstruction_loss,
+    sparse_reconstruction_loss,
     dense_batch_topk_encode,
     dense_decode,
     dense_encode,
@@ -152,3 +154,28 @@ def _check_selection(n, m, k):
     assert torch.equal(values.sort(1, descending=True).values, expected)
     assert torch.equal(pre.gather(1, indices).relu(), values)
     assert all(len(set(row.tolist())) == k for row in indices)  # no latent chosen twice
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_fused_reconstruction_loss_matches_dense_reference(with_bias):
+    g = torch.Generator().manual_seed(11)
+    n, d, m, k = 150, 29, 211, 9
+    values = torch.rand(n, k, generator=g).requires_grad_()
+    indices = torch.stack([torch.randperm(m, generator=g)[:k] for _ in range(n)])
+    W_dec = torch.randn(m, d, generator=g).requires_grad_()
+    bias = torch.randn(d, generator=g).requires_grad_() if with_bias else None
+    target = torch.randn(n, d, generator=g)
+    denom = torch.tensor(123.0)
+    results = []
+    for fn in (sparse_reconstruction_loss, dense_reconstruction_loss):
+        params = [p for p in (values, W_dec, bias) if p is not None]
+        for p in params:
+            p.grad = None
+        loss, x_hat = fn(values, indices, W_dec, bias, target, denom)
+        (3.0 * loss).backward()
+        results.append((loss.detach(), x_hat.detach(), [p.grad.clone() for p in params]))
+    (l1, x1, g1), (l2, x2, g2) = results
+    assert torch.allclose(l1, l2, rtol=1e-5)
+    assert torch.allclose(x1, x2, atol=1e-5)
+    for a, b in zip(g1, g2):
+        assert _rel(a, b) < 1e-5
