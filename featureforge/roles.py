@@ -160,6 +160,10 @@ class DictionaryTrainer(Plugin):
     kind: ClassVar[str] = "trainer"
     #: Formats ``featureforge export``/``import`` can use with this trainer (e.g. "saelens").
     formats: ClassVar[tuple[str, ...]] = ()
+    #: Store columns the loop reads and passes in each batch. ``("acts", "grads")`` asks for the
+    #: cached gradients too: ``batch["grads"]`` is dL/d(training-unit acts), i.e. the stored
+    #: dL/dx divided by the normalisation scale s (the acts are x*s, so dL/d(s*x) = g/s).
+    columns: ClassVar[tuple[str, ...]] = ("acts",)
 
     def build(self, d_in: int) -> Any:
         """A fresh ``Dictionary`` for rows of width ``d_in`` (random init, seeded by the loop)."""

@@ -264,8 +264,31 @@ def train(
     variants = expand_sweep(trainer_cls.Options, options)
     trainers = [(label, trainer_cls(opts)) for label, opts in variants]
     opened = store if isinstance(store, ActivationStore) else open_store(store, storage_options)
+    if "grads" in trainer_cls.columns:
+        check_gradient_store(opened, trainer)
     run = _Run(trainer, trainers, opened, Path(out), cfg, resume=resume, overwrite=overwrite, progress=progress)
     return run.execute()
+
+
+GRADS_HOW = ("cache them with a source that writes gradients, e.g. `featureforge cache --source hf -o grads=true ...` "
+             "or `featureforge cache --source synthetic -o downstream=true ...`")
+
+
+def check_gradient_store(store: ActivationStore, trainer: str = "this trainer") -> None:
+    """Refuse, in one line, a store whose ``grads`` are missing or do not belong to its ``acts``."""
+    if "grads" not in store.columns:
+        raise BadInputError(f"trainer {trainer!r} needs gradients but store {store.url} has no `grads` column; {GRADS_HOW}")
+    acts, grads = store.group["acts"], store.group["grads"]
+    if tuple(grads.shape) != tuple(acts.shape):
+        raise BadInputError(f"store {store.url}: grads {tuple(grads.shape)} do not match acts {tuple(acts.shape)}; re-cache the gradients with the activations")
+    prov = store.provenance
+    for key in ("hook", "model", "model_path", "site"):
+        other = prov.get(f"grads_{key}")
+        if other is not None and prov.get(key) is not None and other != prov.get(key):
+            raise BadInputError(f"store {store.url}: grads were taken at {key}={other!r} but acts at {key}={prov.get(key)!r}; "
+                                "gradients must be dL/d(acts) at the same site; re-cache both in one `featureforge cache` run")
+    if "grads" in prov and prov.get("grads") is None:
+        raise BadInputError(f"store {store.url} has a `grads` column but its provenance says no gradients were cached; {GRADS_HOW}")
 
 
 class _Run:
@@ -286,6 +309,9 @@ class _Run:
         if cfg.batch_size % self.shards:
             raise OptionError(f"--batch-size {cfg.batch_size} must be divisible by the number of data shards ({self.shards})")
         self.device = _resolve_device(cfg.device)
+        # Columns every trainer asks for, acts first (trainers declare `columns`; see roles.DictionaryTrainer).
+        wanted = [c for _, t in trainers for c in getattr(t, "columns", ("acts",))]
+        self.columns = tuple(dict.fromkeys(["acts", *wanted]))
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
 
@@ -353,7 +379,7 @@ class _Run:
         local = self.cfg.batch_size // self.shards
         return [
             ShuffledReader(self.store, batch_size=local, chunks=chunks, seed=self.cfg.seed, rank=shard, world_size=self.shards,
-                           drop_last=True, buffer_rows=self.cfg.buffer_rows)
+                           drop_last=True, buffer_rows=self.cfg.buffer_rows, columns=self.columns)
             for shard in range(self.rank, self.shards, self.world)
         ]
 
@@ -475,6 +501,15 @@ class _Run:
                 if scale != 1.0:
                     acts.mul_(scale)
                 batch = {"acts": acts}
+                for column in self.columns[1:]:
+                    extra = torch.cat([p[column] for p in parts]) if len(parts) > 1 else parts[0][column]
+                    extra = extra.to(self.device, non_blocking=True)
+                    if column == "grads":
+                        # dL/d(s*x) = (dL/dx)/s: gradients in the units the trainer sees acts in.
+                        extra = extra.float()
+                        if scale != 1.0:
+                            extra.div_(scale)
+                    batch[column] = extra
                 for m in members:
                     m.optimizer.param_groups[0]["lr"] = lr_at(step, total_steps, m.base_lr, self.cfg)
                     m.state.step, m.state.rows_seen = step, rows_seen

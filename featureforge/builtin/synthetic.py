@@ -7,6 +7,14 @@ row is Poisson-binomial, ≈ Poisson(mean_active) when every p_i is small (the t
 Elhage et al. 2022 and Sharkey et al. 2022). Optional correlated pairs and a parent/child hierarchy
 (a child only fires with its parent). Rows are generated in fixed blocks seeded by (seed, block),
 so any row range is reproducible on its own.
+
+Downstream loss (``downstream=true``): a fixed quadratic readout ``L(x) = 1/2 sum_i a_i (f_i . x)^2``
+over the true directions ``f_i``, with weight ``a_i = important_weight`` on ``important_features``
+features chosen among the frequent half (seeded) and ``a_i = unimportant_weight`` on the rest; the
+important features' coefficients are also multiplied by ``quiet_scale`` (quiet but important).
+The source then also emits ``grads = dL/dx = sum_i a_i (f_i . x) f_i`` per row (deterministic, like
+the rows) and the ground truth gains ``importance`` (the a_i) and ``important`` (bool mask). With
+the default ``downstream=false`` nothing changes: same rows, same ground truth, no grads.
 """
 
 from __future__ import annotations
@@ -52,6 +60,16 @@ class SyntheticOptions:
     """Probability that a child fires when its parent does."""
     seed: int = 0
     """Seed of the feature directions and of every row."""
+    downstream: bool = False
+    """Add a fixed downstream loss and emit its gradient dL/dx as `grads` (see the module docstring)."""
+    important_features: int = 32
+    """With downstream: features the loss depends on strongly (picked among the more frequent half)."""
+    quiet_scale: float = 0.25
+    """With downstream: factor on the important features' coefficients (quiet but important)."""
+    important_weight: float = 16.0
+    """With downstream: loss weight a_i of an important feature."""
+    unimportant_weight: float = 0.05
+    """With downstream: loss weight a_i of every other feature."""
 
 
 class SyntheticSource(ActivationSource):
@@ -67,13 +85,25 @@ class SyntheticSource(ActivationSource):
             raise OptionError(f"synthetic: mean_active={o.mean_active} must be in (0, n_features={o.n_features}]")
         if o.hierarchy_parents * (1 + o.children_per_parent) + 2 * o.correlated_pairs > o.n_features:
             raise OptionError("synthetic: hierarchy_parents*(1+children_per_parent) + 2*correlated_pairs exceeds n_features")
+        if o.downstream:
+            if not 0 < o.important_features <= o.n_features // 2:
+                raise OptionError(f"synthetic: important_features={o.important_features} must be in [1, n_features/2={o.n_features // 2}]")
+            if not (o.quiet_scale > 0 and o.important_weight >= 0 and o.unimportant_weight >= 0):
+                raise OptionError("synthetic: quiet_scale must be > 0 and important_weight, unimportant_weight >= 0")
+
+    @property
+    def columns(self) -> dict[str, str]:
+        return {"grads": "float32"} if self.options.downstream else {}
 
     @property
     def d_in(self) -> int:
         return self.options.d_in
 
     def provenance(self) -> dict[str, Any]:
-        return {"generator": "featureforge synthetic", "seed": self.options.seed, "n_features": self.options.n_features}
+        prov = {"generator": "featureforge synthetic", "seed": self.options.seed, "n_features": self.options.n_features}
+        if self.options.downstream:
+            prov["grads"] = "dL/dx of the synthetic quadratic readout L = 1/2 sum_i a_i (f_i . x)^2"
+        return prov
 
     # -- ground truth -------------------------------------------------------------------------
     @functools.cached_property
@@ -96,12 +126,19 @@ class SyntheticSource(ActivationSource):
         for _ in range(o.correlated_pairs):
             partner[nxt + 1] = nxt
             nxt += 2
-        return {
+        truth = {
             "features": features.astype(np.float32),
             "frequencies": p,
             "parents": parent,
             "partners": partner,
         }
+        if o.downstream:
+            pick = np.random.Generator(np.random.PCG64([o.seed, 2]))
+            important = np.zeros(o.n_features, dtype=bool)
+            important[pick.choice(o.n_features // 2, size=o.important_features, replace=False)] = True
+            truth["important"] = important
+            truth["importance"] = np.where(important, o.important_weight, o.unimportant_weight).astype(np.float32)
+        return truth
 
     def ground_truth(self) -> dict[str, np.ndarray]:
         return dict(self._truth)
@@ -122,9 +159,16 @@ class SyntheticSource(ActivationSource):
         codes = np.zeros((n, f), dtype=np.float32)
         active = np.nonzero(mask)
         codes[active] = np.abs(rng.normal(o.magnitude_mean, o.magnitude_std, size=len(active[0]))).astype(np.float32)
+        if o.downstream:
+            codes *= np.where(truth["important"], o.quiet_scale, 1.0).astype(np.float32)
         acts = codes @ truth["features"]
         acts += rng.normal(0.0, o.noise_std, size=acts.shape).astype(np.float32) if o.noise_std > 0 else 0.0
         return acts.astype(np.float32, copy=False), codes
+
+    def _grads(self, acts: np.ndarray) -> np.ndarray:
+        """dL/dx = F^T diag(a) F x of the downstream readout, per row."""
+        f = self._truth["features"]
+        return (((acts @ f.T) * self._truth["importance"]) @ f).astype(np.float32)
 
     def _range(self, start: int, stop: int, which: int) -> np.ndarray:
         first, last = start // BLOCK_ROWS, (stop - 1) // BLOCK_ROWS
@@ -134,7 +178,10 @@ class SyntheticSource(ActivationSource):
         return np.ascontiguousarray(out[start - offset : stop - offset])
 
     def rows(self, start: int, stop: int) -> dict[str, np.ndarray]:
-        return {"acts": self._range(start, stop, 0)}
+        acts = self._range(start, stop, 0)
+        if self.options.downstream:
+            return {"acts": acts, "grads": self._grads(acts)}
+        return {"acts": acts}
 
     def codes(self, start: int, stop: int) -> np.ndarray:
         """True feature coefficients of rows ``start:stop`` ([n, n_features], zero where inactive)."""

@@ -11,3 +11,4 @@ from .trainers import TRAINERS
 def featureforge_register_trainers(register):
     for trainer in TRAINERS:
         register(trainer)
+    register(__import__("featureforge_sae.gsae", fromlist=["GSAETrainer"]).GSAETrainer)  # g-SAE (gradient-aware TopK)
