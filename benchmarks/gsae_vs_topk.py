@@ -106,9 +106,10 @@ def main() -> None:
     p.add_argument("--norms", default="row")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--workdir", default=None)
     a = p.parse_args()
     res = run(rows=a.rows, k=a.k, betas=tuple(float(b) for b in a.betas.split(",")), norms=tuple(a.norms.split(",")),
-              seed=a.seed, threads=a.threads)
+              seed=a.seed, threads=a.threads, workdir=a.workdir)
     print(json.dumps(res, indent=1))
 
 
