@@ -35,6 +35,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import math
+import os
 import threading
 import warnings
 
@@ -157,6 +158,7 @@ def _topk_rows(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
 
 _POOL: "concurrent.futures.ThreadPoolExecutor | None" = None
 _POOL_LOCK = threading.Lock()
+_POOL_PID = -1
 #: Rows below which splitting the selection across threads is not worth a thread hand-off.
 _SPLIT_MIN_ROWS = 512
 
@@ -174,9 +176,12 @@ def _row_parallel_topk(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
     n = pre.shape[0]
     if pre.device.type != "cpu" or threads <= 1 or n < _SPLIT_MIN_ROWS:
         return _topk_rows(pre, k)
+    global _POOL_PID
     with _POOL_LOCK:
-        if _POOL is None or _POOL._max_workers < threads:  # type: ignore[attr-defined]
+        # A forked child inherits the executor but not its threads: make a new one there.
+        if _POOL is None or _POOL._max_workers < threads or _POOL_PID != os.getpid():  # type: ignore[attr-defined]
             _POOL = concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="featureforge-sae-topk")
+            _POOL_PID = os.getpid()
         pool = _POOL
     bounds = [n * i // threads for i in range(threads + 1)]
     with _one_thread(pre.device):
