@@ -24,6 +24,12 @@ step (``_Pattern``, attached to the index tensor) and shared by encoder and deco
 The references (``dense_encode``, ``dense_decode``, ``dense_batch_topk_encode``) are plain
 autograd code; the parity tests compare outputs and every gradient against them.
 
+Threads: the encoder matmul uses every intra-op thread, the selection is split by rows over
+plain threads, and the remaining small memory-bound ops run on one thread (``_one_thread``): on
+two cores shared with the data reader or another job, an intra-op barrier per small op costs
+more than the op. ``SparseReconstructionLoss`` fuses decoder and squared error so the step's
+backward holds no other dense autograd node.
+
 Precision: the sparse parts run in the weights' dtype (fp32 master weights). Under autocast the
 encoder matmul runs in the autocast dtype where the hardware has it (CUDA, or CPUs with AMX /
 AVX512-BF16); on CPUs without bf16 units an emulated bf16 matmul is ~5x slower than fp32, so
