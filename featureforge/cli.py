@@ -234,19 +234,14 @@ def import_command(src: str, fmt: str, out: str) -> None:
 
 
 @cli.command()
-@click.option("--out", default=DEFAULT_DEMO_DIR, show_default=True, help="Folder for the demo's store and outputs.")
-def demo(out: str) -> None:
-    """Run the pipeline on embedded defaults: cache a small synthetic store and describe it."""
-    from . import api
+@click.option("--out", default=DEFAULT_DEMO_DIR, show_default=True, help="Folder for the demo's store, run and report.")
+@click.option("--quick", is_flag=True, help="A few thousand tokens, a tiny dictionary and a small evaluation (seconds; used by the tests).")
+def demo(out: str, quick: bool) -> None:
+    """The whole pipeline on embedded defaults: cache MiniLM activations of standard-library text,
+    train a TopK dictionary, evaluate it (reconstruction + downstream) and write OUT/index.html."""
+    from .demo import run_demo
 
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    store_path = out_dir / "synthetic.zarr"
-    click.echo(f"featureforge demo: caching 65,536 synthetic rows (d_in=128, 1024 true features) into {store_path}")
-    opened = api.cache("synthetic", {"d_in": 128, "n_features": 1024, "mean_active": 8.0, "seed": 0},
-                       store=str(store_path), rows=65536, rows_per_chunk=4096)
-    _print_info(opened.info())
-    click.echo(f"Wrote the demo store to {store_path}")
+    run_demo(out, quick=quick, echo=click.echo)
 
 
 def build_cli() -> click.Group:

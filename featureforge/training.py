@@ -672,6 +672,7 @@ def _plot_metrics(run_dir: Path) -> Path | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import EngFormatter, MaxNLocator
 
     keys = [k for k in ("loss", "fvu", "l0", "dead_fraction") if any(k in line for line in lines)]
     # Evaluation during training: each evaluator's score (or FVU) on its own panel.
@@ -685,6 +686,8 @@ def _plot_metrics(run_dir: Path) -> Path | None:
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o" if "/" in key else None, markersize=3)
         ax.set_title(key)
         ax.set_xlabel("rows")
+        ax.xaxis.set_major_formatter(EngFormatter())
+        ax.xaxis.set_major_locator(MaxNLocator(4))
         if key in ("loss", "fvu") and points and all(p[1] > 0 for p in points):
             ax.set_yscale("log")
     fig.tight_layout()

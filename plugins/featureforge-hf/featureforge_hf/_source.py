@@ -357,6 +357,10 @@ class HFSource(ActivationSource):
             else:
                 piece = tokenizer.convert_tokens_to_string([tokenizer.convert_ids_to_tokens(token)])
             if i == 0:
+                # A piece cut from its word: drop WordPiece's continuation mark ("##ing" -> "ing").
+                mark = getattr(getattr(getattr(tokenizer, "backend_tokenizer", None), "model", None), "continuing_subword_prefix", None)
+                if mark and piece.startswith(mark) and len(piece) > len(mark):
+                    piece = piece[len(mark) :]
                 piece = piece.lstrip(" ") or piece
             pieces.append(piece)
         return pieces

@@ -143,7 +143,9 @@ class SplicedModel:
         self._replace = replace
         self._mask = (token_mask if token_mask is not None else self.token_mask(input_ids, attention_mask)).to(self.device)
         try:
-            with torch.inference_mode():
+            # no_grad, not inference_mode: the dictionary runs inside, and tensors it caches across
+            # calls (kernel workspaces) must stay usable by training afterwards.
+            with torch.no_grad():
                 out = self.model(input_ids=input_ids, attention_mask=attention_mask, **model_kwargs(self.model))
         finally:
             self._replace, self._mask = "none", None

