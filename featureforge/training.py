@@ -77,7 +77,7 @@ class TrainConfig:
     checkpoint_every: int = 2_000_000
     """Rows between checkpoints (one is always written at the end)."""
     dead_after: int = 10_000_000
-    """Rows without firing after which a latent counts as dead in the logged dead fraction."""
+    """Rows without firing after which a latent counts as dead in the log (a trainer's own dead_after wins)."""
     buffer_rows: int | None = None
     """Rows mixed in the reader's shuffle buffer (default: 8 chunks, at least 65536 rows)."""
     data_shards: int | None = None
@@ -406,7 +406,8 @@ class _Run:
                 trainer.initialize(dictionary, sample)
             base_lr = self.cfg.lr if self.cfg.lr is not None else float(trainer.learning_rate(dictionary))
             params = [p for p in dictionary.parameters() if p.requires_grad]
-            optimizer = torch.optim.Adam(params, lr=base_lr, betas=tuple(self.cfg.adam_betas)[:2], foreach=True)
+            # fused Adam: never slower than foreach here, up to 4x faster on busy cores (measured in featureforge-sae)
+            optimizer = torch.optim.Adam(params, lr=base_lr, betas=tuple(self.cfg.adam_betas)[:2], fused=True)
             state = TrainState(step=0, rows_seen=0, rows_since_fired=torch.zeros(dictionary.d_dict, dtype=torch.long, device=self.device),
                                world_size=self.world)
             members.append(Member(label, run_dir, trainer, dictionary, optimizer, state, base_lr))
@@ -652,7 +653,9 @@ class _Run:
             window = {k: float(v) / (self.world if k != "fvu_num" and k != "fvu_den" else 1) for k, v in zip(keys, values)}
         steps = max(window.pop("_steps", 1.0), 1.0)
         num, den = window.pop("fvu_num", 0.0), window.pop("fvu_den", 0.0)
-        dead = float((m.state.rows_since_fired >= self.cfg.dead_after).float().mean())
+        # A trainer with its own dead_after (AuxK) defines dead the same way in the log.
+        dead_after = int(getattr(m.trainer.options, "dead_after", None) or self.cfg.dead_after)
+        dead = float((m.state.rows_since_fired >= dead_after).float().mean())
         line = {"step": step, "rows": rows, "lr": m.optimizer.param_groups[0]["lr"], "fvu": num / den if den else float("nan")}
         line.update({k: v / steps for k, v in window.items()})
         line["dead_fraction"] = dead
