@@ -110,7 +110,9 @@ def _scratch(shape: tuple[int, int], dtype: torch.dtype, device: torch.device) -
     numel = shape[0] * shape[1]
     if numel > _WORKSPACE_MAX_ELEMENTS:  # e.g. encoding a whole evaluation set at once
         return torch.empty(shape, dtype=dtype, device=device)
-    key = (torch.device(device), dtype)
+    # An inference tensor cannot be written outside inference mode (and is not wanted in it):
+    # key the buffer by the mode it was made in.
+    key = (torch.device(device), dtype, torch.is_inference_mode_enabled())
     buf = _WORKSPACE.get(key)
     if buf is None or buf.numel() < numel:
         buf = torch.empty(numel, dtype=dtype, device=device)
