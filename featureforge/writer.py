@@ -8,6 +8,7 @@ fill the writer's chunks in order from its own shard of the data.
 from __future__ import annotations
 
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -53,6 +54,8 @@ class StoreWriter:
         self.stats = store.group["chunk_stats"].with_config(WRITE_CONFIG)
         self.marker_group = store.group[f"writers/{rank}"]
         self.my_chunks = list(range(rank, store.n_chunks, world_size))
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: Future | None = None
 
     # -- public -------------------------------------------------------------------------------
     def committed(self) -> tuple[int, int]:
@@ -106,10 +109,17 @@ class StoreWriter:
         if dict(self.marker_group.attrs).get("done"):
             return 0
         done_chunks, done_rows = self.committed()
-        if self.source.random_access:
-            written = self._run_random_access(done_chunks)
-        else:
-            written = self._run_stream(done_chunks, done_rows)
+        # One background thread stores and commits chunk i while the source produces chunk i+1;
+        # it works strictly in order, so markers still only ever advance over stored chunks.
+        with ThreadPoolExecutor(1, thread_name_prefix="featureforge-writer") as pool:
+            self._pool = pool
+            try:
+                if self.source.random_access:
+                    written = self._run_random_access(done_chunks)
+                else:
+                    written = self._run_stream(done_chunks, done_rows)
+            finally:
+                self._drain()
         return written
 
     # -- the two ways of producing rows -------------------------------------------------------
@@ -120,10 +130,7 @@ class StoreWriter:
             start = chunk * self.store.rows_per_chunk
             stop = start + self.store.chunk_rows(chunk)
             batch = self.source.rows(start, stop)
-            n = self._write_chunk(chunk, batch, stop - start)
-            self._commit(i + 1, last_chunk_rows=None, done=i + 1 == len(self.my_chunks))
-            written += n
-            self.progress(n)
+            written += self._write_and_commit(chunk, batch, stop - start, i + 1, None, i + 1 == len(self.my_chunks))
         if not self.my_chunks:
             self._commit(0, last_chunk_rows=None, done=True)
         return written
@@ -146,10 +153,8 @@ class StoreWriter:
                     need = self.store.chunk_rows(self.my_chunks[i])
                     chunk_batch, pending = _take_rows(pending, need)
                     pending_rows -= need
-                    written += self._write_chunk(self.my_chunks[i], chunk_batch, need)
+                    written += self._write_and_commit(self.my_chunks[i], chunk_batch, need, i + 1, None, i + 1 == len(self.my_chunks))
                     i += 1
-                    self._commit(i, last_chunk_rows=None, done=i == len(self.my_chunks))
-                    self.progress(need)
                 if i >= len(self.my_chunks):
                     break  # every owned chunk is full: ask the source for nothing more
         finally:
@@ -158,22 +163,38 @@ class StoreWriter:
                 close()
         if i < len(self.my_chunks):
             # The source ran dry: a last partial chunk, and this writer is done.
-            last_rows = None
             if pending_rows:
                 chunk_batch, _ = _take_rows(pending, pending_rows)
-                written += self._write_chunk(self.my_chunks[i], chunk_batch, pending_rows)
-                i += 1
-                last_rows = pending_rows
-                self.progress(pending_rows)
-            self._commit(i, last_chunk_rows=last_rows, done=True)
+                written += self._write_and_commit(self.my_chunks[i], chunk_batch, pending_rows, i + 1, pending_rows, True)
+            else:
+                self._drain()
+                self._commit(i, last_chunk_rows=None, done=True)
         return written
 
     # -- one chunk ----------------------------------------------------------------------------
-    def _write_chunk(self, chunk: int, batch: dict[str, Any], n_rows: int) -> int:
+    def _write_and_commit(self, chunk: int, batch: dict[str, Any], n_rows: int, chunks: int, last_chunk_rows: int | None, done: bool) -> int:
+        """Validate here, then store and commit on the writer thread after the previous chunk."""
+        start = chunk * self.store.rows_per_chunk
+        data = {k: as_numpy(v) for k, v in batch.items() if k in self.store.columns and v is not None}
+        self._validate(data, start, n_rows)
+        self._drain()
+        self._pending = self._pool.submit(self._store_and_commit, chunk, data, n_rows, chunks, last_chunk_rows, done)
+        return n_rows
+
+    def _store_and_commit(self, chunk: int, data: dict[str, np.ndarray], n_rows: int, chunks: int, last_chunk_rows: int | None, done: bool) -> None:
+        self._store_chunk(chunk, data, n_rows)
+        self._commit(chunks, last_chunk_rows=last_chunk_rows, done=done)
+        self.progress(n_rows)
+
+    def _drain(self) -> None:
+        """Wait for the chunk being stored (re-raising its error, e.g. a float16 overflow)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def _store_chunk(self, chunk: int, data: dict[str, np.ndarray], n_rows: int) -> None:
         start = chunk * self.store.rows_per_chunk
         columns = self.store.columns
-        data = {k: as_numpy(v) for k, v in batch.items() if k in columns and v is not None}
-        self._validate(data, start, n_rows)
         row = None
         for name, logical in columns.items():
             values = data[name]
@@ -189,7 +210,6 @@ class StoreWriter:
                 stored = values.astype(logical, copy=False)
             self.arrays[name][start : start + n_rows] = stored
         self.stats[chunk] = row
-        return n_rows
 
     def _validate(self, data: dict[str, np.ndarray], start: int, n_rows: int) -> None:
         name = self.source.name
