@@ -17,6 +17,7 @@ from .errors import (
 from .hookspecs import hookimpl
 from .options import describe_options, parse_options
 from .plugins import get_registry
+from .progress import progress_bar
 from .roles import ActivationSource, Batch, DictionaryTrainer, EvaluationContext, EvaluationResult, Evaluator, Plugin
 from .store import ActivationStore
 
@@ -50,4 +51,5 @@ __all__ = [
     "make_source",
     "open_store",
     "parse_options",
+    "progress_bar",
 ]

@@ -82,9 +82,8 @@ class DownstreamEvaluator(Evaluator):
         if key in self._sources:
             return self._sources[key]
         import featureforge
-        from featureforge.plugins import get_registry
 
-        registry = get_registry()
+        registry = featureforge.get_registry()
         if not name:
             raise BadInputError(f"store {store.url} records no source; the downstream evaluator needs a store cached from a model source such as hf")
         if name not in registry.names("source"):
@@ -140,7 +139,7 @@ class DownstreamEvaluator(Evaluator):
     def evaluate(self, dictionary: Any, context: EvaluationContext) -> EvaluationResult:
         import torch
 
-        from featureforge.progress import progress_bar
+        from featureforge import progress_bar
 
         from . import _data
         from ._splice import summarize

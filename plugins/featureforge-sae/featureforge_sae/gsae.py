@@ -25,8 +25,7 @@ import json
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from featureforge import OptionError
-from featureforge.errors import BadInputError
+from featureforge import BadInputError, OptionError
 from featureforge.roles import StepOutput, TrainState
 
 from .options import TopKOptions
