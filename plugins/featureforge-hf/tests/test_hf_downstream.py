@@ -12,28 +12,9 @@ import torch
 
 import featureforge as ff
 from featureforge.dictionary import Dictionary
+from ffhf_dictionaries import Identity, Zero
 from featureforge.errors import FeatureforgeError
 from featureforge.roles import EvaluationContext
-
-
-class Identity(Dictionary):
-    """x̂ = x (codes = rows)."""
-
-    def __init__(self, d_in: int):
-        super().__init__(d_in, d_in)
-
-    def encode_normalised(self, x):
-        return x
-
-    def decode_normalised(self, codes):
-        return codes
-
-
-class Zero(Identity):
-    """x̂ = 0."""
-
-    def decode_normalised(self, codes):
-        return torch.zeros_like(codes)
 
 
 def _downstream(**options):

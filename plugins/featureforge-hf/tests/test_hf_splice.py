@@ -7,26 +7,8 @@ import collections
 import pytest
 import torch
 
-from featureforge.dictionary import Dictionary
+from ffhf_dictionaries import Identity, Zero
 from featureforge_hf import HFSource, summarize
-
-
-class Identity(Dictionary):
-    """A dictionary whose reconstruction is its input (codes = rows)."""
-
-    def __init__(self, d_in: int):
-        super().__init__(d_in, d_in)
-
-    def encode_normalised(self, x):
-        return x
-
-    def decode_normalised(self, codes):
-        return codes
-
-
-class Zero(Identity):
-    def decode_normalised(self, codes):
-        return torch.zeros_like(codes)
 
 
 @pytest.fixture(scope="module")
