@@ -21,7 +21,7 @@ import datetime as _dt
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -422,8 +422,3 @@ def _wait_for_root(location: Location, timeout: float) -> None:
                 pass
         time.sleep(0.2)
     raise StoreError(f"writer 0 did not create {location} within {timeout:.0f}s; start rank 0 too")
-
-
-def iter_row_blocks(total: int, block: int) -> Iterator[tuple[int, int]]:
-    for start in range(0, total, block):
-        yield start, min(total, start + block)
