@@ -1,0 +1,13 @@
+"""featureforge-multifaceted: multifaceted feature visualization (Nguyen, Yosinski & Clune 2016).
+
+- ``collect``: one out-of-core pass over a store keeping each latent's top rows, a uniform sample
+  of its firing rows and an activation histogram;
+- ``facets``: PCA + k-means (k chosen by silhouette) over a unit's top examples, prototypes;
+- the ``facets`` evaluator and ``featureforge dashboard``: per-latent facets and a self-contained
+  HTML site that loads one feature's data at a time;
+- ``vision``: facets of a unit of a torch image model and one synthetic image per facet.
+
+Importing this package is cheap; torch and scikit-learn load inside the functions that use them.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,162 @@
+"""One streaming pass over a store: per-latent top rows, a uniform sample and activation histograms.
+
+Memory is fixed by the dictionary width, never by the store's size: for ``m`` latents it is
+``m × (top_n + sample)`` (value, row) pairs, an ``m × HIST_BINS`` histogram and one chunk of codes.
+The store is read in storage order, one chunk at a time, so every row index kept is the store's
+global row index (chunk index × rows_per_chunk + offset), the one other readers use.
+
+Per chunk of codes ``[b, m]``:
+- top rows: ``torch.topk`` down the rows, concatenated with the running top list, ``topk`` again;
+- sample: every non-zero (row, latent) pair gets a uniform random key and each latent keeps the
+  ``sample`` pairs with the smallest keys (bottom-k sampling: a uniform sample without replacement
+  of all its firing rows, merged chunk by chunk like the top list);
+- histogram: log10 of the non-zero codes, counted into fixed bins by ``scatter_add``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+#: Fixed log10 range of the activation histograms; values outside fall into the end bins.
+HIST_LOG10_RANGE = (-4.0, 4.0)
+HIST_BINS = 160
+
+
+@dataclasses.dataclass
+class Collected:
+    """What one pass keeps per latent (tensors on CPU; row indices are global store rows)."""
+
+    #: Float32 [m, top_n], descending; padding is -inf with row -1.
+    top_values: torch.Tensor
+    top_rows: torch.Tensor
+    #: Float32 [m, sample]: a uniform sample of each latent's firing rows (padding value 0, row -1).
+    sample_values: torch.Tensor
+    sample_rows: torch.Tensor
+    #: Int64 [m]: rows on which each latent fired; float64 [m] sum of its activations.
+    counts: torch.Tensor
+    sums: torch.Tensor
+    #: Int64 [m, HIST_BINS] histogram of log10(activation) over ``HIST_LOG10_RANGE``.
+    histogram: torch.Tensor
+    rows: int
+    seconds: float
+
+    @property
+    def d_dict(self) -> int:
+        return int(self.counts.shape[0])
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else float("nan")
+
+    def top(self, latent: int) -> tuple[np.ndarray, np.ndarray]:
+        """(values, rows) of a latent's kept top rows with a positive activation, descending."""
+        keep = (self.top_rows[latent] >= 0) & (self.top_values[latent] > 0)
+        return self.top_values[latent][keep].numpy(), self.top_rows[latent][keep].numpy()
+
+    def sampled(self, latent: int) -> tuple[np.ndarray, np.ndarray]:
+        """(values, rows) of a latent's uniform sample of firing rows, ascending by value."""
+        keep = self.sample_rows[latent] >= 0
+        values, rows = self.sample_values[latent][keep], self.sample_rows[latent][keep]
+        order = torch.argsort(values)
+        return values[order].numpy(), rows[order].numpy()
+
+    def histogram_edges(self) -> np.ndarray:
+        return np.linspace(*HIST_LOG10_RANGE, HIST_BINS + 1)
+
+
+class _BottomK:
+    """Per-latent sample of firing (value, row) pairs: the ``size`` smallest random keys."""
+
+    def __init__(self, m: int, size: int, seed: int):
+        self.m, self.size = m, size
+        self.gen = torch.Generator().manual_seed(seed)
+        self.keys = torch.full((m, size), float("inf"))
+        self.values = torch.zeros(m, size)
+        self.rows = torch.full((m, size), -1, dtype=torch.long)
+
+    def add(self, latents: torch.Tensor, values: torch.Tensor, rows: torch.Tensor) -> None:
+        if self.size == 0 or latents.numel() == 0:
+            return
+        keys = torch.rand(latents.numel(), generator=self.gen)
+        held = self.rows >= 0
+        held_latent = torch.arange(self.m).unsqueeze(1).expand_as(held)[held]
+        lat = torch.cat([held_latent, latents])
+        key = torch.cat([self.keys[held], keys])
+        val = torch.cat([self.values[held], values])
+        row = torch.cat([self.rows[held], rows])
+        # Sort by (latent, key): keys lie in [0, 1), so latent + key orders both at once (float64).
+        order = torch.argsort(lat.double() + key.double())
+        lat, key, val, row = lat[order], key[order], val[order], row[order]
+        starts = torch.searchsorted(lat, torch.arange(self.m))
+        rank = torch.arange(lat.numel()) - starts[lat]
+        keep = rank < self.size
+        lat, rank = lat[keep], rank[keep]
+        self.keys.fill_(float("inf"))
+        self.rows.fill_(-1)
+        self.values.zero_()
+        self.keys[lat, rank] = key[keep]
+        self.values[lat, rank] = val[keep]
+        self.rows[lat, rank] = row[keep]
+
+
+@torch.no_grad()
+def collect(dictionary: Any, store: Any, *, top_n: int = 64, sample: int = 64, batch_rows: int = 0, max_rows: int | None = None,
+            seed: int = 0, progress: Any = None) -> Collected:
+    """Stream ``store`` once through ``dictionary.encode`` and keep each latent's top and sampled rows.
+
+    ``batch_rows`` (0: about 16M codes per batch) bounds the dense codes held at once;
+    ``max_rows`` stops after that many rows; ``progress(n)`` is called with rows done per batch.
+    """
+    m = int(dictionary.d_dict)
+    if batch_rows <= 0:
+        batch_rows = int(min(8192, max(256, 2**24 // max(m, 1))))
+    device = next(iter(dictionary.parameters()), torch.zeros(())).device
+    top_v = torch.full((m, top_n), float("-inf"))
+    top_r = torch.full((m, top_n), -1, dtype=torch.long)
+    counts = torch.zeros(m, dtype=torch.long)
+    sums = torch.zeros(m, dtype=torch.float64)
+    hist = torch.zeros(m * HIST_BINS, dtype=torch.long)
+    reservoir = _BottomK(m, sample, seed)
+    lo, hi = HIST_LOG10_RANGE
+    width = (hi - lo) / HIST_BINS
+    rpc = store.rows_per_chunk
+    done = 0
+    t0 = time.perf_counter()
+    for ref in store.committed_chunks():
+        base = ref.index * rpc
+        for start in range(base, base + ref.rows, batch_rows):
+            stop = min(base + ref.rows, start + batch_rows)
+            if max_rows is not None:
+                stop = min(stop, start + max_rows - done)
+                if stop <= start:
+                    break
+            x = torch.from_numpy(store.read(start, stop)).to(device)
+            codes = dictionary.encode(x).float().cpu()
+            b = stop - start
+            # Top rows: topk down each latent's column, merged with the running list.
+            k = min(top_n, b)
+            top = codes.T.topk(k, dim=1)
+            vals = torch.cat([top_v, top.values], 1)
+            rows = torch.cat([top_r, top.indices + start], 1)
+            merged = vals.topk(top_n, dim=1)
+            top_v, top_r = merged.values, rows.gather(1, merged.indices)
+            # Firing pairs: counts, sums, histogram, sample.
+            r_idx, l_idx = torch.nonzero(codes > 0, as_tuple=True)
+            v = codes[r_idx, l_idx]
+            counts += torch.bincount(l_idx, minlength=m)
+            sums.index_add_(0, l_idx, v.double())
+            bins = ((torch.log10(v) - lo) / width).floor().clamp_(0, HIST_BINS - 1).long()
+            hist.index_add_(0, l_idx * HIST_BINS + bins, torch.ones_like(bins))
+            reservoir.add(l_idx, v, r_idx + start)
+            done += b
+            if progress is not None:
+                progress(b)
+        if max_rows is not None and done >= max_rows:
+            break
+    return Collected(top_v, top_r, reservoir.values, reservoir.rows, counts, sums, hist.view(m, HIST_BINS), done,
+                     time.perf_counter() - t0)

@@ -1,0 +1,164 @@
+"""The ``facets`` evaluator: one pass over the store, facets of every live latent, optionally a dashboard.
+
+Metrics go into ``report.json``; the per-latent table (counts, density, max activation, number of
+facets and their sizes) goes into the ``facets.json`` artifact; with ``-o site=DIR`` the HTML
+dashboard is written there (``featureforge dashboard`` sets it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import featureforge
+from featureforge import BadInputError, EvaluationContext, EvaluationResult, Evaluator, OptionError
+
+from .facets import FacetSettings
+
+#: Provenance facts that must agree between a run's training store and the store it is shown on.
+PROVENANCE_KEYS = ("model", "hook", "site", "generator", "n_features")
+
+
+@dataclasses.dataclass
+class FacetsOptions:
+    top_n: int = 64
+    """Top-activating rows kept per latent: the examples its facets are found from."""
+    sample: int = 64
+    """Firing rows sampled uniformly per latent, for the activation-quantile bands."""
+    max_facets: int = 4
+    """Largest number of facets tried per latent (chosen by silhouette)."""
+    min_silhouette: float = 0.2
+    """A latent whose best silhouette is below this keeps one facet."""
+    pca_dims: int = 16
+    """PCA components of the example embeddings before k-means."""
+    neighbours: int = 15
+    """Nearest examples added to a facet's prototype (the paper's 15)."""
+    features: int = 0
+    """Latents analysed in detail, spread over the firing-count range; 0: every live latent."""
+    contexts: Literal["auto", "on", "off"] = "auto"
+    """Token contexts of examples: auto (when the store has token_ids), on (refuse stores without), off."""
+    shown: int = 12
+    """Top examples shown per feature."""
+    bands: int = 5
+    """Activation-quantile bands per feature."""
+    rows: int = 0
+    """Rows streamed from the store; 0: every committed row."""
+    batch_rows: int = 0
+    """Rows encoded at once; 0: about 16M codes per batch."""
+    site: str = ""
+    """Folder to write the HTML dashboard into; empty: no dashboard."""
+    seed: int = 0
+    """Seed of the uniform sample and of k-means."""
+
+
+class FacetsEvaluator(Evaluator):
+    name = "facets"
+    description = "Multifaceted feature visualization: facets of each latent's top examples (PCA + k-means), optional HTML dashboard"
+    Options = FacetsOptions
+
+    def __post_init__(self) -> None:
+        o = self.options
+        for field in ("top_n", "max_facets", "pca_dims", "shown", "bands"):
+            if getattr(o, field) < 1:
+                raise OptionError(f"facets: {field}={getattr(o, field)} must be at least 1")
+        for field in ("sample", "neighbours", "features", "rows", "batch_rows"):
+            if getattr(o, field) < 0:
+                raise OptionError(f"facets: {field}={getattr(o, field)} must not be negative")
+
+    def settings(self) -> FacetSettings:
+        o = self.options
+        return FacetSettings(max_facets=o.max_facets, min_silhouette=o.min_silhouette, pca_dims=o.pca_dims, neighbours=o.neighbours, seed=o.seed)
+
+    def evaluate(self, dictionary: Any, context: EvaluationContext) -> EvaluationResult:
+        from .analysis import RecordSettings, choose_latents, feature_records
+        from .collect import collect
+        from .contexts import require_tokens, token_decoder
+        from .effects import token_effects, unembedding
+
+        o = self.options
+        store = context.store
+        if store is None:
+            raise BadInputError("the facets evaluator needs an activation store; pass --store")
+        check_match(dictionary, store, context.extra.get("run_config") or {})
+        text = o.contexts == "on" or (o.contexts == "auto" and "token_ids" in store.columns)
+        if text:
+            require_tokens(store)
+        dictionary.eval()
+        with featureforge.progress_bar(store.rows if not o.rows else min(o.rows, store.rows), "facets: collect") as bar:
+            found = collect(dictionary, store, top_n=o.top_n, sample=o.sample, batch_rows=o.batch_rows, max_rows=o.rows or None,
+                            seed=o.seed, progress=bar.update)
+        latents = choose_latents(found, o.features)
+        source = context.source or _store_source(store)
+        decode = token_decoder(source) if text else (lambda ids: [f" #{i}" for i in ids])
+        w_u, effects_note = unembedding(source, dictionary.d_in) if text else (None, "no token ids in the store")
+        effects = token_effects(dictionary.decoder_directions.detach(), w_u, latents, decode) if w_u is not None else None
+        shown = RecordSettings(shown=o.shown, bands=o.bands, text=text)
+        site = None
+        if o.site:
+            from .dashboard import SiteWriter
+
+            site = SiteWriter(Path(o.site))
+        t0 = time.perf_counter()
+        table: dict[int, dict[str, Any]] = {}
+        for rec in feature_records(dictionary, store, found, latents, self.settings(), shown, decode, effects):
+            table[rec["id"]] = {k: rec[k] for k in ("count", "density", "max_act", "mean_act")} | {
+                "facets": rec["facets"]["k"], "sizes": [f["size"] for f in rec["facets"]["items"]]}
+            if site is not None:
+                site.feature(rec)
+        seconds = time.perf_counter() - t0
+        counts = [t["facets"] for t in table.values()]
+        metrics = {
+            "rows": found.rows,
+            "collect_seconds": round(found.seconds, 3),
+            "rows_per_second": round(found.rows_per_second, 1),
+            "facet_seconds": round(seconds, 3),
+            "d_dict": found.d_dict,
+            "live": int((found.counts > 0).sum()),
+            "dead": int((found.counts == 0).sum()),
+            "analysed": len(table),
+            "mean_facets": round(sum(counts) / len(counts), 4) if counts else None,
+            "multi_facet_fraction": round(sum(c > 1 for c in counts) / len(counts), 4) if counts else None,
+            "facet_counts": {str(k): counts.count(k) for k in range(1, o.max_facets + 1)},
+            "contexts": text,
+            "output_effects": effects is not None,
+            "output_effects_note": effects_note,
+        }
+        context.out_dir.mkdir(parents=True, exist_ok=True)
+        table_path = context.out_dir / "facets.json"
+        table_path.write_text(json.dumps({"rows": found.rows, "features": {str(k): v for k, v in table.items()}}))
+        artifacts = {"facets": str(table_path)}
+        if site is not None:
+            artifacts["dashboard"] = str(site.finish(metrics, table, _title(context, store)))
+        return EvaluationResult(metrics, artifacts)
+
+
+def _title(context: EvaluationContext, store: Any) -> str:
+    run = context.run_dir.name if context.run_dir is not None else "dictionary"
+    return f"{run} on {Path(store.url).name}"
+
+
+def _store_source(store: Any) -> Any:
+    """The store's source rebuilt from its recorded name and options (for decoding), or None."""
+    try:
+        return featureforge.make_source(store.source["name"], store.source.get("options") or {})
+    except Exception:  # not installed here, or options from another version
+        return None
+
+
+def check_match(dictionary: Any, store: Any, run_config: dict[str, Any]) -> None:
+    """Refuse a store whose width or provenance differs from the run's training store."""
+    if int(dictionary.d_in) != store.d_in:
+        raise BadInputError(f"the dictionary has d_in={dictionary.d_in} but store {store.url} has d_in={store.d_in}; "
+                            "use a store cached at the hook point the run was trained on")
+    trained = (run_config.get("store") or {}) if isinstance(run_config.get("store"), dict) else {}
+    old, new = trained.get("provenance") or {}, store.provenance
+    diffs = [f"{k}={old[k]!r} (store has {new[k]!r})" for k in PROVENANCE_KEYS if k in old and k in new and old[k] != new[k]]
+    if (trained.get("source") or {}).get("name") == "synthetic" == store.source.get("name"):
+        if old.get("seed") != new.get("seed"):
+            diffs.append(f"seed={old.get('seed')!r} (store has {new.get('seed')!r})")
+    if diffs:
+        raise BadInputError(f"the run was trained on other activations than store {store.url} holds: {'; '.join(diffs)}; "
+                            "pass the store the run was trained on (or one cached from the same model and hook)")

@@ -1,0 +1,133 @@
+"""Facets of one unit: cluster its top-activating examples and keep a prototype set per cluster.
+
+Following Nguyen, Yosinski & Clune 2016 ("Multifaceted Feature Visualization", arXiv 1602.03616):
+a unit often fires for several distinct kinds of input, so its top examples are embedded, reduced
+with PCA and clustered with k-means; each cluster is a facet. The paper fixes the number of
+clusters; here it is chosen per unit by the mean silhouette over k = 2..max_facets, and a unit
+whose best silhouette stays below ``min_silhouette`` keeps one facet (its examples form no clear
+groups). A facet's prototype set is the member nearest the centroid plus its 15 nearest members,
+the set the paper averages to start each facet's synthesis.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Any, Sequence
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class FacetSettings:
+    """How facets are found (shared by the text evaluator and the vision tools)."""
+
+    max_facets: int = 4
+    """Largest number of facets tried per unit (k = 1..max_facets)."""
+    min_silhouette: float = 0.2
+    """Below this best silhouette a unit keeps a single facet."""
+    pca_dims: int = 16
+    """PCA components the examples are reduced to before k-means."""
+    neighbours: int = 15
+    """Nearest members added to each facet's prototype (the paper uses 15)."""
+    normalise: bool = True
+    """Scale each example embedding to unit length first (cluster by direction, not magnitude)."""
+    min_examples: int = 8
+    """Units with fewer examples than this keep a single facet."""
+    seed: int = 0
+    """Seed of k-means."""
+
+
+@dataclasses.dataclass
+class Facets:
+    """The facets of one unit's examples (indices refer to the rows of the embedding given)."""
+
+    #: Int [n]: facet of each example; facets are numbered by size, largest first.
+    labels: np.ndarray
+    #: Float [k, d]: mean of each facet's examples in the original (un-normalised) embedding.
+    centroids: np.ndarray
+    #: Per facet: example indices of the prototype set, the one nearest the centroid first.
+    prototypes: list[list[int]]
+    #: Mean silhouette of each k tried (k >= 2); empty when too few examples.
+    silhouettes: dict[int, float]
+
+    @property
+    def k(self) -> int:
+        return int(self.centroids.shape[0])
+
+    def sizes(self) -> list[int]:
+        return np.bincount(self.labels, minlength=self.k).tolist()
+
+
+def _reduce(x: np.ndarray, settings: FacetSettings) -> np.ndarray:
+    from sklearn.decomposition import PCA
+
+    if settings.normalise:
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    dims = min(settings.pca_dims, x.shape[0] - 1, x.shape[1])
+    if dims < 1:
+        return x - x.mean(0)
+    return PCA(n_components=dims, random_state=settings.seed).fit_transform(x)
+
+
+def _kmeans(z: np.ndarray, k: int, seed: int) -> np.ndarray:
+    from sklearn.cluster import KMeans
+
+    return KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(z)
+
+
+def find_facets(embedding: Any, settings: FacetSettings | None = None) -> Facets:
+    """Facets of one unit from the embeddings [n, d] of its top examples."""
+    from threadpoolctl import threadpool_limits
+
+    # One thread: on a few hundred points OpenMP start-up costs 100x the clustering itself.
+    with threadpool_limits(1):
+        return _find_facets(embedding, settings or FacetSettings())
+
+
+def _find_facets(embedding: Any, settings: FacetSettings) -> Facets:
+    from sklearn.metrics import silhouette_score
+
+    x = np.asarray(embedding, dtype=np.float64)
+    n = x.shape[0]
+    if n == 0:
+        return Facets(np.zeros(0, np.int64), np.zeros((0, x.shape[1] if x.ndim == 2 else 0)), [], {})
+    z = _reduce(x, settings)
+    labels = np.zeros(n, dtype=np.int64)
+    scores: dict[int, float] = {}
+    if n >= settings.min_examples and settings.max_facets >= 2:
+        best = (settings.min_silhouette, None)
+        for k in range(2, min(settings.max_facets, n - 1) + 1):
+            found = _kmeans(z, k, settings.seed)
+            if len(np.unique(found)) < 2:
+                continue
+            scores[k] = float(silhouette_score(z, found))
+            if scores[k] > best[0]:
+                best = (scores[k], found)
+        if best[1] is not None:
+            labels = best[1]
+    # Number facets by size, largest first (ties by first appearance), so facet 0 is the main one.
+    sizes = np.bincount(labels)
+    order = sorted(range(len(sizes)), key=lambda c: (-sizes[c], int(np.argmax(labels == c))))
+    labels = np.argsort(order)[labels]
+    centroids = np.stack([x[labels == c].mean(0) for c in range(len(order))])
+    prototypes = [_prototype(z, np.flatnonzero(labels == c), settings.neighbours) for c in range(len(order))]
+    return Facets(labels, centroids, prototypes, scores)
+
+
+def _prototype(z: np.ndarray, members: np.ndarray, neighbours: int) -> list[int]:
+    """The member nearest the facet's centroid (in the reduced space) and its nearest members."""
+    pts = z[members]
+    centre = members[np.argmin(((pts - pts.mean(0)) ** 2).sum(1))]
+    dist = ((z[members] - z[centre]) ** 2).sum(1)
+    return [int(i) for i in members[np.argsort(dist, kind="stable")[: neighbours + 1]]]
+
+
+def token_stats(labels: np.ndarray, tokens: Sequence[str], top: int = 5) -> list[list[dict[str, Any]]]:
+    """Per facet, its most frequent activating tokens with counts and share of the facet."""
+    out = []
+    for c in range(int(labels.max()) + 1 if len(labels) else 0):
+        members = [tokens[i] for i in np.flatnonzero(labels == c)]
+        counts = collections.Counter(members).most_common(top)
+        out.append([{"token": t, "count": n, "share": round(n / len(members), 4)} for t, n in counts])
+    return out
