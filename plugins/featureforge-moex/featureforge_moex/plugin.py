@@ -1,0 +1,1 @@
+"""featureforge entry point of ``featureforge-moex``."""
