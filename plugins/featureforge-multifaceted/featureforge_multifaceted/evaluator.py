@@ -38,6 +38,8 @@ class FacetsOptions:
     """Nearest examples added to a facet's prototype (the paper's 15)."""
     features: int = 0
     """Latents analysed in detail, spread over the firing-count range; 0: every live latent."""
+    latents: str = ""
+    """Comma-separated latent indices to analyse (e.g. 3,17,42); overrides features."""
     contexts: Literal["auto", "on", "off"] = "auto"
     """Token contexts of examples: auto (when the store has token_ids), on (refuse stores without), off."""
     shown: int = 12
@@ -86,11 +88,12 @@ class FacetsEvaluator(Evaluator):
         text = o.contexts == "on" or (o.contexts == "auto" and "token_ids" in store.columns)
         if text:
             require_tokens(store)
+        requested = parse_latents(o.latents, int(dictionary.d_dict)) if o.latents else None
         dictionary.eval()
         with featureforge.progress_bar(store.rows if not o.rows else min(o.rows, store.rows), "facets: collect") as bar:
             found = collect(dictionary, store, top_n=o.top_n, sample=o.sample, batch_rows=o.batch_rows, max_rows=o.rows or None,
                             seed=o.seed, progress=bar.update)
-        latents = choose_latents(found, o.features)
+        latents = requested if requested is not None else choose_latents(found, o.features)
         source = context.source or _store_source(store)
         decode = token_decoder(source) if text else (lambda ids: [f" #{i}" for i in ids])
         w_u, effects_note = unembedding(source, dictionary.d_in) if text else (None, "no token ids in the store")
@@ -133,6 +136,18 @@ class FacetsEvaluator(Evaluator):
         if site is not None:
             artifacts["dashboard"] = str(site.finish(metrics, table, _title(context, store)))
         return EvaluationResult(metrics, artifacts)
+
+
+def parse_latents(text: str, d_dict: int) -> list[int]:
+    """Latent indices from ``3,17,42``; each must be in 0..d_dict-1."""
+    try:
+        chosen = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise OptionError(f"facets: latents={text!r} is not a comma list of integers; write e.g. -o latents=3,17,42") from None
+    bad = [i for i in chosen if not 0 <= i < d_dict]
+    if bad:
+        raise BadInputError(f"latent index {bad[0]} is out of range: the dictionary has {d_dict} latents; pick 0..{d_dict - 1}")
+    return chosen
 
 
 def _title(context: EvaluationContext, store: Any) -> str:
