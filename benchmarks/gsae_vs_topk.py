@@ -12,6 +12,16 @@ gradient normalisations) with the same seed, data and k, and prints one JSON obj
   the readout loss's sensitivity to the reconstruction error, relative to the same for x_hat = mean(x).
 
     python benchmarks/gsae_vs_topk.py [--rows 300000] [--k 4] [--betas 1,4,16] [--norms row,batch_rms]
+
+``--real`` runs the issue's real-model comparison instead: the tiny GPT-2 trained on standard-library
+text (``benchmarks/train_tiny_lm.py``; trained first if ``--model`` is missing), its residual
+stream after block ``--hook`` cached with ``grads=true``, ``topk`` and ``gsae`` trained at each of
+``--ks`` (equal L0) and extra betas at ``--beta-k``, each evaluated by ``reconstruction`` (FVU,
+dead latents; g-SAE also with gradient selection) and ``downstream`` (CE-loss score and KL on
+held-out documents, g-SAE also spliced with live gradients). Prints JSON and draws the Pareto plot
+to ``--plot``. Runs already complete in ``--workdir`` are reused, so an interrupted run resumes.
+
+    python benchmarks/gsae_vs_topk.py --real --workdir /tmp/gsae_real [--ks 2,4,8,16,32] [--betas 1,16]
 """
 
 from __future__ import annotations
@@ -98,18 +108,139 @@ def run(rows: int = 300_000, k: int = 4, betas: tuple[float, ...] = (1.0, 4.0, 1
     return out
 
 
+REAL_METRICS = {
+    "reconstruction": ("l0", "fvu", "fvu_grads", "dead_fraction"),
+    "downstream": ("ce_clean", "ce_zero", "ce_dictionary", "ce_dictionary_grads", "ce_loss_score", "ce_loss_score_grads",
+                   "kl_dictionary", "kl_dictionary_grads", "tokens"),
+}
+
+
+def _complete(run_dir: Path) -> bool:
+    cfg = run_dir / "config.json"
+    return cfg.exists() and json.loads(cfg.read_text()).get("status") == "complete"
+
+
+def run_real(workdir: str, model: str, hook: str, rows: int, ks: tuple[int, ...], betas: tuple[float, ...], beta_k: int,
+             d_dict: int, epochs: float, batch_size: int, eval_sequences: int, threads: int, lm_minutes: float) -> dict:
+    import subprocess
+    import sys
+
+    tmp = Path(workdir)
+    tmp.mkdir(parents=True, exist_ok=True)
+    model_dir = Path(model)
+    if not (model_dir / "config.json").exists():
+        subprocess.run([sys.executable, str(Path(__file__).with_name("train_tiny_lm.py")), "--minutes", str(lm_minutes),
+                        "--name", model_dir.name, "--out-root", str(model_dir.parent)], check=True)
+    store_path = tmp / "store.zarr"
+    opts = {"model": str(model_dir.resolve()), "hook": hook, "grads": True, "batch_size": 32}
+    try:
+        store = ff.open_store(str(store_path))
+        done = store.rows >= rows
+    except Exception:
+        done = False
+    if not done:
+        ff.cache("hf", opts, store=str(store_path), rows=rows, overwrite=True, progress=True)
+    store = ff.open_store(str(store_path))
+    common = dict(store=str(store_path), epochs=epochs, batch_size=batch_size, threads=threads, progress=True)
+    plan = [("topk", {"k": k}) for k in ks] + [("gsae", {"k": k}) for k in ks]
+    plan += [("gsae", {"k": beta_k, "beta": b}) for b in betas]
+    results = []
+    for trainer, extra in plan:
+        label = f"{trainer} " + " ".join(f"{key}={v:g}" for key, v in extra.items())
+        run_dir = tmp / "runs" / label.replace(" ", "_")
+        started = time.perf_counter()
+        if not _complete(run_dir):
+            ff.train(trainer, {"d_dict": d_dict, **extra}, out=str(run_dir), overwrite=True, **common)
+        trained = time.perf_counter() - started
+        report = ff.evaluate(run_dir, store, {"reconstruction": {}, "downstream": {"max_sequences": eval_sequences}})
+        row: dict[str, Any] = {"label": label, "trainer": trainer, **extra, "train_seconds": round(trained, 1)}
+        if trainer == "gsae":
+            row.setdefault("beta", json.loads((run_dir / "config.json").read_text())["options"].get("beta"))
+        for name, keys in REAL_METRICS.items():
+            m = report["evaluators"][name]["metrics"]
+            row.update({key: m[key] for key in keys if key in m})
+        results.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+    return {"setup": {**opts, "rows": rows, "ks": list(ks), "d_dict": d_dict, "epochs": epochs, "train_batch_size": batch_size,
+                      "eval_sequences": eval_sequences, "betas_at_k": {"k": beta_k, "betas": list(betas)},
+                      "store_rows": store.rows}, "runs": results}
+
+
+def plot_real(res: dict, path: Path) -> None:
+    """Pareto panels: CE-loss score, KL, FVU and dead fraction vs L0 (topk vs gsae, both gsae modes)."""
+    from featureforge.evaluation import new_figure, save_figure
+
+    default_beta = GSAE_DEFAULT_BETA
+    runs = [dict(r) for r in res["runs"]]
+    for r in runs:  # scores saturate near 1: plot the gap on a log axis
+        for mode in ("", "_grads"):
+            if "ce_loss_score" + mode in r:
+                r["ce_loss_gap" + mode] = 1.0 - r["ce_loss_score" + mode]
+    lines = [("topk", [r for r in runs if r["trainer"] == "topk"], "", "#4c72b0", "o-"),
+             (f"gsae beta={default_beta:g}, plain TopK at inference",
+              [r for r in runs if r["trainer"] == "gsae" and r.get("beta") == default_beta], "", "#dd8452", "s-"),
+             (f"gsae beta={default_beta:g}, selected with live gradients",
+              [r for r in runs if r["trainer"] == "gsae" and r.get("beta") == default_beta], "_grads", "#c44e52", "^--")]
+    panels = [("ce_loss_gap", "1 − CE-loss score (lower is better)"), ("kl_dictionary", "KL(clean ‖ spliced), nats/token"),
+              ("fvu", "FVU (held-out)"), ("dead_fraction", "dead latent fraction")]
+    fig = new_figure(11, 7.5)
+    for i, (key, title) in enumerate(panels):
+        ax = fig.add_subplot(2, 2, i + 1)
+        for label, rows, suffix, color, style in lines:
+            rows = sorted(rows, key=lambda r: r["l0"])
+            metric = key.replace("_dictionary", "_dictionary" + suffix) if key.startswith("kl") else key + suffix
+            pts = [(r["l0"], r[metric]) for r in rows if metric in r]
+            if pts:
+                ax.plot(*zip(*pts), style, color=color, label=label, markersize=4)
+        for r in runs:
+            if r["trainer"] == "gsae" and r.get("beta") != default_beta and key in r:
+                ax.plot(r["l0"], r[key], "x", color="#8172b3")
+                ax.annotate(f"β={r['beta']:g}", (r["l0"], r[key]), fontsize=7, color="#8172b3")
+        ax.set_xscale("log", base=2)
+        if key in ("ce_loss_gap", "kl_dictionary", "fvu"):
+            ax.set_yscale("log")
+        ax.set_xlabel("L0 (active latents per token)")
+        ax.set_title(title, fontsize=9)
+        if i == 0:
+            ax.legend(fontsize=7)
+    setup = res["setup"]
+    fig.suptitle(f"topk vs gsae on {Path(setup['model']).name}, hook {setup['hook']}, d_dict={setup['d_dict']}", fontsize=10)
+    save_figure(fig, path)
+
+
+GSAE_DEFAULT_BETA = 4.0
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rows", type=int, default=300_000)
+    p.add_argument("--rows", type=int, default=None, help="cached rows (default 300k synthetic, 600k real)")
     p.add_argument("--k", type=int, default=4)
-    p.add_argument("--betas", default="1,4,16")
+    p.add_argument("--betas", default=None, help="synthetic: betas to train (default 1,4,16); real: extra betas at --beta-k (default 1,16)")
     p.add_argument("--norms", default="row")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--workdir", default=None)
+    p.add_argument("--real", action="store_true", help="the real-model comparison (tiny GPT-2 on stdlib text)")
+    p.add_argument("--model", default=str(Path(__file__).resolve().parents[1] / "stores" / "models" / "stdlib-gpt2"))
+    p.add_argument("--hook", default="transformer.h.1", help="real: module whose output is cached (middle of the 4 blocks)")
+    p.add_argument("--ks", default="2,4,8,16,32")
+    p.add_argument("--beta-k", type=int, default=4)
+    p.add_argument("--d-dict", type=int, default=1024)
+    p.add_argument("--epochs", type=float, default=2.0)
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--eval-sequences", type=int, default=256)
+    p.add_argument("--lm-minutes", type=float, default=5.0, help="real: training time of the tiny LM when it is missing")
+    p.add_argument("--plot", default=str(Path(__file__).resolve().parents[1] / "docs" / "methods" / "gsae_real_pareto.png"))
     a = p.parse_args()
-    res = run(rows=a.rows, k=a.k, betas=tuple(float(b) for b in a.betas.split(",")), norms=tuple(a.norms.split(",")),
-              seed=a.seed, threads=a.threads, workdir=a.workdir)
+    if a.real:
+        res = run_real(a.workdir or tempfile.mkdtemp(prefix="gsae_real_"), a.model, a.hook, a.rows or 600_000,
+                       tuple(int(k) for k in a.ks.split(",")), tuple(float(b) for b in (a.betas or "1,16").split(",")),
+                       a.beta_k, a.d_dict, a.epochs, a.batch_size, a.eval_sequences, a.threads, a.lm_minutes)
+        plot_real(res, Path(a.plot))
+        res["plot"] = a.plot
+    else:
+        res = run(rows=a.rows or 300_000, k=a.k, betas=tuple(float(b) for b in (a.betas or "1,4,16").split(",")),
+                  norms=tuple(a.norms.split(",")), seed=a.seed, threads=a.threads, workdir=a.workdir)
     print(json.dumps(res, indent=1))
 
 

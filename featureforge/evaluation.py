@@ -267,9 +267,14 @@ class ReconstructionStats:
         self.sse += ((x - x_hat.to(torch.float64)) ** 2).sum()
         self.counts += (codes != 0).to(torch.float32).sum(dim=0).to(torch.float64)
 
+    def total_variance(self) -> float:
+        """Σ‖x − x̄‖² over the rows seen: FVU's denominator."""
+        n = max(self.n, 1)
+        return float((self.sum_x2 - self.sum_x**2 / n).sum())
+
     def result(self, dense_threshold: float = DEFAULT_DENSE_THRESHOLD, bins: int = DENSITY_BINS) -> dict[str, Any]:
         n = max(self.n, 1)
-        sst = float((self.sum_x2 - self.sum_x**2 / n).sum())
+        sst = self.total_variance()
         sse = float(self.sse)
         value = sse / sst if sst > 0 else math.nan
         counts = self.counts.round().to(torch.int64).cpu()

@@ -3,6 +3,11 @@
 Metrics (formulas in ``featureforge/evaluation.py``): FVU, explained variance, MSE, L0, dead and
 dense latents (counts and fractions) and the log10 firing-frequency histogram, drawn to
 ``plots/latent_density.png``.
+
+A dictionary that selects latents with gradients in training (it has a
+``reconstruct_with_grads(x, grads)`` method, like g-SAE's) is scored both ways when the store
+holds ``grads``: the metrics above use plain ``encode`` (inference without gradients) and
+``fvu_grads`` / ``explained_variance_grads`` the gradient-aware selection.
 """
 
 from __future__ import annotations
@@ -47,12 +52,21 @@ class ReconstructionEvaluator(Evaluator):
         device = eval_device(context)
         stats = ReconstructionStats(dictionary.d_in, dictionary.d_dict, device=device)
         batch = auto_batch_size(dictionary.d_in, dictionary.d_dict, self.options.batch_size)
+        with_grads = hasattr(dictionary, "reconstruct_with_grads") and "grads" in rows.store.columns
+        err_grads = 0.0
         with torch.no_grad():
-            for _, acts in rows.blocks(batch):
+            for start, acts in rows.blocks(batch):
                 x = torch.from_numpy(acts).to(device)
                 x_hat, codes = dictionary(x)
                 stats.update(x, x_hat, codes)
+                if with_grads:
+                    g = torch.from_numpy(rows.store.read(start, start + len(acts), "grads")).to(device)
+                    err_grads += float((x.double() - dictionary.reconstruct_with_grads(x, g).double()).pow(2).sum())
         metrics = stats.result(self.options.dense_threshold, self.options.bins)
+        if with_grads:
+            total = stats.total_variance()
+            metrics["fvu_grads"] = err_grads / total if total > 0 else math.nan
+            metrics["explained_variance_grads"] = 1.0 - metrics["fvu_grads"]
         path = context.out_dir / "latent_density.png"
         _plot_density(metrics, path)
         return EvaluationResult(metrics=metrics, artifacts={"latent_density": str(path)})

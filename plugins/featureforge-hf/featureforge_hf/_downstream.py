@@ -20,6 +20,11 @@ run has distance 0), and the same score ``embedding_score`` = (D_zero − D_dict
 plus ``embedding_score_vs_mean`` = (D_mean − D_dictionary) / D_mean.
 
 ``score`` repeats the model kind's score (``ce_loss_score`` or ``embedding_score``).
+
+A causal-LM dictionary that selects latents with gradients (``reconstruct_with_grads``, g-SAE) is
+also spliced in that way, with each batch's own gradients: ``ce_dictionary_grads``,
+``kl_dictionary_grads`` and ``ce_loss_score_grads`` (``score`` stays the plain-encode one, as a
+user without gradients would run it).
 """
 
 from __future__ import annotations
@@ -174,6 +179,9 @@ class DownstreamEvaluator(Evaluator):
             replacements["mean"] = store_mean
         else:
             replacements["mean"] = "mean"  # no store statistics: the batch's own mean
+        grads_mode = hasattr(dictionary, "reconstruct_with_grads") and getattr(src, "loaded", None) is not None and src.loaded.is_causal
+        if grads_mode:
+            replacements["dictionary_grads"] = "dictionary_grads"
         # The splice moves the dictionary to the model's device and into eval mode: put it back after.
         home = dictionary.input_scale.device if hasattr(dictionary, "input_scale") else None
         was_training = bool(getattr(dictionary, "training", False))
@@ -200,6 +208,9 @@ class DownstreamEvaluator(Evaluator):
             metrics["ce_increase"] = ce_dict - ce_clean
             metrics["ce_loss_score_vs_mean"] = (ce_mean - ce_dict) / (ce_mean - ce_clean) if ce_mean != ce_clean else math.nan
             metrics["score"] = summary["ce_loss_score"]
+            if "ce_dictionary_grads" in summary:
+                denom = summary["ce_zero"] - ce_clean
+                metrics["ce_loss_score_grads"] = (summary["ce_zero"] - summary["ce_dictionary_grads"]) / denom if denom else math.nan
         else:
             d_mean = summary["cos_dist_mean"]
             metrics["embedding_score_vs_mean"] = (d_mean - summary["cos_dist_dictionary"]) / d_mean if d_mean else math.nan

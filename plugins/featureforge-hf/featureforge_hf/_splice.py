@@ -26,7 +26,8 @@ from ._model import attach, keep_mask, model_kwargs, next_token_ce
 if TYPE_CHECKING:  # pragma: no cover
     from ._source import HFSource
 
-Replacement = Union[Literal["dictionary", "none", "zero", "mean"], Callable[[torch.Tensor], torch.Tensor]]
+#: "dictionary_grads" (``compare`` only): the reconstruction selecting latents with live gradients.
+Replacement = Union[Literal["dictionary", "dictionary_grads", "none", "zero", "mean"], Callable[[torch.Tensor], torch.Tensor]]
 
 
 @dataclasses.dataclass
@@ -197,6 +198,9 @@ class SplicedModel:
         """
         chosen: dict[str, Replacement] = dict(replacements) if isinstance(replacements, Mapping) else {r: r for r in replacements}
         ids, mask = batch.input_ids.to(self.device), batch.attention_mask.to(self.device)
+        if any(how == "dictionary_grads" for how in chosen.values()):
+            chosen = {r: self._with_live_grads(ids, mask, batch.token_mask) if how == "dictionary_grads" else how
+                      for r, how in chosen.items()}
         clean = self(ids, mask, replace="none")
         sums: dict[str, float] = {}
         if self.kind == "causal-lm":
@@ -217,6 +221,23 @@ class SplicedModel:
                 emb = self.pooled(self(ids, mask, replace=how, token_mask=batch.token_mask), mask)
                 sums[f"cos_dist_{r}"] = float((1 - torch.nn.functional.cosine_similarity(ref, emb, dim=-1)).sum())
         return sums
+
+
+    def _with_live_grads(self, ids: torch.Tensor, mask: torch.Tensor, token_mask: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Replacement by ``dictionary.reconstruct_with_grads``: latents chosen with this batch's own
+        d(next-token CE)/d(activation) at the hook (g-SAE's selection; one extra forward+backward)."""
+        if self.kind != "causal-lm":
+            raise BadInputError("replace='dictionary_grads' needs next-token gradients, so a causal language model; use 'dictionary' for encoders")
+        if not hasattr(self.dictionary, "reconstruct_with_grads"):
+            raise BadInputError(f"{type(self.dictionary).__name__} cannot select latents with gradients (no reconstruct_with_grads); use replace='dictionary'")
+        _, grads = self.source._capture_with_grads(ids, mask)
+        rows_grads = grads[token_mask.to(grads.device)].float()
+
+        def reconstruct(rows: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return self.dictionary.reconstruct_with_grads(rows.float(), rows_grads)
+
+        return reconstruct
 
 
 def summarize(totals: Mapping[str, float]) -> dict[str, float]:

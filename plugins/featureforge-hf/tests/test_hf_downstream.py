@@ -12,7 +12,7 @@ import torch
 
 import featureforge as ff
 from featureforge.dictionary import Dictionary
-from ffhf_dictionaries import Identity, Zero
+from ffhf_dictionaries import GradientStep, Identity, Zero
 from featureforge.errors import FeatureforgeError
 from featureforge.roles import EvaluationContext
 
@@ -66,6 +66,17 @@ def test_causal_lm_identity_scores_one_and_zero_scores_zero(gpt2_store, tmp_path
     zero = evaluator.evaluate(Zero(32), _context(gpt2_store, tmp_path)).metrics
     assert zero["ce_dictionary"] == pytest.approx(m["ce_zero"], rel=1e-5)
     assert zero["ce_loss_score"] == pytest.approx(0.0, abs=1e-3)
+
+
+def test_gradient_selecting_dictionary_is_also_spliced_with_live_gradients(gpt2_store, tmp_path):
+    m = _downstream(max_sequences=8, batch_size=4).evaluate(GradientStep(32, eps=0.05), _context(gpt2_store, tmp_path)).metrics
+    # Plain encode is zero ablation; the gradient step lowers the loss only if each row got its own dL/dx.
+    assert m["ce_dictionary"] == pytest.approx(m["ce_zero"], rel=1e-5)
+    assert m["ce_dictionary_grads"] < m["ce_clean"] - 1e-4 and m["kl_dictionary_grads"] > 0
+    expected = (m["ce_zero"] - m["ce_dictionary_grads"]) / (m["ce_zero"] - m["ce_clean"])
+    assert m["ce_loss_score_grads"] == pytest.approx(expected) and m["score"] == m["ce_loss_score"]
+    plain = _downstream(max_sequences=8, batch_size=4).evaluate(Identity(32), _context(gpt2_store, tmp_path)).metrics
+    assert "ce_dictionary_grads" not in plain
 
 
 def test_mean_ablation_uses_the_store_mean(gpt2_store, tmp_path):

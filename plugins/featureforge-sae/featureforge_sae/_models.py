@@ -71,6 +71,32 @@ class TopKSAE(_LinearSAE):
         return self.sparse_decode(*self.sparse_encode(x))
 
 
+class GradientTopKSAE(TopKSAE):
+    """A ``TopKSAE`` (same tensors, plain TopK ``encode``) that remembers how the ``gsae`` trainer
+    selected latents, so evaluators can also reconstruct with live gradients (g-SAE inference)."""
+
+    def __init__(self, d_in: int, d_dict: int, k: int, beta: float, grad_norm: str, values: str):
+        super().__init__(d_in, d_dict, k)
+        self.beta, self.grad_norm, self.values = float(beta), grad_norm, values
+
+    def reconstruct_with_grads(self, x: Tensor, grads: Tensor) -> Tensor:
+        """``x_hat`` in original units, latents selected as in training from ``grads = dL/dx``.
+
+        Evaluators look for this method: a dictionary that has it is scored both ways (plain
+        TopK, as at inference without gradients, and gradient-aware selection).
+        """
+        from featureforge import BadInputError
+
+        from .gsae import gsae_encode
+
+        self._check_width(x)
+        if tuple(grads.shape) != tuple(x.shape):
+            raise BadInputError(f"grads {tuple(grads.shape)} do not match rows {tuple(x.shape)}; pass dL/dx row for row")
+        s = self.input_scale
+        values, indices, *_ = gsae_encode(self, x.float() * s, grads.float() / s, self.k, self.beta, self.grad_norm, self.values)
+        return self.sparse_decode(values, indices) / s
+
+
 class BatchTopKSAE(TopKSAE):
     """BatchTopK (Bussmann et al. 2024): trained with the top ``n*k`` activations of a batch,
     used with a single threshold: ``z = ReLU(pre) * 1[ReLU(pre) > threshold]``.

@@ -98,6 +98,12 @@ def gsae_encode(dictionary: Any, x: Any, grads: Any, k: int, beta: float, grad_n
 class GSAETrainer(TopKTrainer):
     """g-SAE: TopK whose selection is steered by cached gradients dL/dx (Olmo et al. 2024)."""
 
+    def build(self, d_in: int) -> Any:
+        from ._models import GradientTopKSAE
+
+        o = self.options
+        return GradientTopKSAE(d_in, self.d_dict_for(d_in), o.k, o.beta, o.grad_norm, o.values)
+
     name = "gsae"
     description = "g-SAE: TopK SAE selecting latents by z*(1+beta|W_dec dL/dx|) from cached gradients (Olmo et al. 2024); plain TopK at inference"
     Options = GSAEOptions
