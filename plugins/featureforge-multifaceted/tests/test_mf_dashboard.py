@@ -1,0 +1,100 @@
+"""`featureforge dashboard` as a user runs it, and the site it writes rendered in headless Chromium."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from featureforge_multifaceted.cli import dashboard
+from mf_browser import chromium, dump_dom, screenshot
+
+FEATUREFORGE = str(Path(sys.executable).parent / "featureforge")
+needs_chromium = pytest.mark.skipif(chromium() is None, reason="chromium is not installed (apt-get install chromium); .ci/run installs it")
+
+
+def _values(dom: str) -> dict[str, list[float]]:
+    """data-key -> the JSON numbers the page shows (each shown cell carries its exact value)."""
+    out: dict[str, list[float]] = {}
+    for key, value in re.findall(r'data-key="([^"]+)" data-value="([^"]*)"', dom):
+        out.setdefault(key, []).append(json.loads(html.unescape(value)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def synthetic_site(tmp_path_factory, synthetic_store, synthetic_run, cli_env):
+    out = tmp_path_factory.mktemp("mf-site") / "site"
+    done = subprocess.run([FEATUREFORGE, "dashboard", str(synthetic_run), "--store", synthetic_store.url, "--out", str(out), "-o", "top_n=48"],
+                          capture_output=True, text=True, env=cli_env)
+    assert done.returncode == 0, done.stderr
+    assert f"Wrote {out / 'index.html'}" in done.stdout
+    return out
+
+
+def test_dashboard_writes_a_split_self_contained_site(synthetic_site):
+    report = json.loads((synthetic_site / "report.json").read_text())
+    metrics = report["evaluators"]["facets"]["metrics"]
+    assert metrics["rows"] == 32768 and metrics["d_dict"] == 32 and metrics["analysed"] == metrics["live"] > 0
+    assert metrics["rows_per_second"] > 0 and metrics["contexts"] is False  # synthetic rows have no tokens
+    data = sorted(p.name for p in (synthetic_site / "data").iterdir())
+    assert len(data) == metrics["analysed"] + 1 and "index.js" in data  # one file per feature, loaded on demand
+    for page in ("index.html", "feature.html"):
+        text = (synthetic_site / page).read_text()
+        assert not re.search(r'(src|href)="(https?:)?//', text), "the site must not load anything from the network"
+        assert "<style>" in text and "<script>" in text
+    table = json.loads((synthetic_site / report["evaluators"]["facets"]["artifacts"]["facets"]).read_text())
+    assert sum(t["facets"] for t in table["features"].values()) / len(table["features"]) == pytest.approx(metrics["mean_facets"], abs=1e-4)
+
+
+@needs_chromium
+def test_index_and_feature_pages_render_with_the_report_numbers(synthetic_site, tmp_path):
+    report = json.loads((synthetic_site / "report.json").read_text())
+    metrics = report["evaluators"]["facets"]["metrics"]
+    dom, console = dump_dom(synthetic_site / "index.html")
+    assert console == [] and 'data-state="ready"' in dom
+    shown = _values(dom)
+    for key in ("rows", "live", "dead", "analysed", "mean_facets", "multi_facet_fraction"):
+        assert shown[key] == [metrics[key]]
+    assert len(re.findall(r'<tr data-id="\d+"', dom)) == metrics["analysed"]
+    table = json.loads((synthetic_site / "plots" / "facets.json").read_text())["features"]
+    feature = max(table, key=lambda k: table[k]["facets"])
+    dom, console = dump_dom(synthetic_site / "feature.html", f"?id={feature}")
+    assert console == [] and f"ready: feature {feature}" in dom
+    shown = _values(dom)
+    for key in ("count", "density", "max_act", "mean_act", "facets"):
+        assert shown[key] == [table[feature][key]]
+    assert dom.count('data-facet="') == table[feature]["facets"]
+    shot = screenshot(synthetic_site / "feature.html", tmp_path / f"feature_{feature}.png", f"?id={feature}")
+    assert shot.stat().st_size > 10_000
+    print(f"screenshot: {shot}")
+
+
+@needs_chromium
+def test_missing_feature_says_so_without_script_errors(synthetic_site):
+    dom, console = dump_dom(synthetic_site / "feature.html", "?id=100000")
+    assert 'data-state="missing"' in dom and "was not analysed" in dom
+    assert not [c for c in console if "Uncaught" in c]
+
+
+def test_text_dashboard_has_highlighted_contexts_facet_tokens_and_output_effects(tiny_text, tmp_path):
+    store, run = tiny_text
+    out = tmp_path / "text-site"
+    report = dashboard(str(run), store.url, str(out), ("top_n=48", "features=6"))
+    metrics = report["evaluators"]["facets"]["metrics"]
+    assert metrics["contexts"] is True and metrics["output_effects"] is True and metrics["analysed"] == 6
+    name = sorted((out / "data").glob("feature_*.js"))[0]
+    record = json.loads(name.read_text()[len("ffFeature(") : -3])
+    ex = record["top"][0]
+    assert ex["acts"][ex["index"]] == pytest.approx(ex["value"], abs=1e-3)  # the highlighted token is the top row
+    assert len(ex["tokens"]) == len(ex["acts"]) >= 1
+    assert record["facets"]["items"][0]["tokens"][0]["count"] >= 1
+    assert len(record["effects"]["promoted"]) == 10 and record["effects"]["promoted"][0]["effect"] >= record["effects"]["promoted"][-1]["effect"]
+    assert [b["lo"] for b in record["bands"]] == sorted(b["lo"] for b in record["bands"])
+    if chromium():
+        dom, console = dump_dom(out / "feature.html", f"?id={record['id']}")
+        assert console == [] and 'class="tok hit"' in dom and "logit effect" in dom
