@@ -24,7 +24,7 @@ def require_tokens(store: Any) -> None:
     if "token_ids" not in store.columns:
         raise BadInputError(
             f"store {store.url} has no token_ids column, so it has no text contexts; cache it with a text source "
-            "(--source hf) or pass -o contexts=false"
+            "(--source hf) or pass -o contexts=off"
         )
 
 

@@ -15,7 +15,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 
-SYNTHETIC = {"d_in": 32, "n_features": 64, "mean_active": 2.0, "zipf_exponent": 0.0, "noise_std": 0.01, "seed": 1}
+from mf_helpers import SYNTHETIC  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

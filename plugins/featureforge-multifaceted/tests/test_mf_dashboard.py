@@ -6,15 +6,13 @@ import html
 import json
 import re
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from featureforge_multifaceted.cli import dashboard
+from mf_helpers import FEATUREFORGE
 from mf_browser import chromium, dump_dom, screenshot
 
-FEATUREFORGE = str(Path(sys.executable).parent / "featureforge")
 needs_chromium = pytest.mark.skipif(chromium() is None, reason="chromium is not installed (apt-get install chromium); .ci/run installs it")
 
 

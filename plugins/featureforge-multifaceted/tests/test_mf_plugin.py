@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-from pathlib import Path
 
-FEATUREFORGE = str(Path(sys.executable).parent / "featureforge")
+from mf_helpers import FEATUREFORGE
 
 
 def test_featureforge_plugins_lists_facets_evaluator_and_dashboard_command(cli_env):

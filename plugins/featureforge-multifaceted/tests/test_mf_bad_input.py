@@ -1,0 +1,55 @@
+"""Bad input is refused in one line that names the problem and the fix."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+import featureforge
+from mf_helpers import FEATUREFORGE, SYNTHETIC
+
+
+
+def _error(args, env) -> str:
+    done = subprocess.run([FEATUREFORGE, *args], capture_output=True, text=True, env=env)
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), done.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def other_seed_store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("mf-other") / "seed2.zarr"
+    return featureforge.cache("synthetic", {**SYNTHETIC, "seed": 2}, store=str(path), rows=4096, rows_per_chunk=4096, progress=False)
+
+
+def test_store_of_other_width(synthetic_run, tmp_path, cli_env):
+    wide = featureforge.cache("synthetic", {**SYNTHETIC, "d_in": 16}, store=str(tmp_path / "w.zarr"), rows=4096, progress=False)
+    line = _error(["dashboard", str(synthetic_run), "--store", wide.url, "--out", str(tmp_path / "o")], cli_env)
+    assert "d_in=32" in line and "d_in=16" in line
+
+
+def test_store_of_other_provenance(synthetic_run, other_seed_store, tmp_path, cli_env):
+    line = _error(["dashboard", str(synthetic_run), "--store", other_seed_store.url, "--out", str(tmp_path / "o")], cli_env)
+    assert "seed=1 (store has 2)" in line and "pass the store the run was trained on" in line
+
+
+def test_text_contexts_need_token_ids(synthetic_run, synthetic_store, tmp_path, cli_env):
+    line = _error(["dashboard", str(synthetic_run), "--store", synthetic_store.url, "--out", str(tmp_path / "o"), "-o", "contexts=on"], cli_env)
+    assert "no token_ids column" in line and "-o contexts=off" in line
+
+
+def test_latent_out_of_range(synthetic_run, synthetic_store, tmp_path, cli_env):
+    line = _error(["dashboard", str(synthetic_run), "--store", synthetic_store.url, "--out", str(tmp_path / "o"), "-o", "latents=3,32"], cli_env)
+    assert "latent index 32 is out of range" in line and "0..31" in line
+
+
+def test_evaluate_command_runs_the_facets_evaluator(synthetic_run, synthetic_store, tmp_path, cli_env):
+    done = subprocess.run([FEATUREFORGE, "evaluate", str(synthetic_run), "--store", synthetic_store.url, "--evaluator", "facets",
+                           "-o", "facets.latents=0,5", "--json"], capture_output=True, text=True, env=cli_env, check=True)
+    import json
+
+    metrics = json.loads(done.stdout)["evaluators"]["facets"]["metrics"]
+    assert metrics["analysed"] == 2 and metrics["rows"] == 32768
