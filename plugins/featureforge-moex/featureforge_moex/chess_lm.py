@@ -134,7 +134,7 @@ def save_lm(model: ChessLM, folder: str | Path, extra: dict[str, Any] | None = N
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k != "tok.weight" or True}
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "featureforge-moex chess-lm"})
     (folder / CONFIG_FILE).write_text(json.dumps({"kind": "featureforge-moex chess-lm", **dataclasses.asdict(model.cfg), **(extra or {})}, indent=2) + "\n")
     return folder
