@@ -22,7 +22,7 @@ import torch.nn.functional as F
 class SynthesisSettings:
     steps: int = 20
     """Gradient steps per octave (few: the image should stay near its facet's start)."""
-    lr: float = 0.01
+    lr: float = 0.005
     """Step size of the normalised gradient ascent (in pixel-range units)."""
     l2: float = 1e-3
     """Weight of the L2 penalty pulling pixels toward the start's mean colour."""

@@ -1,0 +1,90 @@
+"""Facet synthesis on real images without downloads: scikit-learn's digits and its two photos."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import featureforge
+from featureforge_multifaceted.digits import merged_digits, train_cnn
+from featureforge_multifaceted.planted import UnionDictionary
+from featureforge_multifaceted.vision import Unit, facet_synthesis, load_image_folder, save_grid, top_images
+
+
+@pytest.fixture(scope="module")
+def digits_cnn():
+    torch.set_num_threads(1)
+    x, merged, digit = merged_digits()
+    model, accuracy = train_cnn(x, merged, epochs=5)
+    assert accuracy > 0.8
+    return model, x, digit
+
+
+def test_each_synthetic_facet_beats_the_best_real_image_and_facets_differ(digits_cnn, tmp_path):
+    model, x, digit = digits_cnn
+    result = facet_synthesis(model, x, Unit("head", 2), "fc", top_n=120)  # merged class of digits 2 and 5
+    s = result.summary()
+    print(s)
+    assert s["facets"] >= 2
+    assert min(s["synthetic_activations"]) > s["best_real_activation"]
+    k = s["facets"]
+    off_diagonal = [s["pixel_distances"][i][j] for i in range(k) for j in range(k) if i != j]
+    assert min(off_diagonal) > 0.05  # RMS over pixels in [0, 1]: visibly different images
+    # The facets split the unit's top images by the digit behind them.
+    purity = [np.bincount(digit[result.top_indices[result.labels == f]].numpy()).max() / (result.labels == f).sum() for f in range(k)]
+    assert np.mean(purity) > 0.8
+    grid = save_grid(result, x, tmp_path / "facets.png")
+    from PIL import Image
+
+    with Image.open(grid) as im:
+        assert im.size[1] > k * 64
+    print(f"grid: {grid}")
+
+
+def test_dictionary_latent_over_a_layer_is_a_unit(digits_cnn):
+    model, x, _ = digits_cnn
+    encoder = np.random.default_rng(0).normal(size=(8, 64)).astype(np.float32)
+    dictionary = UnionDictionary(encoder, bias=0.0)
+    idx, values, emb = top_images(model, x, Unit("fc", 5, dictionary), "fc", top_n=10)
+    with torch.no_grad():
+        expected = torch.relu(model.fc(model.conv2(model.conv1(x[idx]))) @ torch.from_numpy(encoder[5]))
+    np.testing.assert_allclose(values, expected.numpy(), rtol=1e-4, atol=1e-4)
+    assert emb.shape == (10, 64)
+
+
+def test_unit_out_of_range_is_one_line(digits_cnn):
+    model, x, _ = digits_cnn
+    with pytest.raises(featureforge.BadInputError, match=r"unit index 5 is out of range: there are 5 units in 'head'; pick 0..4"):
+        top_images(model, x[:4], Unit("head", 5), "fc")
+    with pytest.raises(featureforge.BadInputError, match="model has no module 'fc9'"):
+        top_images(model, x[:4], Unit("fc9", 0), "fc")
+
+
+def test_image_folder_with_unreadable_files_skips_and_counts_them(tmp_path):
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    photos = load_sample_images().images
+    for p, photo in enumerate(photos):
+        for i in range(6):
+            y, x = 40 * i, 60 * i
+            Image.fromarray(photo[y : y + 128, x : x + 128]).save(tmp_path / f"photo{p}_{i}.{'png' if i % 2 else 'jpg'}")
+    (tmp_path / "broken.png").write_bytes(b"not an image at all")
+    (tmp_path / "truncated.jpg").write_bytes((tmp_path / "photo0_0.jpg").read_bytes()[:40])
+    (tmp_path / "notes.txt").write_text("ignored: not an image suffix")
+    images, names, skipped = load_image_folder(tmp_path, (32, 32))
+    assert images.shape == (12, 3, 32, 32) and skipped == 2 and "broken.png" not in names
+    assert 0.0 <= float(images.min()) and float(images.max()) <= 1.0
+    # Any torch image model works: a random conv net's channel over the photo crops.
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU())
+    from featureforge_multifaceted.synthesis import SynthesisSettings
+
+    result = facet_synthesis(net, images, Unit("2", 3), "3", top_n=12, synthesis=SynthesisSettings(steps=5))
+    assert result.synthetic.shape[1:] == (3, 32, 32)
+    with pytest.raises(featureforge.BadInputError, match="no readable image"):
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        (empty / "x.png").write_bytes(b"junk")
+        load_image_folder(empty, (32, 32))
