@@ -80,28 +80,25 @@ class _BottomK:
         self.rows = torch.full((m, size), -1, dtype=torch.long)
 
     def add(self, latents: torch.Tensor, values: torch.Tensor, rows: torch.Tensor) -> None:
+        """Offer firing pairs; each latent keeps the ``size`` smallest keys among held and new pairs."""
         if self.size == 0 or latents.numel() == 0:
             return
         keys = torch.rand(latents.numel(), generator=self.gen)
-        held = self.rows >= 0
-        held_latent = torch.arange(self.m).unsqueeze(1).expand_as(held)[held]
-        lat = torch.cat([held_latent, latents])
-        key = torch.cat([self.keys[held], keys])
-        val = torch.cat([self.values[held], values])
-        row = torch.cat([self.rows[held], rows])
-        # Sort by (latent, key): keys lie in [0, 1), so latent + key orders both at once (float64).
-        order = torch.argsort(lat.double() + key.double())
-        lat, key, val, row = lat[order], key[order], val[order], row[order]
-        starts = torch.searchsorted(lat, torch.arange(self.m))
-        rank = torch.arange(lat.numel()) - starts[lat]
+        # The new pairs' own bottom-k per latent: sort by (latent, key) (keys lie in [0, 1), so
+        # latent + key orders both at once), rank within each latent, keep ranks < size ...
+        order = torch.argsort(latents.double() + keys.double())
+        lat, key, val, row = latents[order], keys[order], values[order], rows[order]
+        rank = torch.arange(lat.numel()) - torch.searchsorted(lat, torch.arange(self.m))[lat]
         keep = rank < self.size
         lat, rank = lat[keep], rank[keep]
-        self.keys.fill_(float("inf"))
-        self.rows.fill_(-1)
-        self.values.zero_()
-        self.keys[lat, rank] = key[keep]
-        self.values[lat, rank] = val[keep]
-        self.rows[lat, rank] = row[keep]
+        new_keys = torch.full_like(self.keys, float("inf"))
+        new_values, new_rows = torch.zeros_like(self.values), torch.full_like(self.rows, -1)
+        new_keys[lat, rank], new_values[lat, rank], new_rows[lat, rank] = key[keep], val[keep], row[keep]
+        # ... then merge with the held sample like the top rows: bottom-k of [m, 2 * size].
+        merged = torch.cat([self.keys, new_keys], 1).topk(self.size, dim=1, largest=False)
+        self.keys = merged.values
+        self.values = torch.cat([self.values, new_values], 1).gather(1, merged.indices)
+        self.rows = torch.cat([self.rows, new_rows], 1).gather(1, merged.indices)
 
 
 @torch.no_grad()
