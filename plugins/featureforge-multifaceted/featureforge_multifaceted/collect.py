@@ -6,10 +6,11 @@ The store is read in storage order, one chunk at a time, so every row index kept
 global row index (chunk index × rows_per_chunk + offset), the one other readers use.
 
 Per chunk of codes ``[b, m]``:
-- top rows: ``torch.topk`` down the rows, concatenated with the running top list, ``topk`` again;
-- sample: every non-zero (row, latent) pair gets a uniform random key and each latent keeps the
-  ``sample`` pairs with the smallest keys (bottom-k sampling: a uniform sample without replacement
-  of all its firing rows, merged chunk by chunk like the top list);
+- top rows: the firing (row, latent) pairs, cut to each latent's best ``top_n`` of the batch and
+  merged with the running list by ``torch.topk`` over ``[m, 2 * top_n]``;
+- sample: every firing pair gets a uniform random key and each latent keeps the ``sample`` pairs
+  with the smallest keys (bottom-k sampling: a uniform sample without replacement of all its
+  firing rows), merged batch by batch the same way;
 - histogram: log10 of the non-zero codes, counted into fixed bins by ``scatter_add``.
 """
 
@@ -31,7 +32,7 @@ HIST_BINS = 160
 class Collected:
     """What one pass keeps per latent (tensors on CPU; row indices are global store rows)."""
 
-    #: Float32 [m, top_n], descending; padding is -inf with row -1.
+    #: Float32 [m, top_n], descending; padding is -inf with row -1 (only firing rows are kept).
     top_values: torch.Tensor
     top_rows: torch.Tensor
     #: Float32 [m, sample]: a uniform sample of each latent's firing rows (padding value 0, row -1).
@@ -69,24 +70,26 @@ class Collected:
         return np.linspace(*HIST_LOG10_RANGE, HIST_BINS + 1)
 
 
-class _BottomK:
-    """Per-latent sample of firing (value, row) pairs: the ``size`` smallest random keys."""
+class _Smallest:
+    """Per latent, the ``size`` (key, value, row) triples with the smallest keys seen so far.
 
-    def __init__(self, m: int, size: int, seed: int):
+    Top rows use key = -activation; the uniform sample uses a uniform random key (bottom-k
+    sampling). Each batch's triples are first cut to their own best ``size`` per latent (one sort
+    of the firing pairs, never of the dense codes), then merged with the held ones by one
+    ``topk`` over ``[m, 2 * size]``.
+    """
+
+    def __init__(self, m: int, size: int):
         self.m, self.size = m, size
-        self.gen = torch.Generator().manual_seed(seed)
         self.keys = torch.full((m, size), float("inf"))
         self.values = torch.zeros(m, size)
         self.rows = torch.full((m, size), -1, dtype=torch.long)
 
-    def add(self, latents: torch.Tensor, values: torch.Tensor, rows: torch.Tensor) -> None:
-        """Offer firing pairs; each latent keeps the ``size`` smallest keys among held and new pairs."""
+    def add(self, latents: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, rows: torch.Tensor) -> None:
         if self.size == 0 or latents.numel() == 0:
             return
-        keys = torch.rand(latents.numel(), generator=self.gen)
-        # The new pairs' own bottom-k per latent: sort by (latent, key) (keys lie in [0, 1), so
-        # latent + key orders both at once), rank within each latent, keep ranks < size ...
-        order = torch.argsort(latents.double() + keys.double())
+        order = torch.sort(keys, stable=True).indices
+        order = order[torch.sort(latents[order], stable=True).indices]  # by latent, then key
         lat, key, val, row = latents[order], keys[order], values[order], rows[order]
         rank = torch.arange(lat.numel()) - torch.searchsorted(lat, torch.arange(self.m))[lat]
         keep = rank < self.size
@@ -94,7 +97,6 @@ class _BottomK:
         new_keys = torch.full_like(self.keys, float("inf"))
         new_values, new_rows = torch.zeros_like(self.values), torch.full_like(self.rows, -1)
         new_keys[lat, rank], new_values[lat, rank], new_rows[lat, rank] = key[keep], val[keep], row[keep]
-        # ... then merge with the held sample like the top rows: bottom-k of [m, 2 * size].
         merged = torch.cat([self.keys, new_keys], 1).topk(self.size, dim=1, largest=False)
         self.keys = merged.values
         self.values = torch.cat([self.values, new_values], 1).gather(1, merged.indices)
@@ -113,12 +115,12 @@ def collect(dictionary: Any, store: Any, *, top_n: int = 64, sample: int = 64, b
     if batch_rows <= 0:
         batch_rows = int(min(8192, max(256, 2**24 // max(m, 1))))
     device = next(iter(dictionary.parameters()), torch.zeros(())).device
-    top_v = torch.full((m, top_n), float("-inf"))
-    top_r = torch.full((m, top_n), -1, dtype=torch.long)
+    top = _Smallest(m, top_n)
+    gen = torch.Generator().manual_seed(seed)
     counts = torch.zeros(m, dtype=torch.long)
     sums = torch.zeros(m, dtype=torch.float64)
     hist = torch.zeros(m * HIST_BINS, dtype=torch.long)
-    reservoir = _BottomK(m, sample, seed)
+    reservoir = _Smallest(m, sample)
     lo, hi = HIST_LOG10_RANGE
     width = (hi - lo) / HIST_BINS
     rpc = store.rows_per_chunk
@@ -135,25 +137,20 @@ def collect(dictionary: Any, store: Any, *, top_n: int = 64, sample: int = 64, b
             x = torch.from_numpy(store.read(start, stop)).to(device)
             codes = dictionary.encode(x).float().cpu()
             b = stop - start
-            # Top rows: topk down each latent's column, merged with the running list.
-            k = min(top_n, b)
-            top = codes.T.topk(k, dim=1)
-            vals = torch.cat([top_v, top.values], 1)
-            rows = torch.cat([top_r, top.indices + start], 1)
-            merged = vals.topk(top_n, dim=1)
-            top_v, top_r = merged.values, rows.gather(1, merged.indices)
-            # Firing pairs: counts, sums, histogram, sample.
+            # Only firing pairs matter: counts, sums, histogram, top rows, sample.
             r_idx, l_idx = torch.nonzero(codes > 0, as_tuple=True)
             v = codes[r_idx, l_idx]
+            top.add(l_idx, -v, v, r_idx + start)
             counts += torch.bincount(l_idx, minlength=m)
             sums.index_add_(0, l_idx, v.double())
             bins = ((torch.log10(v) - lo) / width).floor().clamp_(0, HIST_BINS - 1).long()
             hist.index_add_(0, l_idx * HIST_BINS + bins, torch.ones_like(bins))
-            reservoir.add(l_idx, v, r_idx + start)
+            reservoir.add(l_idx, torch.rand(v.numel(), generator=gen), v, r_idx + start)
             done += b
             if progress is not None:
                 progress(b)
         if max_rows is not None and done >= max_rows:
             break
-    return Collected(top_v, top_r, reservoir.values, reservoir.rows, counts, sums, hist.view(m, HIST_BINS), done,
+    top_v = torch.where(top.rows >= 0, top.values, torch.tensor(float("-inf")))
+    return Collected(top_v, top.rows, reservoir.values, reservoir.rows, counts, sums, hist.view(m, HIST_BINS), done,
                      time.perf_counter() - t0)
