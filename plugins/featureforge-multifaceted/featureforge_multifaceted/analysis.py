@@ -65,30 +65,38 @@ def bands(values: np.ndarray, rows: np.ndarray, n_bands: int, per_band: int) -> 
 
 def feature_records(dictionary: Any, store: Any, found: Collected, latents: Sequence[int], settings: FacetSettings,
                     shown: RecordSettings, decode: Callable[[list[int]], list[str]],
-                    effects: dict[int, Any] | None = None, keep_facets: dict[int, Facets] | None = None) -> Iterator[dict[str, Any]]:
-    """One record per latent in ``latents`` (see the module docstring); facets also go to ``keep_facets``."""
+                    effects: dict[int, Any] | None = None, keep_facets: dict[int, Facets] | None = None,
+                    embed: Callable[[list[dict[str, Any]]], np.ndarray] | None = None) -> Iterator[dict[str, Any]]:
+    """One record per latent in ``latents`` (see the module docstring); facets also go to ``keep_facets``.
+
+    Facets cluster the examples' activation vectors, or ``embed(contexts)`` of their text contexts.
+    """
     per_block = max(1, BLOCK_ROWS // max(1, found.top_rows.shape[1]))
     for start in range(0, len(latents), per_block):
         block = list(latents[start : start + per_block])
         tops = {lat: found.top(lat) for lat in block}
         samples = {lat: found.sampled(lat) for lat in block}
         all_rows = np.concatenate([tops[lat][1] for lat in block]) if block else np.zeros(0, np.int64)
-        acts = read_rows(store, all_rows)["acts"]
-        facets, at = {}, 0
-        for lat in block:
-            n = tops[lat][1].size
-            facets[lat] = find_facets(acts[at : at + n], settings)
-            at += n
-        if keep_facets is not None:
-            keep_facets.update(facets)
         band_of = {lat: bands(*samples[lat], shown.bands, shown.per_band) for lat in block}
         ctx: dict[tuple[int, int], dict[str, Any]] = {}
         if shown.text:
             wanted = {(lat, int(r)) for lat in block for r in tops[lat][1]}
             wanted |= {(lat, e["row"]) for lat in block for b in band_of[lat] for e in b["examples"]}
-            requests = sorted(wanted, key=lambda p: p[1])
-            for c in contexts(dictionary, store, requests, decode, shown.before, shown.after):
-                ctx[(c["latent"], c["row"])] = {"tokens": c["tokens"], "acts": c["activations"], "index": c["index"]}
+            for c in contexts(dictionary, store, sorted(wanted, key=lambda p: p[1]), decode, shown.before, shown.after):
+                ctx[(c["latent"], c["row"])] = {"tokens": c["tokens"], "acts": c["activations"], "index": c["index"], "token_ids": c["token_ids"]}
+        if embed is None:
+            vectors = read_rows(store, all_rows)["acts"]
+        else:
+            vectors = embed([ctx[(lat, int(r))] for lat in block for r in tops[lat][1]])
+        facets, at = {}, 0
+        for lat in block:
+            n = tops[lat][1].size
+            facets[lat] = find_facets(vectors[at : at + n], settings)
+            at += n
+        if keep_facets is not None:
+            keep_facets.update(facets)
+        for c in ctx.values():
+            c.pop("token_ids")
         for lat in block:
             yield _record(lat, found, tops[lat], facets[lat], band_of[lat], ctx, shown, effects)
 

@@ -40,6 +40,8 @@ class FacetsOptions:
     """Latents analysed in detail, spread over the firing-count range; 0: every live latent."""
     latents: str = ""
     """Comma-separated latent indices to analyse (e.g. 3,17,42); overrides features."""
+    embed: str = "acts"
+    """What facets cluster: acts (the stored activation vectors), layer:N (live model's hidden state N at the token) or pooled (its mean last hidden state over the context)."""
     contexts: Literal["auto", "on", "off"] = "auto"
     """Token contexts of examples: auto (when the store has token_ids), on (refuse stores without), off."""
     shown: int = 12
@@ -66,6 +68,10 @@ class FacetsEvaluator(Evaluator):
         for field in ("top_n", "max_facets", "pca_dims", "shown", "bands"):
             if getattr(o, field) < 1:
                 raise OptionError(f"facets: {field}={getattr(o, field)} must be at least 1")
+        from .live_embed import parse_embed
+
+        if parse_embed(o.embed)[0] != "acts" and o.contexts == "off":
+            raise OptionError(f"facets: embed={o.embed} runs the model on text contexts; drop -o contexts=off")
         for field in ("sample", "neighbours", "features", "rows", "batch_rows"):
             if getattr(o, field) < 0:
                 raise OptionError(f"facets: {field}={getattr(o, field)} must not be negative")
@@ -79,6 +85,7 @@ class FacetsEvaluator(Evaluator):
         from .collect import collect
         from .contexts import require_tokens, token_decoder
         from .effects import token_effects, unembedding
+        from .live_embed import live_embedder
 
         o = self.options
         store = context.store
@@ -86,15 +93,17 @@ class FacetsEvaluator(Evaluator):
             raise BadInputError("the facets evaluator needs an activation store; pass --store")
         check_match(dictionary, store, context.extra.get("run_config") or {})
         text = o.contexts == "on" or (o.contexts == "auto" and "token_ids" in store.columns)
-        if text:
+        if text or o.embed != "acts":
             require_tokens(store)
+            text = True
         requested = parse_latents(o.latents, int(dictionary.d_dict)) if o.latents else None
+        source = context.source or (_store_source(store) if text else None)
+        embed = live_embedder(source, o.embed)
         dictionary.eval()
         with featureforge.progress_bar(store.rows if not o.rows else min(o.rows, store.rows), "facets: collect") as bar:
             found = collect(dictionary, store, top_n=o.top_n, sample=o.sample, batch_rows=o.batch_rows, max_rows=o.rows or None,
                             seed=o.seed, progress=bar.update)
         latents = requested if requested is not None else choose_latents(found, o.features)
-        source = context.source or _store_source(store)
         decode = token_decoder(source) if text else (lambda ids: [f" #{i}" for i in ids])
         w_u, effects_note = unembedding(source, dictionary.d_in) if text else (None, "no token ids in the store")
         effects = token_effects(dictionary.decoder_directions.detach(), w_u, latents, decode) if w_u is not None else None
@@ -106,7 +115,7 @@ class FacetsEvaluator(Evaluator):
             site = SiteWriter(Path(o.site))
         t0 = time.perf_counter()
         table: dict[int, dict[str, Any]] = {}
-        for rec in feature_records(dictionary, store, found, latents, self.settings(), shown, decode, effects):
+        for rec in feature_records(dictionary, store, found, latents, self.settings(), shown, decode, effects, embed=embed):
             table[rec["id"]] = {k: rec[k] for k in ("count", "density", "max_act", "mean_act")} | {
                 "facets": rec["facets"]["k"], "sizes": [f["size"] for f in rec["facets"]["items"]]}
             if site is not None:
@@ -126,6 +135,7 @@ class FacetsEvaluator(Evaluator):
             "multi_facet_fraction": round(sum(c > 1 for c in counts) / len(counts), 4) if counts else None,
             "facet_counts": {str(k): counts.count(k) for k in range(1, o.max_facets + 1)},
             "contexts": text,
+            "embed": o.embed,
             "output_effects": effects is not None,
             "output_effects_note": effects_note,
         }

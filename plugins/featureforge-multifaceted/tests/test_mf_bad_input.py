@@ -53,3 +53,15 @@ def test_evaluate_command_runs_the_facets_evaluator(synthetic_run, synthetic_sto
 
     metrics = json.loads(done.stdout)["evaluators"]["facets"]["metrics"]
     assert metrics["analysed"] == 2 and metrics["rows"] == 32768
+
+
+def test_live_embeddings_need_token_ids_and_a_layer_in_range(synthetic_run, synthetic_store, tiny_text, tmp_path):
+    from featureforge_multifaceted.cli import dashboard
+
+    with pytest.raises(featureforge.BadInputError, match="no token_ids column"):
+        dashboard(str(synthetic_run), synthetic_store.url, str(tmp_path / "a"), ("embed=pooled",))
+    with pytest.raises(featureforge.OptionError, match="not acts, pooled or layer:N"):
+        dashboard(str(synthetic_run), synthetic_store.url, str(tmp_path / "b"), ("embed=layer",))
+    store, run = tiny_text
+    with pytest.raises(featureforge.BadInputError, match=r"embed=layer:99 is out of range: the model has hidden states 0..2"):
+        dashboard(str(run), store.url, str(tmp_path / "c"), ("embed=layer:99", "latents=1"))

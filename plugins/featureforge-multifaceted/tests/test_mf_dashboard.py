@@ -96,3 +96,13 @@ def test_text_dashboard_has_highlighted_contexts_facet_tokens_and_output_effects
     if chromium():
         dom, console = dump_dom(out / "feature.html", f"?id={record['id']}")
         assert console == [] and 'class="tok hit"' in dom and "logit effect" in dom
+
+
+@pytest.mark.parametrize("embed", ["layer:2", "pooled"])
+def test_facets_of_live_model_embeddings(tiny_text, tmp_path, embed):
+    store, run = tiny_text
+    report = dashboard(str(run), store.url, str(tmp_path / "site"), ("top_n=32", "latents=1,2,3", f"embed={embed}"))
+    metrics = report["evaluators"]["facets"]["metrics"]
+    assert metrics["embed"] == embed and metrics["analysed"] == 3
+    record = json.loads((tmp_path / "site" / "data" / "feature_2.js").read_text()[len("ffFeature(") : -3])
+    assert sum(f["size"] for f in record["facets"]["items"]) == min(32, record["count"])
