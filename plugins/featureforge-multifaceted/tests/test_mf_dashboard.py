@@ -106,3 +106,25 @@ def test_facets_of_live_model_embeddings(tiny_text, tmp_path, embed):
     assert metrics["embed"] == embed and metrics["analysed"] == 3
     record = json.loads((tmp_path / "site" / "data" / "feature_2.js").read_text()[len("ffFeature(") : -3])
     assert sum(f["size"] for f in record["facets"]["items"]) == min(32, record["count"])
+
+
+@needs_chromium
+def test_index_of_16k_features_loads_one_small_file_per_feature(tmp_path):
+    """A 16,384-latent dictionary: the index lists them 200 at a time; a feature page loads one file."""
+    from featureforge_multifaceted.dashboard import SiteWriter
+
+    site = SiteWriter(tmp_path)
+    table = {}
+    for i in range(16384):
+        record = {"id": i, "count": 1 + i % 97, "density": (1 + i % 97) / 1e6, "max_act": 1.0 + i % 13, "mean_act": 0.5,
+                  "histogram": {"log10_edges": [0.0, 0.05], "counts": [1 + i % 97]}, "top": [], "bands": [],
+                  "facets": {"k": 1 + i % 3, "silhouettes": {}, "items": []}, "effects": None}
+        site.feature(record)
+        table[i] = {k: record[k] for k in ("count", "density", "max_act", "mean_act")} | {"facets": 1 + i % 3, "sizes": []}
+    index = site.finish({"rows": 10**6, "analysed": 16384, "output_effects": False, "output_effects_note": "none"}, table, "wide")
+    assert max(p.stat().st_size for p in (tmp_path / "data").glob("feature_*.js")) < 2_000
+    dom, console = dump_dom(index)
+    assert console == [] and 'data-state="ready"' in dom
+    assert len(re.findall(r'<tr data-id="\d+"', dom)) == 200 and "200 of 16384 features" in dom
+    dom, console = dump_dom(tmp_path / "feature.html", "?id=16383")
+    assert console == [] and "ready: feature 16383" in dom
