@@ -17,7 +17,10 @@ def unembedding(source: Any, d_in: int) -> tuple[torch.Tensor | None, str]:
     """(W_U [vocab, d_in] or None, a note saying where it came from or why there is none)."""
     if source is None:
         return None, "no live source: output-token effects need the model"
-    model = getattr(getattr(source, "loaded", None), "model", None) if _has_model(source) else None
+    try:
+        model = getattr(getattr(source, "loaded", None), "model", None)  # hf sources load their model here
+    except Exception:  # a model that cannot load on this machine
+        model = None
     if model is None or not hasattr(model, "get_output_embeddings"):
         return None, f"source {getattr(source, 'name', '?')!r} exposes no model with an unembedding"
     out = model.get_output_embeddings()
@@ -27,13 +30,6 @@ def unembedding(source: Any, d_in: int) -> tuple[torch.Tensor | None, str]:
     if weight.shape[1] != d_in:
         return None, f"unembedding width {weight.shape[1]} differs from d_in={d_in}; effects are defined at the residual stream only"
     return weight, f"direct path W_dec @ W_U^T through {type(model).__name__}.get_output_embeddings()"
-
-
-def _has_model(source: Any) -> bool:
-    try:
-        return getattr(source, "loaded", None) is not None
-    except Exception:  # a source whose model cannot load here
-        return False
 
 
 def token_effects(decoder: torch.Tensor, w_u: torch.Tensor, latents: Sequence[int], decode: Callable[[list[int]], list[str]],

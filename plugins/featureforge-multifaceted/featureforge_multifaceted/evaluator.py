@@ -178,7 +178,7 @@ def check_match(dictionary: Any, store: Any, run_config: dict[str, Any]) -> None
     if int(dictionary.d_in) != store.d_in:
         raise BadInputError(f"the dictionary has d_in={dictionary.d_in} but store {store.url} has d_in={store.d_in}; "
                             "use a store cached at the hook point the run was trained on")
-    trained = (run_config.get("store") or {}) if isinstance(run_config.get("store"), dict) else {}
+    trained = run_config.get("store") if isinstance(run_config.get("store"), dict) else {}
     old, new = trained.get("provenance") or {}, store.provenance
     diffs = [f"{k}={old[k]!r} (store has {new[k]!r})" for k in PROVENANCE_KEYS if k in old and k in new and old[k] != new[k]]
     if (trained.get("source") or {}).get("name") == "synthetic" == store.source.get("name"):
