@@ -76,7 +76,7 @@ class _Smallest:
     Top rows use key = -activation; the uniform sample uses a uniform random key (bottom-k
     sampling). Each batch's triples are first cut to their own best ``size`` per latent (one sort
     of the firing pairs, never of the dense codes), then merged with the held ones by one
-    ``topk`` over ``[m, 2 * size]``.
+    ``topk`` over ``[m, 2 * size]``. Call ``flush`` before reading the held triples.
     """
 
     def __init__(self, m: int, size: int):
@@ -84,10 +84,25 @@ class _Smallest:
         self.keys = torch.full((m, size), float("inf"))
         self.values = torch.zeros(m, size)
         self.rows = torch.full((m, size), -1, dtype=torch.long)
+        # Pairs wait until there are about as many as the held state, so the [m, 2 * size] merge
+        # is paid once per that many pairs, not once per batch (wide dictionaries, small batches).
+        self.pending: list[tuple[torch.Tensor, ...]] = []
+        self.pending_pairs = 0
+        self.flush_at = max(m * size, 1 << 16)
 
     def add(self, latents: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, rows: torch.Tensor) -> None:
         if self.size == 0 or latents.numel() == 0:
             return
+        self.pending.append((latents, keys, values, rows))
+        self.pending_pairs += latents.numel()
+        if self.pending_pairs >= self.flush_at:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        latents, keys, values, rows = (torch.cat(parts) for parts in zip(*self.pending))
+        self.pending, self.pending_pairs = [], 0
         order = torch.sort(keys, stable=True).indices
         order = order[torch.sort(latents[order], stable=True).indices]  # by latent, then key
         lat, key, val, row = latents[order], keys[order], values[order], rows[order]
@@ -151,6 +166,8 @@ def collect(dictionary: Any, store: Any, *, top_n: int = 64, sample: int = 64, b
                 progress(b)
         if max_rows is not None and done >= max_rows:
             break
+    top.flush()
+    reservoir.flush()
     top_v = torch.where(top.rows >= 0, top.values, torch.tensor(float("-inf")))
     return Collected(top_v, top.rows, reservoir.values, reservoir.rows, counts, sums, hist.view(m, HIST_BINS), done,
                      time.perf_counter() - t0)
