@@ -83,8 +83,8 @@ def measure(run: Path, store: Any, source: SyntheticSource, eval_rows: tuple[int
 
 def run(rows: int = 300_000, k: int = 4, betas: tuple[float, ...] = (1.0, 4.0, 16.0), norms: tuple[str, ...] = ("row",),
         d_in: int = 64, n_features: int = 256, d_dict: int = 512, mean_active: float = 6.0, seed: int = 0,
-        batch_size: int = 1024, threads: int = 1, workdir: str | None = None) -> dict:
-    src_opts = dict(d_in=d_in, n_features=n_features, mean_active=mean_active, downstream=True, seed=seed)
+        batch_size: int = 1024, threads: int = 1, workdir: str | None = None, source_options: dict | None = None) -> dict:
+    src_opts = dict(d_in=d_in, n_features=n_features, mean_active=mean_active, downstream=True, seed=seed, **(source_options or {}))
     tmp = Path(workdir or tempfile.mkdtemp(prefix="gsae_bench_"))
     store_path = tmp / "store"
     ff.cache("synthetic", src_opts, store=str(store_path), rows=rows, rows_per_chunk=8192, overwrite=True, progress=False)
@@ -220,6 +220,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--workdir", default=None)
+    p.add_argument("--source-option", "-s", action="append", default=[], metavar="KEY=VALUE",
+                   help="synthetic: extra synthetic-source option, e.g. -s quiet_scale=0.5 -s mean_active=4")
     p.add_argument("--real", action="store_true", help="the real-model comparison (tiny GPT-2 on stdlib text)")
     p.add_argument("--model", default=str(Path(__file__).resolve().parents[1] / "stores" / "models" / "stdlib-gpt2"))
     p.add_argument("--hook", default="transformer.h.1", help="real: module whose output is cached (middle of the 4 blocks)")
@@ -240,7 +242,8 @@ def main() -> None:
         res["plot"] = a.plot
     else:
         res = run(rows=a.rows or 300_000, k=a.k, betas=tuple(float(b) for b in (a.betas or "1,4,16").split(",")),
-                  norms=tuple(a.norms.split(",")), seed=a.seed, threads=a.threads, workdir=a.workdir)
+                  norms=tuple(a.norms.split(",")), seed=a.seed, threads=a.threads, workdir=a.workdir,
+                  source_options={kv.split("=", 1)[0]: json.loads(kv.split("=", 1)[1]) for kv in a.source_option})
     print(json.dumps(res, indent=1))
 
 

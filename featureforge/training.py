@@ -9,7 +9,9 @@ dictionary and say what its loss is.
 DDP: under ``torchrun`` each process reads its own shards of the chunks, gradients are
 all-reduced (averaged), so a step sees the concatenation of every rank's local batch. The data is
 cut into ``data_shards`` shards (default: the world size); a single process can replay a W-rank run
-exactly by reading all W shards itself (``--data-shards W``).
+exactly by reading all W shards itself (``--data-shards W``): the loss is computed per shard and
+the gradients averaged, as DDP does, so losses that use batch statistics (TopK's FVU normaliser,
+AuxK) replay exactly too.
 """
 
 from __future__ import annotations
@@ -496,25 +498,11 @@ class _Run:
         window_rows = 0
         try:
             while step < total_steps:
-                parts = [next(s) for s in streams]
-                acts = torch.cat([p["acts"] for p in parts]) if len(parts) > 1 else parts[0]["acts"]
-                acts = acts.to(self.device, non_blocking=True).float()
-                if scale != 1.0:
-                    acts.mul_(scale)
-                batch = {"acts": acts}
-                for column in self.columns[1:]:
-                    extra = torch.cat([p[column] for p in parts]) if len(parts) > 1 else parts[0][column]
-                    extra = extra.to(self.device, non_blocking=True)
-                    if column == "grads":
-                        # dL/d(s*x) = (dL/dx)/s: gradients in the units the trainer sees acts in.
-                        extra = extra.float()
-                        if scale != 1.0:
-                            extra.div_(scale)
-                    batch[column] = extra
+                batches = [self._to_device(next(s), scale) for s in streams]
                 for m in members:
                     m.optimizer.param_groups[0]["lr"] = lr_at(step, total_steps, m.base_lr, self.cfg)
                     m.state.step, m.state.rows_seen = step, rows_seen
-                    self._step(m, batch, autocast, step, rows_seen)
+                    self._step(m, batches, autocast, step, rows_seen)
                 step += 1
                 rows_seen += self.cfg.batch_size
                 window_rows += self.cfg.batch_size
@@ -591,18 +579,38 @@ class _Run:
 
             dist.barrier()
 
-    def _step(self, m: Member, batch: dict[str, torch.Tensor], autocast: Any, step: int, rows_seen: int) -> None:
-        with autocast:
-            out: StepOutput = m.trainer.loss(m.dictionary, batch, m.state)
-        loss = out.loss
-        if not bool(torch.isfinite(loss.detach()).all()):
-            last = load_checkpoint(self.out)
-            kept = f"the last good checkpoint (step {last[1]['step']}) is kept in {self.out / 'checkpoint'}" if last else "no checkpoint was written yet"
-            raise FeatureforgeError(
-                f"loss became {float(loss.detach())} at step {step} (row {rows_seen}){f' for {m.label}' if m.label else ''}; "
-                f"training stopped and {kept}; lower --lr or check the store for extreme rows"
-            )
-        loss.backward()
+    def _to_device(self, part: dict[str, torch.Tensor], scale: float) -> dict[str, torch.Tensor]:
+        """One data shard's batch on the device, in training units."""
+        acts = part["acts"].to(self.device, non_blocking=True).float()
+        if scale != 1.0:
+            acts.mul_(scale)
+        batch = {"acts": acts}
+        for column in self.columns[1:]:
+            extra = part[column].to(self.device, non_blocking=True)
+            if column == "grads":
+                # dL/d(s*x) = (dL/dx)/s: gradients in the units the trainer sees acts in.
+                extra = extra.float()
+                if scale != 1.0:
+                    extra.div_(scale)
+            batch[column] = extra
+        return batch
+
+    def _step(self, m: Member, batches: list[dict[str, torch.Tensor]], autocast: Any, step: int, rows_seen: int) -> None:
+        """One optimiser step over this process's data shards: per-shard losses, averaged gradients."""
+        outs: list[StepOutput] = []
+        for batch in batches:
+            with autocast:
+                out: StepOutput = m.trainer.loss(m.dictionary, batch, m.state)
+            loss = out.loss
+            if not bool(torch.isfinite(loss.detach()).all()):
+                last = load_checkpoint(self.out)
+                kept = f"the last good checkpoint (step {last[1]['step']}) is kept in {self.out / 'checkpoint'}" if last else "no checkpoint was written yet"
+                raise FeatureforgeError(
+                    f"loss became {float(loss.detach())} at step {step} (row {rows_seen}){f' for {m.label}' if m.label else ''}; "
+                    f"training stopped and {kept}; lower --lr or check the store for extreme rows"
+                )
+            (loss / len(batches) if len(batches) > 1 else loss).backward()
+            outs.append(out)
         if self.world > 1:
             self._all_reduce_grads(m)
         m.trainer.before_step(m.dictionary, m.state)
@@ -611,21 +619,23 @@ class _Run:
         m.optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():
             m.state.rows_since_fired.add_(self.cfg.batch_size)
-            if out.active is not None:
-                active = out.active.to(torch.int32)
+            fired = [out.active for out in outs if out.active is not None]
+            if fired:
+                active = torch.stack([f.to(torch.int32) for f in fired]).amax(0)
                 m.state.all_reduce(active, "max")
                 m.state.rows_since_fired.masked_fill_(active.bool(), 0)
-            x = batch["acts"]
-            x_hat = out.x_hat.detach().float()
-            err = (x - x_hat).pow(2).sum()
-            var = (x - x.mean(0)).pow(2).sum()
-            acc = {"loss": loss.detach().float(), "fvu_num": err, "fvu_den": var}
-            if out.l0 is not None:
-                acc["l0"] = out.l0.detach().float() if isinstance(out.l0, torch.Tensor) else torch.tensor(float(out.l0))
-            for key, value in out.metrics.items():
-                acc[key] = value.detach().float() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
-            for key, value in acc.items():
-                m.window[key] = m.window.get(key, 0.0) + float(value)
+            for batch, out in zip(batches, outs):
+                x = batch["acts"]
+                x_hat = out.x_hat.detach().float()
+                # FVU sums add up over shards (as over ranks); the other scalars are averaged.
+                acc = {"fvu_num": (x - x_hat).pow(2).sum(), "fvu_den": (x - x.mean(0)).pow(2).sum(),
+                       "loss": out.loss.detach().float() / len(outs)}
+                if out.l0 is not None:
+                    acc["l0"] = torch.as_tensor(_scalar(out.l0)) / len(outs)
+                for key, value in out.metrics.items():
+                    acc[key] = torch.as_tensor(_scalar(value)) / len(outs)
+                for key, value in acc.items():
+                    m.window[key] = m.window.get(key, 0.0) + float(value)
             m.window["_steps"] = m.window.get("_steps", 0.0) + 1
 
     def _all_reduce_grads(self, m: Member) -> None:

@@ -166,3 +166,31 @@ def test_train_resume_evaluate_and_export(grad_store, tmp_path):
     assert block["options"]["beta"] == 4.0 and exp is not None
     featureforge.export(out, "sparsify", tmp_path / "sp")
     assert json.loads((tmp_path / "sp" / "cfg.json").read_text())["featureforge"]["selection_used_gradients"] is True
+
+
+GSAE_DDP_SCRIPT = r"""
+import featureforge as ff
+ff.train("gsae", {{"k": 3, "d_dict": 64}}, store={store!r}, out={out!r}, batch_size=512, rows=16384, progress=False, threads=1)
+"""
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_pass_each_rank_its_own_gradients(grad_store, tmp_path):
+    """torchrun --nproc-per-node 2 (gloo) trains gsae like one process replaying both data shards."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    script = tmp_path / "ddp_gsae.py"
+    script.write_text(GSAE_DDP_SCRIPT.format(store=grad_store.url, out=str(tmp_path / "ddp")))
+    env = {**os.environ, "FEATUREFORGE_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29527", str(script)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    featureforge.train("gsae", {"k": 3, "d_dict": 64}, store=grad_store, out=str(tmp_path / "single"), batch_size=512, rows=16384,
+                       progress=False, threads=1, data_shards=2)
+    a, b = load_file(str(tmp_path / "ddp" / "weights.safetensors")), load_file(str(tmp_path / "single" / "weights.safetensors"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
