@@ -1,13 +1,14 @@
 """One streaming pass over a store: per-latent top rows, a uniform sample and activation histograms.
 
 Memory is fixed by the dictionary width, never by the store's size: for ``m`` latents it is
-``m × (top_n + sample)`` (value, row) pairs, an ``m × HIST_BINS`` histogram and one chunk of codes.
+``m × (top_n + sample)`` (value, row) pairs, as many pending pairs at most, an ``m × HIST_BINS``
+histogram and one batch of codes.
 The store is read in storage order, one chunk at a time, so every row index kept is the store's
 global row index (chunk index × rows_per_chunk + offset), the one other readers use.
 
 Per chunk of codes ``[b, m]``:
-- top rows: the firing (row, latent) pairs, cut to each latent's best ``top_n`` of the batch and
-  merged with the running list by ``torch.topk`` over ``[m, 2 * top_n]``;
+- top rows: the firing (row, latent) pairs, buffered over batches, cut to each latent's best
+  ``top_n`` and merged with the running list by ``torch.topk`` over ``[m, 2 * top_n]``;
 - sample: every firing pair gets a uniform random key and each latent keeps the ``sample`` pairs
   with the smallest keys (bottom-k sampling: a uniform sample without replacement of all its
   firing rows), merged batch by batch the same way;

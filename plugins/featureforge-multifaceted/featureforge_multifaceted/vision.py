@@ -80,6 +80,7 @@ def unit_function(model: torch.nn.Module, unit: Unit):
 def top_images(model: torch.nn.Module, images: torch.Tensor, unit: Unit, embed_layer: str, top_n: int = 64,
                batch: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(indices, activations, embeddings) of the ``top_n`` images that activate ``unit`` most."""
+    images = as_images(images)
     model.eval()
     acts, embeds = [], []
     for start in range(0, len(images), batch):
@@ -91,6 +92,18 @@ def top_images(model: torch.nn.Module, images: torch.Tensor, unit: Unit, embed_l
     a = torch.cat(acts)
     top = a.topk(min(top_n, a.numel()))
     return top.indices.numpy(), top.values.numpy(), torch.cat(embeds)[top.indices].numpy()
+
+
+def as_images(data: Any) -> torch.Tensor:
+    """Images [n, C, H, W] from a tensor, or from a dataset whose items are images or (image, ...) tuples."""
+    if isinstance(data, torch.Tensor):
+        images = data
+    else:
+        items = [data[i] for i in range(len(data))]
+        images = torch.stack([item[0] if isinstance(item, (tuple, list)) else item for item in items])
+    if images.ndim != 4:
+        raise BadInputError(f"images have shape {tuple(images.shape)}, not [n, channels, height, width]; pass a batch of images")
+    return images.float()
 
 
 @dataclasses.dataclass
@@ -115,7 +128,11 @@ class VisionFacets:
 
 def facet_synthesis(model: torch.nn.Module, images: torch.Tensor, unit: Unit, embed_layer: str, *, top_n: int = 64,
                     facets: FacetSettings | None = None, synthesis: SynthesisSettings | None = None) -> VisionFacets:
-    """Top images of ``unit``, their facets, and one image per facet synthesised from its prototype mean."""
+    """Top images of ``unit``, their facets, and one image per facet synthesised from its prototype mean.
+
+    ``images``: a tensor [n, C, H, W] or a dataset (e.g. ``TensorDataset``) of images or (image, label).
+    """
+    images = as_images(images)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

@@ -50,7 +50,7 @@ def test_dashboard_writes_a_split_self_contained_site(synthetic_site):
 
 
 @needs_chromium
-def test_index_and_feature_pages_render_with_the_report_numbers(synthetic_site, tmp_path):
+def test_index_and_feature_pages_render_with_the_report_numbers(synthetic_site, tmp_path, record_property):
     report = json.loads((synthetic_site / "report.json").read_text())
     metrics = report["evaluators"]["facets"]["metrics"]
     dom, console = dump_dom(synthetic_site / "index.html")
@@ -69,6 +69,7 @@ def test_index_and_feature_pages_render_with_the_report_numbers(synthetic_site, 
     assert dom.count('data-facet="') == table[feature]["facets"]
     shot = screenshot(synthetic_site / "feature.html", tmp_path / f"feature_{feature}.png", f"?id={feature}")
     assert shot.stat().st_size > 10_000
+    record_property("screenshot", str(shot))
     print(f"screenshot: {shot}")
 
 

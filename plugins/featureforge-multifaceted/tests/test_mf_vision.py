@@ -46,7 +46,8 @@ def test_dictionary_latent_over_a_layer_is_a_unit(digits_cnn):
     model, x, _ = digits_cnn
     encoder = np.random.default_rng(0).normal(size=(8, 64)).astype(np.float32)
     dictionary = UnionDictionary(encoder, bias=0.0)
-    idx, values, emb = top_images(model, x, Unit("fc", 5, dictionary), "fc", top_n=10)
+    dataset = torch.utils.data.TensorDataset(x, torch.zeros(len(x)))  # a dataset of (image, label) works too
+    idx, values, emb = top_images(model, dataset, Unit("fc", 5, dictionary), "fc", top_n=10)
     with torch.no_grad():
         expected = torch.relu(model.fc(model.conv2(model.conv1(x[idx]))) @ torch.from_numpy(encoder[5]))
     np.testing.assert_allclose(values, expected.numpy(), rtol=1e-4, atol=1e-4)
