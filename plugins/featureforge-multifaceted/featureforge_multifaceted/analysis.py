@@ -14,7 +14,7 @@ import torch
 
 from .collect import Collected
 from .contexts import contexts
-from .facets import FacetSettings, Facets, find_facets, token_stats
+from .facets import FacetSettings, Facets, find_facets, layout, token_stats
 from .gather import read_rows
 
 #: Example rows (top rows of the latents in one block) whose embeddings are held at once.
@@ -29,6 +29,8 @@ class RecordSettings:
     before: int = 8
     after: int = 4
     text: bool = False
+    #: 2-D map of each feature's top examples: "pca", "tsne" or "" (none).
+    layout: str = "pca"
 
 
 def choose_latents(found: Collected, limit: int) -> list[int]:
@@ -101,6 +103,14 @@ def feature_records(dictionary: Any, store: Any, found: Collected, latents: Sequ
             yield _record(lat, found, tops[lat], facets[lat], band_of[lat], ctx, shown, effects)
 
 
+def _map(facets: Facets, method: str) -> dict[str, Any] | None:
+    """The top examples' 2-D coordinates (same order as the top rows) and facet of each."""
+    if not method or len(facets.labels) == 0:
+        return None
+    xy = layout(facets, method)
+    return {"method": method, "xy": [[round(float(a), 4), round(float(b), 4)] for a, b in xy], "facet": facets.labels.tolist()}
+
+
 def _example(lat: int, row: int, value: float, ctx: dict) -> dict[str, Any]:
     ex = {"row": int(row), "value": round(float(value), 4)}
     ex.update(ctx.get((lat, int(row)), {}))
@@ -136,5 +146,6 @@ def _record(lat: int, found: Collected, top: tuple[np.ndarray, np.ndarray], face
         "top": [_example(lat, r, v, ctx) for v, r in zip(values[: shown.shown], rows[: shown.shown])],
         "bands": band_list,
         "facets": {"k": facets.k, "silhouettes": {str(k): round(v, 4) for k, v in facets.silhouettes.items()}, "items": items},
+        "map": _map(facets, shown.layout),
         "effects": (effects or {}).get(int(lat)),
     }

@@ -44,6 +44,8 @@ class FacetsOptions:
     """What facets cluster: acts (the stored activation vectors), layer:N (live model's hidden state N at the token) or pooled (its mean last hidden state over the context)."""
     contexts: Literal["auto", "on", "off"] = "auto"
     """Token contexts of examples: auto (when the store has token_ids), on (refuse stores without), off."""
+    layout: Literal["pca", "tsne", "none"] = "pca"
+    """2-D map of each feature's top examples on its page: PCA (fast), t-SNE (as in the paper; about 1 s per feature) or none."""
     shown: int = 12
     """Top examples shown per feature."""
     bands: int = 5
@@ -107,7 +109,7 @@ class FacetsEvaluator(Evaluator):
         decode = token_decoder(source) if text else (lambda ids: [f" #{i}" for i in ids])
         w_u, effects_note = unembedding(source, dictionary.d_in) if text else (None, "no token ids in the store")
         effects = token_effects(dictionary.decoder_directions.detach(), w_u, latents, decode) if w_u is not None else None
-        shown = RecordSettings(shown=o.shown, bands=o.bands, text=text)
+        shown = RecordSettings(shown=o.shown, bands=o.bands, text=text, layout="" if o.layout == "none" else o.layout)
         site = None
         if o.site:
             from .dashboard import SiteWriter

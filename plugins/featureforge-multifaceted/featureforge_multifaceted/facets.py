@@ -50,6 +50,8 @@ class Facets:
     prototypes: list[list[int]]
     #: Mean silhouette of each k tried (k >= 2); empty when too few examples.
     silhouettes: dict[int, float]
+    #: Float [n, dims]: the examples in the reduced (normalised, PCA) space k-means worked in.
+    reduced: np.ndarray | None = None
 
     @property
     def k(self) -> int:
@@ -112,7 +114,7 @@ def _find_facets(embedding: Any, settings: FacetSettings) -> Facets:
     labels = np.argsort(order)[labels]
     centroids = np.stack([x[labels == c].mean(0) for c in range(len(order))])
     prototypes = [_prototype(z, np.flatnonzero(labels == c), settings.neighbours) for c in range(len(order))]
-    return Facets(labels, centroids, prototypes, scores)
+    return Facets(labels, centroids, prototypes, scores, z)
 
 
 def _prototype(z: np.ndarray, members: np.ndarray, neighbours: int) -> list[int]:
@@ -121,6 +123,25 @@ def _prototype(z: np.ndarray, members: np.ndarray, neighbours: int) -> list[int]
     centre = members[np.argmin(((pts - pts.mean(0)) ** 2).sum(1))]
     dist = ((z[members] - z[centre]) ** 2).sum(1)
     return [int(i) for i in members[np.argsort(dist, kind="stable")[: neighbours + 1]]]
+
+
+def layout(facets: Facets, method: str = "pca", seed: int = 0) -> np.ndarray:
+    """2-D map of the examples for display: the first two PCA components, or t-SNE of the reduced space.
+
+    The paper lays out a unit's top images with t-SNE; it is slow (about a second per unit here),
+    so PCA is the default and ``tsne`` is asked for.
+    """
+    z = facets.reduced if facets.reduced is not None else np.zeros((len(facets.labels), 0))
+    if z.shape[0] < 3 or z.shape[1] == 0:
+        return np.zeros((z.shape[0], 2))
+    if method == "tsne" and z.shape[0] > 5:
+        from sklearn.manifold import TSNE
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(1):
+            perplexity = float(min(30.0, (z.shape[0] - 1) / 3))
+            return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(z)
+    return np.pad(z[:, :2], ((0, 0), (0, max(0, 2 - z.shape[1]))))
 
 
 def token_stats(labels: np.ndarray, tokens: Sequence[str], top: int = 5) -> list[list[dict[str, Any]]]:

@@ -67,6 +67,7 @@ def test_index_and_feature_pages_render_with_the_report_numbers(synthetic_site, 
     for key in ("count", "density", "max_act", "mean_act", "facets"):
         assert shown[key] == [table[feature][key]]
     assert dom.count('data-facet="') == table[feature]["facets"]
+    assert dom.count("data-facet-point=") == sum(table[feature]["sizes"])  # the 2-D map shows every top example
     shot = screenshot(synthetic_site / "feature.html", tmp_path / f"feature_{feature}.png", f"?id={feature}")
     assert shot.stat().st_size > 10_000
     record_property("screenshot", str(shot))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import featureforge
-from featureforge_multifaceted.facets import FacetSettings, find_facets, token_stats
+from featureforge_multifaceted.facets import FacetSettings, find_facets, layout, token_stats
 from featureforge_multifaceted.planted import planted_ari
 
 UNIONS = [[0, 1], [2, 3, 4], [5, 6], [7, 8, 9], [10]]
@@ -55,3 +55,15 @@ def test_token_stats_count_each_facet_tokens():
     stats = token_stats(labels, [" a", " a", " b", " c", " c"])
     assert stats[0][0] == {"token": " a", "count": 2, "share": round(2 / 3, 4)}
     assert stats[1] == [{"token": " c", "count": 2, "share": 1.0}]
+
+
+def test_layouts_place_facets_apart():
+    rng = np.random.default_rng(2)
+    x = np.concatenate([c + rng.normal(size=(30, 8)) for c in np.eye(8)[:2] * 10])
+    f = find_facets(x, FacetSettings(normalise=False))
+    for method in ("pca", "tsne"):
+        xy = layout(f, method)
+        assert xy.shape == (60, 2)
+        a, b = xy[f.labels == 0].mean(0), xy[f.labels == 1].mean(0)
+        spread = max(xy[f.labels == 0].std(0).max(), xy[f.labels == 1].std(0).max())
+        assert np.linalg.norm(a - b) > 2 * spread, method

@@ -117,8 +117,9 @@ function ffFeature(f) {
   var facets = document.getElementById("facets");
   var sil = Object.keys(f.facets.silhouettes).map(function (k) { return "k=" + k + ": " + fmt(f.facets.silhouettes[k]); }).join(", ");
   facets.appendChild(el("p", {className: "note", text: "silhouette by k: " + (sil || "too few examples to cluster")}));
+  if (f.map) facets.appendChild(el("div", {}, [el("div", {className: "note", text: "top examples, " + f.map.method + " map, coloured by facet"}), scatter(f.map)]));
   f.facets.items.forEach(function (fc, i) {
-    var box = el("div", {className: "facet", "data-facet": i}, [el("h3", {text: "Facet " + (i + 1) + ": " + fc.size + " of the top examples (" + fmt(100 * fc.share) + "%), mean activation " + fmt(fc.mean_act)})]);
+    var box = el("div", {className: "facet", "data-facet": i}, [el("h3", {style: "color:" + COLOURS[i % COLOURS.length], text: "Facet " + (i + 1) + ": " + fc.size + " of the top examples (" + fmt(100 * fc.share) + "%), mean activation " + fmt(fc.mean_act)})]);
     if (fc.tokens) box.appendChild(el("p", {}, fc.tokens.map(function (t) { return el("span", {className: "pill", text: JSON.stringify(t.token) + " \u00d7" + t.count}); })));
     box.appendChild(el("p", {className: "note", text: "prototype: the example nearest the facet's centre, then its nearest neighbours"}));
     fc.prototype.forEach(function (ex) { box.appendChild(example(ex, f.max_act)); });
@@ -145,6 +146,21 @@ function example(ex, top) {
     line.appendChild(span);
   });
   return line;
+}
+var COLOURS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860"];
+function scatter(map) {
+  var ns = "http://www.w3.org/2000/svg", size = 260, pad = 10, svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("width", size); svg.setAttribute("height", size);
+  var xs = map.xy.map(function (p) { return p[0]; }), ys = map.xy.map(function (p) { return p[1]; });
+  var x0 = Math.min.apply(null, xs), x1 = Math.max.apply(null, xs), y0 = Math.min.apply(null, ys), y1 = Math.max.apply(null, ys);
+  map.xy.forEach(function (p, i) {
+    var c = document.createElementNS(ns, "circle");
+    c.setAttribute("cx", pad + (p[0] - x0) / ((x1 - x0) || 1) * (size - 2 * pad));
+    c.setAttribute("cy", pad + (p[1] - y0) / ((y1 - y0) || 1) * (size - 2 * pad));
+    c.setAttribute("r", 3); c.setAttribute("fill", COLOURS[map.facet[i] % COLOURS.length]); c.setAttribute("data-facet-point", map.facet[i]);
+    svg.appendChild(c);
+  });
+  return svg;
 }
 function histogram(h) {
   var ns = "http://www.w3.org/2000/svg", w = 560, ht = 140, pad = 22, n = h.counts.length;
