@@ -141,7 +141,8 @@ function example(ex, top) {
   if (!ex.tokens) { line.appendChild(document.createTextNode("row " + ex.row)); return line; }
   ex.tokens.forEach(function (t, i) {
     var a = Math.max(0, Math.min(1, ex.acts[i] / (top || 1)));
-    var span = el("span", {className: "tok" + (i === ex.index ? " hit" : ""), title: fmt(ex.acts[i]), text: t});
+    var shown = t.replace(/\n/g, "\u21b5").replace(/\t/g, "\u2192");  // one line per context
+    var span = el("span", {className: "tok" + (i === ex.index ? " hit" : ""), title: fmt(ex.acts[i]), text: shown});
     span.style.background = "rgba(255,120,0," + a.toFixed(3) + ")";
     line.appendChild(span);
   });
