@@ -63,7 +63,7 @@ def test_chess_lm_trains_and_round_trips_through_safetensors(tmp_path):
     model = chess_lm.ChessLM(cfg)
     ids = chess_lm.pad_games(chess_games.make_games(16, 0, 96), 96)
     before = chess_lm.validation_loss(model, ids)
-    result = chess_lm.train_lm(model, ids, ids, steps=15, batch_size=8, lr=1e-2)
+    result = chess_lm.train_lm(model, ids, ids, steps=10, batch_size=4, lr=1e-2)
     assert result.val_loss < before - 0.3
     chess_lm.save_lm(model, tmp_path / "m")
     assert not list(tmp_path.glob("m/*.pt")) and not list(tmp_path.glob("m/*.bin"))

@@ -68,9 +68,12 @@ def test_width_from_expansion_is_checked_once_d_in_is_known():
     assert MoEXTrainer().build(16).d_dict == 128
 
 
-def test_cli_refuses_bad_trainer_options_and_export_in_one_line(moex_synthetic_store, tmp_path):
-    env = cli_env()
-    bad = subprocess.run(FEATUREFORGE + ["train", "--trainer", "moex", "-o", "top_k=12", "--store", str(moex_synthetic_store.url), "--out", str(tmp_path / "r")],
-                         capture_output=True, text=True, env=env)
-    lines = [line for line in bad.stderr.splitlines() if line.strip()]
-    assert bad.returncode != 0 and len(lines) == 1 and lines[0].startswith("Error: ") and "top_k=12" in lines[0], bad.stderr
+def test_cli_refuses_bad_trainer_options_in_one_line(moex_synthetic_store, tmp_path):
+    from click.testing import CliRunner
+
+    from featureforge.cli import cli
+
+    result = CliRunner().invoke(cli, ["train", "--trainer", "moex", "-o", "top_k=12", "--store", str(moex_synthetic_store.url), "--out", str(tmp_path / "r")])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code != 0 and len(lines) == 1, result.output
+    assert lines[0].startswith("Error: ") and "top_k=12 must be between 1 and n_experts=8" in lines[0]
