@@ -108,6 +108,7 @@ def run(rows: int = 300_000, k: int = 4, betas: tuple[float, ...] = (1.0, 4.0, 1
     return out
 
 
+GSAE_DEFAULT_BETA = 4.0
 REAL_METRICS = {
     "reconstruction": ("l0", "fvu", "fvu_grads", "dead_fraction"),
     "downstream": ("ce_clean", "ce_zero", "ce_dictionary", "ce_dictionary_grads", "ce_loss_score", "ce_loss_score_grads",
@@ -121,7 +122,7 @@ def _complete(run_dir: Path) -> bool:
 
 
 def run_real(workdir: str, model: str, hook: str, rows: int, ks: tuple[int, ...], betas: tuple[float, ...], beta_k: int,
-             d_dict: int, epochs: float, batch_size: int, eval_sequences: int, threads: int, lm_minutes: float) -> dict:
+             d_dict: int, epochs: float, batch_size: int, eval_sequences: int, threads: int, lm_minutes: float, seed: int = 0) -> dict:
     import subprocess
     import sys
 
@@ -141,29 +142,48 @@ def run_real(workdir: str, model: str, hook: str, rows: int, ks: tuple[int, ...]
     if not done:
         ff.cache("hf", opts, store=str(store_path), rows=rows, overwrite=True, progress=True)
     store = ff.open_store(str(store_path))
-    common = dict(store=str(store_path), epochs=epochs, batch_size=batch_size, threads=threads, progress=True)
+    common = dict(store=str(store_path), epochs=epochs, batch_size=batch_size, threads=threads, progress=True, seed=seed)
     plan = [("topk", {"k": k}) for k in ks] + [("gsae", {"k": k}) for k in ks]
     plan += [("gsae", {"k": beta_k, "beta": b}) for b in betas]
     results = []
     for trainer, extra in plan:
-        label = f"{trainer} " + " ".join(f"{key}={v:g}" for key, v in extra.items())
+        label = f"{trainer} " + " ".join(f"{key}={v:g}" for key, v in extra.items()) + (f" seed={seed}" if seed else "")
         run_dir = tmp / "runs" / label.replace(" ", "_")
         started = time.perf_counter()
         if not _complete(run_dir):
             ff.train(trainer, {"d_dict": d_dict, **extra}, out=str(run_dir), overwrite=True, **common)
         trained = time.perf_counter() - started
         report = ff.evaluate(run_dir, store, {"reconstruction": {}, "downstream": {"max_sequences": eval_sequences}})
-        row: dict[str, Any] = {"label": label, "trainer": trainer, **extra, "train_seconds": round(trained, 1)}
+        row: dict[str, Any] = {"label": label, "trainer": trainer, **extra, "seed": seed, "train_seconds": round(trained, 1)}
         if trainer == "gsae":
             row.setdefault("beta", json.loads((run_dir / "config.json").read_text())["options"].get("beta"))
         for name, keys in REAL_METRICS.items():
             m = report["evaluators"][name]["metrics"]
             row.update({key: m[key] for key in keys if key in m})
+        if trainer == "topk":  # control: the same topk weights, selecting with live gradients at inference only
+            row.update({f"control_{key}": v for key, v in _gradient_selection_control(run_dir, store, eval_sequences).items()})
         results.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
     return {"setup": {**opts, "rows": rows, "ks": list(ks), "d_dict": d_dict, "epochs": epochs, "train_batch_size": batch_size,
                       "eval_sequences": eval_sequences, "betas_at_k": {"k": beta_k, "betas": list(betas)},
                       "store_rows": store.rows}, "runs": results}
+
+
+def _gradient_selection_control(run_dir: Path, store: Any, eval_sequences: int) -> dict[str, float]:
+    """fvu_grads / CE / KL of a topk run whose latents are picked by g-SAE's rule (beta=GSAE_DEFAULT_BETA)
+    at inference only: separates what training with gradients buys from what selecting with them does."""
+    from featureforge.roles import EvaluationContext
+    from featureforge_sae._models import GradientTopKSAE
+
+    d = GradientTopKSAE.from_topk(ff.load(run_dir), GSAE_DEFAULT_BETA)
+    registry = ff.get_registry()
+    ctx = EvaluationContext(store=store, out_dir=run_dir / "control", run_dir=run_dir,
+                            extra={"progress": False, "run_config": json.loads((run_dir / "config.json").read_text())})
+    (run_dir / "control").mkdir(exist_ok=True)
+    rec = registry.get("evaluator", "reconstruction")({}).evaluate(d, ctx).metrics
+    down = registry.get("evaluator", "downstream")({"max_sequences": eval_sequences}).evaluate(d, ctx).metrics
+    return {"fvu_grads": rec["fvu_grads"], "ce_dictionary_grads": down["ce_dictionary_grads"],
+            "ce_loss_score_grads": down["ce_loss_score_grads"], "kl_dictionary_grads": down["kl_dictionary_grads"]}
 
 
 def plot_real(res: dict, path: Path) -> None:
@@ -180,7 +200,10 @@ def plot_real(res: dict, path: Path) -> None:
              (f"gsae beta={default_beta:g}, plain TopK at inference",
               [r for r in runs if r["trainer"] == "gsae" and r.get("beta") == default_beta], "", "#dd8452", "s-"),
              (f"gsae beta={default_beta:g}, selected with live gradients",
-              [r for r in runs if r["trainer"] == "gsae" and r.get("beta") == default_beta], "_grads", "#c44e52", "^--")]
+              [r for r in runs if r["trainer"] == "gsae" and r.get("beta") == default_beta], "_grads", "#c44e52", "^--"),
+             (f"control: topk weights, selected with live gradients (beta={default_beta:g})",
+              [{**r, **{k[len("control_"):]: v for k, v in r.items() if k.startswith("control_")}} for r in runs if r["trainer"] == "topk"],
+              "_grads", "#55a868", "v:")]
     panels = [("ce_loss_gap", "1 − CE-loss score (lower is better)"), ("kl_dictionary", "KL(clean ‖ spliced), nats/token"),
               ("fvu", "FVU (held-out)"), ("dead_fraction", "dead latent fraction")]
     fig = new_figure(11, 7.5)
@@ -208,9 +231,6 @@ def plot_real(res: dict, path: Path) -> None:
     save_figure(fig, path)
 
 
-GSAE_DEFAULT_BETA = 4.0
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=None, help="cached rows (default 300k synthetic, 600k real)")
@@ -236,8 +256,8 @@ def main() -> None:
     a = p.parse_args()
     if a.real:
         res = run_real(a.workdir or tempfile.mkdtemp(prefix="gsae_real_"), a.model, a.hook, a.rows or 600_000,
-                       tuple(int(k) for k in a.ks.split(",")), tuple(float(b) for b in (a.betas or "1,16").split(",")),
-                       a.beta_k, a.d_dict, a.epochs, a.batch_size, a.eval_sequences, a.threads, a.lm_minutes)
+                       tuple(int(k) for k in a.ks.split(",")), tuple(float(b) for b in (a.betas if a.betas is not None else "1,16").split(",") if b),
+                       a.beta_k, a.d_dict, a.epochs, a.batch_size, a.eval_sequences, a.threads, a.lm_minutes, a.seed)
         plot_real(res, Path(a.plot))
         res["plot"] = a.plot
     else:

@@ -79,6 +79,15 @@ class GradientTopKSAE(TopKSAE):
         super().__init__(d_in, d_dict, k)
         self.beta, self.grad_norm, self.values = float(beta), grad_norm, values
 
+    @classmethod
+    def from_topk(cls, dictionary: TopKSAE, beta: float, grad_norm: str = "row", values: str = "z") -> "GradientTopKSAE":
+        """A plain TopK dictionary's weights with gradient-aware selection added (for controls:
+        how much of g-SAE's gain comes from selecting with gradients at inference alone)."""
+        out = cls(dictionary.d_in, dictionary.d_dict, dictionary.k, beta, grad_norm, values)
+        out.load_state_dict(dictionary.state_dict())
+        out.config = dict(dictionary.config)
+        return out.eval()
+
     def reconstruct_with_grads(self, x: Tensor, grads: Tensor) -> Tensor:
         """``x_hat`` in original units, latents selected as in training from ``grads = dL/dx``.
 
