@@ -7,6 +7,7 @@ import subprocess
 import pytest
 
 import featureforge
+from featureforge_multifaceted.cli import dashboard
 from mf_helpers import FEATUREFORGE, SYNTHETIC
 
 
@@ -31,14 +32,14 @@ def test_store_of_other_width(synthetic_run, tmp_path, cli_env):
     assert "d_in=32" in line and "d_in=16" in line
 
 
-def test_store_of_other_provenance(synthetic_run, other_seed_store, tmp_path, cli_env):
-    line = _error(["dashboard", str(synthetic_run), "--store", other_seed_store.url, "--out", str(tmp_path / "o")], cli_env)
-    assert "seed=1 (store has 2)" in line and "pass the store the run was trained on" in line
+def test_store_of_other_provenance(synthetic_run, other_seed_store, tmp_path):
+    with pytest.raises(featureforge.BadInputError, match=r"seed=1 \(store has 2\); pass the store the run was trained on"):
+        dashboard(str(synthetic_run), other_seed_store.url, str(tmp_path / "o"))
 
 
-def test_text_contexts_need_token_ids(synthetic_run, synthetic_store, tmp_path, cli_env):
-    line = _error(["dashboard", str(synthetic_run), "--store", synthetic_store.url, "--out", str(tmp_path / "o"), "-o", "contexts=on"], cli_env)
-    assert "no token_ids column" in line and "-o contexts=off" in line
+def test_text_contexts_need_token_ids(synthetic_run, synthetic_store, tmp_path):
+    with pytest.raises(featureforge.BadInputError, match="has no token_ids column.*or pass -o contexts=off"):
+        dashboard(str(synthetic_run), synthetic_store.url, str(tmp_path / "o"), ("contexts=on",))
 
 
 def test_latent_out_of_range(synthetic_run, synthetic_store, tmp_path, cli_env):
@@ -56,8 +57,6 @@ def test_evaluate_command_runs_the_facets_evaluator(synthetic_run, synthetic_sto
 
 
 def test_live_embeddings_need_token_ids_and_a_layer_in_range(synthetic_run, synthetic_store, tiny_text, tmp_path):
-    from featureforge_multifaceted.cli import dashboard
-
     with pytest.raises(featureforge.BadInputError, match="no token_ids column"):
         dashboard(str(synthetic_run), synthetic_store.url, str(tmp_path / "a"), ("embed=pooled",))
     with pytest.raises(featureforge.OptionError, match="not acts, pooled or layer:N"):
