@@ -15,13 +15,19 @@ important features' coefficients are also multiplied by ``quiet_scale`` (quiet b
 The source then also emits ``grads = dL/dx = sum_i a_i (f_i . x) f_i`` per row (deterministic, like
 the rows) and the ground truth gains ``importance`` (the a_i) and ``important`` (bool mask). With
 the default ``downstream=false`` nothing changes: same rows, same ground truth, no grads.
+
+``readout=gated`` sums only over the features active on the row (a downstream circuit that
+listens to a feature when it is present): ``grads = sum_{i active} a_i (f_i . x) f_i``. With more
+features than dimensions, ``f_i . x`` carries crosstalk from every active feature, so under the
+quadratic readout all important directions pull on the gradient of every row, present or not;
+under the gated one a row's gradient points at the important features it actually contains.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -70,6 +76,8 @@ class SyntheticOptions:
     """With downstream: loss weight a_i of an important feature."""
     unimportant_weight: float = 0.05
     """With downstream: loss weight a_i of every other feature."""
+    readout: Literal["quadratic", "gated"] = "quadratic"
+    """With downstream: quadratic reads every direction on every row; gated reads a feature only on rows where it fires (see the module docstring)."""
 
 
 class SyntheticSource(ActivationSource):
@@ -165,10 +173,13 @@ class SyntheticSource(ActivationSource):
         acts += rng.normal(0.0, o.noise_std, size=acts.shape).astype(np.float32) if o.noise_std > 0 else 0.0
         return acts.astype(np.float32, copy=False), codes
 
-    def _grads(self, acts: np.ndarray) -> np.ndarray:
-        """dL/dx = F^T diag(a) F x of the downstream readout, per row."""
+    def _grads(self, acts: np.ndarray, codes: np.ndarray | None = None) -> np.ndarray:
+        """dL/dx = F^T diag(a) F x of the downstream readout per row; gated: active features only."""
         f = self._truth["features"]
-        return (((acts @ f.T) * self._truth["importance"]) @ f).astype(np.float32)
+        weights = (acts @ f.T) * self._truth["importance"]
+        if codes is not None:
+            weights *= codes > 0
+        return (weights @ f).astype(np.float32)
 
     def _range(self, start: int, stop: int, which: int) -> np.ndarray:
         first, last = start // BLOCK_ROWS, (stop - 1) // BLOCK_ROWS
@@ -180,7 +191,8 @@ class SyntheticSource(ActivationSource):
     def rows(self, start: int, stop: int) -> dict[str, np.ndarray]:
         acts = self._range(start, stop, 0)
         if self.options.downstream:
-            return {"acts": acts, "grads": self._grads(acts)}
+            codes = self._range(start, stop, 1) if self.options.readout == "gated" else None
+            return {"acts": acts, "grads": self._grads(acts, codes)}
         return {"acts": acts}
 
     def codes(self, start: int, stop: int) -> np.ndarray:

@@ -45,6 +45,23 @@ def test_synthetic_default_has_no_grads_and_downstream_rows_are_deterministic():
     assert truth["important"].sum() == 8 and np.flatnonzero(truth["important"]).max() < 32
 
 
+def test_gated_readout_gradient_reads_only_the_features_a_row_contains():
+    src = SyntheticSource(**DOWNSTREAM, readout="gated")
+    rows, codes = src.rows(0, 2000), src.codes(0, 2000)
+    truth = src.ground_truth()
+    f, w = truth["features"], truth["importance"]
+    np.testing.assert_allclose(rows["grads"], ((rows["acts"] @ f.T) * w * (codes > 0)) @ f, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(rows["acts"], SyntheticSource(**DOWNSTREAM).rows(0, 2000)["acts"])
+    # A row with exactly one important feature: its gradient points (almost) along that feature.
+    imp = truth["important"]
+    one = np.flatnonzero(((codes[:, imp] > 0).sum(1) == 1))
+    assert len(one) > 20
+    j = np.flatnonzero(imp)[(codes[one][:, imp] > 0).argmax(1)]
+    g = rows["grads"][one]
+    cos = (g * f[j]).sum(1) / np.linalg.norm(g, axis=1)
+    assert np.median(cos) > 0.95
+
+
 # -- bad input --------------------------------------------------------------------------------
 def test_store_without_grads_is_refused_in_one_line(synthetic_store, tmp_path):
     with pytest.raises(BadInputError) as err:
