@@ -1,7 +1,9 @@
-"""``featureforge dashboard``: the ``facets`` evaluator run with its site written to ``--out``."""
+"""Commands: ``featureforge dashboard`` (the ``facets`` evaluator with its site written to ``--out``)
+and ``featureforge facets-vision`` (facet synthesis for a unit of an image model)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
@@ -9,8 +11,6 @@ import click
 
 def dashboard(run: str, store: str, out: str, options: tuple[str, ...] = (), progress: bool = True) -> dict[str, Any]:
     """Evaluate ``run`` on ``store`` with the facets evaluator; ``out`` gets report.json and the site."""
-    from pathlib import Path
-
     import featureforge
 
     for pair in options:
@@ -29,10 +29,36 @@ def add_commands(cli: Any) -> None:
                   help="An option of the facets evaluator, e.g. -o top_n=128 -o features=500; repeatable.")
     def dashboard_command(run: str, store: str, out: str, options: tuple[str, ...]) -> None:
         """Self-contained HTML feature dashboard with facets (open OUT/index.html, works from file://)."""
-        from pathlib import Path
-
         report = dashboard(run, store, out, options)
         m = report["evaluators"]["facets"]["metrics"]
         click.echo(f"facets: {m['analysed']} features analysed, {m['rows']} rows at {m['rows_per_second']:.0f} rows/s, "
                    f"mean facets {m['mean_facets']}, multi-facet fraction {m['multi_facet_fraction']}")
         click.echo(f"Wrote {Path(out) / 'index.html'} and {Path(out) / 'report.json'}")
+
+    @cli.command(name="facets-vision")
+    @click.option("--model", required=True, metavar="MODULE:CALLABLE", help="Python callable returning the torch nn.Module (no pickles).")
+    @click.option("--weights", default=None, help="A .safetensors state dict to load into it.")
+    @click.option("--images", required=True, help="Folder of images (.png/.jpg/...); unreadable files are skipped and counted.")
+    @click.option("--size", default="224x224", show_default=True, help="HEIGHTxWIDTH the images are resized to.")
+    @click.option("--mode", type=click.Choice(["RGB", "L"]), default="RGB", show_default=True, help="Colour (RGB) or grey (L) images.")
+    @click.option("--layer", required=True, help="Module whose output holds the unit (model.named_modules() name).")
+    @click.option("--unit", type=int, required=True, help="Channel or neuron index in that output.")
+    @click.option("--embed-layer", required=True, help="Module whose output embeds the top images (e.g. the penultimate layer).")
+    @click.option("--top-n", type=int, default=64, show_default=True, help="Top images clustered into facets.")
+    @click.option("--steps", type=int, default=20, show_default=True, help="Synthesis steps per octave.")
+    @click.option("--out", required=True, help="Folder for facets.png and facets.json.")
+    def facets_vision_command(model: str, weights: str | None, images: str, size: str, mode: str, layer: str, unit: int,
+                              embed_layer: str, top_n: int, steps: int, out: str) -> None:
+        """Facets of a unit of an image model, one synthetic image per facet beside its real top images."""
+        import featureforge
+
+        from .vision_run import facets_vision
+
+        try:
+            h, w = (int(v) for v in size.lower().split("x"))
+        except ValueError:
+            raise featureforge.OptionError(f"--size {size!r} is not HEIGHTxWIDTH; write e.g. --size 224x224") from None
+        s = facets_vision(model, weights, images, (h, w), mode, layer, unit, embed_layer, out, top_n, steps)
+        click.echo(f"facets: {s['facets']} (sizes {s['sizes']}), synthetic activations {s['synthetic_activations']} vs best real "
+                   f"{s['best_real_activation']}; {s['images']} images read, {s['skipped_unreadable']} unreadable skipped")
+        click.echo(f"Wrote {s['grid']} and {Path(out) / 'facets.json'}")

@@ -7,7 +7,6 @@ the original digit.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -31,13 +30,13 @@ def merged_digits(size: int = 16) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
 
 
 class SmallCNN(nn.Module):
-    """conv(16) -> conv(32) -> pool -> fc 64 (the penultimate layer ``fc``) -> ``head``."""
+    """conv(16) -> conv(32) -> pool -> fc 64 (the penultimate layer ``fc``) -> ``head``, on size x size images."""
 
-    def __init__(self, classes: int = 5):
+    def __init__(self, classes: int = 5, size: int = 16):
         super().__init__()
         self.conv1 = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU())
         self.conv2 = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
-        self.fc = nn.Sequential(nn.Flatten(), nn.LazyLinear(64), nn.ReLU())
+        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(32 * (size // 2) ** 2, 64), nn.ReLU())
         self.head = nn.Linear(64, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -48,8 +47,7 @@ def train_cnn(x: torch.Tensor, y: torch.Tensor, epochs: int = 8, seed: int = 0) 
     """A SmallCNN trained with Adam; returns it and its accuracy on the last fifth (held out)."""
     torch.manual_seed(seed)
     n_train = len(x) * 4 // 5
-    model = SmallCNN(int(y.max()) + 1)
-    model(x[:2])
+    model = SmallCNN(int(y.max()) + 1, x.shape[-1])
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
@@ -63,6 +61,3 @@ def train_cnn(x: torch.Tensor, y: torch.Tensor, epochs: int = 8, seed: int = 0) 
         acc = float((model(x[n_train:]).argmax(1) == y[n_train:]).float().mean())
     return model, acc
 
-
-def held_out(n: int) -> np.ndarray:
-    return np.arange(n * 4 // 5, n)

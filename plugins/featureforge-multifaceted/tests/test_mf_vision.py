@@ -89,3 +89,48 @@ def test_image_folder_with_unreadable_files_skips_and_counts_them(tmp_path):
         empty.mkdir()
         (empty / "x.png").write_bytes(b"junk")
         load_image_folder(empty, (32, 32))
+
+
+def test_facets_vision_command_on_a_folder_of_digit_images(digits_cnn, tmp_path, cli_env):
+    """The CLI as a user runs it: model as code + safetensors weights, images from a folder."""
+    import json
+    import subprocess
+
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    from mf_helpers import FEATUREFORGE
+
+    model, x, digit = digits_cnn
+    weights = tmp_path / "cnn.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    for i in range(0, len(x), 2):
+        Image.fromarray((x[i, 0].numpy() * 255).astype(np.uint8), mode="L").save(folder / f"d{i:04d}_{int(digit[i])}.png")
+    (folder / "corrupt.png").write_bytes(b"\x89PNG broken")
+    out = tmp_path / "out"
+    done = subprocess.run([FEATUREFORGE, "facets-vision", "--model", "featureforge_multifaceted.digits:SmallCNN", "--weights", str(weights),
+                           "--images", str(folder), "--size", "16x16", "--mode", "L", "--layer", "head", "--unit", "2",
+                           "--embed-layer", "fc", "--top-n", "60", "--out", str(out)], capture_output=True, text=True, env=cli_env)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((out / "facets.json").read_text())
+    assert summary["skipped_unreadable"] == 1 and summary["images"] == (len(x) + 1) // 2
+    assert min(summary["synthetic_activations"]) > summary["best_real_activation"]
+    assert (out / "facets.png").stat().st_size > 1000 and "1 unreadable skipped" in done.stdout
+    digits_of = [{int(n.split("_")[1][0]) for n in names} for names in summary["facet_images"]]
+    assert all(d <= {2, 5} for d in digits_of)  # the unit's top images are its two digits
+
+
+def test_model_spec_and_weights_are_checked(tmp_path):
+    from safetensors.torch import save_file
+
+    from featureforge_multifaceted.vision_run import build_model
+
+    with pytest.raises(featureforge.BadInputError, match="is not MODULE:CALLABLE"):
+        build_model("featureforge_multifaceted.digits.SmallCNN", None)
+    with pytest.raises(featureforge.BadInputError, match="cannot be imported"):
+        build_model("no_such_package_here:Net", None)
+    save_file({"other.weight": torch.zeros(2)}, str(tmp_path / "w.safetensors"))
+    with pytest.raises(featureforge.BadInputError, match="does not fit"):
+        build_model("featureforge_multifaceted.digits:SmallCNN", str(tmp_path / "w.safetensors"))
