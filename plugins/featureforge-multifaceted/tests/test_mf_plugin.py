@@ -15,7 +15,7 @@ def test_featureforge_plugins_lists_facets_evaluator_and_dashboard_command(cli_e
     assert facets and facets[0]["distribution"] == "featureforge-multifaceted"
     assert {"top_n", "max_facets", "min_silhouette", "site", "latents"} <= {o["name"] for o in facets[0]["options"]}
     commands = {c["name"]: c["distribution"] for c in data["commands"]}
-    assert commands.get("dashboard") == "featureforge-multifaceted"
+    assert commands.get("dashboard") == commands.get("facets-vision") == "featureforge-multifaceted"
     assert not [p for p in data["problems"] if "multifaceted" in json.dumps(p)]
 
 
