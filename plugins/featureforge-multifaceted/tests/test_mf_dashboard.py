@@ -61,6 +61,12 @@ def test_index_and_feature_pages_render_with_the_report_numbers(synthetic_site, 
     assert len(re.findall(r'<tr data-id="\d+"', dom)) == metrics["analysed"]
     table = json.loads((synthetic_site / "plots" / "facets.json").read_text())["features"]
     feature = max(table, key=lambda k: table[k]["facets"])
+    # Sort and search, opened through the URL as a user would set them on the page.
+    dom, console = dump_dom(synthetic_site / "index.html", "?sort=max_act&order=asc")
+    ids = [int(i) for i in re.findall(r'<tr data-id="(\d+)"', dom)]
+    assert console == [] and ids == sorted(map(int, table), key=lambda i: (table[str(i)]["max_act"], i))
+    dom, _ = dump_dom(synthetic_site / "index.html", f"?q={feature}")
+    assert re.findall(r'<tr data-id="(\d+)"', dom) == [feature]
     dom, console = dump_dom(synthetic_site / "feature.html", f"?id={feature}")
     assert console == [] and f"ready: feature {feature}" in dom
     shown = _values(dom)

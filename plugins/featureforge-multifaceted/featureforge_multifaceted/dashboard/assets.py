@@ -54,6 +54,10 @@ function renderIndex() {
   });
   var note = s.output_effects ? "output-token effects shown" : "no output-token effects: " + s.output_effects_note;
   document.getElementById("note").textContent = note;
+  var params = new URLSearchParams(location.search);  // index.html?q=...&sort=max_act&order=asc opens a view
+  if (params.get("q")) { view.query = params.get("q").trim().toLowerCase(); document.getElementById("q").value = params.get("q"); }
+  if (FF.columns.indexOf(params.get("sort")) >= 0) { view.key = params.get("sort"); document.getElementById("sort").value = view.key; }
+  if (params.get("order") === "asc") { view.desc = false; document.getElementById("order").value = "asc"; }
   document.getElementById("q").oninput = function (e) { view.query = e.target.value.trim().toLowerCase(); view.limit = 200; table(); };
   document.getElementById("sort").onchange = function (e) { view.key = e.target.value; table(); };
   document.getElementById("order").onchange = function (e) { view.desc = e.target.value === "desc"; table(); };
