@@ -106,7 +106,7 @@ class FacetsEvaluator(Evaluator):
             found = collect(dictionary, store, top_n=o.top_n, sample=o.sample, batch_rows=o.batch_rows, max_rows=o.rows or None,
                             seed=o.seed, progress=bar.update)
         latents = requested if requested is not None else choose_latents(found, o.features)
-        decode = token_decoder(source) if text else (lambda ids: [f" #{i}" for i in ids])
+        decode = token_decoder(source if text else None)
         w_u, effects_note = unembedding(source, dictionary.d_in) if text else (None, "no token ids in the store")
         effects = token_effects(dictionary.decoder_directions.detach(), w_u, latents, decode) if w_u is not None else None
         shown = RecordSettings(shown=o.shown, bands=o.bands, text=text, layout="" if o.layout == "none" else o.layout)

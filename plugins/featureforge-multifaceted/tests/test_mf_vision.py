@@ -106,16 +106,16 @@ def test_facets_vision_command_on_a_folder_of_digit_images(digits_cnn, tmp_path,
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
     folder = tmp_path / "digits"
     folder.mkdir()
-    for i in range(0, len(x), 2):
+    for i in range(0, len(x), 3):
         Image.fromarray((x[i, 0].numpy() * 255).astype(np.uint8), mode="L").save(folder / f"d{i:04d}_{int(digit[i])}.png")
     (folder / "corrupt.png").write_bytes(b"\x89PNG broken")
     out = tmp_path / "out"
     done = subprocess.run([FEATUREFORGE, "facets-vision", "--model", "featureforge_multifaceted.digits:SmallCNN", "--weights", str(weights),
                            "--images", str(folder), "--size", "16x16", "--mode", "L", "--layer", "head", "--unit", "2",
-                           "--embed-layer", "fc", "--top-n", "60", "--out", str(out)], capture_output=True, text=True, env=cli_env)
+                           "--embed-layer", "fc", "--top-n", "48", "--steps", "10", "--out", str(out)], capture_output=True, text=True, env=cli_env)
     assert done.returncode == 0, done.stderr
     summary = json.loads((out / "facets.json").read_text())
-    assert summary["skipped_unreadable"] == 1 and summary["images"] == (len(x) + 1) // 2
+    assert summary["skipped_unreadable"] == 1 and summary["images"] == len(range(0, len(x), 3))
     assert min(summary["synthetic_activations"]) > summary["best_real_activation"]
     assert (out / "facets.png").stat().st_size > 1000 and "1 unreadable skipped" in done.stdout
     digits_of = [{int(n.split("_")[1][0]) for n in names} for names in summary["facet_images"]]
