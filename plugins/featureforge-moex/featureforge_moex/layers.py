@@ -7,8 +7,9 @@ experts and a learned softmax router (the paper's Switch baseline at the same to
 ablations of the paper's Table 5 are the other two (activation, router) pairs of ``MoEMLP``.
 
 Every layer passes its hidden units through ``self.hidden`` (an ``nn.Identity``) and its output
-through ``self.out``, so forward hooks at ``blocks.i.mlp.hidden`` / ``blocks.i.mlp.out`` read them;
-an MoE layer builds the dense ``[.., M*D]`` hidden tensor only while such a hook is attached.
+through ``self.out``, so forward hooks at ``blocks.i.mlp.hidden`` / ``blocks.i.mlp.out`` read (or
+replace) them; an MoE layer builds the dense ``[n, M*D]`` hidden tensor, and decodes from it, only
+while a hook is attached to ``hidden``.
 """
 
 from __future__ import annotations
@@ -102,9 +103,12 @@ class MoEMLP(nn.Module):
         hidden = grouped.expert_hidden(flat, self.W_enc, self.b_enc, groups, self.top_k, ACTIVATIONS[self.activation])
         codes = hidden * route.weights.unsqueeze(-1)
         if self.hidden._forward_hooks:
-            # Only for readers of blocks.i.mlp.hidden: the gated wide hidden layer, w_j * act(...).
-            self.hidden(grouped.scatter_wide(codes, route.indices, self.n_experts).view(*shape[:-1], self.d_hidden))
-        y = grouped.expert_output(codes, self.W_dec, groups) + self.b_dec
+            # Someone reads (or replaces) blocks.i.mlp.hidden: build the gated wide hidden layer
+            # w_j * act(...) and decode it densely, so a hook's replacement reaches the output.
+            wide = self.hidden(grouped.scatter_wide(codes, route.indices, self.n_experts).view(*shape[:-1], self.d_hidden))
+            y = wide.reshape(-1, self.d_hidden) @ self.W_dec.reshape(self.d_hidden, self.d_model) + self.b_dec
+        else:
+            y = grouped.expert_output(codes, self.W_dec, groups) + self.b_dec
         self.aux_loss = routing.load_balance_loss(route, self.n_experts)
         return self.out(y.view(shape))
 

@@ -3,11 +3,13 @@
 Games come from ``chess_games.make_games(games, seed)`` (deterministic), so a store records
 exactly which text it holds (the provenance has model, hook, games, seed, policy) and a later
 run regenerates it. One row per character read (``positions=all``) or only at the '.' after each
-move number, where the board-state labels live (``positions=dots``).
+move number, where the board-state labels live (``positions=dots``). ``splice`` runs the model
+with the hook point replaced, for the ``downstream`` evaluator (held-out games after the store's).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 from pathlib import Path
@@ -109,6 +111,7 @@ class ChessLMSource(ActivationSource):
             "data": f"{o.games} generated chess games (policy {o.policy}, seed {o.seed})",
             "positions": o.positions,
             "seed": o.seed,
+            "config_sha256": hashlib.sha256((Path(o.model) / "config.json").read_bytes()).hexdigest(),
         }
 
     def stream(self, rank: int = 0, world_size: int = 1, skip_rows: int = 0) -> Iterator[dict[str, Any]]:
@@ -144,6 +147,17 @@ class ChessLMSource(ActivationSource):
                 batch = {k: v[skip_rows:] for k, v in batch.items()}
                 skip_rows = 0
             yield batch
+
+    @contextlib.contextmanager
+    def splice(self, dictionary: Any) -> Iterator[Any]:
+        """The model with the hook point replaced by ``dictionary``'s reconstruction (see ``splice.py``)."""
+        from .splice import SplicedChessLM
+
+        live = SplicedChessLM(self, dictionary)
+        try:
+            yield live
+        finally:
+            live.close()
 
     def decode_tokens(self, token_ids: Any) -> list[str]:
         from .chess_games import decode

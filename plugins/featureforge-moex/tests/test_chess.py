@@ -101,6 +101,31 @@ def test_chess_lm_source_caches_trains_and_evaluates_through_the_cli(tmp_path):
        "--batch-size", 256, "--threads", 1, "-t", "holdout_rows=512")
     report = json.loads(ok("evaluate", tmp_path / "run", "--store", store, "--json").stdout)
     assert report["evaluators"]["reconstruction"]["metrics"]["l0"] == pytest.approx(8, abs=0.01)
+    if "downstream" in featureforge.get_registry().names("evaluator"):  # featureforge-hf's evaluator, through splice
+        report = json.loads(ok("evaluate", tmp_path / "run", "--store", store, "--evaluator", "downstream",
+                               "-o", "downstream.max_sequences=8", "--json").stdout)
+        down = report["evaluators"]["downstream"]["metrics"]
+        assert down["kind"] == "causal-lm" and down["start_doc"] == 24 and down["tokens"] > 0
+        assert down["kl_dictionary"] >= 0 and down["ce_zero"] != down["ce_clean"]
+
+
+class _Identity(torch.nn.Module):
+    def forward(self, rows):
+        return type("Out", (), {"x_hat": rows})()
+
+
+def test_splice_replaces_the_hook_point_and_identity_changes_nothing(tmp_path):
+    torch.manual_seed(3)
+    chess_lm.save_lm(chess_lm.ChessLM(chess_lm.LMConfig(mlp="switch", n_layer=2, d_model=16, n_head=2, context=64)), tmp_path / "lm")
+    src = featureforge.make_source("chess-lm", {"model": str(tmp_path / "lm"), "games": 4, "hook": "blocks.0.mlp.hidden"})
+    with src.splice(_Identity()) as live:
+        [batch] = list(live.batches(start_doc=4, max_sequences=3))
+        assert batch.doc_ids.tolist() == [4, 5, 6]
+        sums = live.compare(batch, ("dictionary", "zero"))
+        clean = src.model(batch.input_ids)
+    assert sums["ce_dictionary"] == pytest.approx(sums["ce_clean"], rel=1e-6) and sums["kl_dictionary"] == pytest.approx(0, abs=1e-4)
+    assert sums["ce_zero"] != pytest.approx(sums["ce_clean"], rel=1e-4)
+    assert torch.allclose(src.model(batch.input_ids), clean, atol=1e-5)  # the hook is gone after the splice
 
 
 def test_chess_lm_source_refuses_an_unknown_hook_in_one_line(tmp_path):

@@ -31,13 +31,24 @@ def test_routed_forward_equals_all_experts_then_mask(cls, top_k):
     with torch.no_grad():
         layer.b_enc.normal_()
     x = torch.randn(3, 11, 24)
+    routed = layer(x)  # grouped path
     seen = {}
     layer.hidden.register_forward_hook(lambda m, a, out: seen.setdefault("hidden", out))
-    y = layer(x)
+    hooked = layer(x)  # dense wide-hidden path, taken while a hook reads blocks.i.mlp.hidden
     want_y, want_hidden = brute_force(layer, x.reshape(-1, 24))
-    assert torch.allclose(y.reshape(-1, 24), want_y, atol=1e-5)
+    assert torch.allclose(routed.reshape(-1, 24), want_y, atol=1e-5)
+    assert torch.allclose(hooked.reshape(-1, 24), want_y, atol=1e-5)
     assert torch.allclose(seen["hidden"].reshape(-1, 35), want_hidden, atol=1e-6)
     assert seen["hidden"].shape == (3, 11, 35)
+
+
+def test_a_hook_that_replaces_the_hidden_units_changes_the_output():
+    layer = layers.MoEXMLP(8, n_experts=4, expert_width=4, top_k=2)
+    x = torch.randn(2, 3, 8)
+    handle = layer.hidden.register_forward_hook(lambda m, a, out: torch.zeros_like(out))
+    assert torch.allclose(layer(x), layer.b_dec.expand(2, 3, 8))
+    handle.remove()
+    assert not torch.allclose(layer(x), layer.b_dec.expand(2, 3, 8))
 
 
 def test_only_routed_experts_get_gradients():
