@@ -52,6 +52,8 @@ def synthetic_run(tmp_path_factory, synthetic_store):
     """A small TopK dictionary (32 latents, k=4) trained on ``synthetic_store``."""
     import featureforge
 
+    pytest.importorskip("featureforge_sae", reason="the topk trainer comes from featureforge-sae (pip install -e plugins/featureforge-sae)")
+
     out = tmp_path_factory.mktemp("mf-run") / "topk32"
     featureforge.train("topk", {"k": 4, "d_dict": 32}, store=synthetic_store.url, out=str(out), epochs=1, batch_size=1024, progress=False)
     return out
@@ -61,6 +63,9 @@ def synthetic_run(tmp_path_factory, synthetic_store):
 def tiny_text(tmp_path_factory):
     """(store, run): a tiny GPT-2's block-1 output over stdlib text (token ids kept), and a TopK run on it."""
     import featureforge
+
+    pytest.importorskip("featureforge_hf", reason="text stores come from featureforge-hf (pip install -e plugins/featureforge-hf)")
+    pytest.importorskip("featureforge_sae", reason="the topk trainer comes from featureforge-sae (pip install -e plugins/featureforge-sae)")
     from featureforge_hf import stdlib_documents
     from featureforge_hf.tiny import make_gpt2
 

@@ -12,6 +12,8 @@ from featureforge_multifaceted.cli import dashboard
 
 @pytest.mark.slow
 def test_minilm_dashboard_with_pooled_sentence_embeddings(tmp_path):
+    pytest.importorskip("featureforge_hf", reason="needs the featureforge-hf plugin")
+    pytest.importorskip("featureforge_sae", reason="needs the featureforge-sae plugin")
     store = featureforge.cache("hf", {"context_size": 64, "max_docs": 150, "batch_size": 16}, store=str(tmp_path / "m.zarr"),
                                rows=8192, rows_per_chunk=2048, progress=False)
     featureforge.train("topk", {"k": 8, "d_dict": 256}, store=store.url, out=str(tmp_path / "run"), epochs=1, batch_size=512, progress=False)

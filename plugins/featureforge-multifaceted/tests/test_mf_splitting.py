@@ -10,6 +10,7 @@ from featureforge_multifaceted.splitting import facet_splitting
 
 @pytest.mark.slow
 def test_facets_of_narrow_latents_match_distinct_wide_latents(tmp_path):
+    pytest.importorskip("featureforge_sae", reason="needs the featureforge-sae plugin")
     options = {"d_in": 64, "n_features": 128, "mean_active": 2.0, "zipf_exponent": 0.0, "noise_std": 0.01, "seed": 5}
     store = featureforge.cache("synthetic", options, store=str(tmp_path / "s.zarr"), rows=65536, rows_per_chunk=8192, progress=False)
     for name, d_dict in (("narrow", 48), ("wide", 256)):
