@@ -76,23 +76,25 @@ class SplicedChessLM:
                 mask[i, : len(text)] = True
             yield GameBatch(ids, mask.long(), mask, torch.as_tensor([d for d, _ in chunk]))
 
+    def _replacement(self, rows: torch.Tensor) -> torch.Tensor:
+        """What stands in for ``rows`` under the current ``replace`` setting."""
+        how = self._replace
+        if callable(how):
+            return how(rows)
+        fixed = {
+            "dictionary": lambda: self.dictionary(rows.float()).x_hat,
+            "zero": lambda: torch.zeros_like(rows),
+            "mean": lambda: rows.float().mean(0, keepdim=True).expand_as(rows),
+        }
+        if how not in fixed:
+            raise BadInputError(f"replace={how!r} is not one of dictionary, none, zero, mean or a function")
+        return fixed[how]()
+
     def _hook(self, module: Any, args: Any, output: torch.Tensor) -> torch.Tensor | None:
-        replace, mask = self._replace, self._mask
-        if replace == "none" or mask is None:
+        if self._replace == "none" or self._mask is None:
             return None
-        rows = output[mask]
-        if replace == "dictionary":
-            new = self.dictionary(rows.float()).x_hat
-        elif replace == "zero":
-            new = torch.zeros_like(rows)
-        elif replace == "mean":
-            new = rows.float().mean(0, keepdim=True).expand_as(rows)
-        elif callable(replace):
-            new = replace(rows)
-        else:
-            raise BadInputError(f"replace={replace!r} is not one of dictionary, none, zero, mean or a function")
         out = output.clone()
-        out[mask] = new.to(out.dtype)
+        out[self._mask] = self._replacement(output[self._mask]).to(out.dtype)
         return out
 
     @torch.no_grad()
