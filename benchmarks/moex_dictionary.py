@@ -7,7 +7,8 @@ store made with ``featureforge cache --source synthetic``. For each trainer:
 * ``train_rows_per_s``: rows through ``featureforge.train`` (the whole loop: reader, step,
   bookkeeping) per wall-clock second, and ``step_rows_per_s``: one training step (loss, backward,
   Adam, decoder upkeep) on a fixed batch, median over rounds run round-robin so machine load
-  hits all trainers alike; ``encode_rows_per_s``: the encoder alone, same way.
+  hits all trainers alike; ``encode_rows_per_s``: the encoder alone (``sparse_encode``: values
+  and indices, no dense codes), same way.
 * ``flops_per_row``: analytic multiply-adds x 2 of the forward pass (see ``flops``).
 * ``fvu`` / ``l0``: the reconstruction evaluator on the store's held-out rows.
 
@@ -81,7 +82,7 @@ def time_steps(trainers: dict, x: torch.Tensor, rounds: int) -> dict:
             opt.zero_grad(set_to_none=True)
             t1 = time.perf_counter()
             with torch.no_grad():
-                d.encode_normalised(x)
+                d.sparse_encode(x)  # values + indices: no dense [n, d_dict] codes
             t2 = time.perf_counter()
             if r:  # round 0 warms up
                 step_t[name].append(t1 - t0)
