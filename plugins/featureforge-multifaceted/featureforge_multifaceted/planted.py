@@ -5,7 +5,9 @@ On a ``synthetic`` store every row is a sparse sum of known feature directions. 
 top examples come in |S| known kinds: each example is labelled by the member of S with the largest
 true coefficient, and the facets found without that label are compared with it (ARI; 1 is a
 perfect match, 0 is chance). Rows holding two members of S at once have no single kind; the ARI
-is reported over rows with exactly one member and over all rows.
+is reported over rows with exactly one member (``ari_single``) and over rows with at least one
+(``ari_all``). Top rows with no member at all (false positives of the summed direction) have no
+label and are counted apart.
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ class PlantedResult:
     ari_all: float
     examples: int
     single_examples: int
+    #: Top examples holding none of the members (the latent's false positives: other features
+    #: with enough projection on the summed direction); they have no true label and are left out.
+    no_member_examples: int = 0
 
 
 def union_dictionary(features: np.ndarray, unions: Sequence[Sequence[int]], bias: float = 0.5) -> UnionDictionary:
@@ -74,10 +79,12 @@ def planted_ari(store: Any, unions: Sequence[Sequence[int]], *, top_n: int = 300
         acts = read_rows(store, rows)["acts"]
         codes = _true_codes(source, rows)[:, list(members)]
         label = codes.argmax(1)
-        single = (codes > 0).sum(1) == 1
+        present = (codes > 0).sum(1)
+        single, some = present == 1, present >= 1
         facets = find_facets(acts, settings)
         out.append(PlantedResult(latent, list(members), facets.k, float(adjusted_rand_score(label[single], facets.labels[single])),
-                                 float(adjusted_rand_score(label, facets.labels)), len(rows), int(single.sum())))
+                                 float(adjusted_rand_score(label[some], facets.labels[some])), len(rows), int(single.sum()),
+                                 int((~some).sum())))
     return out
 
 
