@@ -44,6 +44,18 @@ def log(*parts) -> None:
     print(time.strftime("%H:%M:%S"), *parts, file=sys.stderr, flush=True)
 
 
+def games_for(name: str, n: int, seed: int, context: int, workdir: Path) -> list:
+    """Generated games, cached in the workdir (generation takes minutes on a busy machine)."""
+    from featureforge_moex import chess_games
+
+    path = workdir / f"games_{name}_{n}_{seed}_{context}.npz"
+    if path.exists():
+        return chess_games.load_games(path)
+    games = chess_games.make_games(n, seed=seed, max_chars=context)
+    chess_games.save_games(games, path)
+    return games
+
+
 def train_or_load(kind: str, s: dict, games: dict, workdir: Path, seed: int) -> tuple[object, dict]:
     from featureforge_moex import chess_lm
 
@@ -137,7 +149,7 @@ def main(argv=None) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     log("games", s["train_games"], "+", s["val_games"], "+", s["eval_games"], "+", s["sae_games"])
-    split = {name: chess_games.make_games(s[f"{name}_games"], seed=args.seed * 10 + offset, max_chars=s["context"])
+    split = {name: games_for(name, s[f"{name}_games"], args.seed * 10 + offset, s["context"], workdir)
              for offset, name in enumerate(("train", "val", "eval", "sae"))}
     tensors = {"train": pad_games(split["train"], s["context"]), "val": pad_games(split["val"], s["context"])}
     result: dict = {"benchmark": "moex_chess", "quick": args.quick, "settings": s, "workdir": str(workdir),

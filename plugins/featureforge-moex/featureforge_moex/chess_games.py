@@ -101,3 +101,24 @@ def make_games(n: int, seed: int = 0, max_chars: int = 256, policy: str = "heuri
         raise OptionError(f"policy={policy!r} is not known; use random or heuristic")
     rng = random.Random(seed)
     return [play_game(rng, max_chars, policy) for _ in range(n)]
+
+
+def save_games(games: list[Game], path) -> None:
+    """Write games to an ``.npz`` (texts, '.' positions and boards, with offsets; no pickle)."""
+    counts = np.asarray([len(g.dots) for g in games], dtype=np.int64)
+    np.savez(
+        path,
+        texts=np.asarray([g.text for g in games], dtype=str),
+        counts=counts,
+        dots=np.concatenate([g.dots for g in games]) if games else np.zeros(0, np.int64),
+        boards=np.concatenate([g.boards for g in games]) if games else np.zeros((0, 64), np.int8),
+    )
+
+
+def load_games(path) -> list[Game]:
+    """Games written by ``save_games``."""
+    with np.load(path, allow_pickle=False) as f:
+        ends = np.cumsum(f["counts"])
+        starts = ends - f["counts"]
+        dots, boards = f["dots"], f["boards"]
+        return [Game(str(t), dots[a:b], boards[a:b]) for t, a, b in zip(f["texts"], starts, ends)]

@@ -213,7 +213,7 @@ def train_lm(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))
     )
     start = time.perf_counter()
-    loss = torch.zeros(())
+    ce = torch.zeros(())
     model.train()
     for step, batch in zip(range(steps), batches_of(train_ids, batch_size, g)):
         ce = lm_loss(model, batch)
@@ -224,6 +224,6 @@ def train_lm(
         opt.step()
         sched.step()
         if log is not None and (step % 50 == 0 or step == steps - 1):
-            log(step, float(ce))
+            log(step, float(ce.detach()))
     val = validation_loss(model, val_ids)
-    return TrainResult(steps, float(ce), val, time.perf_counter() - start)
+    return TrainResult(steps, float(ce.detach()), val, time.perf_counter() - start)

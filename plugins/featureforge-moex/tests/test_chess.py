@@ -38,6 +38,15 @@ def test_games_are_legal_pgn_and_labels_match_a_replay():
         assert n_dots_checked >= len(game.dots) - 1
 
 
+def test_games_survive_a_save_and_load(tmp_path):
+    games = chess_games.make_games(3, seed=2, max_chars=120)
+    chess_games.save_games(games, tmp_path / "g.npz")
+    back = chess_games.load_games(tmp_path / "g.npz")
+    assert [g.text for g in back] == [g.text for g in games]
+    for a, b in zip(games, back):
+        assert np.array_equal(a.dots, b.dots) and np.array_equal(a.boards, b.boards)
+
+
 def test_a_unit_that_is_a_property_scores_full_coverage_of_it():
     boards = np.zeros((200, 64), dtype=np.int8)
     rng = np.random.default_rng(0)
