@@ -130,7 +130,8 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny settings for a smoke test (seconds)")
     p.add_argument("--ablations", action="store_true", help="also train router_only and relu_only (paper Table 5)")
-    p.add_argument("--kinds", default=None, help="comma list of MLP kinds (default gelu,switch,moex)")
+    p.add_argument("--kinds", default=None, help="comma list of MLP kinds (default gelu,switch,moex; none for only --untrained)")
+    p.add_argument("--untrained", action="store_true", help="also probe an untrained GELU model (chance level of the metrics)")
     p.add_argument("--steps", type=int, default=None, help="training steps per model (overrides the mode's)")
     p.add_argument("--workdir", default=None, help="models, stores and SAE runs (default: a temporary folder)")
     p.add_argument("--out", default=None, help="write the JSON here too (after every model)")
@@ -142,7 +143,7 @@ def main(argv=None) -> dict:
     s = dict(QUICK if args.quick else FULL)
     if args.steps:
         s["steps"] = args.steps
-    kinds = args.kinds.split(",") if args.kinds else ["gelu", "switch", "moex"]
+    kinds = [k for k in args.kinds.split(",") if k and k != "none"] if args.kinds else ["gelu", "switch", "moex"]
     if args.ablations:
         kinds += ["router_only", "relu_only"]
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="moex-chess-"))
@@ -169,6 +170,15 @@ def main(argv=None) -> dict:
         flush()
         if kind == "gelu":
             gelu_model = model
+    if args.untrained:
+        from featureforge_moex import chess_lm
+
+        torch.manual_seed(args.seed)
+        untrained = chess_lm.ChessLM(chess_lm.LMConfig(mlp="gelu", n_layer=s["n_layer"], d_model=s["d_model"], n_head=s["n_head"], context=s["context"]))
+        from featureforge_moex.chess_lm import validation_loss
+
+        result["models"]["untrained_gelu"] = {"val_loss": validation_loss(untrained, tensors["val"]), **probe_layers(untrained, split["eval"])}
+        flush()
     if gelu_model is not None:
         log("sae baseline")
         result["models"]["sae_topk_on_gelu"] = sae_baseline(gelu_model, s, split["sae"], split["eval"], workdir)
