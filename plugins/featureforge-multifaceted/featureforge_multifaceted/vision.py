@@ -133,18 +133,19 @@ def facet_synthesis(model: torch.nn.Module, images: torch.Tensor, unit: Unit, em
     ``images``: a tensor [n, C, H, W] or a dataset (e.g. ``TensorDataset``) of images or (image, label).
     """
     images = as_images(images)
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    idx, vals, emb = top_images(model, images, unit, embed_layer, top_n)
-    found = find_facets(emb, facets)
-    fn = unit_function(model, unit)
-    synthetic = torch.stack([synthesise(fn, images[idx[proto]].mean(0), synthesis) for proto in found.prototypes])
-    with torch.no_grad(), _capture(model, [unit.layer, embed_layer]) as seen:
-        model(synthetic)
-        acts = _unit_values(seen[unit.layer], unit).tolist()
-        e = seen[embed_layer]
-        e = (e.mean(dim=(2, 3)) if e.ndim == 4 else e.flatten(1)).float()
+    was_training = model.training
+    try:
+        idx, vals, emb = top_images(model, images, unit, embed_layer, top_n)  # puts the model in eval mode
+        found = find_facets(emb, facets)
+        fn = unit_function(model, unit)  # gradients flow to the image only (autograd.grad), never into .grad
+        synthetic = torch.stack([synthesise(fn, images[idx[proto]].mean(0), synthesis) for proto in found.prototypes])
+        with torch.no_grad(), _capture(model, [unit.layer, embed_layer]) as seen:
+            model(synthetic)
+            acts = _unit_values(seen[unit.layer], unit).tolist()
+            e = seen[embed_layer]
+            e = (e.mean(dim=(2, 3)) if e.ndim == 4 else e.flatten(1)).float()
+    finally:
+        model.train(was_training)
     k = synthetic.shape[0]
     flat = synthetic.flatten(1)
     pix = torch.cdist(flat, flat) / flat.shape[1] ** 0.5

@@ -23,7 +23,12 @@ def digits_cnn():
 
 def test_each_synthetic_facet_beats_the_best_real_image_and_facets_differ(digits_cnn, tmp_path):
     model, x, digit = digits_cnn
+    model.train()
+    grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
     result = facet_synthesis(model, x, Unit("head", 2), "fc", top_n=120)  # merged class of digits 2 and 5
+    assert model.training  # the caller's model is left as it was: mode, and no gradient accumulated
+    assert all((g is None and p.grad is None) or torch.equal(g, p.grad) for g, p in zip(grads, model.parameters()))
+    model.eval()
     s = result.summary()
     print(s)
     assert s["facets"] >= 2
