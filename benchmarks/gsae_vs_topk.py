@@ -11,7 +11,10 @@ gradient normalisations) with the same seed, data and k, and prints one JSON obj
 * downstream_err: mean over held-out rows of 1/2 sum_i a_i (f_i . (x - x_hat))^2 (plain TopK encoding):
   the readout loss's sensitivity to the reconstruction error, relative to the same for x_hat = mean(x).
 
-    python benchmarks/gsae_vs_topk.py [--rows 300000] [--k 4] [--betas 1,4,16] [--norms row,batch_rms]
+Defaults are the setting docs/methods/gsae.md reports: gated readout (``-s readout=gated``), important
+features at half the loud ones' size (``-s quiet_scale=0.5``), k=8, 600k rows in batches of 256.
+
+    python benchmarks/gsae_vs_topk.py [--rows 600000] [--k 8] [--betas 4,16] [-s readout=quadratic] [-s quiet_scale=0.25]
 
 ``--real`` runs the issue's real-model comparison instead: the tiny GPT-2 trained on standard-library
 text (``benchmarks/train_tiny_lm.py``; trained first if ``--model`` is missing), its residual
@@ -81,10 +84,14 @@ def measure(run: Path, store: Any, source: SyntheticSource, eval_rows: tuple[int
     }
 
 
-def run(rows: int = 300_000, k: int = 4, betas: tuple[float, ...] = (1.0, 4.0, 16.0), norms: tuple[str, ...] = ("row",),
+SYNTHETIC_DEFAULTS = {"readout": "gated", "quiet_scale": 0.5}
+
+
+def run(rows: int = 600_000, k: int = 8, betas: tuple[float, ...] = (4.0, 16.0), norms: tuple[str, ...] = ("row",),
         d_in: int = 64, n_features: int = 256, d_dict: int = 512, mean_active: float = 6.0, seed: int = 0,
-        batch_size: int = 1024, threads: int = 1, workdir: str | None = None, source_options: dict | None = None) -> dict:
-    src_opts = dict(d_in=d_in, n_features=n_features, mean_active=mean_active, downstream=True, seed=seed, **(source_options or {}))
+        batch_size: int = 256, threads: int = 1, workdir: str | None = None, source_options: dict | None = None) -> dict:
+    src_opts = dict(d_in=d_in, n_features=n_features, mean_active=mean_active, downstream=True, seed=seed,
+                    **{**SYNTHETIC_DEFAULTS, **(source_options or {})})
     tmp = Path(workdir or tempfile.mkdtemp(prefix="gsae_bench_"))
     store_path = tmp / "store"
     ff.cache("synthetic", src_opts, store=str(store_path), rows=rows, rows_per_chunk=8192, overwrite=True, progress=False)
@@ -234,7 +241,7 @@ def plot_real(res: dict, path: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=None, help="cached rows (default 300k synthetic, 600k real)")
-    p.add_argument("--k", type=int, default=4)
+    p.add_argument("--k", type=int, default=8, help="synthetic: active latents per row")
     p.add_argument("--betas", default=None, help="synthetic: betas to train (default 1,4,16); real: extra betas at --beta-k (default 1,16)")
     p.add_argument("--norms", default="row")
     p.add_argument("--seed", type=int, default=0)
@@ -249,7 +256,7 @@ def main() -> None:
     p.add_argument("--beta-k", type=int, default=4)
     p.add_argument("--d-dict", type=int, default=1024)
     p.add_argument("--epochs", type=float, default=2.0)
-    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--batch-size", type=int, default=None, help="rows per step (default 256 synthetic, 1024 real)")
     p.add_argument("--eval-sequences", type=int, default=256)
     p.add_argument("--lm-minutes", type=float, default=5.0, help="real: training time of the tiny LM when it is missing")
     p.add_argument("--plot", default=str(Path(__file__).resolve().parents[1] / "docs" / "methods" / "gsae_real_pareto.png"))
@@ -257,11 +264,11 @@ def main() -> None:
     if a.real:
         res = run_real(a.workdir or tempfile.mkdtemp(prefix="gsae_real_"), a.model, a.hook, a.rows or 600_000,
                        tuple(int(k) for k in a.ks.split(",")), tuple(float(b) for b in (a.betas if a.betas is not None else "1,16").split(",") if b),
-                       a.beta_k, a.d_dict, a.epochs, a.batch_size, a.eval_sequences, a.threads, a.lm_minutes, a.seed)
+                       a.beta_k, a.d_dict, a.epochs, a.batch_size or 1024, a.eval_sequences, a.threads, a.lm_minutes, a.seed)
         plot_real(res, Path(a.plot))
         res["plot"] = a.plot
     else:
-        res = run(rows=a.rows or 300_000, k=a.k, betas=tuple(float(b) for b in (a.betas or "1,4,16").split(",")),
+        res = run(rows=a.rows or 600_000, k=a.k, betas=tuple(float(b) for b in (a.betas or "4,16").split(",")), batch_size=a.batch_size or 256,
                   norms=tuple(a.norms.split(",")), seed=a.seed, threads=a.threads, workdir=a.workdir,
                   source_options={kv.split("=", 1)[0]: json.loads(kv.split("=", 1)[1]) for kv in a.source_option})
     print(json.dumps(res, indent=1))
