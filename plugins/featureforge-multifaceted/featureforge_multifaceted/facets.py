@@ -4,8 +4,10 @@ Following Nguyen, Yosinski & Clune 2016 ("Multifaceted Feature Visualization", a
 a unit often fires for several distinct kinds of input, so its top examples are embedded, reduced
 with PCA and clustered with k-means; each cluster is a facet. The paper fixes the number of
 clusters; here it is chosen per unit by the mean silhouette over k = 2..max_facets, and a unit
-whose best silhouette stays below ``min_silhouette`` keeps one facet (its examples form no clear
-groups). A facet's prototype set is the member nearest the centroid plus its 15 nearest members,
+keeps one facet unless its best silhouette exceeds both ``min_silhouette`` and, by ``null_margin``,
+the best silhouette of as many points drawn from one Gaussian with the same mean and covariance
+(k-means finds "groups" in any cloud; on 64 real MiniLM examples per latent a fixed 0.2 alone let
+46% of such group-free Gaussian clouds through). A facet's prototype set is the member nearest the centroid plus its 15 nearest members,
 the set the paper averages to start each facet's synthesis.
 """
 
@@ -32,6 +34,9 @@ class FacetSettings:
     """Nearest members added to each facet's prototype (the paper uses 15)."""
     normalise: bool = True
     """Scale each example embedding to unit length first (cluster by direction, not magnitude)."""
+    null_margin: float | None = 0.05
+    """More than one facet only if the best silhouette beats, by this margin, the best silhouette of
+    points drawn from one Gaussian with the examples' mean and covariance (None: no null check)."""
     min_examples: int = 8
     """Units with fewer examples than this keep a single facet."""
     seed: int = 0
@@ -52,6 +57,8 @@ class Facets:
     silhouettes: dict[int, float]
     #: Float [n, dims]: the examples in the reduced (normalised, PCA) space k-means worked in.
     reduced: np.ndarray | None = None
+    #: Best silhouette of the same clustering on the Gaussian null (None when not computed).
+    null_silhouette: float | None = None
 
     @property
     def k(self) -> int:
@@ -88,8 +95,6 @@ def find_facets(embedding: Any, settings: FacetSettings | None = None) -> Facets
 
 
 def _find_facets(embedding: Any, settings: FacetSettings) -> Facets:
-    from sklearn.metrics import silhouette_score
-
     x = np.asarray(embedding, dtype=np.float64)
     n = x.shape[0]
     if n == 0:
@@ -97,24 +102,42 @@ def _find_facets(embedding: Any, settings: FacetSettings) -> Facets:
     z = _reduce(x, settings)
     labels = np.zeros(n, dtype=np.int64)
     scores: dict[int, float] = {}
+    null_score = None
     if n >= settings.min_examples and settings.max_facets >= 2:
-        best = (settings.min_silhouette, None)
-        for k in range(2, min(settings.max_facets, n - 1) + 1):
-            found = _kmeans(z, k, settings.seed)
-            if len(np.unique(found)) < 2:
-                continue
-            scores[k] = float(silhouette_score(z, found))
-            if scores[k] > best[0]:
-                best = (scores[k], found)
-        if best[1] is not None:
-            labels = best[1]
+        scores, fits = _silhouettes(z, settings)
+        bar = settings.min_silhouette
+        if settings.null_margin is not None and scores:
+            null_score = max(_silhouettes(_gaussian_null(z, settings.seed), settings)[0].values(), default=-1.0)
+            bar = max(bar, null_score + settings.null_margin)
+        passing = [k for k in scores if scores[k] > bar]
+        if passing:
+            labels = fits[max(passing, key=lambda k: scores[k])]
     # Number facets by size, largest first (ties by first appearance), so facet 0 is the main one.
     sizes = np.bincount(labels)
     order = sorted(range(len(sizes)), key=lambda c: (-sizes[c], int(np.argmax(labels == c))))
     labels = np.argsort(order)[labels]
     centroids = np.stack([x[labels == c].mean(0) for c in range(len(order))])
     prototypes = [_prototype(z, np.flatnonzero(labels == c), settings.neighbours) for c in range(len(order))]
-    return Facets(labels, centroids, prototypes, scores, z)
+    return Facets(labels, centroids, prototypes, scores, z, null_score)
+
+
+def _silhouettes(z: np.ndarray, settings: FacetSettings) -> tuple[dict[int, float], dict[int, np.ndarray]]:
+    """Mean silhouette and k-means labels for each k = 2..max_facets that splits the points."""
+    from sklearn.metrics import silhouette_score
+
+    scores, fits = {}, {}
+    for k in range(2, min(settings.max_facets, z.shape[0] - 1) + 1):
+        found = _kmeans(z, k, settings.seed)
+        if len(np.unique(found)) >= 2:
+            scores[k], fits[k] = float(silhouette_score(z, found)), found
+    return scores, fits
+
+
+def _gaussian_null(z: np.ndarray, seed: int) -> np.ndarray:
+    """As many points from one Gaussian with ``z``'s mean and covariance: the same spread, no groups."""
+    rng = np.random.default_rng(seed)
+    centred = z - z.mean(0)
+    return z.mean(0) + rng.standard_normal((z.shape[0], z.shape[0])) @ centred / np.sqrt(max(z.shape[0] - 1, 1))
 
 
 def _prototype(z: np.ndarray, members: np.ndarray, neighbours: int) -> list[int]:

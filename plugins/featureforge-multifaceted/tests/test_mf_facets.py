@@ -37,6 +37,13 @@ def test_one_gaussian_blob_keeps_one_facet():
     assert find_facets(x).k == 1
 
 
+def test_elongated_gaussian_is_not_split_thanks_to_the_null_check():
+    """k-means splits any elongated cloud with a fair silhouette; the Gaussian null check refuses that."""
+    clouds = [np.random.default_rng(s).normal(size=(64, 16)) * np.r_[4.0, 2.0, np.ones(14)] + 10 for s in range(10)]
+    assert sum(find_facets(x, FacetSettings(null_margin=None)).k > 1 for x in clouds) >= 8
+    assert all(find_facets(x).k == 1 for x in clouds)
+
+
 def test_prototype_is_centre_example_plus_its_15_nearest_members():
     rng = np.random.default_rng(1)
     centres = np.eye(8)[:3] * 10
