@@ -145,7 +145,8 @@ def _record(lat: int, found: Collected, top: tuple[np.ndarray, np.ndarray], face
         "histogram": histogram(found, lat),
         "top": [_example(lat, r, v, ctx) for v, r in zip(values[: shown.shown], rows[: shown.shown])],
         "bands": band_list,
-        "facets": {"k": facets.k, "silhouettes": {str(k): round(v, 4) for k, v in facets.silhouettes.items()}, "items": items},
+        "facets": {"k": facets.k, "silhouettes": {str(k): round(v, 4) for k, v in facets.silhouettes.items()},
+                   "null_silhouette": None if facets.null_silhouette is None else round(facets.null_silhouette, 4), "items": items},
         "map": _map(facets, shown.layout),
         "effects": (effects or {}).get(int(lat)),
     }

@@ -32,6 +32,8 @@ class FacetsOptions:
     """Largest number of facets tried per latent (chosen by silhouette)."""
     min_silhouette: float = 0.2
     """A latent whose best silhouette is below this keeps one facet."""
+    null_margin: float = 0.05
+    """More than one facet only if the best silhouette beats a same-covariance Gaussian's by this much; negative: no null check."""
     pca_dims: int = 16
     """PCA components of the example embeddings before k-means."""
     neighbours: int = 15
@@ -80,7 +82,8 @@ class FacetsEvaluator(Evaluator):
 
     def settings(self) -> FacetSettings:
         o = self.options
-        return FacetSettings(max_facets=o.max_facets, min_silhouette=o.min_silhouette, pca_dims=o.pca_dims, neighbours=o.neighbours, seed=o.seed)
+        return FacetSettings(max_facets=o.max_facets, min_silhouette=o.min_silhouette, pca_dims=o.pca_dims, neighbours=o.neighbours, seed=o.seed,
+                             null_margin=o.null_margin if o.null_margin >= 0 else None)
 
     def evaluate(self, dictionary: Any, context: EvaluationContext) -> EvaluationResult:
         from .analysis import RecordSettings, choose_latents, feature_records

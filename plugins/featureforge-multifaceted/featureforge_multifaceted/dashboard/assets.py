@@ -120,7 +120,8 @@ function ffFeature(f) {
   });
   var facets = document.getElementById("facets");
   var sil = Object.keys(f.facets.silhouettes).map(function (k) { return "k=" + k + ": " + fmt(f.facets.silhouettes[k]); }).join(", ");
-  facets.appendChild(el("p", {className: "note", text: "silhouette by k: " + (sil || "too few examples to cluster")}));
+  var nul = f.facets.null_silhouette === null || f.facets.null_silhouette === undefined ? "" : "; a Gaussian with the same covariance: " + fmt(f.facets.null_silhouette);
+  facets.appendChild(el("p", {className: "note", text: "silhouette by k: " + (sil || "too few examples to cluster") + nul}));
   if (f.map) facets.appendChild(el("div", {}, [el("div", {className: "note", text: "top examples, " + f.map.method + " map, coloured by facet"}), scatter(f.map)]));
   f.facets.items.forEach(function (fc, i) {
     var box = el("div", {className: "facet", "data-facet": i}, [el("h3", {style: "color:" + COLOURS[i % COLOURS.length], text: "Facet " + (i + 1) + ": " + fc.size + " of the top examples (" + fmt(100 * fc.share) + "%), mean activation " + fmt(fc.mean_act)})]);
