@@ -2,10 +2,13 @@
 
 - ``collect``: one out-of-core pass over a store keeping each latent's top rows, a uniform sample
   of its firing rows and an activation histogram;
-- ``facets``: PCA + k-means (k chosen by silhouette) over a unit's top examples, prototypes;
+- ``facets``: PCA + k-means (k by silhouette, checked against a Gaussian null) over a unit's top
+  examples, prototypes, token counts; ``live_embed`` embeds examples with the live model instead;
 - the ``facets`` evaluator and ``featureforge dashboard``: per-latent facets and a self-contained
-  HTML site that loads one feature's data at a time;
-- ``vision``: facets of a unit of a torch image model and one synthetic image per facet.
+  HTML site that loads one feature's data at a time (``dashboard/``);
+- ``vision`` / ``synthesis`` and ``featureforge facets-vision``: facets of a unit of a torch image
+  model and one synthetic image per facet;
+- ``planted`` and ``splitting``: the planted-truth ARI and feature-splitting experiments.
 
 Importing this package is cheap; torch and scikit-learn load inside the functions that use them.
 """
