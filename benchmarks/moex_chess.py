@@ -77,15 +77,17 @@ def train_or_load(kind: str, s: dict, games: dict, workdir: Path, seed: int) -> 
 
 
 def probe_layers(model, eval_games) -> dict:
-    from featureforge_moex.board_probe import board_metrics, collect_at_dots
+    from featureforge_moex.board_probe import board_metrics, collect_at_dots, linear_probe_f1
 
     per_layer = {}
     for i in range(model.cfg.n_layer):
         acts, boards = collect_at_dots(model, eval_games, f"blocks.{i}.mlp.hidden")
         m = board_metrics(acts, boards)
+        m["linear_probe_f1_residual"] = linear_probe_f1(collect_at_dots(model, eval_games, f"blocks.{i}")[0], boards)
         m["l0"] = float((acts != 0).float().sum(1).mean()) if model.cfg.mlp != "gelu" else float((acts > 0).float().sum(1).mean())
         per_layer[str(i)] = m
-    return {"layers": per_layer, **{key: float(np.mean([m[key] for m in per_layer.values()])) for key in ("coverage", "reconstruction")}}
+    return {"layers": per_layer, **{key: float(np.mean([m[key] for m in per_layer.values()]))
+                                    for key in ("coverage", "reconstruction", "linear_probe_f1_residual")}}
 
 
 def sae_baseline(model, s: dict, sae_games, eval_games, workdir: Path) -> dict:
@@ -184,6 +186,7 @@ def main(argv=None) -> dict:
         result["models"]["sae_topk_on_gelu"] = sae_baseline(gelu_model, s, split["sae"], split["eval"], workdir)
         flush()
     result["table"] = {k: {"val_loss": v.get("val_loss"), "coverage": round(v["coverage"], 3), "reconstruction": round(v["reconstruction"], 3),
+                           "linear_probe_f1_residual": round(v["linear_probe_f1_residual"], 3) if "linear_probe_f1_residual" in v else None,
                            "paper": PAPER_TABLE1.get(k)} for k, v in result["models"].items()}
     flush()
     print(json.dumps(result, indent=2))

@@ -94,3 +94,28 @@ def collect_at_dots(model, games, hook: str, batch_size: int = 64) -> tuple[torc
             rows.append(acts[i, dots])
             boards.append(game.boards)
     return torch.cat(rows), np.concatenate(boards)
+
+
+@torch.no_grad()
+def linear_probe_f1(acts: torch.Tensor, boards: np.ndarray, train_fraction: float = 0.7, ridge: float = 1e-2) -> float:
+    """Board F1 of a ridge-regression probe from ``acts`` (e.g. the residual stream) to all properties.
+
+    Not one of Karvonen et al.'s unit metrics: it tells whether the board is decodable from the
+    layer at all, so unit metrics near an untrained model's can be read (no features vs features
+    spread over units). Rows are split in order (the first ``train_fraction`` of the positions,
+    i.e. of the games, train); prediction = score > 0.5; micro F1 over held-out (position,
+    property) pairs, properties as in ``board_metrics``.
+    """
+    x = acts.double()
+    labels = board_labels(boards).double()
+    positives = labels.sum(0)
+    labels = labels[:, (positives > 0) & (positives < len(labels))]
+    cut = int(len(x) * train_fraction)
+    mean, std = x[:cut].mean(0), x[:cut].std(0).clamp_min(1e-8)
+    x = torch.cat([(x - mean) / std, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+    gram = x[:cut].T @ x[:cut] + ridge * cut * torch.eye(x.shape[1], dtype=x.dtype)
+    weights = torch.linalg.solve(gram, x[:cut].T @ labels[:cut])
+    predicted = (x[cut:] @ weights) > 0.5
+    truth = labels[cut:] > 0
+    hit = float((predicted & truth).sum())
+    return 2 * hit / max(float(predicted.sum() + truth.sum()), 1.0)
