@@ -143,3 +143,11 @@ def test_chess_lm_source_refuses_an_unknown_hook_in_one_line(tmp_path):
     with pytest.raises(featureforge.OptionError, match="hook 'blocks.7.mlp' is not a module") as info:
         src.d_in
     assert "\n" not in str(info.value) and "blocks.0.mlp.hidden" in str(info.value)
+
+
+def test_linear_probe_reads_a_linearly_encoded_board_and_not_noise():
+    rng = np.random.default_rng(1)
+    boards = rng.integers(0, 3, size=(400, 64)).astype(np.int8)
+    encoded = board_probe.board_labels(boards) @ torch.randn(64 * 13, 200, generator=torch.Generator().manual_seed(0))
+    assert board_probe.linear_probe_f1(encoded, boards) > 0.95
+    assert board_probe.linear_probe_f1(torch.randn(400, 200), boards) < 0.6
