@@ -1,0 +1,276 @@
+"""Conformance tests for plugin authors: subclass a suite, name your plugin, get the tests.
+
+::
+
+    from featureforge.testing import SourceTests, TrainerTests
+
+    class TestMySource(SourceTests):
+        source = "my-source"
+        options = {"d_in": 16}
+        distribution = "my-plugin"        # optional: `featureforge plugins --json` must say it
+
+    class TestMyTrainer(TrainerTests):
+        trainer = "my-trainer"
+        options = {"k": 4, "d_dict": 64}
+
+Each suite runs the plugin through the public API exactly as a user would (real Zarr stores on
+disk under pytest's ``tmp_path``, real training, saving, loading and export). Options that need
+other fixtures (a model path, say) come from overriding the ``plugin_options`` fixture. The module
+is also a pytest plugin (entry point ``featureforge`` in group ``pytest11``): ``ff_synthetic_store``
+is available to every test suite where featureforge is installed. Nothing heavy is imported until
+a test runs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+#: Small synthetic store the trainer and evaluator suites train and evaluate on.
+SYNTHETIC_OPTIONS: dict[str, Any] = {"d_in": 16, "n_features": 48, "mean_active": 3.0, "seed": 0}
+
+
+def _listed(kind: str, name: str, distribution: str | None) -> None:
+    from featureforge.plugins import get_registry
+
+    rows = [r for r in get_registry().describe()["plugins"] if r["kind"] == kind and r["name"] == name]
+    assert rows, f"{kind} {name!r} is not listed by `featureforge plugins --json`; check the entry point and its hook"
+    if distribution:
+        assert rows[0]["distribution"] == distribution, f"{kind} {name!r} is registered by {rows[0]['distribution']}, not {distribution}"
+    json.dumps(rows[0])
+
+
+def _make_store(path: Path, options: dict[str, Any], rows: int) -> Any:
+    import featureforge
+
+    return featureforge.cache("synthetic", options, store=str(path), rows=rows, rows_per_chunk=max(rows // 8, 256), progress=False)
+
+
+@pytest.fixture(scope="session")
+def ff_synthetic_store(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A 16k-row synthetic store (d_in 16) with ground truth, shared by a whole test session."""
+    return _make_store(tmp_path_factory.mktemp("ff-synthetic") / "store.zarr", SYNTHETIC_OPTIONS, 16384)
+
+
+class _Suite:
+    distribution: ClassVar[str | None] = None
+    options: ClassVar[dict[str, Any]] = {}
+
+    @pytest.fixture
+    def plugin_options(self) -> dict[str, Any]:
+        """The options every test of the suite uses; override to build them from other fixtures."""
+        return dict(self.options)
+
+
+class SourceTests(_Suite):
+    """An activation source: listed, rows of the declared shape and columns, deterministic
+    row ranges (random-access sources), JSON provenance, a cache round trip, unknown options refused."""
+
+    source: ClassVar[str] = ""
+    #: Rows read by each test (keep small: the source may run a model).
+    rows: ClassVar[int] = 64
+
+    def _make(self, options: dict[str, Any]) -> Any:
+        import featureforge
+
+        return featureforge.make_source(self.source, options)
+
+    def test_listed_by_plugins(self) -> None:
+        _listed("source", self.source, self.distribution)
+
+    def test_rows_have_the_declared_width_and_columns(self, plugin_options: dict[str, Any]) -> None:
+        import numpy as np
+
+        src = self._make(plugin_options)
+        batch = next(iter(src.stream())) if not src.random_access else src.rows(0, self.rows)
+        acts = np.asarray(batch["acts"])
+        assert acts.ndim == 2 and acts.shape[1] == src.d_in, f"acts {acts.shape} do not have d_in={src.d_in} columns"
+        assert np.isfinite(acts).all(), "acts hold NaN or inf"
+        for column in src.columns:
+            assert column in batch and len(batch[column]) == len(acts), f"declared column {column!r} missing or of another length"
+
+    def test_row_ranges_are_deterministic(self, plugin_options: dict[str, Any]) -> None:
+        import numpy as np
+
+        src = self._make(plugin_options)
+        if not src.random_access:
+            pytest.skip(f"source {self.source!r} is a stream (no random access)")
+        n = self.rows
+        whole = src.rows(0, n)
+        parts = [self._make(plugin_options).rows(0, n // 3), self._make(plugin_options).rows(n // 3, n)]
+        for key, value in whole.items():
+            np.testing.assert_array_equal(np.asarray(value), np.concatenate([np.asarray(p[key]) for p in parts]))
+
+    def test_provenance_is_json(self, plugin_options: dict[str, Any]) -> None:
+        json.dumps(self._make(plugin_options).provenance())
+
+    def test_cache_round_trip(self, plugin_options: dict[str, Any], tmp_path: Path) -> None:
+        import numpy as np
+
+        import featureforge
+
+        n = self.rows
+        store = featureforge.cache(self.source, plugin_options, store=str(tmp_path / "store.zarr"), rows=n,
+                                   rows_per_chunk=max(n // 2, 1), progress=False)
+        assert store.rows == n and store.d_in == self._make(plugin_options).d_in
+        src = self._make(plugin_options)
+        if src.random_access:
+            np.testing.assert_allclose(store.read(0, n), np.asarray(src.rows(0, n)["acts"]), rtol=1e-6, atol=1e-6)
+
+    def test_unknown_option_is_refused(self, plugin_options: dict[str, Any]) -> None:
+        from featureforge import OptionError
+
+        with pytest.raises(OptionError, match="no_such_option"):
+            self._make({**plugin_options, "no_such_option": 1})
+
+
+class TrainerTests(_Suite):
+    """A dictionary trainer: listed, trains through the generic loop to FVU < 1, deterministic
+    for a seed, saves and loads, evaluates, and exports/imports every format it declares."""
+
+    trainer: ClassVar[str] = ""
+    #: Training rows (steps = rows / batch_size).
+    train_rows: ClassVar[int] = 8192
+    batch_size: ClassVar[int] = 512
+    #: Extra synthetic-source options for the training store (``downstream=True`` for gradient trainers).
+    store_options: ClassVar[dict[str, Any]] = {}
+    #: Extra keyword arguments of ``featureforge.train`` (``lr``, ``warmup_steps``, ...).
+    train_kwargs: ClassVar[dict[str, Any]] = {}
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def training_store(cls, tmp_path_factory: pytest.TempPathFactory) -> Any:
+        import featureforge
+
+        columns = featureforge.get_registry().get("trainer", cls.trainer).columns
+        extra = {"downstream": True, "important_features": 8} if "grads" in columns else {}
+        return _make_store(tmp_path_factory.mktemp("ff-trainer") / "store.zarr", {**SYNTHETIC_OPTIONS, **extra, **cls.store_options}, 16384)
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def trained(cls, training_store: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+        return cls._train(training_store, tmp_path_factory.mktemp("ff-run") / "run", dict(cls.options))
+
+    @classmethod
+    def _train(cls, store: Any, out: Path, options: dict[str, Any]) -> Path:
+        import featureforge
+
+        [run] = featureforge.train(cls.trainer, options, store=store, out=str(out), rows=cls.train_rows,
+                                   batch_size=cls.batch_size, threads=1, progress=False, **cls.train_kwargs)
+        return Path(run)
+
+    def test_listed_by_plugins(self) -> None:
+        _listed("trainer", self.trainer, self.distribution)
+
+    def test_training_lowers_fvu_and_the_run_loads(self, trained: Path, training_store: Any) -> None:
+        import torch
+
+        import featureforge
+
+        lines = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
+        assert lines and all(math.isfinite(line["fvu"]) for line in lines)
+        assert lines[-1]["fvu"] < 1.0, f"FVU {lines[-1]['fvu']} after {self.train_rows} rows: no better than the mean"
+        d = featureforge.load(trained)
+        x = torch.from_numpy(training_store.read(0, 32))
+        x_hat, codes = d(x)
+        assert x_hat.shape == x.shape and codes.shape == (32, d.d_dict)
+
+    def test_same_seed_gives_the_same_weights(self, training_store: Any, trained: Path, tmp_path: Path) -> None:
+        import torch
+
+        import featureforge
+
+        again = self._train(training_store, tmp_path / "again", dict(self.options))
+        a, b = featureforge.load(trained).state_dict(), featureforge.load(again).state_dict()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=f"{key} differs between two runs with one seed")
+
+    def test_reconstruction_evaluation(self, trained: Path, training_store: Any) -> None:
+        import featureforge
+
+        report = featureforge.evaluate(trained, training_store, ["reconstruction"])
+        metrics = report["evaluators"]["reconstruction"]["metrics"]
+        assert 0 <= metrics["fvu"] < 1 and metrics["l0"] > 0
+
+    def test_declared_formats_export_and_import(self, trained: Path, tmp_path: Path) -> None:
+        import torch
+
+        import featureforge
+
+        cls = featureforge.get_registry().get("trainer", self.trainer)
+        for fmt in cls.formats:
+            out = tmp_path / fmt
+            featureforge.export(trained, fmt, out)
+            assert any(out.iterdir()), f"export to {fmt} wrote nothing"
+            back = featureforge.import_run(out, fmt, tmp_path / f"{fmt}-run")
+            x = torch.randn(8, featureforge.load(trained).d_in)
+            torch.testing.assert_close(featureforge.load(back)(x).x_hat, featureforge.load(trained)(x).x_hat, rtol=1e-4, atol=1e-5)
+
+
+class EvaluatorTests(_Suite):
+    """An evaluator: listed, JSON metrics and existing artifacts for a real dictionary on a real
+    store, unknown options refused."""
+
+    evaluator: ClassVar[str] = ""
+
+    @pytest.fixture
+    def evaluation_store(self, ff_synthetic_store: Any) -> Any:
+        """The store evaluated on; override for evaluators that need another (a model's, say)."""
+        return ff_synthetic_store
+
+    @pytest.fixture
+    def dictionary(self, evaluation_store: Any) -> Any:
+        """A dictionary to evaluate: by default PCA-like directions of the store, ReLU codes."""
+        import torch
+
+        from featureforge.dictionary import Dictionary
+
+        x = torch.from_numpy(evaluation_store.read(0, 2048)).float()
+        _, _, v = torch.linalg.svd(x - x.mean(0), full_matrices=False)
+
+        class _Signed(Dictionary):
+            def __init__(self) -> None:
+                super().__init__(x.shape[1], 2 * v.shape[0])
+                self.directions = torch.cat([v, -v])
+                self.mean = x.mean(0)
+
+            def encode_normalised(self, rows: Any) -> Any:
+                return torch.relu((rows - self.mean) @ self.directions.T)
+
+            def decode_normalised(self, codes: Any) -> Any:
+                return codes @ self.directions + self.mean
+
+            @property
+            def decoder_directions(self) -> Any:
+                return self.directions
+
+        return _Signed()
+
+    def _make(self, options: dict[str, Any]) -> Any:
+        import featureforge
+
+        return featureforge.get_registry().get("evaluator", self.evaluator)(options)
+
+    def test_listed_by_plugins(self) -> None:
+        _listed("evaluator", self.evaluator, self.distribution)
+
+    def test_metrics_are_json_and_artifacts_exist(self, plugin_options: dict[str, Any], evaluation_store: Any, dictionary: Any,
+                                                  tmp_path: Path) -> None:
+        from featureforge import EvaluationContext
+
+        context = EvaluationContext(store=evaluation_store, out_dir=tmp_path, extra={"progress": False})
+        result = self._make(plugin_options).evaluate(dictionary, context)
+        assert result.metrics, "no metrics"
+        json.dumps(result.metrics, allow_nan=True)
+        for name, path in result.artifacts.items():
+            assert Path(path).exists(), f"artifact {name} ({path}) was not written"
+
+    def test_unknown_option_is_refused(self, plugin_options: dict[str, Any]) -> None:
+        from featureforge import OptionError
+
+        with pytest.raises(OptionError, match="no_such_option"):
+            self._make({**plugin_options, "no_such_option": 1})
