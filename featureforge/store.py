@@ -386,7 +386,7 @@ def prepare_store(
 ) -> ActivationStore:
     """Create the store (rank 0) or check that an existing one matches ``spec`` and continue it."""
     if rank == 0:
-        if location.exists() and overwrite:
+        if location.exists() and (overwrite or _unfinished_creation(location, spec)):
             location.remove_all()
         if not location.exists():
             return create_store(location, spec, ground_truth())
@@ -400,6 +400,25 @@ def prepare_store(
             "pass --overwrite to replace it, or choose another --store"
         )
     return store
+
+
+def _unfinished_creation(location: Location, spec: StoreSpec) -> bool:
+    """What a killed ``create_store(spec)`` leaves: a group without root attributes (they are
+    written last) holding only members that creation makes. Nothing in it was ever committed,
+    so starting again loses no data; anything else is left for the user to decide."""
+    import zarr
+
+    try:
+        group = zarr.open_group(location.zarr_store(read_only=True), mode="r")
+        if dict(group.attrs):
+            return False
+        names = {name for name, _ in group.members()}
+        if not names <= set(spec.columns) | {"chunk_stats", "ground_truth", "writers"}:
+            return False
+        markers = [dict(w.attrs) for _, w in group["writers"].groups()] if "writers" in names else []
+    except Exception:  # not a zarr group at all: not ours to remove
+        return False
+    return all(not m.get("chunks") for m in markers)  # committed chunks: damage, not an unfinished creation
 
 
 def _open_for_spec(location: Location) -> ActivationStore:

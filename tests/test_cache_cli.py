@@ -319,3 +319,29 @@ def test_cache_into_an_occupied_non_store_folder_is_refused(tmp_path):
     assert_one_line_error(result, "exists and is not an activation store", "choose an empty or new --store")
     assert (folder / "notes.txt").read_text() == "keep me"
     assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+
+
+def test_rerun_after_a_kill_during_store_creation_starts_the_store_again(small_store, tmp_path):
+    """A store whose root attributes were never written (killed inside create_store) held no data:
+    the rerun recreates it instead of asking for --overwrite; a foreign zarr group is still refused."""
+    import zarr
+
+    damaged = copy_store(small_store, tmp_path / "damaged.zarr")
+    zarr.open_group(str(damaged), mode="r+").attrs.clear()  # committed chunks but no root attributes: damage
+    before = tree_state(damaged)
+    assert_one_line_error(run_cli("cache", *SMALL, "--store", damaged, ok=False), "--overwrite")
+    assert tree_state(damaged) == before
+    path = copy_store(small_store, tmp_path / "s.zarr")
+    group = zarr.open_group(str(path), mode="r+")
+    group.attrs.clear()  # what a kill before the root attributes leaves: nothing committed yet
+    for _, writer in group["writers"].groups():
+        writer.attrs.put({"chunks": 0, "last_chunk_rows": None, "done": False})
+    run_cli("cache", *SMALL, "--store", path)
+    opened = ff.open_store(path)
+    assert opened.complete
+    np.testing.assert_array_equal(opened.read(0, 3000), ff.open_store(small_store).read(0, 3000))
+    foreign = tmp_path / "foreign.zarr"
+    zarr.open_group(str(foreign), mode="w").create_array("embeddings", shape=(4,), dtype="float32")
+    before = tree_state(foreign)
+    assert_one_line_error(run_cli("cache", *SMALL, "--store", foreign, ok=False), str(foreign))
+    assert tree_state(foreign) == before
