@@ -151,11 +151,11 @@ def collect(dictionary: Any, store: Any, *, top_n: int = 64, sample: int = 64, b
                 if stop <= start:
                     break
             x = torch.from_numpy(store.read(start, stop)).to(device)
-            codes = dictionary.encode(x).float().cpu()
+            codes = dictionary.encode(x).float()
             b = stop - start
-            # Only firing pairs matter: counts, sums, histogram, top rows, sample.
+            # Only firing pairs matter (and only they leave the device): counts, sums, histogram, top rows, sample.
             r_idx, l_idx = torch.nonzero(codes > 0, as_tuple=True)
-            v = codes[r_idx, l_idx]
+            v, r_idx, l_idx = codes[r_idx, l_idx].cpu(), r_idx.cpu(), l_idx.cpu()
             top.add(l_idx, -v, v, r_idx + start)
             counts += torch.bincount(l_idx, minlength=m)
             sums.index_add_(0, l_idx, v.double())
