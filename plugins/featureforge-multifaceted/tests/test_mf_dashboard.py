@@ -80,6 +80,13 @@ def test_index_and_feature_pages_render_with_the_report_numbers(synthetic_site, 
     print(f"screenshot: {shot}")
 
 
+def test_rerun_into_the_same_folder_drops_old_feature_files(synthetic_run, synthetic_store, tmp_path):
+    out = tmp_path / "site"
+    dashboard(str(synthetic_run), synthetic_store.url, str(out), ("latents=1,2,3",))
+    dashboard(str(synthetic_run), synthetic_store.url, str(out), ("latents=4",))
+    assert sorted(p.name for p in (out / "data").iterdir()) == ["feature_4.js", "index.js"]
+
+
 @needs_chromium
 def test_missing_feature_says_so_without_script_errors(synthetic_site):
     dom, console = dump_dom(synthetic_site / "feature.html", "?id=100000")

@@ -22,7 +22,11 @@ class SiteWriter:
 
     def __init__(self, out_dir: Path):
         self.out_dir = Path(out_dir)
-        (self.out_dir / DATA_DIR).mkdir(parents=True, exist_ok=True)
+        data = self.out_dir / DATA_DIR
+        data.mkdir(parents=True, exist_ok=True)
+        # A rerun into the same folder must not leave pages of features this run did not analyse.
+        for old in [*data.glob("feature_*.js"), data / "index.js"]:
+            old.unlink(missing_ok=True)
         self.tokens: dict[int, str] = {}
 
     def feature(self, record: Mapping[str, Any]) -> Path:
