@@ -12,7 +12,6 @@ memory the kept state takes (fixed by the dictionary, whatever the store's size)
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -22,6 +21,7 @@ import torch
 
 import featureforge as ff
 from featureforge_multifaceted.collect import HIST_BINS, collect
+from multifaceted_common import emit
 
 
 def main() -> None:
@@ -62,10 +62,7 @@ def main() -> None:
         "encode_only_rows_per_second": round(found.rows / encode_s), "kept_state_mib": round(kept / 2**20, 1),
         "histogram_bins": HIST_BINS, "cache_seconds": round(cache_s, 1),
     }
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
+    emit(out, args.json)
 
 
 if __name__ == "__main__":

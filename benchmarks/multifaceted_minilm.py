@@ -26,6 +26,7 @@ import torch  # noqa: E402
 
 import featureforge as ff  # noqa: E402
 from featureforge_multifaceted.cli import dashboard  # noqa: E402
+from multifaceted_common import emit  # noqa: E402
 
 
 def _records(site: Path) -> dict[int, dict]:
@@ -83,10 +84,7 @@ def main() -> None:
         "output_effects_note": ma["output_effects_note"],
         "examples": examples,
     }
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
+    emit(out, args.json)
 
 
 if __name__ == "__main__":

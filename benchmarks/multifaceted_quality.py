@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch
 import featureforge as ff
 from featureforge_multifaceted.planted import planted_ari
 from featureforge_multifaceted.splitting import facet_splitting
+from multifaceted_common import emit
 
 UNIONS = [[0, 1], [2, 3, 4], [5, 6], [7, 8, 9], [10, 11], [12, 13, 14], [15, 16], [17], [18]]
 
@@ -102,10 +102,7 @@ def main() -> None:
         t0 = time.perf_counter()
         out = {"planted": planted(workdir), "splitting": splitting(workdir), "vision": vision()}
         out["seconds"] = round(time.perf_counter() - t0, 1)
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
+    emit(out, args.json)
 
 
 if __name__ == "__main__":
