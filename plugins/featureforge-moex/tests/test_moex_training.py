@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 import featureforge
 from featureforge.cli import cli
-from featureforge_moex.dictionaries import MoEXDictionary
+from featureforge_moex.dictionaries import MoEXDictionary, SwitchDictionary
 from featureforge_moex.trainers import MoEXTrainer, SwitchTrainer
 
 
@@ -105,3 +105,33 @@ def test_trainer_step_gives_gradients_to_router_and_routed_experts_only():
     assert d.W_router.grad.abs().sum() > 0
     for j in range(8):
         assert (float(d.W_enc.grad[j].abs().sum()) > 0) == (j in used)
+
+
+@pytest.mark.parametrize("cls, extra", [(MoEXDictionary, {"top_k": 2}), (SwitchDictionary, {})])
+def test_routed_codes_equal_all_experts_then_mask_then_topk(cls, extra):
+    d = cls(12, n_experts=4, expert_width=6, k=5, **extra)
+    with torch.no_grad():
+        d.b_enc.normal_()
+        d.b_dec.normal_()
+    x = torch.randn(40, 12)
+    route = d.route(x - d.b_dec)
+    hidden = torch.relu(torch.einsum("nd,mhd->nmh", x - d.b_dec, d.W_enc) + d.b_enc)  # every expert
+    gates = torch.zeros(40, 4).scatter(1, route.indices, route.weights)
+    wide = (hidden * gates.unsqueeze(-1)).reshape(40, 24)
+    values, idx = wide.topk(5, dim=1)
+    want = torch.zeros(40, 24).scatter(1, idx, values)
+    assert torch.allclose(d.encode_normalised(x), want, atol=1e-6)
+    assert torch.allclose(d.decode_normalised(want), want @ d.W_dec + d.b_dec)
+
+
+def test_switch_router_is_a_softmax_on_x_minus_b_router_and_gates_with_the_top_probability():
+    d = SwitchDictionary(8, n_experts=4, expert_width=4, k=2)
+    with torch.no_grad():
+        d.b_router.normal_()
+        d.b_dec.normal_()
+    x = torch.randn(10, 8)
+    route = d.route(x - d.b_dec)
+    probs = torch.softmax((x - d.b_router) @ d.W_router.T, -1)
+    assert torch.allclose(route.probs, probs, atol=1e-6)
+    assert torch.equal(route.indices[:, 0], probs.argmax(1))
+    assert torch.allclose(route.weights[:, 0], probs.max(1).values)
