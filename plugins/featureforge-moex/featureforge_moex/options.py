@@ -12,9 +12,16 @@ from typing import Literal
 
 from featureforge import OptionError
 
-from .routing import check_top_k
 
 DEFAULT_EXPANSION = 8
+
+
+def check_top_k(top_k: int, n_experts: int) -> None:
+    """Refuse a top-k the experts cannot satisfy, in one line."""
+    if n_experts < 1:
+        raise OptionError(f"n_experts={n_experts} must be at least 1; use e.g. -o n_experts=8")
+    if not 1 <= top_k <= n_experts:
+        raise OptionError(f"top_k={top_k} must be between 1 and n_experts={n_experts}; lower top_k or add experts")
 
 
 def expert_width_for(d_dict: int | None, expansion_factor: int | None, n_experts: int, d_in: int | None) -> int | None:

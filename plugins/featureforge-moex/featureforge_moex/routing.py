@@ -19,7 +19,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from featureforge import OptionError
+from .options import check_top_k  # noqa: F401  (torch-free, so listing plugins stays cheap)
 
 #: Floor of sigma_h^2, so an all-zero input (sigma_h = 0) gives score -erf(0) = 0, not NaN.
 VARIANCE_FLOOR = 1e-12
@@ -31,14 +31,6 @@ class Route(NamedTuple):
     indices: Tensor
     weights: Tensor
     probs: Tensor
-
-
-def check_top_k(top_k: int, n_experts: int) -> None:
-    """Refuse a top-k the experts cannot satisfy, in one line."""
-    if n_experts < 1:
-        raise OptionError(f"n_experts={n_experts} must be at least 1; use e.g. -o n_experts=8")
-    if not 1 <= top_k <= n_experts:
-        raise OptionError(f"top_k={top_k} must be between 1 and n_experts={n_experts}; lower top_k or add experts")
 
 
 def expert_statistics(W_enc: Tensor, b_enc: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -77,3 +77,9 @@ def test_cli_refuses_bad_trainer_options_in_one_line(moex_synthetic_store, tmp_p
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert result.exit_code != 0 and len(lines) == 1, result.output
     assert lines[0].startswith("Error: ") and "top_k=12 must be between 1 and n_experts=8" in lines[0]
+
+
+def test_loading_the_plugin_does_not_import_torch():
+    code = ("import sys, featureforge_moex.plugin, featureforge_moex.trainers, featureforge_moex.source; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, env=cli_env())
