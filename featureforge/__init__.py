@@ -18,7 +18,17 @@ from .hookspecs import hookimpl
 from .options import describe_options, parse_options
 from .plugins import get_registry
 from .progress import progress_bar
-from .roles import ActivationSource, Batch, DictionaryTrainer, EvaluationContext, EvaluationResult, Evaluator, Plugin
+from .roles import (
+    ActivationSource,
+    Batch,
+    DictionaryTrainer,
+    EvaluationContext,
+    EvaluationResult,
+    Evaluator,
+    Plugin,
+    StepOutput,
+    TrainState,
+)
 from .store import ActivationStore
 
 __version__ = "0.1.0"
@@ -38,7 +48,9 @@ __all__ = [
     "Plugin",
     "PluginError",
     "StoreError",
+    "StepOutput",
     "StoreMismatchError",
+    "TrainState",
     "cache",
     "evaluate",
     "export",
