@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from featureforge import DictionaryTrainer
-from featureforge.roles import StepOutput, TrainState
+from featureforge import StepOutput, TrainState
 
 from .options import MoEXOptions, SwitchOptions
 

@@ -3,7 +3,7 @@
 Olmo et al. "modify the k-sparse autoencoder architecture by augmenting the TopK activation
 function to rely on the gradients of the input activation when selecting the k elements". Here,
 for a row ``x`` (training units) with cached gradient ``g = dL/dx`` (``batch["grads"]``, already in
-training units: see ``featureforge.roles.DictionaryTrainer.columns``):
+training units: see ``featureforge.DictionaryTrainer.columns``):
 
 * ``z = ReLU(W_enc (x - b_dec) + b_enc)`` (as in ``topk``),
 * ``s = z * (1 + beta * |W_dec g_hat|)`` with ``g_hat`` the normalised gradient (``grad_norm``),
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from featureforge import BadInputError, OptionError
-from featureforge.roles import StepOutput, TrainState
+from featureforge import StepOutput, TrainState
 
 from .options import TopKOptions
 from .trainers import TopKTrainer

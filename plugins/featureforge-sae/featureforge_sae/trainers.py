@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from featureforge import DictionaryTrainer
-from featureforge.roles import StepOutput, TrainState
+from featureforge import StepOutput, TrainState
 
 from .options import BatchTopKOptions, ReLUOptions, TopKOptions
 
