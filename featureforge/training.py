@@ -62,6 +62,8 @@ class TrainConfig:
     """Final fraction of steps over which the learning rate decays linearly to 0 (0: constant)."""
     adam_betas: tuple[float, ...] = (0.9, 0.999)
     """Adam's beta1, beta2."""
+    grad_clip: float | None = None
+    """Clip the global gradient norm to this before each Adam step (SAELens clips at 1.0); none: no clipping."""
     seed: int = 0
     """Seeds initialisation and the data order."""
     dtype: Literal["float32", "bfloat16"] = "float32"
@@ -262,6 +264,8 @@ def train(
         raise OptionError(f"--batch-size must be positive, got {cfg.batch_size}")
     if cfg.eval_every < 0:
         raise OptionError(f"eval_every must be 0 (no evaluation during training) or a number of steps, got {cfg.eval_every}")
+    if cfg.grad_clip is not None and not cfg.grad_clip > 0:
+        raise OptionError(f"grad_clip must be a positive gradient norm (e.g. -t grad_clip=1.0) or none, got {cfg.grad_clip}")
     trainer_cls = get_registry().get("trainer", trainer)
     variants = expand_sweep(trainer_cls.Options, options)
     trainers = [(label, trainer_cls(opts)) for label, opts in variants]
@@ -613,6 +617,9 @@ class _Run:
             outs.append(out)
         if self.world > 1:
             self._all_reduce_grads(m)
+        if self.cfg.grad_clip:
+            norm = torch.nn.utils.clip_grad_norm_([p for p in m.dictionary.parameters() if p.grad is not None], self.cfg.grad_clip)
+            m.window["grad_norm"] = m.window.get("grad_norm", 0.0) + float(norm)  # before clipping, logged as a mean
         m.trainer.before_step(m.dictionary, m.state)
         m.optimizer.step()
         m.trainer.after_step(m.dictionary, m.state)

@@ -197,6 +197,18 @@ def test_single_process_replays_two_data_shards(tiny_trainer, store, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_gradient_clipping_logs_the_norm_and_changes_the_steps(tiny_trainer, store, tmp_path):
+    [plain] = _train(tiny_trainer, store, tmp_path / "plain", epochs=1)
+    [clipped] = _train(tiny_trainer, store, tmp_path / "clipped", epochs=1, grad_clip=1e-3)
+    lines = [json.loads(line) for line in (clipped / "metrics.jsonl").read_text().splitlines()]
+    assert all(line["grad_norm"] > 1e-3 for line in lines), "the logged norm is the one before clipping"
+    assert "grad_norm" not in json.loads((plain / "metrics.jsonl").read_text().splitlines()[-1])
+    a, b = _weights(plain), _weights(clipped)
+    assert any(not torch.equal(a[k], b[k]) for k in a) and lines[-1]["fvu"] < 1.0
+    with pytest.raises(ff.OptionError, match="grad_clip"):
+        _train(tiny_trainer, store, tmp_path / "bad", grad_clip=0.0)
+
+
 def test_bfloat16_autocast_trains(tiny_trainer, store, tmp_path):
     [run] = _train(tiny_trainer, store, tmp_path / "bf16", dtype="bfloat16", epochs=1)
     weights = _weights(run)
