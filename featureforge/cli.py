@@ -225,11 +225,12 @@ def export_command(run: str, fmt: str, out: str) -> None:
 @click.argument("src")
 @click.option("--format", "fmt", type=click.Choice(["saelens", "sparsify"]), required=True)
 @click.option("--out", required=True, help="Run folder to create.")
-def import_command(src: str, fmt: str, out: str) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace an existing run folder.")
+def import_command(src: str, fmt: str, out: str, overwrite: bool) -> None:
     """Turn a SAELens or sparsify dictionary folder into a featureforge run."""
     from . import api
 
-    api.import_run(src, fmt, out)
+    api.import_run(src, fmt, out, overwrite=overwrite)
     click.echo(f"Imported {src} ({fmt}) into {out}")
 
 
