@@ -172,24 +172,10 @@ def run_demo(out: str | os.PathLike = "stores/demo", *, quick: bool = False, pro
     done("report", t)
     times["total"] = time.perf_counter() - started
     cpu["total"] = sum(cpu.values())
-    report = _plain(report)
     write_json(out_dir / "report.json", report)
     echo("      stage times (wall / process CPU): " + ", ".join(f"{k} {v:.1f}s/{cpu.get(k, 0):.1f}s" for k, v in times.items()))
     echo(f"Wrote the demo report to {index} (report.json and plots/ beside it; store {store_path}, run {run})")
     return report
-
-
-def _plain(value: Any) -> Any:
-    """Strict-JSON values: NaN and infinities become null, paths strings, tuples lists."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Path):
-        return str(value)
-    return value
 
 
 @click.command(name="demo")
