@@ -9,7 +9,9 @@ from .errors import OptionError
 from .plugins import get_registry
 from .roles import ActivationSource
 from .storage import Location
-from .store import STORAGE_DTYPES, ActivationStore, StoreSpec, default_rows_per_chunk, open_store, prepare_store
+from .creation import StoreSpec, prepare_store, writer_lock
+from .store import ActivationStore, open_store
+from .storeformat import STORAGE_DTYPES, default_rows_per_chunk
 from .writer import StoreWriter
 
 __all__ = ["cache", "evaluate", "export", "import_run", "load", "make_source", "open_store", "train"]
@@ -50,13 +52,15 @@ def cache(
     rank: int | None = None,
     world_size: int | None = None,
     overwrite: bool = False,
+    repair: bool = False,
     progress: bool = True,
     storage_options: dict[str, Any] | None = None,
 ) -> ActivationStore:
     """Write a source's activations into a store, continuing a partly written one.
 
     Several writers (``rank``/``world_size``, or torchrun's environment) fill disjoint chunks of
-    one store; run each with the same arguments. Returns the opened store.
+    one store; run each with the same arguments. ``repair`` checks every committed chunk of this
+    writer (size and checksum) and rewrites the damaged ones. Returns the opened store.
     """
     from .progress import progress_bar
 
@@ -74,9 +78,9 @@ def cache(
     if total is None:
         raise OptionError(f"source {src.name!r} is unbounded; say how many rows to cache with --rows N")
     d_in = int(src.d_in)
-    rpc = int(rows_per_chunk or default_rows_per_chunk(d_in, dtype))
+    rpc = int(rows_per_chunk) if rows_per_chunk is not None else default_rows_per_chunk(d_in, dtype)
     if rpc <= 0:
-        raise OptionError(f"rows_per_chunk must be positive, got {rpc}")
+        raise OptionError(f"--rows-per-chunk must be positive, got {rpc}; leave it out for chunks of about 16 MiB")
     columns = {"acts": dtype}
     for name, logical in src.columns.items():
         columns[name] = dtype if name == "grads" else logical
@@ -97,13 +101,18 @@ def cache(
         provenance=src.provenance(),
     )
     location = Location(store, storage_options)
-    opened = prepare_store(location, spec, rank=rank, overwrite=overwrite, ground_truth=src.ground_truth)
-    writer = StoreWriter(opened, src, rank=rank, world_size=world_size)
-    _, done_rows = writer.committed()
-    label = f"cache {src.name}" + (f" [rank {rank}/{world_size}]" if world_size > 1 else "")
-    with progress_bar(writer.rows_to_write(), label, initial=done_rows, enabled=None if progress else False) as bar:
-        writer.progress = bar.update
-        writer.run()
+    opened = prepare_store(location, spec, rank=rank, overwrite=overwrite, repair=repair, ground_truth=src.ground_truth)
+    with writer_lock(opened, rank):
+        writer = StoreWriter(opened, src, rank=rank, world_size=world_size)
+        label = f"cache {src.name}" + (f" [rank {rank}/{world_size}]" if world_size > 1 else "")
+        if repair:
+            with progress_bar(writer.committed()[1], f"repair {src.name}", enabled=None if progress else False) as bar:
+                writer.progress = bar.update
+                writer.repair()
+        _, done_rows = writer.committed()
+        with progress_bar(writer.rows_to_write(), label, initial=done_rows, enabled=None if progress else False) as bar:
+            writer.progress = bar.update
+            writer.run()
     return finalize(opened)
 
 
