@@ -93,6 +93,15 @@ class TopKTrainer(DictionaryTrainer):
         """Gao et al. / sparsify's scaling: 2e-4 at 2^14 latents, times (2^14 / d_dict)^0.5."""
         return 2e-4 / math.sqrt(dictionary.d_dict / 2**14)
 
+    def learning_rate_for_run(self, dictionary: Any, steps: int) -> float:
+        """The width rule times sqrt(10,000 / steps), between 1x and 16x.
+
+        The width rule is tuned for runs of many thousands of steps. Measured on synthetic stores
+        (docs/benchmarks.md, "Default learning rate"), the best rate of runs of 70-300 steps was
+        7-13x the rule, about sqrt(10,000 / steps); beyond 10,000 steps the rule stands.
+        """
+        return self.learning_rate(dictionary) * min(16.0, max(1.0, math.sqrt(10_000 / max(1, steps))))
+
     def k_aux(self, d_in: int) -> int:
         return self.options.k_aux if self.options.k_aux is not None else max(1, d_in // 2)
 
