@@ -61,7 +61,9 @@ def main() -> None:
     ap.add_argument("--trainers", default="topk,batchtopk,jumprelu,matryoshka")
     ap.add_argument("-o", "--option", action="append", default=[], help="TRAINER.KEY=VALUE")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lr", type=float, default=None, help="learning rate for every trainer (default: each trainer's own)")
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--compact", action="store_true", help="one line of JSON")
     args = ap.parse_args()
     torch.set_num_threads(1)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="sae-arch-"))
@@ -79,11 +81,11 @@ def main() -> None:
                 options[key] = value
         start = time.perf_counter()
         [run] = featureforge.train(name, [f"{k}={v}" for k, v in options.items()], store=store, out=str(work / name), rows=args.rows, batch_size=args.batch_size,
-                                   seed=args.seed, threads=1, progress=False)
+                                   seed=args.seed, threads=1, progress=False, lr=args.lr, overwrite=True)
         seconds = time.perf_counter() - start
         d = featureforge.load(run)
         results["trainers"][name] = {"options": options, **_scores(d, truth, x), "seconds": round(seconds, 1)}
-    print(json.dumps(results, indent=1))
+    print(json.dumps(results, indent=None if args.compact else 1))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ trainer builds its dictionary.
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Literal, Sequence
 
 from featureforge import OptionError
 
@@ -154,33 +154,23 @@ class JumpReLUOptions:
         return resolve_d_dict(self.d_dict, self.expansion_factor, d_in)
 
 
-def parse_prefixes(text: str) -> list[float]:
-    """``"128,512,2048"`` or ``"0.0625,0.25,1"`` -> numbers (counts, or fractions of d_dict)."""
-    out = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            value = float(part)
-        except ValueError:
-            raise OptionError(f"prefixes entry {part!r} is not a number; use latent counts (128,512,2048) or fractions (0.125,0.5,1)") from None
-        if not value > 0:
-            raise OptionError(f"prefixes entry {part!r} must be positive; use latent counts (128,512,2048) or fractions (0.125,0.5,1)")
+def check_prefixes(values: Sequence[float]) -> None:
+    """Refuse prefix entries that are neither latent counts (> 1, whole) nor fractions (<= 1)."""
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise OptionError(f"prefixes entry {value!r} must be a positive number; use latent counts (128,512,2048) or fractions (0.125,0.5,1)")
         if value > 1 and value != int(value):
-            raise OptionError(f"prefixes entry {part!r} is neither a whole latent count nor a fraction <= 1")
-        out.append(value)
-    return out
+            raise OptionError(f"prefixes entry {value!r} is neither a whole latent count nor a fraction <= 1")
 
 
-def resolve_prefixes(text: str, d_dict: int) -> tuple[int, ...]:
+def resolve_prefixes(values: Sequence[float], d_dict: int) -> tuple[int, ...]:
     """Ascending prefix sizes ending at ``d_dict``; fractions (<= 1) are of ``d_dict``."""
-    values = parse_prefixes(text) or [1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0]
+    values = list(values) or [1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0]
     sizes = [max(1, round(v * d_dict)) if v <= 1 else int(v) for v in values]
     if any(b <= a for a, b in zip(sizes, sizes[1:])):
-        raise OptionError(f"prefixes={text!r} give sizes {sizes} for d_dict={d_dict}; they must strictly increase")
+        raise OptionError(f"prefixes {list(values)} give sizes {sizes} for d_dict={d_dict}; they must strictly increase")
     if sizes[-1] > d_dict:
-        raise OptionError(f"prefixes={text!r}: prefix {sizes[-1]} exceeds d_dict={d_dict}; lower it or raise d_dict")
+        raise OptionError(f"prefixes {list(values)}: prefix {sizes[-1]} exceeds d_dict={d_dict}; lower it or raise d_dict")
     if sizes[-1] < d_dict:
         sizes.append(d_dict)  # the whole dictionary is always the last prefix
     return tuple(sizes)
@@ -190,12 +180,13 @@ def resolve_prefixes(text: str, d_dict: int) -> tuple[int, ...]:
 class MatryoshkaOptions(BatchTopKOptions):
     """Options of the ``matryoshka`` trainer (Matryoshka BatchTopK; Bussmann et al. 2025, arXiv 2503.17547)."""
 
-    prefixes: str = ""
-    """Nested prefix sizes, comma-separated: latent counts (128,512,2048) or fractions of d_dict (0.0625,0.25,1); d_dict is always added last. Default: d_dict/16, /8, /4, /2, 1."""
+    prefixes: tuple[float, ...] = ()
+    """Nested prefix sizes, ascending: latent counts (-o prefixes=128,512,2048) or fractions of d_dict (0.0625,0.25,1); d_dict is always the last. Default: d_dict/16, /8, /4, /2, 1."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        parse_prefixes(self.prefixes)
+        self.prefixes = tuple(self.prefixes)
+        check_prefixes(self.prefixes)
         if self.d_dict is not None:
             resolve_prefixes(self.prefixes, self.d_dict)
 
