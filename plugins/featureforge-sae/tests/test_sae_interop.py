@@ -209,21 +209,30 @@ def test_import_folds_saelens_variants(tmp_path):
     _assert_same_outputs(ours, variant, _raw_rows())
 
 
+def _peer_outputs(tmp_path, fmt, folder, x):
+    """Codes, reconstructions and (SAELens) metadata as the peer library loads ``folder``."""
+    if not PEERS_PYTHON.exists():
+        pytest.skip(f"{PEERS_PYTHON} is absent; create it with: bash benchmarks/install_peers.sh (or set PEERS_VENV)")
+    save_file({"x": x.contiguous()}, str(tmp_path / "rows.safetensors"))
+    result = subprocess.run([str(PEERS_PYTHON), str(PEER_CHECK), fmt, str(folder), str(tmp_path / "rows.safetensors"), str(tmp_path / "peer.safetensors")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "peer.safetensors"), "pt") as f:
+        meta = f.metadata()
+    return load_file(str(tmp_path / "peer.safetensors")), meta
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("cls, options, fmt", CASES, ids=lambda v: getattr(v, "name", str(v)))
 def test_peer_library_reproduces_our_outputs(tmp_path, cls, options, fmt):
     """SAELens' SAE.load_from_disk / sparsify's SparseCoder.load_from_disk on our exports give
     our codes and reconstructions (run benchmarks/install_peers.sh once to enable)."""
-    if not PEERS_PYTHON.exists():
-        pytest.skip(f"{PEERS_PYTHON} is absent; create it with: bash benchmarks/install_peers.sh")
     trainer, d = _trained(cls, options)
     out = trainer.export(d, fmt, tmp_path / "exported")
     x = _raw_rows()
-    save_file({"x": x.contiguous()}, str(tmp_path / "rows.safetensors"))
-    result = subprocess.run([str(PEERS_PYTHON), str(PEER_CHECK), fmt, str(out), str(tmp_path / "rows.safetensors"), str(tmp_path / "peer.safetensors")],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    peer = load_file(str(tmp_path / "peer.safetensors"))
+    peer, meta = _peer_outputs(tmp_path, fmt, out, x)
     with torch.no_grad():
         codes = d.encode(x)
         x_hat = d.decode(codes)
@@ -231,14 +240,31 @@ def test_peer_library_reproduces_our_outputs(tmp_path, cls, options, fmt):
     assert torch.allclose(peer["codes"], codes, atol=1e-4, rtol=1e-4)
     assert torch.allclose(peer["x_hat"], x_hat, atol=1e-4, rtol=1e-4)
     if fmt == "saelens":  # SAELens' own config object sees where the activations came from
-        from safetensors import safe_open
-
-        with safe_open(str(tmp_path / "peer.safetensors"), "pt") as f:
-            meta = f.metadata()
         assert (meta["hook_name"], meta["model_name"]) == (PROVENANCE["hook_name"], PROVENANCE["model_name"])
         if cls is JumpReLUTrainer:
             assert meta["class"] == "JumpReLUSAE"
 
+
+@pytest.mark.slow
+def test_saelens_loader_sees_the_hf_stores_model_and_hook(tmp_path):
+    """End to end: cache MiniLM activations with the hf source, train, export; SAELens' loader
+    reads hook_name/model_name from the store's provenance and reproduces the outputs."""
+    pytest.importorskip("featureforge_hf")
+    store = featureforge.cache("hf", {"max_docs": 12, "context_size": 64, "batch_size": 8}, store=str(tmp_path / "s.zarr"),
+                               rows=1024, rows_per_chunk=256, progress=False)
+    [run] = featureforge.train("jumprelu", {"d_dict": 256}, store=store, out=str(tmp_path / "run"), rows=2048, batch_size=256,
+                               threads=1, progress=False)
+    featureforge.export(run, "saelens", tmp_path / "sl")
+    meta = json.loads((tmp_path / "sl" / "cfg.json").read_text())["metadata"]
+    assert (meta["hook_name"], meta["model_name"], meta["context_size"]) == ("encoder.layer.3", "sentence-transformers/all-MiniLM-L6-v2", 64)
+    x = torch.as_tensor(store.read(0, 64)).float()
+    peer, peer_meta = _peer_outputs(tmp_path, "saelens", tmp_path / "sl", x)
+    assert (peer_meta["hook_name"], peer_meta["model_name"]) == ("encoder.layer.3", "sentence-transformers/all-MiniLM-L6-v2")
+    d = load_run(run)
+    with torch.no_grad():
+        codes = d.encode(x)
+        assert torch.allclose(peer["codes"], codes, atol=1e-4, rtol=1e-4)
+        assert torch.allclose(peer["x_hat"], d.decode(codes), atol=1e-3, rtol=1e-4)
 
 
 def test_jumprelu_exports_its_per_latent_thresholds(tmp_path):
