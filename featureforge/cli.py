@@ -17,8 +17,6 @@ import click
 
 from .errors import FeatureforgeError
 
-DEFAULT_DEMO_DIR = "stores/demo"
-
 
 class FeatureforgeGroup(click.Group):
     """A click group that turns exceptions into one-line errors unless --debug is given."""
@@ -44,6 +42,25 @@ class FeatureforgeGroup(click.Group):
 def _debug(ctx: click.Context) -> bool:
     root = ctx.find_root()
     return bool((root.obj or {}).get("debug")) or os.environ.get("FEATUREFORGE_DEBUG") == "1"
+
+
+class TrainerFormat(click.Choice):
+    """``--format``: the formats the installed trainers declare (``DictionaryTrainer.formats``), looked up when used."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+
+    @property  # type: ignore[override]
+    def choices(self) -> tuple[str, ...]:
+        from .plugins import get_registry
+
+        registry = get_registry()
+        found = [f for name in registry.names("trainer") for f in registry.get("trainer", name).formats]
+        return tuple(dict.fromkeys(found))
+
+    @choices.setter
+    def choices(self, value: Any) -> None:  # click.Choice.__init__ assigns it; the registry decides
+        pass
 
 
 def _echo_json(data: Any) -> None:
@@ -90,14 +107,18 @@ def plugins(as_json: bool) -> None:
 @click.option("--rows-per-chunk", type=int, default=None, help="Rows per Zarr chunk (default: about 16 MiB).")
 @click.option("--rank", type=int, default=None, help="This writer's rank (default: torchrun's RANK or 0).")
 @click.option("--world-size", type=int, default=None, help="Number of writers (default: torchrun's WORLD_SIZE or 1).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing store holding other activations.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing store holding other activations (deletes only the store's own files).")
+@click.option("--repair", is_flag=True, help="Check every committed chunk's checksum and rewrite damaged chunks and metadata.")
 def cache(source_name: str, options: tuple[str, ...], store: str, rows: int | None, dtype: str, rows_per_chunk: int | None,
-          rank: int | None, world_size: int | None, overwrite: bool) -> None:
+          rank: int | None, world_size: int | None, overwrite: bool, repair: bool) -> None:
     """Cache a source's activations into a Zarr store (a rerun continues a partial store)."""
     from . import api
+    from .errors import BadInputError
 
+    if store.startswith("memory://"):
+        raise BadInputError(f"--store {store} would vanish when this command ends; give a folder or a persistent URL (memory:// works from Python)")
     opened = api.cache(source_name, list(options), store=store, rows=rows, dtype=dtype, rows_per_chunk=rows_per_chunk,
-                       rank=rank, world_size=world_size, overwrite=overwrite)
+                       rank=rank, world_size=world_size, overwrite=overwrite, repair=repair)
     state = "complete" if opened.complete else "waiting for other writers"
     click.echo(f"Wrote {opened.rows} rows × {opened.d_in} ({opened.dtype}) to {opened.url} ({state})")
 
@@ -105,15 +126,34 @@ def cache(source_name: str, options: tuple[str, ...], store: str, rows: int | No
 @cli.command()
 @click.argument("store")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def info(store: str, as_json: bool) -> None:
+@click.option("--verify", is_flag=True, help="Read every committed chunk and check its size and checksum.")
+def info(store: str, as_json: bool, verify: bool) -> None:
     """Describe a store: rows, width, dtype, chunks, provenance and normalisation."""
     from .store import open_store
 
-    data = open_store(store).info()
+    opened = open_store(store)
+    data = opened.info()
+    if verify:
+        _verify(opened, data)
     if as_json:
         _echo_json(data)
         return
     _print_info(data)
+
+
+def _verify(opened: Any, data: dict[str, Any]) -> None:
+    """Check the whole store; damage is one ``Error:`` line naming the chunks and the repair command."""
+    from .errors import CorruptStoreError
+    from .progress import progress_bar
+
+    with progress_bar(data["rows"], f"verify {opened.url}") as bar:
+        damaged = opened.verify(bar.update)
+    data["verified"] = {"chunks": data["chunks_committed"], "damaged": damaged, "checksums": data["checksums"]}
+    if damaged:
+        more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
+        raise CorruptStoreError(f"store {opened.url}: {damaged[0]}{more}; repair it with `{opened.repair_command()}`")
+    what = "sizes and crc32c checksums" if data["checksums"] else "sizes only: this store predates checksums (format 1), recache it to add them"
+    click.echo(f"verified     {data['chunks_committed']} committed chunks, {data['rows']:,} rows: no damage ({what})", err=True)
 
 
 def _print_info(data: dict[str, Any]) -> None:
@@ -140,7 +180,65 @@ def _print_info(data: dict[str, Any]) -> None:
         click.echo(f"ground truth {', '.join(data['ground_truth'])}")
 
 
+#: ``train --config FILE``: a TOML top-level key -> the click parameter it sets (long flag, underscores).
+TRAIN_CONFIG_KEYS = {"trainer": "trainer_name", "store": "store", "out": "out", "rows": "rows", "epochs": "epochs",
+                     "batch_size": "batch_size", "lr": "lr", "dtype": "dtype", "threads": "threads", "seed": "seed",
+                     "resume": "resume", "overwrite": "overwrite"}
+
+
+def _load_train_config(ctx: click.Context, param: click.Parameter, path: str | None) -> str | None:
+    """Read ``--config run.toml`` before the other options, as their defaults (flags given still win).
+
+    Top-level keys are the long flags with underscores; ``[options]`` are ``-o`` and
+    ``[train_options]`` are ``-t`` (merged key by key, the command line winning).
+    """
+    if path is None:
+        return None
+    import tomllib
+
+    from .errors import OptionError
+
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise OptionError(f"--config {path}: no such file; pass a TOML file with keys like trainer = \"topk\"") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise OptionError(f"--config {path} is not valid TOML ({exc}); fix the file") from None
+    tables = {"options": {}, "train_options": {}}
+    defaults: dict[str, Any] = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name in tables:
+            if not isinstance(value, dict):
+                raise OptionError(f"--config {path}: `{key}` must be a table ([{name}] with key = value lines)")
+            tables[name] = {k.replace("-", "_"): v for k, v in value.items()}
+        elif name in TRAIN_CONFIG_KEYS:
+            defaults[TRAIN_CONFIG_KEYS[name]] = value
+        else:
+            valid = ", ".join([*TRAIN_CONFIG_KEYS, "[options]", "[train_options]"])
+            raise OptionError(f"--config {path}: unknown key {key!r}; valid keys: {valid}")
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    ctx.meta["train_config_tables"] = tables
+    return path
+
+
+def _pairs(pairs: tuple[str, ...], flag: str, example: str) -> dict[str, Any]:
+    from .errors import OptionError
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise OptionError(f"{flag} {pair!r} is not key=value; write e.g. {flag} {example}")
+        out[key.strip().replace("-", "_")] = value
+    return out
+
+
 @cli.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), callback=_load_train_config, is_eager=True, expose_value=False,
+              help="TOML file of settings: top-level keys are the long flags (batch_size = 2048), [options] are -o, "
+                   "[train_options] are -t; flags given here override it.")
 @click.option("--trainer", "trainer_name", required=True, help="Trainer name (see `featureforge plugins`).")
 @click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
               help="Trainer option; repeatable. A comma list on a scalar option (k=16,32,64) trains a sweep from one pass.")
@@ -157,21 +255,19 @@ def _print_info(data: dict[str, Any]) -> None:
               help="Further loop option (warmup_steps, decay_fraction, log_every, checkpoint_every, holdout_rows, dead_after, device, data_shards, ...).")
 @click.option("--resume", is_flag=True, help="Continue from the run's last checkpoint (bit-identical to an uninterrupted run).")
 @click.option("--overwrite", is_flag=True, help="Delete an existing run folder and start again.")
-def train(trainer_name: str, options: tuple[str, ...], store: str, out: str, rows: int | None, epochs: float | None,
+@click.pass_context
+def train(ctx: click.Context, trainer_name: str, options: tuple[str, ...], store: str, out: str, rows: int | None, epochs: float | None,
           batch_size: int | None, lr: float | None, dtype: str | None, threads: int | None, seed: int | None,
           train_options: tuple[str, ...], resume: bool, overwrite: bool) -> None:
     """Train a dictionary on a store with a registered trainer."""
     from . import api
-    from .errors import OptionError
 
+    tables = ctx.meta.get("train_config_tables") or {"options": {}, "train_options": {}}
     given = {"rows": rows, "epochs": epochs, "batch_size": batch_size, "lr": lr, "dtype": dtype, "threads": threads, "seed": seed}
-    config: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
-    for pair in train_options:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise OptionError(f"-t {pair!r} is not key=value; write e.g. -t log_every=100")
-        config[key.strip().replace("-", "_")] = value
-    runs = api.train(trainer_name, list(options), store=store, out=out, resume=resume, overwrite=overwrite, **config)
+    config: dict[str, Any] = {**tables["train_options"], **{k: v for k, v in given.items() if v is not None},
+                              **_pairs(train_options, "-t", "log_every=100")}
+    trainer_options = {**tables["options"], **_pairs(options, "-o", "k=32")}
+    runs = api.train(trainer_name, trainer_options, store=store, out=out, resume=resume, overwrite=overwrite, **config)
     for run in runs:
         click.echo(f"Trained {trainer_name} into {run}")
 
@@ -211,10 +307,10 @@ def evaluate_command(run: str, store: str, evaluators: tuple[str, ...], rows: in
 
 @cli.command(name="export")
 @click.argument("run")
-@click.option("--format", "fmt", type=click.Choice(["saelens", "sparsify"]), required=True)
+@click.option("--format", "fmt", type=TrainerFormat(), required=True, help="A format the run's trainer declares.")
 @click.option("--out", required=True, help="Folder to write.")
 def export_command(run: str, fmt: str, out: str) -> None:
-    """Write a trained dictionary in SAELens' or sparsify's layout."""
+    """Write a trained dictionary in another library's layout (e.g. SAELens', sparsify's)."""
     from . import api
 
     api.export(run, fmt, out)
@@ -223,31 +319,32 @@ def export_command(run: str, fmt: str, out: str) -> None:
 
 @cli.command(name="import")
 @click.argument("src")
-@click.option("--format", "fmt", type=click.Choice(["saelens", "sparsify"]), required=True)
+@click.option("--format", "fmt", type=TrainerFormat(), required=True, help="A format an installed trainer declares.")
 @click.option("--out", required=True, help="Run folder to create.")
-def import_command(src: str, fmt: str, out: str) -> None:
-    """Turn a SAELens or sparsify dictionary folder into a featureforge run."""
+@click.option("--overwrite", is_flag=True, help="Replace an existing run folder.")
+def import_command(src: str, fmt: str, out: str, overwrite: bool) -> None:
+    """Turn another library's dictionary folder (e.g. SAELens, sparsify) into a featureforge run."""
     from . import api
 
-    api.import_run(src, fmt, out)
+    api.import_run(src, fmt, out, overwrite=overwrite)
     click.echo(f"Imported {src} ({fmt}) into {out}")
 
 
-@cli.command()
-@click.option("--out", default=DEFAULT_DEMO_DIR, show_default=True, help="Folder for the demo's store, run and report.")
-@click.option("--quick", is_flag=True, help="A few thousand tokens, a tiny dictionary and a small evaluation (seconds; used by the tests).")
-def demo(out: str, quick: bool) -> None:
-    """The whole pipeline on embedded defaults: cache MiniLM activations of standard-library text,
-    train a TopK dictionary, evaluate it (reconstruction + downstream) and write OUT/index.html."""
-    from .demo import run_demo
-
-    run_demo(out, quick=quick, echo=click.echo)
+@click.command(name="demo", context_settings={"ignore_unknown_options": True, "allow_extra_args": True}, add_help_option=False)
+def _demo_missing() -> None:
+    """Run the demo (provided by the featureforge-hf plugin, which is not installed)."""
+    raise FeatureforgeError(
+        "the demo needs the featureforge-hf plugin (it provides `featureforge demo`) and featureforge-sae, not installed; "
+        "run `make demo`, or pip install -e plugins/featureforge-hf -e plugins/featureforge-sae"
+    )
 
 
 def build_cli() -> click.Group:
     from .plugins import get_registry
 
     get_registry().add_commands(cli)
+    if "demo" not in cli.commands:  # `make demo` names the command even where its plugin is missing
+        cli.add_command(_demo_missing)
     return cli
 
 
