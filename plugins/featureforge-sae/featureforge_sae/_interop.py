@@ -46,7 +46,7 @@ import torch
 from featureforge import BadInputError, OptionError
 from featureforge.dictionary import atomic_write, write_json
 
-from ._models import BatchTopKSAE, JumpReLUSAE, ReLUSAE, TopKSAE
+from ._models import BatchTopKSAE, JumpReLUSAE, MatryoshkaSAE, ReLUSAE, TopKSAE
 
 SAELENS_CFG = "cfg.json"
 SAELENS_WEIGHTS = "sae_weights.safetensors"
@@ -286,8 +286,6 @@ def import_dictionary(trainer_cls: Any, src_dir: Path, fmt: str):
 
 
 def _known_classes() -> dict[str, type]:
-    from ._models import MatryoshkaSAE
-
     return {c.__name__: c for c in (*SAELENS_ARCHITECTURE, MatryoshkaSAE)}
 
 
