@@ -11,7 +11,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -73,8 +73,12 @@ def rng_preserved() -> Iterator[None]:
 
 
 def evaluate_members(members: Sequence[Any], configs: Sequence[RunConfig], evaluators: Sequence[Any], metric_files: Sequence[Any],
-                     store: ActivationStore, device: torch.device, step: int, rows_seen: int) -> None:
-    """Run the evaluators on a copy of each member's current dictionary; write one metrics line each."""
+                     store: ActivationStore, device: torch.device, step: int, rows_seen: int,
+                     announce: Callable[[str], None] | None = None) -> None:
+    """Run the evaluators on a copy of each member's current dictionary; write one metrics line each.
+
+    ``announce`` hears what is being evaluated, so a progress bar can say so instead of freezing.
+    """
     from .evaluation import select_eval_rows
     from .roles import EvaluationContext
 
@@ -94,6 +98,8 @@ def evaluate_members(members: Sequence[Any], configs: Sequence[RunConfig], evalu
             )
             line: dict[str, Any] = {"step": step, "rows": rows_seen}
             for evaluator in evaluators:
+                if announce is not None:
+                    announce(f"evaluating {evaluator.name}" + (f" [{m.label}]" if m.label else "") + f" at step {step}")
                 result = evaluator.evaluate(copy, context)
                 for key, value in result.metrics.items():
                     if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -351,12 +351,15 @@ class _Run:
                     bar.set_postfix(lr="choosing", refresh=False)
                     continue
                 if step % self.cfg.log_every == 0 or last:
-                    line = self._log(members, metric_files, step, rows_seen, window_rows / max(time.perf_counter() - window_start, 1e-9))
-                    bar.set_postfix(fvu=f"{line['fvu']:.4f}", l0=f"{line.get('l0', 0):.1f}", refresh=False)
+                    lines = self._log(members, metric_files, step, rows_seen, window_rows / max(time.perf_counter() - window_start, 1e-9))
+                    bar.set_postfix(self._postfix(members, lines), refresh=False)
                     window_start, window_rows = time.perf_counter(), 0
                 if evaluators and (step % self.cfg.eval_every == 0 or last):
                     paused = time.perf_counter()
-                    self._evaluate(members, configs, evaluators, metric_files, step, rows_seen)
+                    desc = bar.desc
+                    self._evaluate(members, configs, evaluators, metric_files, step, rows_seen,
+                                   announce=lambda msg: (bar.set_description_str(f"{desc} ({msg})", refresh=True)))
+                    bar.set_description_str(desc, refresh=False)
                     window_start += time.perf_counter() - paused  # evaluation time is not training throughput
                 if rows_seen >= next_checkpoint or last:
                     self._checkpoint(members, readers, step, rows_seen, [f.tell() if f is not None else 0 for f in metric_files])
@@ -380,14 +383,23 @@ class _Run:
             raise BadInputError(f"{total_rows} training rows make no step of --batch-size {self.cfg.batch_size}; train on more rows or use a smaller batch")
         return total_steps
 
-    def _log(self, members: list[Member], metric_files: list[Any], step: int, rows_seen: int, rows_per_s: float) -> dict[str, Any]:
-        """One metrics.jsonl line per member (every rank reduces; rank 0 writes); returns the last."""
+    def _log(self, members: list[Member], metric_files: list[Any], step: int, rows_seen: int, rows_per_s: float) -> list[dict[str, Any]]:
+        """One metrics.jsonl line per member (every rank reduces; rank 0 writes); returns them."""
+        lines = []
         for m, f in zip(members, metric_files):
             line = self._log_line(m, step, rows_seen, rows_per_s)
             if f is not None:
                 f.write(json.dumps(line) + "\n")
                 f.flush()
-        return line
+            lines.append(line)
+        return lines
+
+    @staticmethod
+    def _postfix(members: list[Member], lines: list[dict[str, Any]]) -> dict[str, str]:
+        """The bar's figures: FVU and L0 of a single run, every member's FVU in a sweep."""
+        if len(lines) == 1:
+            return {"fvu": f"{lines[0]['fvu']:.4f}", "l0": f"{lines[0].get('l0', 0):.1f}"}
+        return {f"fvu[{m.label}]": f"{line['fvu']:.3f}" for m, line in zip(members, lines)}
 
     def _finish(self, members: list[Member], configs: list[RunConfig], step: int, rows_seen: int) -> None:
         """Final weights, then plots, then status "complete": a kill before the last write leaves a run --resume finishes."""
@@ -399,14 +411,14 @@ class _Run:
             config.write(m.run_dir)
 
     def _evaluate(self, members: list[Member], configs: list[RunConfig], evaluators: list[Any], metric_files: list[Any],
-                  step: int, rows_seen: int) -> None:
+                  step: int, rows_seen: int, announce: Any = None) -> None:
         """Run the evaluators on a copy of each member's current dictionary; log one metrics line each.
 
         Rank 0 only (the others wait at a barrier). The RNG states are restored afterwards and the
         dictionary evaluated is a copy, so the training stream is exactly the one without evaluation.
         """
         if self.rank == 0:
-            evaluate_members(members, configs, evaluators, metric_files, self.store, self.device, step, rows_seen)
+            evaluate_members(members, configs, evaluators, metric_files, self.store, self.device, step, rows_seen, announce)
         if self.world > 1:
             import torch.distributed as dist
 
