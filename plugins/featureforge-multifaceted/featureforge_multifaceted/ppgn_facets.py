@@ -4,8 +4,8 @@ The PPGN paper (arXiv 1612.00005, its multifaceted-visualisation experiment) get
 from one chain: samples kept along it drift between modes. Here each kept sample is placed in the
 facet of the unit's top real images (``facets.find_facets`` over their ``embed_layer`` embeddings,
 as the pixel-space method uses) whose centroid is nearest in direction, and counted as landing in
-it only when it is no farther than that facet's own members reach (their 90th-percentile
-distance), so a sample unlike every real facet lands in none.
+it only when it is no farther from the centroid than the facet's farthest real member, so a sample
+unlike every real facet lands in none.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def _unit_length(x: np.ndarray) -> np.ndarray:
 
 
 def facet_membership(real_embeddings: np.ndarray, labels: np.ndarray, sample_embeddings: np.ndarray,
-                     reach: float = 90.0) -> np.ndarray:
+                     reach: float = 100.0) -> np.ndarray:
     """Facet each sample lands in (-1: none), by nearest unit-length centroid within the facet's reach."""
     real, samples = _unit_length(real_embeddings), _unit_length(sample_embeddings)
     k = int(labels.max()) + 1
@@ -76,7 +76,8 @@ def ppgn_facets(model: torch.nn.Module, images: Any, unit: Unit, embed_layer: st
                 facets: FacetSettings | None = None) -> PPGNFacets:
     """PPGN chains conditioned on ``unit`` (its activation, or ``log p(class)`` with ``log_softmax``) and where they land.
 
-    With ``sampler.init == 'given'`` the chains start from the codes of the unit's top real images.
+    With ``sampler.init`` 'top' the chains start from codes of the unit's top real images, with
+    'data' from codes of real images drawn at random (seeded by ``sampler.seed``).
     """
     images = as_images(images)
     was_training = model.training
@@ -85,8 +86,11 @@ def ppgn_facets(model: torch.nn.Module, images: Any, unit: Unit, embed_layer: st
         found = find_facets(emb, facets)
         s = sampler or SamplerSettings()
         start = None
-        if s.init == "given":
+        if s.init == "top":
             start = codes(model, images[idx[np.arange(chains) % len(idx)]], ppgn.feature_layer)
+        elif s.init == "data":
+            pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(s.seed))[:chains]
+            start = codes(model, images[pick], ppgn.feature_layer)
         result = sample(ppgn, condition_function(model, unit, log_softmax), chains, s, start)
         flat = result.flat()
         with torch.no_grad():

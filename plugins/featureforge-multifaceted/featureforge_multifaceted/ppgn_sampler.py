@@ -38,13 +38,14 @@ class SamplerSettings:
     """Keep G(h) every this many steps (the first kept sample is after ``every`` steps)."""
     eps1: float = 0.3
     """Weight of the prior term R(h) − h."""
-    eps2: float = 0.3
+    eps2: float = 0.05
     """Size of the condition step (RMS, in units of the codes' spread s)."""
     eps3: float = 0.1
     """Standard deviation of the added noise, in units of s."""
     init: str = "random"
     """Start: 'random' (a code drawn from the codes' per-dimension Gaussian, clipped), 'mean' (the mean
-    code) or 'given' (the ``start`` codes passed to :func:`sample`, e.g. codes of real top images)."""
+    code), or the ``start`` codes passed to :func:`sample`: 'data' (``ppgn_facets`` passes codes of
+    random real images) or 'top' (codes of the unit's top real images)."""
     seed: int = 0
 
 
@@ -83,7 +84,7 @@ def sample(ppgn: PPGN, objective: Callable[[torch.Tensor], torch.Tensor], chains
 
     The condition's gradient is zero where the unit is silent (a ReLU or TopK latent that does not
     fire on G(h)); such a chain only moves under the prior and noise until it fires, so for sparse
-    latents start from codes of images where it fires (``init='given'``, ``start``).
+    latents start from codes of images where it fires (``init='top'``).
     """
     s = settings or SamplerSettings()
     prior, g = ppgn.prior, ppgn.generator
@@ -95,10 +96,10 @@ def sample(ppgn: PPGN, objective: Callable[[torch.Tensor], torch.Tensor], chains
         h = prior.mean.expand(shape).clone()
     elif s.init == "random":
         h = prior.mean + prior.std * torch.randn(shape, generator=gen)
-    elif s.init == "given" and start is not None and tuple(start.shape) == shape:
+    elif s.init in ("data", "top") and start is not None and tuple(start.shape) == shape:
         h = start.detach().float().clone()
     else:
-        raise ValueError(f"init={s.init!r} (start {None if start is None else tuple(start.shape)}): use 'random', 'mean', or 'given' with [chains, d_h] codes")
+        raise ValueError(f"init={s.init!r} (start {None if start is None else tuple(start.shape)}): use 'random', 'mean', or 'data'/'top' with [chains, d_h] start codes")
     h = torch.maximum(torch.minimum(h, hi), lo)
     kept, kept_codes, kept_obj, steps = [], [], [], []
     for step in range(1, s.steps + 1):
