@@ -152,3 +152,24 @@ def test_ppgn_without_a_folder_is_refused_in_one_line(digit_folder, tmp_path, cl
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "--method ppgn needs --ppgn DIR" in lines[0], done.stderr
+
+
+def test_facets_vision_ppgn_on_a_dictionary_latent_of_a_trained_run(digits_ppgn, digit_folder, tmp_path, cli_env):
+    """--dictionary RUN: the condition is a latent of a TopK run trained by featureforge on the fc codes."""
+    model, x, _, ppgn = digits_ppgn
+    ppgn.save(tmp_path / "ppgn")
+    np.save(tmp_path / "fc.npy", np.repeat(codes(model, x, "fc").numpy(), 4, axis=0))
+    store = featureforge.cache("array", {"path": str(tmp_path / "fc.npy")}, store=str(tmp_path / "fc.zarr"), rows_per_chunk=1024, progress=False)
+    featureforge.train("topk", {"k": 8, "d_dict": 32}, store=store.url, out=str(tmp_path / "run"), epochs=1, batch_size=256, progress=False)
+    dictionary = featureforge.load(tmp_path / "run")
+    with torch.no_grad():
+        latent = int((dictionary.encode(codes(model, x, "fc")) > 0).float().mean(0).argmax())
+    done = subprocess.run([FEATUREFORGE, "facets-vision", "--model", "featureforge_multifaceted.digits:SmallCNN",
+                           "--weights", str(digit_folder / "cnn.safetensors"), "--images", str(digit_folder / "digits"), "--size", "16x16",
+                           "--mode", "L", "--layer", "fc", "--unit", str(latent), "--dictionary", str(tmp_path / "run"), "--embed-layer", "fc",
+                           "--top-n", "32", "--out", str(tmp_path / "out"), "--method", "ppgn", "--ppgn", str(tmp_path / "ppgn"),
+                           "--chains", "2", "--chain-steps", "40", "--every", "20"], capture_output=True, text=True, env=cli_env)
+    assert done.returncode == 0, done.stderr
+    s = json.loads((tmp_path / "out" / "facets.json").read_text())
+    assert s["unit"]["dictionary"] == str(tmp_path / "run") and not s["ppgn"]["trained_now"]
+    assert s["ppgn"]["mean_activation_fraction"] > 0.3  # the chains find where the latent fires
