@@ -91,13 +91,15 @@ def main() -> None:
     ap.add_argument("--latents", type=int, default=3, help="Dictionary latents added to the 5 class units.")
     ap.add_argument("--chains", type=int, default=4)
     ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--init", default="random", choices=["random", "mean", "data", "top"],
+                    help="Where PPGN chains start (top: codes of the unit's top real images, one per chain).")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_num_threads(1)
 
     from featureforge_multifaceted.digits import MERGED, merged_digits, train_cnn
     from featureforge_multifaceted.facets import find_facets
-    from featureforge_multifaceted.ppgn import PPGNSettings, train_ppgn, untrained_like
+    from featureforge_multifaceted.ppgn import PPGNSettings, codes, train_ppgn, untrained_like
     from featureforge_multifaceted.ppgn_facets import embed, facet_membership
     from featureforge_multifaceted.ppgn_sampler import SamplerSettings, condition_function, sample
     from featureforge_multifaceted.synthesis import SynthesisSettings
@@ -134,13 +136,18 @@ def main() -> None:
             best = float(vals[0])
             for seed in range(args.seeds):
                 ppgn = ppgns[seed % len(ppgns)]
-                settings = SamplerSettings(steps=args.steps, every=20, seed=seed)
+                settings = SamplerSettings(steps=args.steps, every=20, seed=seed, init=args.init)
+                start = None
+                if args.init in ("top", "data"):
+                    pick = idx[np.arange(args.chains) % len(idx)] if args.init == "top" else \
+                        torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[: args.chains]
+                    start = codes(model, x[pick], "fc")
                 burn = args.steps // 2
                 made: dict[str, torch.Tensor] = {"real": x[idx]}
                 made["pixel"] = facet_synthesis(model, x, unit, "fc", top_n=64, synthesis=SynthesisSettings(seed=seed)).synthetic
                 for m, p, s in (("ppgn", ppgn, settings), ("ppgn_untrained_generator", untrained_like(ppgn, seed), settings),
-                                ("ppgn_no_prior", ppgn, SamplerSettings(steps=args.steps, every=20, seed=seed, eps1=0.0))):
-                    ch = sample(p, condition_function(model, unit), args.chains, s)
+                                ("ppgn_no_prior", ppgn, SamplerSettings(steps=args.steps, every=20, seed=seed, eps1=0.0, init=args.init))):
+                    ch = sample(p, condition_function(model, unit), args.chains, s, start)
                     keep = [i for i, st in enumerate(ch.steps) if st > burn]
                     made[m] = ch.samples[:, keep].flatten(0, 1)
                 for m, imgs in made.items():
@@ -187,7 +194,7 @@ def main() -> None:
         }
     emit({"setting": {"images": len(x), "condition_cnn_accuracy": round(cnn_acc, 4), "judge_accuracy": round(judge_acc, 4),
                       "units": [u[0] for u in units], "seeds": args.seeds, "generators": args.generators, "ppgn_epochs": args.ppgn_epochs,
-                      "chains": args.chains, "steps": args.steps, "kept_after_step": args.steps // 2, "frechet_matched_n": n_match,
+                      "chains": args.chains, "steps": args.steps, "init": args.init, "kept_after_step": args.steps // 2, "frechet_matched_n": n_match,
                       "ppgn_training": [p.info for p in ppgns], "seconds": round(time.time() - t0, 1)},
           "summary": summary, "rows": rows}, args.json)
 

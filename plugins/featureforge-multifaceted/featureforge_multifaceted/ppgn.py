@@ -277,7 +277,8 @@ def train_ppgn(model: nn.Module, images: Any, settings: PPGNSettings | None = No
 
 def untrained_like(ppgn: PPGN, seed: int = 0) -> PPGN:
     """The control: the same prior with a generator left at its random initialisation."""
-    torch.manual_seed(seed)
     g = ppgn.generator
-    fresh = Generator(ppgn.prior.mean.numel(), g.shape, g.mlp[0].out_features, g.low, g.high).eval()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        fresh = Generator(ppgn.prior.mean.numel(), g.shape, g.mlp[0].out_features, g.low, g.high).eval()
     return PPGN(fresh, ppgn.prior, ppgn.feature_layer, {"control": "random-init generator"})

@@ -19,7 +19,7 @@ import torch
 from .facets import FacetSettings, find_facets
 from .ppgn import PPGN, codes
 from .ppgn_sampler import Chains, SamplerSettings, condition_function, sample
-from .vision import Unit, _capture, as_images, top_images
+from .vision import Unit, _capture, as_images, top_images, unit_function
 
 
 def _unit_length(x: np.ndarray) -> np.ndarray:
@@ -94,8 +94,6 @@ def ppgn_facets(model: torch.nn.Module, images: Any, unit: Unit, embed_layer: st
         result = sample(ppgn, condition_function(model, unit, log_softmax), chains, s, start)
         flat = result.flat()
         with torch.no_grad():
-            from .vision import unit_function
-
             acts = unit_function(model, unit)(flat).float().numpy().reshape(chains, -1)
         member = facet_membership(emb, found.labels, embed(model, flat, embed_layer)).reshape(chains, -1)
     finally:
