@@ -144,12 +144,14 @@ def main() -> None:
                     start = codes(model, x[pick], "fc")
                 burn = args.steps // 2
                 made: dict[str, torch.Tensor] = {"real": x[idx]}
+                per_chain: dict[str, int] = {}
                 made["pixel"] = facet_synthesis(model, x, unit, "fc", top_n=64, synthesis=SynthesisSettings(seed=seed)).synthetic
                 for m, p, s in (("ppgn", ppgn, settings), ("ppgn_untrained_generator", untrained_like(ppgn, seed), settings),
                                 ("ppgn_no_prior", ppgn, SamplerSettings(steps=args.steps, every=20, seed=seed, eps1=0.0, init=args.init))):
                     ch = sample(p, condition_function(model, unit), args.chains, s, start)
                     keep = [i for i, st in enumerate(ch.steps) if st > burn]
                     made[m] = ch.samples[:, keep].flatten(0, 1)
+                    per_chain[m] = len(keep)
                 for m, imgs in made.items():
                     if m == "real" and seed:
                         continue
@@ -170,6 +172,9 @@ def main() -> None:
                         said = probs.argmax(1)[probs.max(1) > 0.5]
                         row["digits_covered"] = len({int(v) for v in said} & set(pair))
                         row["on_class"] = round(float(np.isin(probs.argmax(1), pair).mean()), 4)
+                    if m in per_chain:  # does one chain visit several facets (the paper's mixing claim)?
+                        visits = member.reshape(-1, per_chain[m])
+                        row["facets_per_chain"] = round(float(np.mean([len({int(f) for f in v if f >= 0}) for v in visits])), 4)
                     rows.append(row)
             print(f"{name}: done at {time.time() - t0:.0f}s", file=sys.stderr, flush=True)
 
@@ -190,6 +195,8 @@ def main() -> None:
             "digits_covered_of_2": mean(m, "digits_covered", lambda r: "digits_covered" in r),
             "on_class": mean(m, "on_class", lambda r: "on_class" in r),
             "frechet_all": round(frechet(feats, real_feats), 3), "frechet_matched_n": round(float(np.mean(matched)), 3),
+            "facets_per_chain": mean(m, "facets_per_chain"),
+            "facets_per_chain_multi_facet_units": mean(m, "facets_per_chain", lambda r: r["real_facets"] > 1),
             "samples_per_unit_seed": round(float(np.mean([r["samples"] for r in rows if r["method"] == m])), 2),
         }
     emit({"setting": {"images": len(x), "condition_cnn_accuracy": round(cnn_acc, 4), "judge_accuracy": round(judge_acc, 4),
