@@ -162,15 +162,11 @@ def train(trainer_name: str, options: tuple[str, ...], store: str, out: str, row
           train_options: tuple[str, ...], resume: bool, overwrite: bool) -> None:
     """Train a dictionary on a store with a registered trainer."""
     from . import api
-    from .errors import OptionError
+    from .options import split_pairs
 
     given = {"rows": rows, "epochs": epochs, "batch_size": batch_size, "lr": lr, "dtype": dtype, "threads": threads, "seed": seed}
     config: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
-    for pair in train_options:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise OptionError(f"-t {pair!r} is not key=value; write e.g. -t log_every=100")
-        config[key.strip().replace("-", "_")] = value
+    config.update(split_pairs(train_options, "log_every=100", flag="-t"))
     runs = api.train(trainer_name, list(options), store=store, out=out, resume=resume, overwrite=overwrite, **config)
     for run in runs:
         click.echo(f"Trained {trainer_name} into {run}")

@@ -34,7 +34,7 @@ from .checkpoint import load_checkpoint, load_optimizer, optimizer_tensors, rest
 from .dictionary import CONFIG_FILE, RUN_FORMAT_VERSION, WEIGHTS_FILE, Dictionary, read_config, write_json
 from .errors import BadInputError, FeatureforgeError, OptionError
 from .holdout import split_chunks
-from .options import options_to_dict, parse_options
+from .options import options_to_dict, parse_options, split_pairs
 from .plugins import get_registry
 from .reader import ShuffledReader
 from .roles import DictionaryTrainer, StepOutput, TrainState
@@ -116,12 +116,7 @@ def expand_sweep(options_cls: type, options: Mapping[str, Any] | Sequence[str] |
     elif isinstance(options, Mapping):
         items = list(options.items())
     else:
-        items = []
-        for pair in options:
-            key, sep, value = pair.partition("=")
-            if not sep:
-                raise OptionError(f"option {pair!r} is not key=value")
-            items.append((key.strip().replace("-", "_"), value))
+        items = split_pairs(options, "key=VALUE")
     hints = typing.get_type_hints(options_cls)
     axes: list[tuple[str, list[Any]]] = []
     for key, value in items:
