@@ -704,3 +704,26 @@ def test_hook_featureforge_register_commands(fresh_registry):
 def test_plugin_errors_subclass_featureforge_error():
     assert issubclass(PluginError, featureforge.FeatureforgeError)
     assert issubclass(OptionError, featureforge.FeatureforgeError)
+
+
+def test_one_distribution_registering_a_name_twice_keeps_the_first(fresh_registry, capsys):
+    class First(featureforge.ActivationSource):
+        name = "twice"
+        description = "first"
+
+    class Second(First):
+        description = "second"
+
+    class Plugin:
+        @featureforge.hookimpl
+        def featureforge_register_sources(self, register):
+            register(First)
+            register(Second)
+
+    fresh_registry.register_plugin(Plugin(), "twice-dist", "1.0")
+    assert fresh_registry.get("source", "twice") is First
+    assert fresh_registry.get("source", "twice-dist:twice") is First
+    assert capsys.readouterr().err.splitlines() == [
+        "featureforge: plugin twice-dist 1.0 partly loaded: loaded source 'twice'; not loaded: source 'twice' "
+        "(source name 'twice' is registered twice by twice-dist)"
+    ]
