@@ -84,7 +84,7 @@ def cache(
     columns = {"acts": dtype}
     for name, logical in src.columns.items():
         columns[name] = dtype if name == "grads" else logical
-    registration = get_registry().tables()["source"].get(src.name)
+    registration = get_registry().registration_of(type(src))
     spec = StoreSpec(
         d_in=d_in,
         dtype=dtype,

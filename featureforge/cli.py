@@ -223,18 +223,6 @@ def _load_train_config(ctx: click.Context, param: click.Parameter, path: str | N
     return path
 
 
-def _pairs(pairs: tuple[str, ...], flag: str, example: str) -> dict[str, Any]:
-    from .errors import OptionError
-
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise OptionError(f"{flag} {pair!r} is not key=value; write e.g. {flag} {example}")
-        out[key.strip().replace("-", "_")] = value
-    return out
-
-
 @cli.command()
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), callback=_load_train_config, is_eager=True, expose_value=False,
               help="TOML file of settings: top-level keys are the long flags (batch_size = 2048), [options] are -o, "
@@ -261,12 +249,13 @@ def train(ctx: click.Context, trainer_name: str, options: tuple[str, ...], store
           train_options: tuple[str, ...], resume: bool, overwrite: bool) -> None:
     """Train a dictionary on a store with a registered trainer."""
     from . import api
+    from .options import split_pairs
 
     tables = ctx.meta.get("train_config_tables") or {"options": {}, "train_options": {}}
     given = {"rows": rows, "epochs": epochs, "batch_size": batch_size, "lr": lr, "dtype": dtype, "threads": threads, "seed": seed}
     config: dict[str, Any] = {**tables["train_options"], **{k: v for k, v in given.items() if v is not None},
-                              **_pairs(train_options, "-t", "log_every=100")}
-    trainer_options = {**tables["options"], **_pairs(options, "-o", "k=32")}
+                              **dict(split_pairs(train_options, "log_every=100", flag="-t"))}
+    trainer_options = {**tables["options"], **dict(split_pairs(options, "k=32"))}
     runs = api.train(trainer_name, trainer_options, store=store, out=out, resume=resume, overwrite=overwrite, **config)
     for run in runs:
         click.echo(f"Trained {trainer_name} into {run}")

@@ -12,7 +12,7 @@ import typing
 from typing import Any, Literal, Mapping, Sequence
 
 from .errors import FeatureforgeError, OptionError
-from .options import parse_options
+from .options import parse_options, split_pairs
 from .roles import DictionaryTrainer
 
 
@@ -110,12 +110,7 @@ def expand_sweep(options_cls: type, options: Mapping[str, Any] | Sequence[str] |
     elif isinstance(options, Mapping):
         items = list(options.items())
     else:
-        items = []
-        for pair in options:
-            key, sep, value = pair.partition("=")
-            if not sep:
-                raise OptionError(f"option {pair!r} is not key=value")
-            items.append((key.strip().replace("-", "_"), value))
+        items = split_pairs(options, "key=VALUE")
     hints = typing.get_type_hints(options_cls)
     axes: list[tuple[str, list[Any]]] = []
     for key, value in items:
