@@ -149,31 +149,37 @@ def load(run: str | os.PathLike) -> Any:
 
 
 def export(run: str | os.PathLike, format: str, out: str | os.PathLike) -> Any:
-    """Write a run's dictionary in another library's layout (``saelens`` or ``sparsify``)."""
+    """Write a run's dictionary in another library's layout (one of its trainer's ``formats``)."""
     from pathlib import Path
 
-    from .dictionary import load as _load, read_config
+    from .dictionary import load as _load
+    from .run import RunConfig
 
-    cfg = read_config(run)
-    trainer_cls = get_registry().get("trainer", cfg["trainer"])
+    cfg = RunConfig.read(run)
+    trainer_cls = get_registry().get("trainer", cfg.trainer)
     if format not in trainer_cls.formats:
         known = ", ".join(trainer_cls.formats) or "none"
-        raise OptionError(f"trainer {cfg['trainer']!r} cannot export to {format!r}; it supports: {known}")
+        raise OptionError(f"trainer {cfg.trainer!r} cannot export to {format!r}; it supports: {known}")
     dictionary = _load(run)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    return trainer_cls(cfg.get("options", {})).export(dictionary, format, out_dir)
+    return trainer_cls(cfg.options).export(dictionary, format, out_dir)
 
 
-def import_run(src: str | os.PathLike, format: str, out: str | os.PathLike) -> Any:
-    """Turn another library's saved dictionary into a featureforge run folder."""
+def import_run(src: str | os.PathLike, format: str, out: str | os.PathLike, *, overwrite: bool = False) -> Any:
+    """Turn another library's saved dictionary into a featureforge run folder.
+
+    An existing ``out`` is refused unless ``overwrite`` (then only a featureforge run is replaced).
+    """
     from pathlib import Path
 
     from .errors import BadInputError
+    from .run import STATUS_COMPLETE, RunConfig, prepare_out_dir
 
     src_dir = Path(src)
     if not src_dir.is_dir():
         raise BadInputError(f"{src} is not a folder; pass the folder holding cfg.json and the weights")
+    prepare_out_dir(out, overwrite=overwrite, delete=False, resumable=False)
     registry = get_registry()
     for name in registry.names("trainer"):
         cls = registry.get("trainer", name)
@@ -184,14 +190,17 @@ def import_run(src: str | os.PathLike, format: str, out: str | os.PathLike) -> A
             continue
         options, dictionary = found
         reg = registry.registration("trainer", name)
-        config = {
-            "trainer": name,
-            "trainer_distribution": reg.distribution,
-            "trainer_version": reg.version,
-            "options": options,
-            "normalisation": {"scale": float(dictionary.input_scale), "applied": False},
-            "imported_from": {"path": str(src_dir.absolute()), "format": format},
-            "status": "complete",
-        }
+        config = RunConfig(
+            trainer=name,
+            trainer_distribution=reg.distribution,
+            trainer_version=reg.version,
+            options=options,
+            d_in=dictionary.d_in,
+            d_dict=dictionary.d_dict,
+            normalisation={"scale": float(dictionary.input_scale), "applied": False},
+            imported_from={"path": str(src_dir.absolute()), "format": format},
+            status=STATUS_COMPLETE,
+        )
+        prepare_out_dir(out, overwrite=overwrite, resumable=False)  # only now that the source was read
         return dictionary.save(out, config)
     raise BadInputError(f"no installed trainer recognises {src} as a {format!r} dictionary; check --format or install the plugin that wrote it")
