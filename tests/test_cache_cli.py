@@ -514,9 +514,10 @@ def test_memory_store_is_refused_on_the_command_line():
     assert_one_line_error(run_cli("cache", *SMALL, "--store", "memory://x", ok=False), "memory://x", "would vanish", "give a folder")
 
 
-def test_rows_per_chunk_zero_is_refused():
-    args = ["cache", *SYNTH, "--rows", "100", "--rows-per-chunk", "0", "--store", "unused.zarr"]
+def test_rows_per_chunk_zero_is_refused(tmp_path):
+    args = ["cache", *SYNTH, "--rows", "100", "--rows-per-chunk", "0", "--store", tmp_path / "s.zarr"]
     assert_one_line_error(run_cli(*args, ok=False), "--rows-per-chunk must be positive, got 0")
+    assert not (tmp_path / "s.zarr").exists()
 
 
 @pytest.mark.skipif(sys.platform == "win32" or os.geteuid() == 0, reason="root ignores file permissions")
