@@ -137,6 +137,9 @@ class TrainState:
     #: Int64 [d_dict]: rows since each latent last fired (identical on every rank).
     rows_since_fired: Any
     world_size: int = 1
+    #: Rows without firing after which a latent is dead in this run: the trainer's own
+    #: ``dead_after_rows()`` or else the loop's ``dead_after`` (``-t dead_after=N``).
+    dead_after: int | None = None
 
     def all_reduce(self, tensor: Any, op: str = "sum") -> Any:
         """Reduce a tensor across DDP ranks in place (``sum``, ``max``, ``min`` or ``mean``); no-op alone."""
