@@ -253,13 +253,13 @@ def top_features(dictionary: Any, store: Any, settings: DemoSettings, *, progres
 
 def _decoder(store: Any) -> Callable[[list[int]], list[str]]:
     """Token ids -> display pieces through the store's source (``#id`` when it cannot decode)."""
-    from . import api
+    from .context import rebuild_source
 
     def fallback(ids: list[int]) -> list[str]:
         return [f" #{i}" for i in ids]
 
     try:
-        source = api.make_source(store.source["name"], store.source.get("options") or {})
+        source = rebuild_source(store)
         source.decode_tokens([0])
     except Exception:  # a source without a tokenizer (or not installed): show ids
         return fallback

@@ -308,6 +308,7 @@ class _Run:
         self.resume = resume
         self.overwrite = overwrite
         self.show_progress = progress
+        self._eval_context: Any = None  # made at the first evaluation during training
         self.rank, self.world = _distributed()
         self.shards = cfg.data_shards or self.world
         if self.shards % self.world:
@@ -551,22 +552,18 @@ class _Run:
         dictionary evaluated is a copy, so the training stream is exactly the one without evaluation.
         """
         if self.rank == 0:
-            from .evaluation import select_eval_rows
-            from .roles import EvaluationContext
+            from .context import EvaluationContext
 
+            if self._eval_context is None:  # one context: a live model is rebuilt once per run
+                self._eval_context = EvaluationContext(self.store, self.out, device=str(self.device), progress=False)
             with _rng_preserved(), torch.no_grad():
                 for m, config, f in zip(members, configs, metric_files):
                     started = time.perf_counter()
                     copy = m.trainer.build(self.store.d_in)
                     copy.load_state_dict(m.dictionary.state_dict())
                     copy.to(self.device).eval()
-                    context = EvaluationContext(
-                        store=self.store,
-                        out_dir=m.run_dir / "plots" / "during_training",
-                        run_dir=m.run_dir,
-                        extra={"eval_rows": select_eval_rows(self.store, config), "run_config": config,
-                               "device": str(self.device), "progress": False},
-                    )
+                    context = self._eval_context.derive(out_dir=m.run_dir / "plots" / "during_training", run_dir=m.run_dir,
+                                                        run_config=config)
                     line: dict[str, Any] = {"step": step, "rows": rows_seen}
                     for evaluator in evaluators:
                         result = evaluator.evaluate(copy, context)
