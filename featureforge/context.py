@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from .errors import BadInputError, PluginError
+from .run import RunConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     from .evalrows import EvalRows
@@ -36,7 +37,9 @@ class EvaluationContext:
     out_dir
         Folder for the evaluator's artifacts (plots, tables, HTML); created on demand.
     run_dir, run_config
-        The run folder and its ``config.json`` contents when the dictionary comes from one.
+        The run folder and its ``config.json`` (a ``RunConfig``, or its contents as a mapping)
+        when the dictionary comes from a run: ``context.run`` is the typed ``RunConfig``,
+        ``context.run_config`` the same as a plain dict.
     eval_rows
         The rows to evaluate on; default: the run's held-out chunks when ``store`` is its
         training store, else the store's first committed rows (see ``evalrows.select_eval_rows``).
@@ -54,7 +57,7 @@ class EvaluationContext:
         out_dir: str | Path,
         *,
         run_dir: str | Path | None = None,
-        run_config: Mapping[str, Any] | None = None,
+        run_config: RunConfig | Mapping[str, Any] | None = None,
         eval_rows: "EvalRows | None" = None,
         device: str = "cpu",
         progress: bool = True,
@@ -69,7 +72,14 @@ class EvaluationContext:
         self.store = store
         self.out_dir = Path(out_dir)
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.run_config: Mapping[str, Any] = dict(run_config if run_config is not None else extra.get("run_config") or {})
+        given = run_config if run_config is not None else extra.get("run_config")
+        if isinstance(given, RunConfig):
+            self.run: RunConfig | None = given
+            self.run_config: dict[str, Any] = given.to_dict()
+        else:
+            self.run_config = dict(given or {})
+            whole = {"trainer", "d_in", "d_dict"} <= set(self.run_config)
+            self.run = RunConfig.from_dict(self.run_config, run_dir or "run config") if whole else None
         self.device = str(extra.get("device") or device)
         self.progress = bool(extra.get("progress", progress))
         self._eval_rows = eval_rows if eval_rows is not None else extra.get("eval_rows")
@@ -112,7 +122,7 @@ class EvaluationContext:
 
     def derive(self, **changes: Any) -> "EvaluationContext":
         """A copy with some fields changed that shares the rebuilt sources (same store only)."""
-        fields = {"store": self.store, "out_dir": self.out_dir, "run_dir": self.run_dir, "run_config": self.run_config,
+        fields = {"store": self.store, "out_dir": self.out_dir, "run_dir": self.run_dir, "run_config": self.run or self.run_config,
                   "eval_rows": self._eval_rows, "device": self.device, "progress": self.progress, "source": self._source}
         if ("store" in changes and changes["store"] is not self.store) or "run_config" in changes:
             fields["eval_rows"] = None  # chosen again for the new store or run

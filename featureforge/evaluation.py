@@ -143,19 +143,20 @@ def evaluate(
     import torch
 
     from .context import EvaluationContext
-    from .dictionary import load, read_config, write_json
+    from .dictionary import load, write_json
     from .evalrows import select_eval_rows
+    from .run import RunConfig
     from .store import ActivationStore, open_store
 
     run_dir = Path(run)
-    config = read_config(run_dir)
+    config = RunConfig.read(run_dir)
     opened = store if isinstance(store, ActivationStore) else open_store(store, storage_options)
-    if int(config["d_in"]) != opened.d_in:
+    if int(config.d_in) != opened.d_in:
         raise BadInputError(
-            f"run {run_dir} has d_in={int(config['d_in'])} but store {opened.url} has d_in={opened.d_in}; "
+            f"run {run_dir} has d_in={int(config.d_in)} but store {opened.url} has d_in={opened.d_in}; "
             "evaluate on activations from the hook point the run was trained on"
         )
-    chosen = select_eval_rows(opened, config, rows)
+    chosen = select_eval_rows(opened, config.to_dict(), rows)
     instances = _instantiate(evaluators, opened)
     dictionary = load(run_dir)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -180,9 +181,9 @@ def evaluate(
             "format_version": REPORT_FORMAT_VERSION,
             "run": str(run_dir),
             "store": opened.url,
-            "trainer": config.get("trainer"),
-            "d_in": int(config["d_in"]),
-            "d_dict": int(config["d_dict"]),
+            "trainer": config.trainer,
+            "d_in": int(config.d_in),
+            "d_dict": int(config.d_dict),
             "eval_rows": chosen.describe(),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "evaluators": results,

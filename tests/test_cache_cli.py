@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import sys
 import time
@@ -261,10 +262,10 @@ def test_damaged_chunk_is_named_by_the_reader_and_rewritten_by_a_rerun(small_sto
                 pass
         message = str(caught.value)
     assert "chunk acts/c/3/0" in message and "rows 1536–2047" in message, message
-    assert ("is missing" if damage == "missing" else "is truncated or damaged (1000 bytes, expected 32768)") in message
-    assert "rerun the same `featureforge cache` command" in message
-    # ... and the fix it names works: rerunning the same command rewrites the chunk, nothing else changes.
-    result = run_cli("cache", *SMALL, "--store", path)
+    assert ("is missing" if damage == "missing" else "is truncated or damaged (1000 bytes, expected 32772)") in message
+    # ... and the fix it names works: the repair command in the message rewrites the chunk, nothing else changes.
+    assert "; repair it with `featureforge cache --source synthetic" in message and message.endswith(f"--store {path} --repair`"), message
+    result = run_cli(*shlex.split(message.split("`")[1])[1:])
     assert "(complete)" in result.stdout
     assert tree_bytes(path) == original
 
