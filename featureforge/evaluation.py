@@ -116,7 +116,9 @@ def evaluate(
     Parameters
     ----------
     run
-        A run folder written by ``featureforge train`` (``config.json`` + ``weights.safetensors``).
+        A run folder written by ``featureforge train`` (``config.json`` + ``weights.safetensors``),
+        or a sweep's folder: then every member is evaluated and the summary ``sweep.json`` (and
+        ``sweep.png``) written into it and returned (see ``sweep.py``).
     store
         Store path, fsspec URL or an opened ``ActivationStore``; its ``d_in`` must be the run's.
     evaluators
@@ -138,33 +140,49 @@ def evaluate(
     -------
     dict
         The report as written: ``run``, ``store``, ``eval_rows``, and under ``evaluators`` each
-        evaluator's ``metrics`` and ``artifacts`` (paths relative to the report's folder).
+        evaluator's ``metrics`` and ``artifacts`` (paths relative to the report's folder). An
+        earlier report's evaluators that are not run again are kept when it scored the same
+        weights on the same store and rows.
     """
     import torch
 
     from .context import EvaluationContext
-    from .dictionary import load, write_json
-    from .evalrows import select_eval_rows
-    from .run import RunConfig
     from .store import ActivationStore, open_store
+    from .sweep import evaluate_sweep, is_sweep
 
-    run_dir = Path(run)
-    config = RunConfig.read(run_dir)
     opened = store if isinstance(store, ActivationStore) else open_store(store, storage_options)
+    instances = _instantiate(evaluators, opened)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    # One context for the whole call: a sweep's members share the store's rebuilt source.
+    base = EvaluationContext(opened, Path(run), device=str(dev), progress=progress)
+    if is_sweep(run):
+        if out_dir is not None:
+            raise OptionError(f"{run} is a sweep: each member's report goes into its own folder; leave out out_dir")
+        return evaluate_sweep(run, lambda member: _evaluate_run(member, instances, base, None, rows), opened.url)
+    return _evaluate_run(Path(run), instances, base, out_dir, rows)
+
+
+def _evaluate_run(run_dir: Path, instances: list[Evaluator], base: EvaluationContext, out_dir: str | os.PathLike | None,
+                  rows: int | None) -> dict[str, Any]:
+    """``evaluate`` for one run folder, with the evaluators and the store's context already made."""
+    from .dictionary import load
+    from .evalrows import select_eval_rows
+    from .files import write_json
+    from .run import RunConfig
+
+    opened = base.store
+    config = RunConfig.read(run_dir)
     if int(config.d_in) != opened.d_in:
         raise BadInputError(
             f"run {run_dir} has d_in={int(config.d_in)} but store {opened.url} has d_in={opened.d_in}; "
             "evaluate on activations from the hook point the run was trained on"
         )
     chosen = select_eval_rows(opened, config.to_dict(), rows)
-    instances = _instantiate(evaluators, opened)
     dictionary = load(run_dir)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dictionary.to(dev)
+    dictionary.to(base.device)
     out = Path(out_dir) if out_dir is not None else run_dir
     out.mkdir(parents=True, exist_ok=True)
-    context = EvaluationContext(opened, out / PLOTS_DIR, run_dir=run_dir, run_config=config, eval_rows=chosen,
-                                device=str(dev), progress=progress)
+    context = base.derive(out_dir=out / PLOTS_DIR, run_dir=run_dir, run_config=config, eval_rows=chosen)
     results: dict[str, Any] = {}
     for evaluator in instances:
         result = evaluator.evaluate(dictionary, context)
@@ -184,13 +202,43 @@ def evaluate(
             "trainer": config.trainer,
             "d_in": int(config.d_in),
             "d_dict": int(config.d_dict),
+            "weights_sha256": _weights_digest(run_dir),
             "eval_rows": chosen.describe(),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "evaluators": results,
         }
     )
+    report["evaluators"] = {**_earlier_results(out / REPORT_FILE, report), **report["evaluators"]}
     write_json(out / REPORT_FILE, report)
     return report
+
+
+def _weights_digest(run_dir: Path) -> str:
+    """SHA-256 of the run's weights file: what says an earlier report scored the same dictionary."""
+    import hashlib
+
+    from .run import WEIGHTS_FILE
+
+    digest = hashlib.sha256()
+    with open(run_dir / WEIGHTS_FILE, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _earlier_results(path: Path, report: Mapping[str, Any]) -> dict[str, Any]:
+    """Evaluators of an earlier ``report.json`` that scored the same weights on the same store and
+    rows: kept, so evaluating ``reconstruction`` after ``downstream`` does not lose ``downstream``.
+    Anything else (another store, other rows, retrained weights, an unreadable file) is replaced."""
+    import json
+
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    same = isinstance(earlier, dict) and all(earlier.get(key) == report[key] for key in ("store", "eval_rows", "weights_sha256"))
+    evaluators = earlier.get("evaluators") if same else None
+    return dict(evaluators) if isinstance(evaluators, dict) else {}
 
 
 def report_path(run: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> Path:

@@ -510,3 +510,52 @@ def test_gradient_selection_is_a_declared_capability_of_the_dictionary(plugin):
             return x - grads
 
     assert WithGrads(4, 8, 0.0).uses_gradients is True
+
+
+# ------------------------------------------------------------------------------------------------
+# report.json across calls, and sweeps
+# ------------------------------------------------------------------------------------------------
+def test_report_keeps_earlier_evaluators_of_the_same_weights_and_rows(plugin, store, features, tmp_path):
+    run = save_run(oracle(plugin, features), tmp_path / "run")
+    ff.evaluate(run, store.url, ["ground-truth"], rows=2048)
+    report = ff.evaluate(run, store.url, ["reconstruction"], rows=2048)
+    assert set(report["evaluators"]) == {"ground-truth", "reconstruction"}, "evaluating reconstruction lost ground-truth"
+    assert json.loads((run / "report.json").read_text()) == report
+    # Other rows, or retrained weights: the earlier results no longer describe this evaluation.
+    assert set(ff.evaluate(run, store.url, ["reconstruction"], rows=1024)["evaluators"]) == {"reconstruction"}
+    ff.evaluate(run, store.url, ["ground-truth"], rows=1024)
+    save_run(random_dictionary(plugin, 32, 16), run)
+    assert set(ff.evaluate(run, store.url, ["reconstruction"], rows=1024)["evaluators"]) == {"reconstruction"}
+
+
+def test_pareto_front_keeps_the_members_no_other_beats_on_both_axes():
+    from featureforge.sweep import pareto_front
+
+    points = [(4.0, 0.5), (8.0, 0.3), (8.0, 0.6), (16.0, 0.35), (32.0, 0.1), (None, 0.0)]
+    assert pareto_front(points) == [0, 1, 4]
+    assert pareto_front([(4.0, 0.5), (8.0, 0.9), (16.0, 0.7)], maximise_y=True) == [0, 1]
+
+
+def test_cli_evaluate_a_sweep_folder_writes_every_report_and_the_summary(plugin_dir, cli_setup):
+    proc = _cli(["train", "--trainer", "eval-test", "-o", "d_dict=8,16,32", "--store", "synth.zarr", "--out", "sweep",
+                 "--batch-size", "256"], plugin_dir, cli_setup)
+    assert proc.returncode == 0, proc.stderr
+    proc = _cli(["evaluate", "sweep", "--store", "synth.zarr", "--evaluator", "reconstruction"], plugin_dir, cli_setup)
+    assert proc.returncode == 0, proc.stderr
+    sweep = cli_setup / "sweep"
+    summary = json.loads((sweep / "sweep.json").read_text())
+    members = sorted(p.name for p in sweep.iterdir() if (p / "config.json").exists())
+    assert [m["member"] for m in summary["members"]] == members and len(members) == 3
+    for row in summary["members"]:
+        report = json.loads((sweep / row["report"]).read_text())
+        assert row["fvu"] == report["evaluators"]["reconstruction"]["metrics"]["fvu"] and row["l0"] > 0
+        assert row["options"]["d_dict"] in (8, 16, 32)
+    assert summary["pareto_fvu"] and set(summary["pareto_fvu"]) <= set(members)
+    assert (sweep / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith("sweep sweep on ") and all(any(m in line for line in lines) for m in members)
+    assert lines[-1] == f"Wrote {Path('sweep') / 'sweep.json'}, {Path('sweep') / 'sweep.png'}"
+
+    proc = _cli(["evaluate", "sweep", "--store", "synth.zarr", "--evaluator", "reconstruction", "--json"], plugin_dir, cli_setup)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["members"] == json.loads((sweep / "sweep.json").read_text())["members"]
