@@ -105,7 +105,8 @@ class FacetsEvaluator(Evaluator):
         source = _store_source(context) if text else context.given_source
         embed = live_embedder(source, o.embed)
         dictionary.eval()
-        with featureforge.progress_bar(store.rows if not o.rows else min(o.rows, store.rows), "facets: collect") as bar:
+        with featureforge.progress_bar(store.rows if not o.rows else min(o.rows, store.rows), "facets: collect",
+                                       enabled=None if context.progress else False) as bar:
             found = collect(dictionary, store, top_n=o.top_n, sample=o.sample, batch_rows=o.batch_rows, max_rows=o.rows or None,
                             seed=o.seed, progress=bar.update)
         latents = requested if requested is not None else choose_latents(found, o.features)
