@@ -317,9 +317,12 @@ def _unfinished_creation(location: Location, spec: StoreSpec) -> bool:
 
 
 def _open_for_spec(location: Location) -> ActivationStore:
+    """Open a store to continue it; only damage that no repair can mend suggests starting again."""
     try:
         return open_store(location)
     except CorruptStoreError as exc:
+        if "--repair" in str(exc) or "do not pass --overwrite" in str(exc):
+            raise
         raise CorruptStoreError(f"{exc} (or pass --overwrite to start it again)") from None
 
 
