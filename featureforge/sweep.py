@@ -78,13 +78,13 @@ def evaluate_sweep(
     store_url: str,
 ) -> dict[str, Any]:
     """Evaluate each member with ``evaluate_member(member_folder) -> report``; write and return the summary."""
-    from .evaluation import _jsonable
     from .files import write_json
 
     root = Path(folder)
     members = sweep_members(root)
     rows = [_member_row(member, evaluate_member(member)) for member in members]
-    summary = _jsonable({
+    # Every value comes from a member's JSON report or config: the summary is JSON as it stands.
+    summary = {
         "format_version": SWEEP_FORMAT_VERSION,
         "sweep": str(root),
         "store": store_url,
@@ -93,7 +93,7 @@ def evaluate_sweep(
         "pareto_fvu": [rows[i]["member"] for i in pareto_front([(r["l0"], r["fvu"]) for r in rows])],
         "pareto_score": [rows[i]["member"] for i in pareto_front([(r["l0"], r["score"]) for r in rows], maximise_y=True)],
         "plot": SWEEP_PLOT,
-    })
+    }
     _plot(summary, root / SWEEP_PLOT)
     write_json(root / SWEEP_FILE, summary)
     return summary
