@@ -20,6 +20,9 @@ What is measured (see docs/benchmarks.md, "Store"):
   chunk file of ``acts/`` in order with ``numpy.fromfile`` (one more value summed so nothing is
   skipped). Each figure is the median of ``--repeats`` runs, interleaved; the best run is kept too,
   and rows per CPU-second of the process (all its threads), steadier on a shared machine.
+* checksum cost: the same d=768 fp32 rows cached without checksums (format 1) and with them,
+  read in interleaved epochs: format 1, format 2 checked once per process, format 2 checked every
+  epoch.
 * memory: a fresh ``python`` per store size reads one full epoch; reported are its peak RSS
   (VmHWM), its RSS just before reading (after importing torch and opening the store), the
   difference, and the reader's window-buffer bytes.
@@ -205,6 +208,47 @@ def bench_read(store_path: Path, repeats: int, batch_size: int) -> dict[str, Any
     }
 
 
+def bench_checksum_cost(npy: Path, workdir: Path, rows: int, repeats: int, batch_size: int) -> dict[str, Any]:
+    """The checksums' read cost at d=768 fp32: the same rows in a store without checksums (format 1)
+    and with them, read in interleaved epochs: format 1, format 2 (each chunk checked once per
+    process), format 2 checking every chunk every epoch."""
+    import featureforge
+    import featureforge.creation as creation
+
+    plain, summed = workdir / "cost-v1", workdir / "cost-v2"
+    original = creation.array_codecs
+    creation.array_codecs = lambda checksum: {"compressors": None}
+    try:
+        cache_store(npy, plain, rows, "float32")
+    finally:
+        creation.array_codecs = original
+    cache_store(npy, summed, rows, "float32")
+    stores = {"v1": featureforge.open_store(str(plain)), "v2": featureforge.open_store(str(summed))}
+    assert stores["v1"].info()["checksums"] is None and stores["v2"].info()["checksums"] == "crc32c"
+    for store in stores.values():
+        read_epoch(store, 1000, batch_size)
+    runs: dict[str, list[tuple[float, float]]] = {"no_checksums": [], "checked_once": [], "checked_every_epoch": []}
+    for rep in range(repeats):
+        for key, store, verify_all in (("no_checksums", stores["v1"], False), ("checked_once", stores["v2"], False), ("checked_every_epoch", stores["v2"], True)):
+            n, dt, cpu = read_epoch(store, rep, batch_size, verify_all=verify_all)
+            runs[key].append((n / dt, n / cpu))
+    shutil.rmtree(plain)
+    shutil.rmtree(summed)
+    out: dict[str, Any] = {"d": 768, "dtype": "float32", "rows": rows}
+    for key, values in runs.items():
+        out[key] = {
+            "rows_per_s": round(statistics.median(v[0] for v in values)),
+            "rows_per_cpu_s": round(statistics.median(v[1] for v in values)),
+            "runs": [round(v[0]) for v in values],
+        }
+    base = out["no_checksums"]
+    for key in ("checked_once", "checked_every_epoch"):
+        out[key]["vs_no_checksums"] = round(out[key]["rows_per_s"] / base["rows_per_s"], 3)
+        out[key]["vs_no_checksums_per_cpu_s"] = round(out[key]["rows_per_cpu_s"] / base["rows_per_cpu_s"], 3)
+    out["load_average"] = load_average()
+    return out
+
+
 # -- memory ---------------------------------------------------------------------------------------
 def rss_child(store_path: str, batch_size: int) -> None:
     """Runs in a fresh process: read one epoch, report peak RSS against the RSS before reading."""
@@ -267,6 +311,7 @@ def main() -> None:
     parser.add_argument("--dir", type=str, default=None, help="where to make stores (default: a temp folder under stores/)")
     parser.add_argument("--keep", action="store_true", help="keep the stores and .npy files")
     parser.add_argument("--skip-rss", action="store_true")
+    parser.add_argument("--checksum-cost-only", action="store_true", help="only the with/without-checksums read comparison")
     parser.add_argument("--rss-child", type=str, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_child:
@@ -305,7 +350,7 @@ def main() -> None:
         shutil.rmtree(workdir / "warm-up")
 
         writes, reads = [], []
-        for d in (768, 384):
+        for d in () if args.checksum_cost_only else (768, 384):
             for dtype in ("float32", "bfloat16"):
                 rows = int(read_gib * GIB / (d * 4))
                 store_path = workdir / f"read-{d}-{dtype}"
@@ -331,7 +376,13 @@ def main() -> None:
                 shutil.rmtree(store_path)
         result["write"] = writes
         result["read"] = reads
+        log("checksum cost: d=768 fp32 with and without checksums, interleaved epochs")
+        result["checksum_cost"] = bench_checksum_cost(npys[768], workdir, int(read_gib * GIB / (768 * 4)), repeats, args.batch_size)
+        log(f"checksum cost: {json.dumps({k: v['rows_per_s'] for k, v in result['checksum_cost'].items() if isinstance(v, dict)})}")
 
+        if args.checksum_cost_only:
+            print(json.dumps(result, indent=2))
+            return
         if not args.skip_rss:
             result["memory"] = bench_rss(npys[768], workdir, rss_sizes, 768, args.batch_size)
 

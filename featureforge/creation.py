@@ -149,7 +149,11 @@ def create_store(location: Location, spec: StoreSpec, ground_truth: dict[str, np
             return open_store(location)
         parent, name = os.path.split(location.root)
         os.makedirs(parent, exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=f".{name}.creating-", dir=parent)
+        _remove_stale_staging(parent, name)
+        staging = tempfile.mkdtemp(prefix=f".{name}.creating-{os.getpid()}-", dir=parent)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it 0700; a store's folder follows the umask
         try:
             _build(Location(staging).zarr_store(), spec, ground_truth)
             try:
@@ -167,6 +171,26 @@ def create_store(location: Location, spec: StoreSpec, ground_truth: dict[str, np
             raise
         raise StoreError(f"cannot write a store at {location}: {exc.strerror or exc}; choose a writable --store path") from None
     return open_store(location)
+
+
+def _remove_stale_staging(parent: str, name: str) -> None:
+    """Staging folders of creations killed before their rename (their process is gone) hold no data."""
+    prefix = f".{name}.creating-"
+    for entry in os.listdir(parent):
+        if entry.startswith(prefix):
+            pid = entry[len(prefix) :].split("-", 1)[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def prepare_store(

@@ -11,7 +11,9 @@ rebuilds it through the registered trainer. Nothing is ever pickled.
 
 from __future__ import annotations
 
+import json
 import os
+import struct
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -91,17 +93,37 @@ class Dictionary(nn.Module):
     # -- persistence --------------------------------------------------------------------------
     def save(self, run_dir: str | os.PathLike, config: "dict[str, Any] | RunConfig | None" = None) -> Path:
         """Write ``weights.safetensors`` then ``config.json`` into ``run_dir`` (atomically each)."""
-        from safetensors.torch import save_file
-
         run = Path(run_dir)
         run.mkdir(parents=True, exist_ok=True)
         if config is not None:
             self.config = config.to_dict() if isinstance(config, RunConfig) else dict(config)
         cfg = RunConfig.from_dict({"format_version": RUN_FORMAT_VERSION, **self.config, "d_in": self.d_in, "d_dict": self.d_dict}, run / CONFIG_FILE)
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        atomic_write(run / WEIGHTS_FILE, lambda p: save_file(tensors, str(p), metadata={"format": "featureforge", "trainer": cfg.trainer}))
+        data = safetensors_bytes(tensors, {"format": "featureforge", "trainer": str(cfg.trainer)})
+        atomic_write(run / WEIGHTS_FILE, lambda p: p.write_bytes(data))
         cfg.write(run)
         return run
+
+
+def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """A safetensors file whose bytes depend only on the tensors and the metadata, not on the process.
+
+    safetensors keeps ``__metadata__`` in a hash map, so two runs writing the same dictionary give
+    files that differ in the order of its keys. Its tensors come out in a fixed order, so the file
+    is written without metadata and the metadata put back into the JSON header with sorted keys,
+    the header padded with spaces to a multiple of 8 bytes as the format asks (data offsets count
+    from the end of the header, so they stay valid).
+    """
+    from safetensors.torch import save
+
+    raw = save(tensors)
+    (length,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + length])
+    header.pop("__metadata__", None)
+    ordered = {"__metadata__": dict(sorted(metadata.items())), **header} if metadata else header
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + raw[8 + length :]
 
 
 def load_weights(dictionary: Dictionary, path: str | os.PathLike) -> None:

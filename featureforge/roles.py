@@ -170,7 +170,7 @@ class DictionaryTrainer(Plugin):
 
     def build(self, d_in: int) -> Any:
         """A fresh ``Dictionary`` for rows of width ``d_in`` (random init, seeded by the loop)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"trainer {self.name!r} does not implement build(self, d_in) returning a featureforge Dictionary")
 
     def initialize(self, dictionary: Any, sample: Any) -> None:
         """Data-dependent initialisation from a sample of training rows (e.g. ``b_dec``)."""
@@ -181,7 +181,15 @@ class DictionaryTrainer(Plugin):
 
     def loss(self, dictionary: Any, batch: Batch, state: TrainState) -> StepOutput:
         """Loss and reconstruction of one batch."""
-        raise NotImplementedError
+        raise NotImplementedError(f"trainer {self.name!r} does not implement loss(self, dictionary, batch, state) returning a StepOutput")
+
+    def dead_after_rows(self) -> int | None:
+        """Rows without firing after which this trainer treats a latent as dead (e.g. for AuxK).
+
+        The loop's ``dead_fraction`` log uses it, so the log and the method agree; ``None`` (the
+        default) means the trainer has no such notion and the loop's ``dead_after`` applies.
+        """
+        return None
 
     def before_step(self, dictionary: Any, state: TrainState) -> None:
         """After backward, before the optimiser step (e.g. remove gradient parallel to decoder rows)."""

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shlex
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -136,8 +135,8 @@ class ActivationStore:
     def _check_layout(self) -> None:
         """Root attributes that disagree with the arrays are damaged attributes, not damaged chunks."""
         acts = self.array("acts")
-        want = {"d_in": (acts.shape[1], "rows of"), "rows_allocated": (acts.shape[0], "rows:"), "rows_per_chunk": (acts.chunks[0], "rows per chunk:")}
-        for key, (actual, _) in want.items():
+        want = {"d_in": acts.shape[1], "rows_allocated": acts.shape[0], "rows_per_chunk": acts.chunks[0]}
+        for key, actual in want.items():
             if self.attrs.get(key) != actual:
                 raise CorruptStoreError(
                     f"store {self.url}: zarr.json says {key}={self.attrs.get(key)!r} but acts/zarr.json holds {key}={actual}; "

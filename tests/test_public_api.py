@@ -53,7 +53,7 @@ def test_import_featureforge_does_not_import_torch():
 
 
 def test_train_takes_every_loop_setting_by_name_with_its_default():
-    from featureforge.training import TrainConfig
+    from featureforge.train_config import TrainConfig
 
     params = inspect.signature(featureforge.train).parameters
     for field in dataclasses.fields(TrainConfig):
@@ -76,13 +76,20 @@ def test_evaluate_has_the_full_signature_of_the_command():
 def _featureforge_imports(path: Path) -> list[tuple[str, str]]:
     """(module, name) of every ``from featureforge... import name`` and ``featureforge.name`` use in a file."""
     tree = ast.parse(path.read_text(), str(path))
+    aliases = {"featureforge"} | {a.asname for node in ast.walk(tree) if isinstance(node, ast.Import)
+                                  for a in node.names if a.name == "featureforge" and a.asname}
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "featureforge":
             found += [(node.module, alias.name) for alias in node.names]
-        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "featureforge":
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases:
             found.append(("featureforge", node.attr))
     return found
+
+
+#: Known exceptions, each a decision: the demo (featureforge-hf) checks which plugins are installed
+#: before it starts, through the registry, to name ``make demo`` in one line.
+ALLOWED = {("featureforge_hf/demo.py", "featureforge.get_registry")}
 
 
 def test_plugins_use_only_the_public_api():
@@ -92,8 +99,9 @@ def test_plugins_use_only_the_public_api():
     for path in sources:
         for module, name in _featureforge_imports(path):
             if module == "featureforge":
-                if name not in featureforge.__all__ and name not in PUBLIC_MODULES_SHORT:
-                    bad.append(f"{path.relative_to(ROOT)}: featureforge.{name}")
+                if name not in featureforge.__all__ and name not in PUBLIC_MODULES_SHORT and name != "__version__":
+                    if (f"{path.parent.name}/{path.name}", f"featureforge.{name}") not in ALLOWED:
+                        bad.append(f"{path.relative_to(ROOT)}: featureforge.{name}")
             elif module not in PUBLIC_MODULES:
                 bad.append(f"{path.relative_to(ROOT)}: {module}.{name}")
     assert not bad, "plugins reach past the public API:\n" + "\n".join(bad)

@@ -34,6 +34,14 @@ def __getattr__(name: str) -> Any:
 
 
 @featureforge.hookimpl
+def featureforge_register_commands(cli: Any) -> None:
+    # `featureforge demo`: this plugin's source and evaluator with featureforge-sae's topk trainer.
+    from .demo import demo_command
+
+    cli.add_command(demo_command)
+
+
+@featureforge.hookimpl
 def featureforge_register_sources(register: Any) -> None:
     register(HFSource)
 

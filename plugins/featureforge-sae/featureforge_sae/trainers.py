@@ -96,6 +96,10 @@ class TopKTrainer(DictionaryTrainer):
     def k_aux(self, d_in: int) -> int:
         return self.options.k_aux if self.options.k_aux is not None else max(1, d_in // 2)
 
+    def dead_after_rows(self) -> int:
+        """AuxK's horizon: the loop logs dead latents by the same rule."""
+        return self.options.dead_after
+
     # -- the step -----------------------------------------------------------------------------
     def _dead_latents(self, dictionary: Any, state: TrainState | None) -> "torch.Tensor | None":
         if state is None or self.options.aux_coef == 0 or state.rows_since_fired is None:
