@@ -142,6 +142,8 @@ def train(
     rows: int | None = None,
     epochs: float = 1.0,
     lr: float | None = None,
+    lr_search_fraction: float = 0.0,
+    lr_search_factors: tuple[float, ...] = (1.0, 3.0, 10.0, 30.0),
     warmup_steps: int = 1000,
     decay_fraction: float = 0.2,
     adam_betas: tuple[float, ...] = (0.9, 0.999),
@@ -168,7 +170,8 @@ def train(
     subfolders). ``resume`` continues a run from its checkpoint; ``overwrite`` replaces an
     existing run. The remaining arguments are the loop's settings (``featureforge train --help``,
     ``-t KEY=VALUE``): rows and epochs to train, batch size, learning rate (default: the
-    trainer's), warm-up steps and final decay fraction, Adam betas, gradient clipping, seed,
+    trainer's for this run, or a race of ``lr_search_factors`` times it over
+    ``lr_search_fraction`` of the steps), warm-up steps and final decay fraction, Adam betas, gradient clipping, seed,
     compute dtype, threads, device, input normalisation, held-out rows, logging, checkpointing and
     dead-latent windows (in rows), the reader's shuffle buffer and data shards, and evaluation
     during training (every ``eval_every`` steps with ``eval_evaluators``, options as

@@ -111,7 +111,7 @@ def save_training_state(out: Path, members: Sequence[Any], cursors: dict[str, An
         opt_tensors, opt_meta = optimizer_tensors(m.optimizer, f"m{i}.adam.")
         tensors.update({k: v.cpu() for k, v in opt_tensors.items()})
         tensors[f"m{i}.rows_since_fired"] = m.state.rows_since_fired.cpu()
-        meta.append({"optimizer": opt_meta, "window": m.window, "metrics_offset": metric_offsets[i]})
+        meta.append({"optimizer": opt_meta, "window": m.window, "metrics_offset": metric_offsets[i], "lr": m.base_lr})
     return save_checkpoint(out, tensors, {"step": step, "rows_seen": rows, "cursors": cursors, "members": meta})
 
 
@@ -131,6 +131,7 @@ def restore_training_state(out: Path, members: Sequence[Any], readers: Sequence[
         load_optimizer(m.optimizer, tensors, f"m{i}.adam.", state["members"][i]["optimizer"])
         m.state.rows_since_fired.copy_(tensors[f"m{i}.rows_since_fired"])
         m.window = dict(state["members"][i]["window"])
+        m.base_lr = float(state["members"][i].get("lr", m.base_lr))  # the rate the run chose (lr_search) or was given
         metrics = Path(m.run_dir) / METRICS_FILE
         if truncate_metrics and metrics.exists():
             with open(metrics, "r+b") as f:

@@ -179,6 +179,14 @@ class DictionaryTrainer(Plugin):
         """Default Adam learning rate when the user gives none."""
         return 2e-4
 
+    def learning_rate_for_run(self, dictionary: Any, steps: int) -> float:
+        """Default Adam learning rate for a run of ``steps`` optimiser steps (no ``--lr`` given).
+
+        Short runs want larger rates than the long ones a fixed rule is tuned for; a trainer that
+        knows how its rate scales with the run's length says so here. Default: ``learning_rate``.
+        """
+        return self.learning_rate(dictionary)
+
     def loss(self, dictionary: Any, batch: Batch, state: TrainState) -> StepOutput:
         """Loss and reconstruction of one batch."""
         raise NotImplementedError(f"trainer {self.name!r} does not implement loss(self, dictionary, batch, state) returning a StepOutput")

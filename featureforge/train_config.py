@@ -27,7 +27,11 @@ class TrainConfig:
     epochs: float = 1.0
     """Passes over the training chunks when `rows` is not given."""
     lr: float | None = None
-    """Adam learning rate; default: the trainer's suggestion for this dictionary size."""
+    """Adam learning rate; default: the trainer's suggestion for this dictionary and run length (or a race, lr_search_fraction)."""
+    lr_search_fraction: float = 0.0
+    """Without --lr: share of the steps (at least 8, at most a quarter) spent racing candidate rates (featureforge.lr_search); 0: no race."""
+    lr_search_factors: tuple[float, ...] = (1.0, 3.0, 10.0, 30.0)
+    """Without --lr: candidate rates as multiples of the trainer's suggestion for this dictionary."""
     warmup_steps: int = 1000
     """Linear learning-rate warm-up from 0 (capped at 10% of the steps)."""
     decay_fraction: float = 0.2
@@ -74,6 +78,9 @@ def resolve_config(config: Mapping[str, Any]) -> TrainConfig:
         raise OptionError(f"--batch-size must be positive, got {cfg.batch_size}")
     if cfg.lr is not None and not cfg.lr > 0:
         raise OptionError(f"--lr must be a positive learning rate (e.g. --lr 3e-4), got {cfg.lr}")
+    if not 0 <= cfg.lr_search_fraction < 1 or any(not f > 0 for f in cfg.lr_search_factors):
+        raise OptionError("lr_search_fraction must be in [0, 1) and lr_search_factors positive multiples "
+                          f"(e.g. -t lr_search_factors=1,3,10,30), got {cfg.lr_search_fraction} and {cfg.lr_search_factors}")
     if len(cfg.adam_betas) < 2 or not all(0 <= b < 1 for b in cfg.adam_betas[:2]):
         raise OptionError(f"adam_betas must be two numbers in [0, 1) (e.g. -t adam_betas=0.9,0.999), got {cfg.adam_betas}")
     if cfg.eval_every < 0:

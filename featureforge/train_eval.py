@@ -11,7 +11,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -74,8 +74,10 @@ def rng_preserved() -> Iterator[None]:
 
 
 def evaluate_members(members: Sequence[Any], configs: Sequence[RunConfig], evaluators: Sequence[Any], metric_files: Sequence[Any],
-                     base: EvaluationContext, step: int, rows_seen: int) -> None:
+                     base: EvaluationContext, step: int, rows_seen: int, announce: Callable[[str], None] | None = None) -> None:
     """Run the evaluators on a copy of each member's current dictionary; write one metrics line each.
+
+    ``announce`` hears what is being evaluated, so a progress bar can say so instead of freezing.
 
     ``base`` is the run's one context (store, device, no progress bars): each member's context is
     derived from it, so the store's source is rebuilt at most once per run."""
@@ -88,6 +90,8 @@ def evaluate_members(members: Sequence[Any], configs: Sequence[RunConfig], evalu
             context = base.derive(out_dir=Path(m.run_dir) / PLOTS_DIR / "during_training", run_dir=Path(m.run_dir), run_config=config)
             line: dict[str, Any] = {"step": step, "rows": rows_seen}
             for evaluator in evaluators:
+                if announce is not None:
+                    announce(f"evaluating {evaluator.name}" + (f" [{m.label}]" if m.label else "") + f" at step {step}")
                 result = evaluator.evaluate(copy, context)
                 for key, value in result.metrics.items():
                     if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -30,6 +30,7 @@ from .checkpoint import load_checkpoint, restore_training_state, save_training_s
 from .dictionary import Dictionary
 from .errors import BadInputError, FeatureforgeError, OptionError
 from .holdout import split_chunks
+from .lr_search import Candidate, probe_steps, record, scored, winner
 from .options import options_to_dict
 from .plots import plot_training
 from .plugins import get_registry
@@ -57,6 +58,10 @@ class Member:
     state: TrainState
     base_lr: float
     window: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: Index of the sweep variant this member trains (several candidates share one during an lr race).
+    variant: int = 0
+    #: Its entry in the learning-rate race, while one is running.
+    candidate: Candidate | None = None
 
 
 # -- helpers ----------------------------------------------------------------------------------------
@@ -225,27 +230,57 @@ class _Run:
             it.close()
         return batch["acts"].float().to(self.device) * scale
 
-    def _build_members(self, scale: float, sample: torch.Tensor, holdout: list[int]) -> tuple[list[Member], list[RunConfig]]:
+    def _build_members(self, scale: float, sample: torch.Tensor, holdout: list[int], total_steps: int,
+                       race: bool) -> tuple[list[Member], list[RunConfig]]:
+        """One member per sweep variant, or (``race``) one per candidate learning rate of each variant,
+        every candidate from the same initialisation (see featureforge.lr_search)."""
         members, configs = [], []
-        for (label, trainer), run_dir in zip(self.trainers, self._run_dirs()):
-            torch.manual_seed(self.cfg.seed)
-            dictionary = trainer.build(self.store.d_in)
-            if not isinstance(dictionary, Dictionary):
-                raise FeatureforgeError(f"trainer {self.trainer_name!r} built a {type(dictionary).__name__}, not a featureforge Dictionary")
-            dictionary.to(self.device)
-            dictionary.input_scale.fill_(scale)
-            with torch.no_grad():
-                trainer.initialize(dictionary, sample)
-            base_lr = self.cfg.lr if self.cfg.lr is not None else float(trainer.learning_rate(dictionary))
-            params = [p for p in dictionary.parameters() if p.requires_grad]
-            # fused Adam: never slower than foreach here, up to 4x faster on busy cores (measured in featureforge-sae)
-            optimizer = torch.optim.Adam(params, lr=base_lr, betas=tuple(self.cfg.adam_betas)[:2], fused=True)
-            state = TrainState(step=0, rows_seen=0, rows_since_fired=torch.zeros(dictionary.d_dict, dtype=torch.long, device=self.device),
-                               world_size=self.world)
-            members.append(Member(label, run_dir, trainer, dictionary, optimizer, state, base_lr))
+        factors = self.cfg.lr_search_factors if race else (None,)
+        for variant, ((label, trainer), run_dir) in enumerate(zip(self.trainers, self._run_dirs())):
+            for factor in factors:
+                torch.manual_seed(self.cfg.seed)
+                dictionary = trainer.build(self.store.d_in)
+                if not isinstance(dictionary, Dictionary):
+                    raise FeatureforgeError(f"trainer {self.trainer_name!r} built a {type(dictionary).__name__}, not a featureforge Dictionary")
+                dictionary.to(self.device)
+                dictionary.input_scale.fill_(scale)
+                with torch.no_grad():
+                    trainer.initialize(dictionary, sample)
+                base_lr = self.cfg.lr if self.cfg.lr is not None else float(trainer.learning_rate_for_run(dictionary, total_steps)) * (factor or 1.0)
+                params = [p for p in dictionary.parameters() if p.requires_grad]
+                # fused Adam: never slower than foreach here, up to 4x faster on busy cores (measured in featureforge-sae)
+                optimizer = torch.optim.Adam(params, lr=base_lr, betas=tuple(self.cfg.adam_betas)[:2], fused=True)
+                state = TrainState(step=0, rows_seen=0, rows_since_fired=torch.zeros(dictionary.d_dict, dtype=torch.long, device=self.device),
+                                   world_size=self.world)
+                members.append(Member(label, run_dir, trainer, dictionary, optimizer, state, base_lr, variant=variant,
+                                      candidate=Candidate(base_lr) if race else None))
             configs.append(self._config_for(label, trainer, dictionary.d_dict, holdout, scale))
         torch.manual_seed(self.cfg.seed)  # the step RNG starts from a known state whatever was built
         return members, configs
+
+    def _end_race(self, members: list[Member], configs: list[RunConfig], steps: int, bar: Any) -> list[Member]:
+        """Keep each variant's candidate with the lowest probe FVU (the same on every rank); drop the rest."""
+        sums = torch.tensor([[m.candidate.num, m.candidate.den] for m in members], dtype=torch.float64)
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(sums)
+        for m, (num, den) in zip(members, sums.tolist()):
+            m.candidate.num, m.candidate.den = num, den
+        kept = []
+        for variant, config in enumerate(configs):
+            group = [m for m in members if m.variant == variant]
+            best = winner([m.candidate for m in group])
+            config.lr_search = record([m.candidate for m in group], best, steps, self.cfg.batch_size)
+            kept.append(group[best])
+            if self.rank == 0:
+                config.write(group[best].run_dir)
+                if self.show_progress:
+                    tried = ", ".join(f"{m.candidate.lr:.2g}: {m.candidate.fvu:.3f}" for m in group)
+                    bar.write(f"{config.sweep_label or 'lr'}: chose lr {group[best].base_lr:.3g} after {steps} steps (probe fvu {tried})")
+        for m in kept:
+            m.candidate = None
+        return kept
 
     # -- checkpoint --------------------------------------------------------------------------
     def _checkpoint(self, members: list[Member], readers: list[ShuffledReader], step: int, rows: int, metric_offsets: list[int]) -> None:
@@ -271,7 +306,11 @@ class _Run:
         total_steps = self._total_steps(train_chunks)
         norm = self.store.normalisation()
         scale = float(norm.get("scale", 1.0)) if self.cfg.normalise else 1.0
-        members, configs = self._build_members(scale, self._init_sample(train_chunks, scale), [c.index for c in held])
+        has_checkpoint = self.resume and load_checkpoint(self.out) is not None
+        race_steps = 0
+        if self.cfg.lr is None and not has_checkpoint:
+            race_steps = probe_steps(total_steps, self.cfg.lr_search_fraction, len(self.cfg.lr_search_factors))
+        members, configs = self._build_members(scale, self._init_sample(train_chunks, scale), [c.index for c in held], total_steps, race_steps > 0)
         if self.resume:
             self._check_resumable(configs)
             if all(is_complete(d) for d in self._run_dirs()):
@@ -279,13 +318,13 @@ class _Run:
         readers = self._readers(train_chunks)
         step, rows_seen = restore_training_state(self.out, members, readers, self.rank == 0) if self.resume else (0, 0)
         if self.rank == 0:
-            for m, config in zip(members, configs):
-                config.write(m.run_dir)
-                m.dictionary.config = config.to_dict()
+            for m in members:
+                configs[m.variant].write(m.run_dir)
+                m.dictionary.config = configs[m.variant].to_dict()
         evaluators = eval_instances(self.cfg, self.store) if self.cfg.eval_every > 0 else []
         streams = [_shard_batches(r) for r in readers]
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.cfg.dtype == "bfloat16" else contextlib.nullcontext()
-        metric_files = [open(m.run_dir / METRICS_FILE, "a") if self.rank == 0 else None for m in members]
+        metric_files = [open(d / METRICS_FILE, "a") if self.rank == 0 else None for d in self._run_dirs()]
         next_checkpoint = (rows_seen // self.cfg.checkpoint_every + 1) * self.cfg.checkpoint_every
         bar = progress_bar(total_steps * self.cfg.batch_size, f"train {self.trainer_name}", initial=rows_seen,
                            enabled=None if (self.show_progress and self.rank == 0) else False)
@@ -297,19 +336,31 @@ class _Run:
                 for m in members:
                     m.optimizer.param_groups[0]["lr"] = lr_at(step, total_steps, m.base_lr, self.cfg)
                     m.state.step, m.state.rows_seen = step, rows_seen
-                    self._step(m, batches, autocast, step, rows_seen)
+                    num, den = self._step(m, batches, autocast, step, rows_seen)
+                    if m.candidate is not None and scored(step, race_steps):
+                        m.candidate.num += num
+                        m.candidate.den += den
                 step += 1
+                if step == race_steps:
+                    members = self._end_race(members, configs, race_steps, bar)
+                racing = step < race_steps  # no log, evaluation or checkpoint mixes the candidates
                 rows_seen += self.cfg.batch_size
                 window_rows += self.cfg.batch_size
                 bar.update(self.cfg.batch_size)
                 last = step == total_steps
+                if racing:
+                    bar.set_postfix(lr="choosing", refresh=False)
+                    continue
                 if step % self.cfg.log_every == 0 or last:
-                    line = self._log(members, metric_files, step, rows_seen, window_rows / max(time.perf_counter() - window_start, 1e-9))
-                    bar.set_postfix(fvu=f"{line['fvu']:.4f}", l0=f"{line.get('l0', 0):.1f}", refresh=False)
+                    lines = self._log(members, metric_files, step, rows_seen, window_rows / max(time.perf_counter() - window_start, 1e-9))
+                    bar.set_postfix(self._postfix(members, lines), refresh=False)
                     window_start, window_rows = time.perf_counter(), 0
                 if evaluators and (step % self.cfg.eval_every == 0 or last):
                     paused = time.perf_counter()
-                    self._evaluate(members, configs, evaluators, metric_files, step, rows_seen)
+                    desc = bar.desc
+                    self._evaluate(members, configs, evaluators, metric_files, step, rows_seen,
+                                   announce=lambda msg: (bar.set_description_str(f"{desc} ({msg})", refresh=True)))
+                    bar.set_description_str(desc, refresh=False)
                     window_start += time.perf_counter() - paused  # evaluation time is not training throughput
                 if rows_seen >= next_checkpoint or last:
                     self._checkpoint(members, readers, step, rows_seen, [f.tell() if f is not None else 0 for f in metric_files])
@@ -333,14 +384,23 @@ class _Run:
             raise BadInputError(f"{total_rows} training rows make no step of --batch-size {self.cfg.batch_size}; train on more rows or use a smaller batch")
         return total_steps
 
-    def _log(self, members: list[Member], metric_files: list[Any], step: int, rows_seen: int, rows_per_s: float) -> dict[str, Any]:
-        """One metrics.jsonl line per member (every rank reduces; rank 0 writes); returns the last."""
+    def _log(self, members: list[Member], metric_files: list[Any], step: int, rows_seen: int, rows_per_s: float) -> list[dict[str, Any]]:
+        """One metrics.jsonl line per member (every rank reduces; rank 0 writes); returns them."""
+        lines = []
         for m, f in zip(members, metric_files):
             line = self._log_line(m, step, rows_seen, rows_per_s)
             if f is not None:
                 f.write(json.dumps(line) + "\n")
                 f.flush()
-        return line
+            lines.append(line)
+        return lines
+
+    @staticmethod
+    def _postfix(members: list[Member], lines: list[dict[str, Any]]) -> dict[str, str]:
+        """The bar's figures: FVU and L0 of a single run, every member's FVU in a sweep."""
+        if len(lines) == 1:
+            return {"fvu": f"{lines[0]['fvu']:.4f}", "l0": f"{lines[0].get('l0', 0):.1f}"}
+        return {f"fvu[{m.label}]": f"{line['fvu']:.3f}" for m, line in zip(members, lines)}
 
     def _finish(self, members: list[Member], configs: list[RunConfig], step: int, rows_seen: int) -> None:
         """Final weights, then plots, then status "complete": a kill before the last write leaves a run --resume finishes."""
@@ -352,7 +412,7 @@ class _Run:
             config.write(m.run_dir)
 
     def _evaluate(self, members: list[Member], configs: list[RunConfig], evaluators: list[Any], metric_files: list[Any],
-                  step: int, rows_seen: int) -> None:
+                  step: int, rows_seen: int, announce: Any = None) -> None:
         """Run the evaluators on a copy of each member's current dictionary; log one metrics line each.
 
         Rank 0 only (the others wait at a barrier). The RNG states are restored afterwards and the
@@ -363,7 +423,7 @@ class _Run:
                 from .context import EvaluationContext
 
                 self._eval_context = EvaluationContext(self.store, self.out, device=str(self.device), progress=False)
-            evaluate_members(members, configs, evaluators, metric_files, self._eval_context, step, rows_seen)
+            evaluate_members(members, configs, evaluators, metric_files, self._eval_context, step, rows_seen, announce)
         if self.world > 1:
             import torch.distributed as dist
 
@@ -385,8 +445,11 @@ class _Run:
             batch[column] = extra
         return batch
 
-    def _step(self, m: Member, batches: list[dict[str, torch.Tensor]], autocast: Any, step: int, rows_seen: int) -> None:
-        """One optimiser step over this process's data shards: per-shard losses, averaged gradients."""
+    def _step(self, m: Member, batches: list[dict[str, torch.Tensor]], autocast: Any, step: int, rows_seen: int) -> tuple[float, float]:
+        """One optimiser step over this process's data shards: per-shard losses, averaged gradients.
+
+        Returns the FVU numerator and denominator of the batch as it was reconstructed before the step.
+        """
         outs: list[StepOutput] = []
         for batch in batches:
             with autocast:
@@ -410,6 +473,7 @@ class _Run:
         m.optimizer.step()
         m.trainer.after_step(m.dictionary, m.state)
         m.optimizer.zero_grad(set_to_none=True)
+        num_before, den_before = m.window.get("fvu_num", 0.0), m.window.get("fvu_den", 0.0)
         with torch.no_grad():
             m.state.rows_since_fired.add_(self.cfg.batch_size)
             fired = [out.active for out in outs if out.active is not None]
@@ -430,6 +494,7 @@ class _Run:
                 for key, value in acc.items():
                     m.window[key] = m.window.get(key, 0.0) + float(value)
             m.window["_steps"] = m.window.get("_steps", 0.0) + 1
+        return m.window["fvu_num"] - num_before, m.window["fvu_den"] - den_before
 
     def _all_reduce_grads(self, m: Member) -> None:
         import torch.distributed as dist
