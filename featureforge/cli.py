@@ -272,7 +272,12 @@ def train(ctx: click.Context, trainer_name: str, options: tuple[str, ...], store
               help="An evaluator's option, e.g. -o downstream.max_sequences=64; repeatable (names the evaluator if not given).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 def evaluate_command(run: str, store: str, evaluators: tuple[str, ...], rows: int | None, options: tuple[str, ...], as_json: bool) -> None:
-    """Measure a trained run on a store; writes RUN/report.json and plots into RUN/plots/."""
+    """Measure a trained run on a store; writes RUN/report.json and plots into RUN/plots/.
+
+    RUN may be a sweep's folder (the --out of a sweep): every member is evaluated, and
+    RUN/sweep.json and RUN/sweep.png summarise them (L0 against FVU and the downstream score).
+    """
+    from . import sweep
     from .errors import OptionError
     from .evaluation import evaluate, report_path, summary_lines
 
@@ -285,13 +290,15 @@ def evaluate_command(run: str, store: str, evaluators: tuple[str, ...], rows: in
                 raise OptionError(f"-o {pair!r} is not EVALUATOR.KEY=VALUE; write e.g. -o downstream.max_sequences=64")
             per.setdefault(name, []).append(setting)
         chosen = per
+    is_sweep = sweep.is_sweep(run)
     report = evaluate(run, store=store, evaluators=chosen, rows=rows)
     if as_json:
         _echo_json(report)
     else:
-        for line in summary_lines(report):
+        for line in (sweep.summary_lines(report) if is_sweep else summary_lines(report)):
             click.echo(line)
-    click.echo(f"Wrote {report_path(run)}", err=as_json)
+    written = [Path(run) / sweep.SWEEP_FILE, Path(run) / sweep.SWEEP_PLOT] if is_sweep else [report_path(run)]
+    click.echo(f"Wrote {', '.join(map(str, written))}", err=as_json)
 
 
 @cli.command(name="export")

@@ -60,6 +60,20 @@ class Dictionary(nn.Module):
         """[d_dict, d_in] decoder rows (feature directions), used by evaluators."""
         raise NotImplementedError
 
+    # -- optional capability: selecting latents with a downstream loss's gradients (g-SAE) ------
+    def reconstruct_with_grads(self, x: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+        """``x_hat`` in original units with latents selected using ``grads = dL/dx`` row for row.
+
+        Optional: a dictionary trained to select latents with gradients overrides it, which
+        declares ``uses_gradients``; evaluators then also score it this way.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot select latents with gradients")
+
+    @property
+    def uses_gradients(self) -> bool:
+        """Whether ``reconstruct_with_grads`` is implemented (declared by overriding it)."""
+        return type(self).reconstruct_with_grads is not Dictionary.reconstruct_with_grads
+
     # -- original units -----------------------------------------------------------------------
     def _check_width(self, x: torch.Tensor) -> None:
         if x.shape[-1] != self.d_in:

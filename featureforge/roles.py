@@ -10,14 +10,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Mapping
+from typing import Any, ClassVar, Iterator
 
 import numpy as np
 
+from .context import EvaluationContext  # defined in context.py; importable from here as before
 from .options import NoOptions, options_to_dict, parse_options
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .store import ActivationStore
 
 #: A batch of activations: ``acts [n, d]`` and optionally ``grads [n, d]``, ``token_ids [n]``,
 #: ``doc_ids [n]``, ``positions [n]``, as numpy arrays or torch tensors.
@@ -104,6 +102,11 @@ class ActivationSource(Plugin):
         without a tokenizer raise ``NotImplementedError``; reports then show the ids.
         """
         raise NotImplementedError(f"source {self.name!r} cannot turn token ids back into text")
+
+    @property
+    def can_splice(self) -> bool:
+        """Whether ``splice`` is implemented (a live model evaluators can run), declared by overriding it."""
+        return type(self).splice is not ActivationSource.splice
 
     @contextlib.contextmanager
     def splice(self, dictionary: Any) -> Iterator[Any]:
@@ -216,17 +219,6 @@ class DictionaryTrainer(Plugin):
 
 
 @dataclasses.dataclass
-class EvaluationContext:
-    """What an evaluator may use: the store, an optional live source and an output folder."""
-
-    store: "ActivationStore | None"
-    out_dir: Path
-    source: ActivationSource | None = None
-    run_dir: Path | None = None
-    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass
 class EvaluationResult:
     """Metrics (JSON-ready numbers) and artifact paths (plots, HTML) written by an evaluator."""
 
@@ -235,11 +227,17 @@ class EvaluationResult:
 
 
 class Evaluator(Plugin):
-    """Measures or visualises a trained dictionary."""
+    """Measures or visualises a trained dictionary.
+
+    One instance may be called many times (once per sweep member, every ``eval_every`` steps
+    during training); everything about the data comes from the context, not from the instance.
+    """
 
     kind: ClassVar[str] = "evaluator"
 
     def evaluate(self, dictionary: Any, context: EvaluationContext) -> EvaluationResult:
+        """Metrics and artifacts of ``dictionary`` (on ``context.device``, in eval mode) on
+        ``context.eval_rows`` (or the live ``context.source``), artifacts written under ``context.out_dir``."""
         raise NotImplementedError
 
 

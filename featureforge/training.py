@@ -160,6 +160,7 @@ class _Run:
         self.resume = resume
         self.overwrite = overwrite
         self.show_progress = progress
+        self._eval_context: Any = None  # made at the first evaluation during training
         self.rank, self.world = _distributed()
         self.shards = cfg.data_shards or self.world
         if self.shards % self.world:
@@ -418,7 +419,11 @@ class _Run:
         dictionary evaluated is a copy, so the training stream is exactly the one without evaluation.
         """
         if self.rank == 0:
-            evaluate_members(members, configs, evaluators, metric_files, self.store, self.device, step, rows_seen, announce)
+            if self._eval_context is None:  # one context per run: a live model is rebuilt once, not every evaluation
+                from .context import EvaluationContext
+
+                self._eval_context = EvaluationContext(self.store, self.out, device=str(self.device), progress=False)
+            evaluate_members(members, configs, evaluators, metric_files, self._eval_context, step, rows_seen, announce)
         if self.world > 1:
             import torch.distributed as dist
 

@@ -14,7 +14,6 @@ import importlib
 import importlib.metadata
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -28,6 +27,7 @@ from click.testing import CliRunner
 import featureforge
 from featureforge.errors import OptionError, PluginError
 from featureforge.plugins import PluginRegistry
+from storehelpers import pip_install_target
 from featureforge.roles import EvaluationContext, EvaluationResult, StepOutput
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,16 +112,7 @@ BROKEN_PLUGIN = '''
 @pytest.fixture(scope="module")
 def example_site(tmp_path_factory) -> Path:
     """docs/example-plugin pip-installed (no deps, no network) into a folder for PYTHONPATH."""
-    root = tmp_path_factory.mktemp("example-plugin")
-    src = root / "src"
-    shutil.copytree(EXAMPLE, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
-    site = root / "site"
-    result = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
-         "--disable-pip-version-check", "--target", str(site), str(src)],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    site = pip_install_target(EXAMPLE, tmp_path_factory.mktemp("example-plugin"))
     assert list(site.glob("featureforge_sine-0.1.0.dist-info")), sorted(p.name for p in site.iterdir())
     return site
 

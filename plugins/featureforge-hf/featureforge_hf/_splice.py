@@ -228,7 +228,7 @@ class SplicedModel:
         d(next-token CE)/d(activation) at the hook (g-SAE's selection; one extra forward+backward)."""
         if self.kind != "causal-lm":
             raise BadInputError("replace='dictionary_grads' needs next-token gradients, so a causal language model; use 'dictionary' for encoders")
-        if not hasattr(self.dictionary, "reconstruct_with_grads"):
+        if not getattr(self.dictionary, "uses_gradients", False):
             raise BadInputError(f"{type(self.dictionary).__name__} cannot select latents with gradients (no reconstruct_with_grads); use replace='dictionary'")
         _, grads = self.source._capture_with_grads(ids, mask)
         rows_grads = grads[token_mask.to(grads.device)].float()

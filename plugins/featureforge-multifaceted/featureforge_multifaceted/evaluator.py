@@ -96,16 +96,17 @@ class FacetsEvaluator(Evaluator):
         store = context.store
         if store is None:
             raise BadInputError("the facets evaluator needs an activation store; pass --store")
-        check_match(dictionary, store, context.extra.get("run_config") or {})
+        check_match(dictionary, store, dict(context.run_config))
         text = o.contexts == "on" or (o.contexts == "auto" and "token_ids" in store.columns)
         if text or o.embed != "acts":
             require_tokens(store)
             text = True
         requested = parse_latents(o.latents, int(dictionary.d_dict)) if o.latents else None
-        source = context.source or (_store_source(store) if text else None)
+        source = _store_source(context) if text else context.given_source
         embed = live_embedder(source, o.embed)
         dictionary.eval()
-        with featureforge.progress_bar(store.rows if not o.rows else min(o.rows, store.rows), "facets: collect") as bar:
+        with featureforge.progress_bar(store.rows if not o.rows else min(o.rows, store.rows), "facets: collect",
+                                       enabled=None if context.progress else False) as bar:
             found = collect(dictionary, store, top_n=o.top_n, sample=o.sample, batch_rows=o.batch_rows, max_rows=o.rows or None,
                             seed=o.seed, progress=bar.update)
         latents = requested if requested is not None else choose_latents(found, o.features)
@@ -170,11 +171,11 @@ def _title(context: EvaluationContext, store: Any) -> str:
     return f"{run} on {Path(store.url).name}"
 
 
-def _store_source(store: Any) -> Any:
-    """The store's source rebuilt from its recorded name and options (for decoding), or None."""
+def _store_source(context: EvaluationContext) -> Any:
+    """The store's source (for decoding), or None where the core cannot rebuild it here."""
     try:
-        return featureforge.make_source(store.source["name"], store.source.get("options") or {})
-    except Exception:  # not installed here, or options from another version
+        return context.source
+    except featureforge.BadInputError:  # not installed here, or options from another version
         return None
 
 
