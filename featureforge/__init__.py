@@ -4,7 +4,7 @@ The library API has the CLI's verbs: ``cache``, ``open_store`` (and, as they lan
 ``evaluate``, ``load``). Plugins subclass the role classes and register them with ``hookimpl``.
 """
 
-from .api import cache, evaluate, export, import_run, load, make_source, open_store, train
+from .api import cache, evaluate, export, import_run, load, make_source, open_store, steer, steered, train
 from .errors import (
     BadInputError,
     CorruptStoreError,
@@ -56,6 +56,8 @@ __all__ = [
     "export",
     "import_run",
     "load",
+    "steer",
+    "steered",
     "train",
     "describe_options",
     "get_registry",

@@ -12,7 +12,7 @@ from .storage import Location
 from .store import STORAGE_DTYPES, ActivationStore, StoreSpec, default_rows_per_chunk, open_store, prepare_store
 from .writer import StoreWriter
 
-__all__ = ["cache", "evaluate", "export", "import_run", "load", "make_source", "open_store", "train"]
+__all__ = ["cache", "evaluate", "export", "import_run", "load", "make_source", "open_store", "steer", "steered", "train"]
 
 
 def make_source(source: str | ActivationSource, options: Mapping[str, Any] | Sequence[str] | None = None) -> ActivationSource:
@@ -130,6 +130,20 @@ def evaluate(run: str | os.PathLike, store: Any = None, evaluators: Sequence[str
     from .evaluation import evaluate as _evaluate
 
     return _evaluate(run, store, evaluators, **kwargs)
+
+
+def steer(run: Any, **kwargs: Any) -> Any:
+    """Steer the store's live model with latents of a run; see :func:`featureforge.steering.steer`."""
+    from .steering import steer as _steer
+
+    return _steer(run, **kwargs)
+
+
+def steered(run: Any, **kwargs: Any) -> Any:
+    """Context manager: the live model patched only inside the block; see :func:`featureforge.steering.steered`."""
+    from .steering import steered as _steered
+
+    return _steered(run, **kwargs)
 
 
 def load(run: str | os.PathLike) -> Any:
