@@ -146,3 +146,33 @@ def test_steer_cli_sweep_json_and_text(gpt2_run, cli_env):
     assert "clean" in text.stdout and "promoted" in text.stdout and "α=8" in text.stdout
     bad = subprocess.run(base + ["--latent", "999"], capture_output=True, text=True, env=env, timeout=600)
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "outside the dictionary" in bad.stderr
+
+
+def test_steering_evaluator_measures_latents_and_the_random_control(gpt2_run, tmp_path):
+    from featureforge import EvaluationContext
+
+    run, store = gpt2_run
+    evaluator = ff.get_registry().get("evaluator", "steering")({"latents": 4, "contexts": 16, "context_tokens": 8, "alphas": "0,8"})
+    result = evaluator.evaluate(ff.load(run), EvaluationContext(store=store, out_dir=tmp_path, extra={"progress": False}))
+    m = result.metrics
+    assert m["kind"] == "causal-lm" and 1 <= m["latents_steered"] <= 4
+    for prefix in ("", "control_"):
+        assert m[f"{prefix}kl_rest_a0"] == 0 and m[f"{prefix}ce_increase_a0"] == 0 and m[f"{prefix}output_score_gain_a0"] == 0
+        assert m[f"{prefix}kl_rest_a8"] > 0 and -1 <= m[f"{prefix}stability_a8"] <= 1
+    table = json.loads((tmp_path / "steering.json").read_text())
+    assert len(table["latents"]) == m["latents_steered"] and all(r["contexts"] >= 4 for r in table["latents"])
+    assert (tmp_path / "steering.png").stat().st_size > 1000
+
+
+def test_steering_evaluator_from_the_cli(gpt2_run, cli_env):
+    run, store = gpt2_run
+    env = {**cli_env, "FEATUREFORGE_PLUGINS": "featureforge-hf,featureforge-sae"}
+    out = subprocess.run([sys.executable, "-m", "featureforge.cli", "evaluate", run, "--store", store.url, "--evaluator", "steering",
+                          "-o", "steering.latents=2", "-o", "steering.contexts=12", "-o", "steering.context_tokens=8", "--json"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr
+    m = json.loads(out.stdout)["evaluators"]["steering"]["metrics"]
+    assert m["latents_steered"] >= 1 and "output_score_gain_a4" in m and "control_output_score_gain_a4" in m
+    bad = subprocess.run([sys.executable, "-m", "featureforge.cli", "evaluate", run, "--store", store.url, "--evaluator", "steering",
+                          "-o", "steering.alphas=x"], capture_output=True, text=True, env=env, timeout=600)
+    assert bad.returncode == 1 and "alphas" in bad.stderr and bad.stderr.count("\n") == 1
