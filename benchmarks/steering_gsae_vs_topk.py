@@ -23,7 +23,7 @@ from typing import Any
 import featureforge as ff
 
 ROOT = Path(__file__).resolve().parents[1]
-KEYS = ("output_score", "output_score_gain", "stability", "kl_rest", "ce_increase")
+KEYS = ("output_score", "output_score_gain", "stability", "kl_rest", "ce_increase", "push_norm")
 
 
 def _complete(run_dir: Path) -> bool:
@@ -64,6 +64,10 @@ def main() -> None:
     for seed in (int(s) for s in a.seeds.split(",")):
         for trainer in ("topk", "gsae"):
             run_dir = work / f"{trainer}_seed{seed}"
+            done = run_dir / "steering_row.json"
+            if done.exists():
+                runs.append(json.loads(done.read_text()))
+                continue
             started = time.perf_counter()
             if not _complete(run_dir):
                 ff.train(trainer, {"d_dict": a.d_dict, "k": a.k}, store=str(store_path), out=str(run_dir), overwrite=True,
@@ -75,8 +79,22 @@ def main() -> None:
                    "l0": rec["l0"], "fvu": rec["fvu"], "dead_fraction": rec.get("dead_fraction"),
                    **{k: v for k, v in steer.items() if k.split("_a")[0].removeprefix("control_") in KEYS}}
             runs.append(row)
+            done.write_text(json.dumps(row))
             print(json.dumps(row), file=sys.stderr, flush=True)
-    print(json.dumps({"setup": {**vars(a), "store_rows": store.rows}, "runs": runs}, indent=1))
+    print(json.dumps({"setup": {**vars(a), "store_rows": store.rows}, "summary": summarize(runs), "runs": runs}, indent=1))
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and standard deviation over seeds of each run-level median, per trainer (and its control)."""
+    import statistics
+
+    out: dict[str, Any] = {}
+    for trainer in sorted({r["trainer"] for r in runs}):
+        rows = [r for r in runs if r["trainer"] == trainer]
+        keys = [k for k in rows[0] if k not in ("trainer", "seed", "seconds")]
+        out[trainer] = {k: [round(statistics.mean(r[k] for r in rows), 5), round(statistics.pstdev(r[k] for r in rows), 5)]
+                        for k in keys if all(isinstance(r.get(k), (int, float)) for r in rows)}
+    return out
 
 
 if __name__ == "__main__":

@@ -249,18 +249,21 @@ def summary_lines(result: SteerResult) -> list[str]:
     """What ``featureforge steer`` prints without ``--json``."""
     units = "× typical" if result.units == "typical" else "(code units)"
     typical = ", ".join(f"{i}: {t:.3g}" for i, t in zip(result.latents, result.typical))
-    lines = [f"{result.mode} latent(s) {', '.join(map(str, result.latents))} at {result.hook} (typical value {typical}); prompt {result.prompt!r}"]
+    lines = [f"{result.mode} latent(s) {', '.join(map(str, result.latents))} at {result.hook} (typical value {typical}); prompt {result.prompt!r}, continuations:"]
     if result.clean_text is not None:
-        lines.append(f"clean        {result.prompt}{result.clean_text}")
+        lines.append(f"{'clean':<18} {result.clean_text!r}")
     for o in result.outcomes:
         label = "ablated" if result.mode == "ablate" else f"α={o.alpha:g} {units}"
         if result.kind == "causal-lm":
             if o.text is not None:
-                lines.append(f"{label:<12} {result.prompt}{o.text}")
+                lines.append(f"{label:<18} {o.text!r}")
+            if not o.kl:
+                lines.append(f"{'':<18} next token: unchanged (KL 0)")
+                continue
             up = ", ".join(f"{t.token!r} {t.logprob_steered - t.logprob_clean:+.2f}" for t in o.promoted)
             down = ", ".join(f"{t.token!r} {t.logprob_steered - t.logprob_clean:+.2f}" for t in o.suppressed)
-            lines.append(f"{'':<12} next token: KL {o.kl:.4g} nats; promoted {up}")
-            lines.append(f"{'':<12} suppressed {down}")
+            lines.append(f"{'':<18} next token: KL {o.kl:.4g} nats; promoted {up}")
+            lines.append(f"{'':<18} suppressed {down}")
         else:
-            lines.append(f"{label:<12} 1 − cos(pooled embedding) = {o.embedding_distance:.4g}")
+            lines.append(f"{label:<18} 1 − cos(pooled embedding) = {o.embedding_distance:.4g}")
     return lines

@@ -41,6 +41,13 @@ def featureforge_register_sources(register: Any) -> None:
 
 
 @featureforge.hookimpl
+def featureforge_register_commands(cli: Any) -> None:
+    from ._train_lm import register_command
+
+    register_command(cli)
+
+
+@featureforge.hookimpl
 def featureforge_register_evaluators(register: Any) -> None:
     from ._downstream import DownstreamEvaluator
     from ._steering import SteeringEvaluator

@@ -20,7 +20,8 @@ model (``add``, α × its typical firing value; ``featureforge.interventions``) 
 
 ``control=true`` repeats everything with a random direction of the same norm as α·u·d_i per latent
 (``control_*`` metrics). Aggregates are medians over latents per α (``<metric>_a<α>``), the
-per-latent rows are in ``steering.json``; plot ``steering.png``. Encoders: ``embedding_distance``
+per-latent rows are in ``steering.json``; plot ``steering.png``. ``push_norm`` is |u_i·d_i|, the
+size of the α = 1 edit: compare dictionaries' scores at equal push, or against their control. Encoders: ``embedding_distance``
 (1 − cos of pooled embeddings) and ``stability`` of the pooled-embedding change vectors.
 """
 
@@ -121,7 +122,9 @@ class SteeringEvaluator(DownstreamEvaluator):
                     directions = dictionary.decode(eye[chosen]) - dictionary.decode(torch.zeros_like(eye[:1]))
                 for n, latent in enumerate(chosen):
                     silent = torch.nonzero(~fires[:, latent]).flatten().cpu()
-                    row: dict[str, Any] = {"latent": int(latent), "typical": float(typical[latent]), "contexts": int(len(silent))}
+                    # push_norm: |u_i d_i| in original units, the size of the α = 1 edit (the control matches it).
+                    row: dict[str, Any] = {"latent": int(latent), "typical": float(typical[latent]), "contexts": int(len(silent)),
+                                           "push_norm": float(typical[latent] * directions[n].norm())}
                     rand = torch.randn(directions.shape[1], generator=gen).to(directions.device)
                     rand = rand / rand.norm() * directions[n].norm()
                     for alpha in self.alpha_values:
@@ -145,7 +148,7 @@ class SteeringEvaluator(DownstreamEvaluator):
         if not rows:  # a dense dictionary: every latent fires somewhere in every context
             metrics["note"] = (f"no live latent is silent on {MIN_CONTEXTS} of the {o.contexts} held-out contexts of {o.context_tokens} tokens; "
                                "pass more -o steering.contexts or a smaller -o steering.context_tokens")
-        keys = sorted({k for r in rows for k in r if k not in ("latent", "typical", "contexts")})
+        keys = sorted({k for r in rows for k in r if k not in ("latent", "typical", "contexts")})  # push_norm aggregated too
         for key in keys:
             values = [r[key] for r in rows if key in r and math.isfinite(r[key])]
             metrics[key] = float(torch.tensor(values).median()) if values else math.nan
