@@ -4,7 +4,8 @@ On the tiny GPT-2 trained on standard-library text (``benchmarks/train_tiny_lm.p
 if ``--model`` is missing), residual stream after ``--hook`` cached with ``grads=true``: ``topk`` and
 ``gsae`` (beta=4) trained at equal width (``--d-dict``) and L0 (``--k``) for each seed, then the
 ``steering`` evaluator (latents amplified where they are silent; random direction of equal norm as
-the control) and ``reconstruction`` (L0, FVU). Prints one JSON object; runs already complete in
+the control) and ``reconstruction`` (L0, FVU); per run the medians over latents and the fraction of latents beating their own
+control, then mean ± sd over seeds. Prints one JSON object (``benchmarks/results_steering_gsae_vs_topk.json``); runs already complete in
 ``--workdir`` are reused, so an interrupted run resumes.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/steering_gsae_vs_topk.py --workdir /tmp/steer_bench [--seeds 0,1,2]
@@ -78,6 +79,12 @@ def main() -> None:
             row = {"trainer": trainer, "seed": seed, "seconds": round(time.perf_counter() - started, 1),
                    "l0": rec["l0"], "fvu": rec["fvu"], "dead_fraction": rec.get("dead_fraction"),
                    **{k: v for k, v in steer.items() if k.split("_a")[0].removeprefix("control_") in KEYS}}
+            # Per latent: does the latent beat its own random direction of equal norm?
+            table = json.loads((run_dir / "plots" / "steering.json").read_text())["latents"]
+            for alpha in a.alphas.split(","):
+                tag = f"_a{float(alpha):g}"
+                for name, key in (("beats_control", "output_score_gain"), ("stab_beats_control", "stability")):
+                    row[name + tag] = sum(t[key + tag] > t["control_" + key + tag] for t in table) / len(table)
             runs.append(row)
             done.write_text(json.dumps(row))
             print(json.dumps(row), file=sys.stderr, flush=True)
