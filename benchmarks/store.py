@@ -13,10 +13,16 @@ What is measured (see docs/benchmarks.md, "Store"):
   land in the page cache (no fsync), as they do for any `featureforge cache` run. Dirty pages of
   earlier steps are flushed (``os.sync``) before each timed write.
 * read: one full epoch through ``store.loader(batch_size=4096)`` (the ShuffledReader) at d=384 and
-  d=768, fp32 and bf16, warm page cache (a warm-up epoch first), next to the ceiling: reading every
+  d=768, fp32 and bf16, warm page cache (a warm-up epoch first, which also checks every chunk's
+  crc32c once: later epochs read chunks this process has checked and that have not changed since
+  at full speed); and the same with every chunk's checksum computed again (``verifying``). Both
+  next to the ceiling: reading every
   chunk file of ``acts/`` in order with ``numpy.fromfile`` (one more value summed so nothing is
   skipped). Each figure is the median of ``--repeats`` runs, interleaved; the best run is kept too,
   and rows per CPU-second of the process (all its threads), steadier on a shared machine.
+* checksum cost: the same d=768 fp32 rows cached without checksums (format 1) and with them,
+  read in interleaved epochs: format 1, format 2 checked once per process, format 2 checked every
+  epoch.
 * memory: a fresh ``python`` per store size reads one full epoch; reported are its peak RSS
   (VmHWM), its RSS just before reading (after importing torch and opening the store), the
   difference, and the reader's window-buffer bytes.
@@ -122,8 +128,16 @@ def store_bytes(store: Path) -> int:
 
 
 # -- reading --------------------------------------------------------------------------------------
-def read_epoch(store: Any, epoch: int, batch_size: int) -> tuple[int, float, float]:
-    """One epoch through the loader: rows, wall seconds, CPU seconds of this process (all threads)."""
+def read_epoch(store: Any, epoch: int, batch_size: int, verify_all: bool = False) -> tuple[int, float, float]:
+    """One epoch through the loader: rows, wall seconds, CPU seconds of this process (all threads).
+
+    The reader checks a chunk's crc32c the first time the process reads that file (and after it
+    changes); ``verify_all`` forgets earlier checks first, so every chunk's checksum is computed.
+    """
+    from featureforge.storeformat import VERIFIED
+
+    if verify_all:
+        VERIFIED.__init__()
     reader = store.loader(batch_size=batch_size, seed=0)
     reader.set_epoch(epoch)
     rows = 0
@@ -153,12 +167,15 @@ def bench_read(store_path: Path, repeats: int, batch_size: int) -> dict[str, Any
     row_bytes = store.d_in * (4 if store.dtype == "float32" else 2)
     read_epoch(store, 1000, batch_size)  # warm-up: page cache, buffers
     read_sequential(store_path)
-    loader, seq, loader_cpu, seq_cpu = [], [], [], []
+    loader, seq, loader_cpu, seq_cpu, checking, checking_cpu = [], [], [], [], [], []
     for rep in range(repeats):
         rows, dt, cpu = read_epoch(store, rep, batch_size)
         assert rows == store.rows, (rows, store.rows)
         loader.append(rows / dt)
         loader_cpu.append(rows / cpu)
+        rows, dt, cpu = read_epoch(store, rep, batch_size, verify_all=True)
+        checking.append(rows / dt)
+        checking_cpu.append(rows / cpu)
         nbytes, dt, cpu = read_sequential(store_path)
         seq.append(nbytes / row_bytes / dt)
         seq_cpu.append(nbytes / row_bytes / cpu)
@@ -171,8 +188,11 @@ def bench_read(store_path: Path, repeats: int, batch_size: int) -> dict[str, Any
         "store_gib": round(store_bytes(store_path) / GIB, 3),
         "rows_per_chunk": store.rows_per_chunk,
         "window_rows": reader.chunks_per_window * store.rows_per_chunk,
+        "checksums": store.info()["checksums"],
         "loader_rows_per_s": round(med_l),
         "loader_rows_per_s_best": round(max(loader)),
+        "loader_verifying_every_chunk_rows_per_s": round(statistics.median(checking)),
+        "loader_verifying_every_chunk_rows_per_cpu_s": round(statistics.median(checking_cpu)),
         "sequential_fromfile_rows_per_s": round(med_s),
         "sequential_fromfile_rows_per_s_best": round(max(seq)),
         "loader_gb_per_s": round(med_l * row_bytes / 1e9, 2),
@@ -182,9 +202,51 @@ def bench_read(store_path: Path, repeats: int, batch_size: int) -> dict[str, Any
         "loader_rows_per_cpu_s": round(statistics.median(loader_cpu)),
         "sequential_rows_per_cpu_s": round(statistics.median(seq_cpu)),
         "runs_loader": [round(x) for x in loader],
+        "runs_loader_verifying": [round(x) for x in checking],
         "runs_sequential": [round(x) for x in seq],
         "load_average": load_average(),
     }
+
+
+def bench_checksum_cost(npy: Path, workdir: Path, rows: int, repeats: int, batch_size: int) -> dict[str, Any]:
+    """The checksums' read cost at d=768 fp32: the same rows in a store without checksums (format 1)
+    and with them, read in interleaved epochs: format 1, format 2 (each chunk checked once per
+    process), format 2 checking every chunk every epoch."""
+    import featureforge
+    import featureforge.creation as creation
+
+    plain, summed = workdir / "cost-v1", workdir / "cost-v2"
+    original = creation.array_codecs
+    creation.array_codecs = lambda checksum: {"compressors": None}
+    try:
+        cache_store(npy, plain, rows, "float32")
+    finally:
+        creation.array_codecs = original
+    cache_store(npy, summed, rows, "float32")
+    stores = {"v1": featureforge.open_store(str(plain)), "v2": featureforge.open_store(str(summed))}
+    assert stores["v1"].info()["checksums"] is None and stores["v2"].info()["checksums"] == "crc32c"
+    for store in stores.values():
+        read_epoch(store, 1000, batch_size)
+    runs: dict[str, list[tuple[float, float]]] = {"no_checksums": [], "checked_once": [], "checked_every_epoch": []}
+    for rep in range(repeats):
+        for key, store, verify_all in (("no_checksums", stores["v1"], False), ("checked_once", stores["v2"], False), ("checked_every_epoch", stores["v2"], True)):
+            n, dt, cpu = read_epoch(store, rep, batch_size, verify_all=verify_all)
+            runs[key].append((n / dt, n / cpu))
+    shutil.rmtree(plain)
+    shutil.rmtree(summed)
+    out: dict[str, Any] = {"d": 768, "dtype": "float32", "rows": rows}
+    for key, values in runs.items():
+        out[key] = {
+            "rows_per_s": round(statistics.median(v[0] for v in values)),
+            "rows_per_cpu_s": round(statistics.median(v[1] for v in values)),
+            "runs": [round(v[0]) for v in values],
+        }
+    base = out["no_checksums"]
+    for key in ("checked_once", "checked_every_epoch"):
+        out[key]["vs_no_checksums"] = round(out[key]["rows_per_s"] / base["rows_per_s"], 3)
+        out[key]["vs_no_checksums_per_cpu_s"] = round(out[key]["rows_per_cpu_s"] / base["rows_per_cpu_s"], 3)
+    out["load_average"] = load_average()
+    return out
 
 
 # -- memory ---------------------------------------------------------------------------------------
@@ -249,6 +311,7 @@ def main() -> None:
     parser.add_argument("--dir", type=str, default=None, help="where to make stores (default: a temp folder under stores/)")
     parser.add_argument("--keep", action="store_true", help="keep the stores and .npy files")
     parser.add_argument("--skip-rss", action="store_true")
+    parser.add_argument("--checksum-cost-only", action="store_true", help="only the with/without-checksums read comparison")
     parser.add_argument("--rss-child", type=str, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_child:
@@ -287,7 +350,7 @@ def main() -> None:
         shutil.rmtree(workdir / "warm-up")
 
         writes, reads = [], []
-        for d in (768, 384):
+        for d in () if args.checksum_cost_only else (768, 384):
             for dtype in ("float32", "bfloat16"):
                 rows = int(read_gib * GIB / (d * 4))
                 store_path = workdir / f"read-{d}-{dtype}"
@@ -313,13 +376,20 @@ def main() -> None:
                 shutil.rmtree(store_path)
         result["write"] = writes
         result["read"] = reads
+        log("checksum cost: d=768 fp32 with and without checksums, interleaved epochs")
+        result["checksum_cost"] = bench_checksum_cost(npys[768], workdir, int(read_gib * GIB / (768 * 4)), repeats, args.batch_size)
+        log(f"checksum cost: {json.dumps({k: v['rows_per_s'] for k, v in result['checksum_cost'].items() if isinstance(v, dict)})}")
 
+        if args.checksum_cost_only:
+            print(json.dumps(result, indent=2))
+            return
         if not args.skip_rss:
             result["memory"] = bench_rss(npys[768], workdir, rss_sizes, 768, args.batch_size)
 
         main_read = next(r for r in reads if r["d"] == 768 and r["dtype"] == "float32")
         targets = {
-            "read_d768_fp32_ge_1M_rows_per_s": main_read["loader_rows_per_s"] >= 1_000_000,
+            "read_d768_fp32_ge_1.2M_rows_per_s": main_read["loader_rows_per_s"] >= 1_200_000,
+            "read_d768_fp32_verifying_every_chunk_ge_1.2M_rows_per_s": main_read["loader_verifying_every_chunk_rows_per_s"] >= 1_200_000,
             "read_d768_fp32_ge_half_sequential": main_read["ratio"] >= 0.5,
         }
         if "memory" in result:

@@ -9,7 +9,9 @@ from .errors import OptionError
 from .plugins import get_registry
 from .roles import ActivationSource
 from .storage import Location
-from .store import STORAGE_DTYPES, ActivationStore, StoreSpec, default_rows_per_chunk, open_store, prepare_store
+from .creation import StoreSpec, prepare_store, writer_lock
+from .store import ActivationStore, open_store
+from .storeformat import STORAGE_DTYPES, default_rows_per_chunk
 from .writer import StoreWriter
 
 __all__ = ["cache", "evaluate", "export", "import_run", "load", "make_source", "open_store", "steer", "steered", "train"]
@@ -50,13 +52,15 @@ def cache(
     rank: int | None = None,
     world_size: int | None = None,
     overwrite: bool = False,
+    repair: bool = False,
     progress: bool = True,
     storage_options: dict[str, Any] | None = None,
 ) -> ActivationStore:
     """Write a source's activations into a store, continuing a partly written one.
 
     Several writers (``rank``/``world_size``, or torchrun's environment) fill disjoint chunks of
-    one store; run each with the same arguments. Returns the opened store.
+    one store; run each with the same arguments. ``repair`` checks every committed chunk of this
+    writer (size and checksum) and rewrites the damaged ones. Returns the opened store.
     """
     from .progress import progress_bar
 
@@ -74,9 +78,9 @@ def cache(
     if total is None:
         raise OptionError(f"source {src.name!r} is unbounded; say how many rows to cache with --rows N")
     d_in = int(src.d_in)
-    rpc = int(rows_per_chunk or default_rows_per_chunk(d_in, dtype))
+    rpc = int(rows_per_chunk) if rows_per_chunk is not None else default_rows_per_chunk(d_in, dtype)
     if rpc <= 0:
-        raise OptionError(f"rows_per_chunk must be positive, got {rpc}")
+        raise OptionError(f"--rows-per-chunk must be positive, got {rpc}; leave it out for chunks of about 16 MiB")
     columns = {"acts": dtype}
     for name, logical in src.columns.items():
         columns[name] = dtype if name == "grads" else logical
@@ -97,13 +101,18 @@ def cache(
         provenance=src.provenance(),
     )
     location = Location(store, storage_options)
-    opened = prepare_store(location, spec, rank=rank, overwrite=overwrite, ground_truth=src.ground_truth)
-    writer = StoreWriter(opened, src, rank=rank, world_size=world_size)
-    _, done_rows = writer.committed()
-    label = f"cache {src.name}" + (f" [rank {rank}/{world_size}]" if world_size > 1 else "")
-    with progress_bar(writer.rows_to_write(), label, initial=done_rows, enabled=None if progress else False) as bar:
-        writer.progress = bar.update
-        writer.run()
+    opened = prepare_store(location, spec, rank=rank, overwrite=overwrite, repair=repair, ground_truth=src.ground_truth)
+    with writer_lock(opened, rank):
+        writer = StoreWriter(opened, src, rank=rank, world_size=world_size)
+        label = f"cache {src.name}" + (f" [rank {rank}/{world_size}]" if world_size > 1 else "")
+        if repair:
+            with progress_bar(writer.committed()[1], f"repair {src.name}", enabled=None if progress else False) as bar:
+                writer.progress = bar.update
+                writer.repair()
+        _, done_rows = writer.committed()
+        with progress_bar(writer.rows_to_write(), label, initial=done_rows, enabled=None if progress else False) as bar:
+            writer.progress = bar.update
+            writer.run()
     return finalize(opened)
 
 
@@ -154,31 +163,37 @@ def load(run: str | os.PathLike) -> Any:
 
 
 def export(run: str | os.PathLike, format: str, out: str | os.PathLike) -> Any:
-    """Write a run's dictionary in another library's layout (``saelens`` or ``sparsify``)."""
+    """Write a run's dictionary in another library's layout (one of its trainer's ``formats``)."""
     from pathlib import Path
 
-    from .dictionary import load as _load, read_config
+    from .dictionary import load as _load
+    from .run import RunConfig
 
-    cfg = read_config(run)
-    trainer_cls = get_registry().get("trainer", cfg["trainer"])
+    cfg = RunConfig.read(run)
+    trainer_cls = get_registry().get("trainer", cfg.trainer)
     if format not in trainer_cls.formats:
         known = ", ".join(trainer_cls.formats) or "none"
-        raise OptionError(f"trainer {cfg['trainer']!r} cannot export to {format!r}; it supports: {known}")
+        raise OptionError(f"trainer {cfg.trainer!r} cannot export to {format!r}; it supports: {known}")
     dictionary = _load(run)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    return trainer_cls(cfg.get("options", {})).export(dictionary, format, out_dir)
+    return trainer_cls(cfg.options).export(dictionary, format, out_dir)
 
 
-def import_run(src: str | os.PathLike, format: str, out: str | os.PathLike) -> Any:
-    """Turn another library's saved dictionary into a featureforge run folder."""
+def import_run(src: str | os.PathLike, format: str, out: str | os.PathLike, *, overwrite: bool = False) -> Any:
+    """Turn another library's saved dictionary into a featureforge run folder.
+
+    An existing ``out`` is refused unless ``overwrite`` (then only a featureforge run is replaced).
+    """
     from pathlib import Path
 
     from .errors import BadInputError
+    from .run import STATUS_COMPLETE, RunConfig, prepare_out_dir
 
     src_dir = Path(src)
     if not src_dir.is_dir():
         raise BadInputError(f"{src} is not a folder; pass the folder holding cfg.json and the weights")
+    prepare_out_dir(out, overwrite=overwrite, delete=False, resumable=False)
     registry = get_registry()
     for name in registry.names("trainer"):
         cls = registry.get("trainer", name)
@@ -189,14 +204,17 @@ def import_run(src: str | os.PathLike, format: str, out: str | os.PathLike) -> A
             continue
         options, dictionary = found
         reg = registry.registration("trainer", name)
-        config = {
-            "trainer": name,
-            "trainer_distribution": reg.distribution,
-            "trainer_version": reg.version,
-            "options": options,
-            "normalisation": {"scale": float(dictionary.input_scale), "applied": False},
-            "imported_from": {"path": str(src_dir.absolute()), "format": format},
-            "status": "complete",
-        }
+        config = RunConfig(
+            trainer=name,
+            trainer_distribution=reg.distribution,
+            trainer_version=reg.version,
+            options=options,
+            d_in=dictionary.d_in,
+            d_dict=dictionary.d_dict,
+            normalisation={"scale": float(dictionary.input_scale), "applied": False},
+            imported_from={"path": str(src_dir.absolute()), "format": format},
+            status=STATUS_COMPLETE,
+        )
+        prepare_out_dir(out, overwrite=overwrite, resumable=False)  # only now that the source was read
         return dictionary.save(out, config)
     raise BadInputError(f"no installed trainer recognises {src} as a {format!r} dictionary; check --format or install the plugin that wrote it")

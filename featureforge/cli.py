@@ -90,14 +90,18 @@ def plugins(as_json: bool) -> None:
 @click.option("--rows-per-chunk", type=int, default=None, help="Rows per Zarr chunk (default: about 16 MiB).")
 @click.option("--rank", type=int, default=None, help="This writer's rank (default: torchrun's RANK or 0).")
 @click.option("--world-size", type=int, default=None, help="Number of writers (default: torchrun's WORLD_SIZE or 1).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing store holding other activations.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing store holding other activations (deletes only the store's own files).")
+@click.option("--repair", is_flag=True, help="Check every committed chunk's checksum and rewrite damaged chunks and metadata.")
 def cache(source_name: str, options: tuple[str, ...], store: str, rows: int | None, dtype: str, rows_per_chunk: int | None,
-          rank: int | None, world_size: int | None, overwrite: bool) -> None:
+          rank: int | None, world_size: int | None, overwrite: bool, repair: bool) -> None:
     """Cache a source's activations into a Zarr store (a rerun continues a partial store)."""
     from . import api
+    from .errors import BadInputError
 
+    if store.startswith("memory://"):
+        raise BadInputError(f"--store {store} would vanish when this command ends; give a folder or a persistent URL (memory:// works from Python)")
     opened = api.cache(source_name, list(options), store=store, rows=rows, dtype=dtype, rows_per_chunk=rows_per_chunk,
-                       rank=rank, world_size=world_size, overwrite=overwrite)
+                       rank=rank, world_size=world_size, overwrite=overwrite, repair=repair)
     state = "complete" if opened.complete else "waiting for other writers"
     click.echo(f"Wrote {opened.rows} rows × {opened.d_in} ({opened.dtype}) to {opened.url} ({state})")
 
@@ -105,15 +109,34 @@ def cache(source_name: str, options: tuple[str, ...], store: str, rows: int | No
 @cli.command()
 @click.argument("store")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def info(store: str, as_json: bool) -> None:
+@click.option("--verify", is_flag=True, help="Read every committed chunk and check its size and checksum.")
+def info(store: str, as_json: bool, verify: bool) -> None:
     """Describe a store: rows, width, dtype, chunks, provenance and normalisation."""
     from .store import open_store
 
-    data = open_store(store).info()
+    opened = open_store(store)
+    data = opened.info()
+    if verify:
+        _verify(opened, data)
     if as_json:
         _echo_json(data)
         return
     _print_info(data)
+
+
+def _verify(opened: Any, data: dict[str, Any]) -> None:
+    """Check the whole store; damage is one ``Error:`` line naming the chunks and the repair command."""
+    from .errors import CorruptStoreError
+    from .progress import progress_bar
+
+    with progress_bar(data["rows"], f"verify {opened.url}") as bar:
+        damaged = opened.verify(bar.update)
+    data["verified"] = {"chunks": data["chunks_committed"], "damaged": damaged, "checksums": data["checksums"]}
+    if damaged:
+        more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
+        raise CorruptStoreError(f"store {opened.url}: {damaged[0]}{more}; repair it with `{opened.repair_command()}`")
+    what = "sizes and crc32c checksums" if data["checksums"] else "sizes only: this store predates checksums (format 1), recache it to add them"
+    click.echo(f"verified     {data['chunks_committed']} committed chunks, {data['rows']:,} rows: no damage ({what})", err=True)
 
 
 def _print_info(data: dict[str, Any]) -> None:
@@ -225,11 +248,12 @@ def export_command(run: str, fmt: str, out: str) -> None:
 @click.argument("src")
 @click.option("--format", "fmt", type=click.Choice(["saelens", "sparsify"]), required=True)
 @click.option("--out", required=True, help="Run folder to create.")
-def import_command(src: str, fmt: str, out: str) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace an existing run folder.")
+def import_command(src: str, fmt: str, out: str, overwrite: bool) -> None:
     """Turn a SAELens or sparsify dictionary folder into a featureforge run."""
     from . import api
 
-    api.import_run(src, fmt, out)
+    api.import_run(src, fmt, out, overwrite=overwrite)
     click.echo(f"Imported {src} ({fmt}) into {out}")
 
 

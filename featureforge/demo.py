@@ -20,7 +20,6 @@ import base64
 import dataclasses
 import datetime as _dt
 import html
-import json
 import math
 import os
 import shutil
@@ -163,7 +162,7 @@ def run_demo(out: str | os.PathLike = "stores/demo", *, quick: bool = False, pro
         "provenance": {k: store.provenance.get(k) for k in ("model", "hook", "data", "context_size", "tokenizer")},
         "trainer_options": opts,
         "training": settings.train,
-        "training_result": json.loads((Path(run) / "config.json").read_text()).get("training_result"),
+        "training_result": dictionary.config.get("training_result"),
         "stage_seconds": times,
         "stage_cpu_seconds": cpu,
     }

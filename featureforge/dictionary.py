@@ -13,18 +13,19 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import struct
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
-from .errors import BadInputError, CorruptStoreError, FeatureforgeError
+from .errors import BadInputError, CorruptStoreError
+from .files import atomic_write, write_json
+from .run import CONFIG_FILE, RUN_FORMAT_VERSION, WEIGHTS_FILE, RunConfig, read_config
 
-RUN_FORMAT_VERSION = 1
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "weights.safetensors"
+__all__ = ["CONFIG_FILE", "RUN_FORMAT_VERSION", "WEIGHTS_FILE", "Dictionary", "ForwardOutput", "atomic_write", "load",
+           "load_weights", "read_config", "write_json"]
 
 
 class ForwardOutput(NamedTuple):
@@ -76,50 +77,39 @@ class Dictionary(nn.Module):
         return ForwardOutput(self.decode(codes), codes)
 
     # -- persistence --------------------------------------------------------------------------
-    def save(self, run_dir: str | os.PathLike, config: dict[str, Any] | None = None) -> Path:
-        """Write ``config.json`` and ``weights.safetensors`` into ``run_dir`` (atomically each)."""
-        from safetensors.torch import save_file
-
+    def save(self, run_dir: str | os.PathLike, config: "dict[str, Any] | RunConfig | None" = None) -> Path:
+        """Write ``weights.safetensors`` then ``config.json`` into ``run_dir`` (atomically each)."""
         run = Path(run_dir)
         run.mkdir(parents=True, exist_ok=True)
         if config is not None:
-            self.config = dict(config)
-        cfg = {"format_version": RUN_FORMAT_VERSION, **self.config, "d_in": self.d_in, "d_dict": self.d_dict}
+            self.config = config.to_dict() if isinstance(config, RunConfig) else dict(config)
+        cfg = RunConfig.from_dict({"format_version": RUN_FORMAT_VERSION, **self.config, "d_in": self.d_in, "d_dict": self.d_dict}, run / CONFIG_FILE)
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        atomic_write(run / WEIGHTS_FILE, lambda p: save_file(tensors, str(p), metadata={"format": "featureforge", "trainer": str(cfg.get("trainer", ""))}))
-        write_json(run / CONFIG_FILE, cfg)
+        data = safetensors_bytes(tensors, {"format": "featureforge", "trainer": str(cfg.trainer)})
+        atomic_write(run / WEIGHTS_FILE, lambda p: p.write_bytes(data))
+        cfg.write(run)
         return run
 
 
-def atomic_write(path: Path, write: Any) -> None:
-    """Write a file through a temporary sibling and a rename, so a crash never leaves half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """A safetensors file whose bytes depend only on the tensors and the metadata, not on the process.
 
+    safetensors keeps ``__metadata__`` in a hash map, so two runs writing the same dictionary give
+    files that differ in the order of its keys. Its tensors come out in a fixed order, so the file
+    is written without metadata and the metadata put back into the JSON header with sorted keys,
+    the header padded with spaces to a multiple of 8 bytes as the format asks (data offsets count
+    from the end of the header, so they stay valid).
+    """
+    from safetensors.torch import save
 
-def write_json(path: Path, data: Any) -> None:
-    atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n"))
-
-
-def read_config(run_dir: str | os.PathLike) -> dict[str, Any]:
-    path = Path(run_dir) / CONFIG_FILE
-    if not path.exists():
-        raise FeatureforgeError(f"{run_dir} is not a featureforge run (no {CONFIG_FILE}); pass the --out folder of `featureforge train`")
-    try:
-        cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CorruptStoreError(f"{path} is not valid JSON ({exc}); restore it or retrain") from None
-    for key in ("trainer", "d_in", "d_dict"):
-        if key not in cfg:
-            raise CorruptStoreError(f"{path} has no {key!r}; it was not written by featureforge train")
-    return cfg
+    raw = save(tensors)
+    (length,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + length])
+    header.pop("__metadata__", None)
+    ordered = {"__metadata__": dict(sorted(metadata.items())), **header} if metadata else header
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + raw[8 + length :]
 
 
 def load_weights(dictionary: Dictionary, path: str | os.PathLike) -> None:
@@ -152,11 +142,11 @@ def load(run_dir: str | os.PathLike) -> Dictionary:
     """Rebuild a trained dictionary from a run folder through its registered trainer."""
     from .plugins import get_registry
 
-    cfg = read_config(run_dir)
-    trainer_cls = get_registry().get("trainer", cfg["trainer"])
-    trainer = trainer_cls(cfg.get("options", {}))
-    dictionary = trainer.build(int(cfg["d_in"]))
+    cfg = RunConfig.read(run_dir)
+    trainer_cls = get_registry().get("trainer", cfg.trainer)
+    trainer = trainer_cls(cfg.options)
+    dictionary = trainer.build(int(cfg.d_in))
     load_weights(dictionary, Path(run_dir) / WEIGHTS_FILE)
-    dictionary.config = cfg
+    dictionary.config = cfg.to_dict()
     dictionary.eval()
     return dictionary

@@ -414,43 +414,14 @@ def _take(chunks: Sequence["ChunkRef"], limit: int | None) -> list[tuple[int, in
     return parts
 
 
-def _normalised_url(url: str) -> str:
-    from .storage import Location
-
-    loc = Location(url)
-    return loc.root if not loc.remote else loc.text.rstrip("/")
-
-
 def same_store(run_config: Mapping[str, Any], store: "ActivationStore") -> bool:
     """Whether ``store`` is the one the run was trained on, by the config's ``store`` provenance.
 
-    ``config["store"]`` is what ``featureforge train`` records: a dict with ``url``, ``source``
-    (name + options), and optionally ``rows``, ``d_in``, ``dtype``, ``rows_per_chunk`` (a bare URL
-    string is accepted too). A recorded source must have the store's name and options; then equal
-    URLs (local paths compared absolute) decide, and otherwise every other recorded fact must be
-    equal too (a copy or a move of the store, or a path given relative to another folder).
+    The rule lives with the run folder: see :func:`featureforge.run.store_matches`.
     """
-    recorded = run_config.get("store")
-    if not recorded:
-        return False
-    if isinstance(recorded, str):
-        recorded = {"url": recorded}
-    source = recorded.get("source")
-    if isinstance(source, Mapping) and "name" in source:
-        mine = store.source
-        if source.get("name") != mine.get("name") or (source.get("options") or {}) != (mine.get("options") or {}):
-            return False
-    url = recorded.get("url")
-    if url:
-        try:
-            if _normalised_url(str(url)) == _normalised_url(store.url):
-                return True
-        except Exception:  # an unparsable recorded URL simply does not match
-            pass
-    if not isinstance(source, Mapping) or "name" not in source:
-        return False
-    facts = {"rows": store.rows, "d_in": store.d_in, "dtype": store.dtype, "rows_per_chunk": store.rows_per_chunk}
-    return all(recorded.get(key) is None or recorded.get(key) == value for key, value in facts.items())
+    from .run import store_matches
+
+    return store_matches(run_config.get("store"), store)
 
 
 def select_eval_rows(store: "ActivationStore", run_config: Mapping[str, Any] | None = None, rows: int | None = None) -> EvalRows:
@@ -610,8 +581,9 @@ def evaluate(
         The report as written: ``run``, ``store``, ``eval_rows``, and under ``evaluators`` each
         evaluator's ``metrics`` and ``artifacts`` (paths relative to the report's folder).
     """
-    from .dictionary import load, read_config, write_json
+    from .dictionary import load, write_json
     from .roles import EvaluationContext
+    from .run import read_config
     from .store import ActivationStore, open_store
 
     run_dir = Path(run)

@@ -34,13 +34,16 @@ import queue
 import sys
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from .errors import BadInputError
-from .store import ACT_COLUMNS, STORAGE_DTYPES, ActivationStore, ChunkRef
+from .storeformat import ACT_COLUMNS, CHECKSUM_BYTES, STORAGE_DTYPES, VERIFIED, ChunkRef, chunk_checksum_ok, has_checksum, read_only_bytes
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .store import ActivationStore
 
 _TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _BATCH_QUEUE = 2  # finished batches waiting for the consumer
@@ -56,6 +59,10 @@ _MAP_FIXED = 0x10
 
 class _NotMappable(Exception):
     """A chunk file that cannot be mapped as is (missing, wrong size): read it the ordinary way."""
+
+
+class _Damaged(Exception):
+    """A mapped chunk whose checksum does not match its bytes (the message says how)."""
 
 
 class _Libc:
@@ -97,20 +104,30 @@ class _MappedWindow:
             raise OSError(ctypes.get_errno(), "mmap failed")
         self.base: int | None = base
 
-    def map_chunk(self, slot: int, path: str) -> None:
-        """Map chunk file ``path`` into ``slot`` (runs on an I/O thread)."""
+    def map_chunk(self, slot: int, path: str, checksum: bool) -> None:
+        """Map chunk file ``path`` into ``slot`` (runs on an I/O thread).
+
+        With ``checksum`` the file ends in 4 more bytes, the crc32c of the mapped ones: it is
+        checked the first time this process maps the file and whenever the file has changed since.
+        """
         try:
             fd = os.open(path, os.O_RDONLY)
         except OSError:
             raise _NotMappable(path) from None
         try:
-            if os.fstat(fd).st_size != self.chunk_nbytes:
+            st = os.fstat(fd)
+            if st.st_size != self.chunk_nbytes + (CHECKSUM_BYTES if checksum else 0):
                 raise _NotMappable(path)
             want = self.base + slot * self.chunk_nbytes
             got = self.libc.mmap(want, self.chunk_nbytes, mmap.PROT_READ, mmap.MAP_SHARED | _MAP_FIXED | mmap.MAP_POPULATE, fd, 0)
             if got != want:  # keep the slot reserved, so close() unmaps only what is ours
                 self.libc.mmap(want, self.chunk_nbytes, 0, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_FIXED, -1, 0)
                 raise _NotMappable(path)
+            if checksum and not VERIFIED.known(path, st):
+                payload = np.frombuffer((ctypes.c_char * self.chunk_nbytes).from_address(want), dtype=np.uint8)
+                if not chunk_checksum_ok(read_only_bytes(payload), os.pread(fd, CHECKSUM_BYTES, self.chunk_nbytes)):
+                    raise _Damaged("fails its checksum (its bytes changed after they were written)")
+                VERIFIED.add(path, st)
         finally:
             os.close(fd)
 
@@ -164,7 +181,8 @@ class ShuffledReader:
         self.drop_last = drop_last
         self.epoch = 0
         self.row = 0  # rows of this rank's current epoch already yielded
-        self._arrays = {name: store.group[name] for name in self.columns}
+        self._arrays = {name: store.array(name) for name in self.columns}
+        self._checksum = {name: has_checksum(arr) for name, arr in self._arrays.items()}
         self._layout = {name: self._column_layout(name) for name in self.columns}
         largest = sorted((c.rows for c in self.chunks), reverse=True)[: self.chunks_per_window]
         self.window_capacity = max(1, sum(largest))  # rows of one window buffer
@@ -240,10 +258,15 @@ class ShuffledReader:
         chunk_nbytes = rpc * (width or 1) * storage.itemsize
         futures, offset = [], 0
         for ref in refs:
-            what = f"rows {ref.index * rpc}–{ref.index * rpc + ref.rows - 1}"
-            futures.append(pool.submit(self.store.location.read_chunk_into, self._chunk_key(name, ref), buf[offset : offset + ref.rows], chunk_nbytes, what))
+            futures.append(pool.submit(self._copy_chunk, name, ref, buf[offset : offset + ref.rows], chunk_nbytes))
             offset += ref.rows
         return futures
+
+    def _copy_chunk(self, name: str, ref: ChunkRef, out: np.ndarray, chunk_nbytes: int) -> None:
+        key = self._chunk_key(name, ref)
+        problem = self.store.location.read_chunk_into(key, out, chunk_nbytes, self._checksum[name])
+        if problem:
+            raise self.store.damage_error(key, self.store.rows_text(ref.index), problem, ref.index)
 
     def _start_window(
         self, pool: ThreadPoolExecutor, epoch: int, index: int, refs: list[ChunkRef], bufs: dict[str, np.ndarray], live: list[_MappedWindow]
@@ -251,7 +274,7 @@ class ShuffledReader:
         """Start loading window ``index``: map (or copy) every column's chunks, and draw its permutation, on the I/O pool."""
         rpc = self.store.rows_per_chunk
         mapped: dict[str, _MappedWindow] = {}
-        futures: list[tuple[str, Future]] = []
+        futures: list[tuple[str, ChunkRef | None, Future]] = []
         for name in self.columns:
             storage, width = self._layout[name]
             if self._mappable(name):
@@ -263,9 +286,10 @@ class ShuffledReader:
                     live.append(window)
                     mapped[name] = window
                     for slot, ref in enumerate(refs):
-                        futures.append((name, pool.submit(window.map_chunk, slot, self.store.location.key_path(self._chunk_key(name, ref)))))
+                        path = self.store.location.key_path(self._chunk_key(name, ref))
+                        futures.append((name, ref, pool.submit(window.map_chunk, slot, path, self._checksum[name])))
                     continue
-            futures.extend((name, fut) for fut in self._read_column(pool, name, refs, self._buffer(bufs, name)))
+            futures.extend((name, None, fut) for fut in self._read_column(pool, name, refs, self._buffer(bufs, name)))
         perm = pool.submit(self._window_perm, epoch, index, sum(r.rows for r in refs))
         return {"refs": refs, "bufs": bufs, "mapped": mapped, "futures": futures, "perm": perm}
 
@@ -274,11 +298,14 @@ class ShuffledReader:
         refs, bufs, mapped = state["refs"], state["bufs"], state["mapped"]
         unmappable: set[str] = set()
         error: BaseException | None = None
-        for name, fut in state["futures"]:  # wait for all before touching any mapping
+        for name, ref, fut in state["futures"]:  # wait for all before touching any mapping
             try:
                 fut.result()
             except _NotMappable:
                 unmappable.add(name)
+            except _Damaged as exc:
+                key = self._chunk_key(name, ref)
+                error = error or self.store.damage_error(key, self.store.rows_text(ref.index), str(exc), ref.index)
             except BaseException as exc:
                 error = error or exc
         for name in unmappable:  # a missing or odd-sized chunk file: read_chunk_into explains it

@@ -1,4 +1,4 @@
-"""ActivationStore: activations as chunked Zarr v3 arrays, written crash-safely, read out of core.
+"""ActivationStore: the read view of a store of activations as chunked Zarr v3 arrays.
 
 Layout (a Zarr group; every array shares the row axis and is chunked by whole rows)::
 
@@ -12,51 +12,44 @@ Layout (a Zarr group; every array shares the row axis and is chunked by whole ro
 
 Chunk ``c`` (rows ``c*R .. (c+1)*R``) belongs to writer ``c % world_size``. A writer writes whole
 chunks it owns, then its chunk statistics, then advances its marker (an atomic file replace), so a
-killed writer resumes at its marker and readers only ever see committed chunks.
+killed writer resumes at its marker and readers only ever see committed chunks. Every chunk file
+ends in its crc32c (format 2, see ``storeformat.py``); creating a store is ``creation.py``'s job,
+filling it ``writer.py``'s.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
+import json
 import math
-import time
-from dataclasses import dataclass
+import shlex
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from .errors import BadInputError, CorruptStoreError, StoreError, StoreMismatchError
+from .errors import BadInputError, CorruptStoreError, StoreError
 from .storage import Location
+from .storeformat import (  # noqa: F401  (re-exported: the store's public constants)
+    ACT_COLUMNS,
+    CHECKSUM_BYTES,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    STORAGE_DTYPES,
+    STORE_MEMBERS,
+    ChunkRef,
+    chunk_checksum_ok,
+    default_rows_per_chunk,
+    has_checksum,
+    read_only_bytes,
+    to_float32,
+    to_storage,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .reader import ShuffledReader
-    from .roles import ActivationSource
-
-FORMAT_VERSION = 1
-FORMAT_NAME = "featureforge-activations"
-STORAGE_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "uint16"}
-ACT_COLUMNS = ("acts", "grads")
-DEFAULT_CHUNK_BYTES = 16 * 2**20
-WRITE_CONFIG = {"write_empty_chunks": True}  # the raw reader expects every committed chunk on disk
-
-
-def default_rows_per_chunk(d_in: int, dtype: str) -> int:
-    """About 16 MiB of activations per chunk, a power of two between 256 and 65536 rows."""
-    itemsize = 4 if dtype == "float32" else 2
-    rows = DEFAULT_CHUNK_BYTES / (d_in * itemsize)
-    return int(min(65536, max(256, 2 ** round(math.log2(rows)))))
-
-
-@dataclass(frozen=True)
-class ChunkRef:
-    """A committed chunk: its index and how many of its rows hold data."""
-
-    index: int
-    rows: int
 
 
 class ActivationStore:
-    """An opened store. Use :func:`open_store` to open one and :func:`create_store` to make one."""
+    """An opened store. Use :func:`open_store` to open one and ``creation.create_store`` to make one."""
 
     def __init__(self, location: Location, group: Any):
         self.location = location
@@ -69,6 +62,8 @@ class ActivationStore:
             )
         if self.attrs.get("format_version", 0) > FORMAT_VERSION:
             raise StoreError(f"store {location} has format version {self.attrs['format_version']}; upgrade featureforge to read it")
+        self._arrays: dict[str, Any] = {}
+        self._check_layout()
 
     # -- static layout ------------------------------------------------------------------------
     @property
@@ -113,22 +108,125 @@ class ActivationStore:
     def provenance(self) -> dict[str, Any]:
         return dict(self.attrs.get("provenance", {}))
 
+    @property
+    def checksummed(self) -> bool:
+        """Whether chunk files end in a crc32c (stores of format version 1 have none)."""
+        return has_checksum(self.array("acts"))
+
     def chunk_rows(self, index: int) -> int:
         return min(self.rows_per_chunk, self.rows_allocated - index * self.rows_per_chunk)
 
     def owner(self, index: int) -> int:
         return index % self.world_size
 
+    def array(self, name: str) -> Any:
+        """A stored array, or a one-line error naming its missing or damaged metadata file."""
+        if name not in self._arrays:
+            try:
+                self._arrays[name] = self.group[name]
+            except Exception as exc:
+                problem = "is missing" if isinstance(exc, KeyError) else f"is damaged ({type(exc).__name__})"
+                raise CorruptStoreError(
+                    f"store {self.url}: {name}/zarr.json (the metadata of array {name!r}) {problem}; "
+                    f"rebuild it from the store's attributes with `{self.repair_command()}`"
+                ) from None
+        return self._arrays[name]
+
+    def _check_layout(self) -> None:
+        """Root attributes that disagree with the arrays are damaged attributes, not damaged chunks."""
+        acts = self.array("acts")
+        want = {"d_in": acts.shape[1], "rows_allocated": acts.shape[0], "rows_per_chunk": acts.chunks[0]}
+        for key, actual in want.items():
+            if self.attrs.get(key) != actual:
+                raise CorruptStoreError(
+                    f"store {self.url}: zarr.json says {key}={self.attrs.get(key)!r} but acts/zarr.json holds {key}={actual}; "
+                    f"the root attributes are damaged, the data is not: set \"{key}\": {actual} in {self.location.key_path('zarr.json')} "
+                    "(do not pass --overwrite, which would delete the data)"
+                )
+
+    # -- chunk files --------------------------------------------------------------------------
+    def chunk_key(self, name: str, index: int) -> str:
+        arr = self.array(name)
+        return f"{name}/{arr.metadata.encode_chunk_key((index,) + (0,) * (arr.ndim - 1))}"
+
+    def chunk_payload_bytes(self, name: str) -> int:
+        """Bytes of one chunk's data in a chunk file (edge chunks are padded to full size)."""
+        arr = self.array(name)
+        return int(np.prod(arr.chunks)) * arr.dtype.itemsize
+
+    def chunk_file_bytes(self, name: str) -> int:
+        return self.chunk_payload_bytes(name) + (CHECKSUM_BYTES if has_checksum(self.array(name)) else 0)
+
+    def rows_text(self, index: int) -> str:
+        start = index * self.rows_per_chunk
+        return f"rows {start}–{start + self.chunk_rows(index) - 1}"
+
+    def chunk_problem(self, name: str, index: int) -> str | None:
+        """What is wrong with one chunk file (missing, wrong size, failed checksum), or None."""
+        key = self.chunk_key(name, index)
+        want = self.chunk_file_bytes(name)
+        try:
+            data = self.location.read_bytes(key)
+        except FileNotFoundError:
+            return "is missing"
+        if len(data) != want:
+            return f"is truncated or damaged ({len(data)} bytes, expected {want})"
+        if has_checksum(self.array(name)):
+            payload = read_only_bytes(np.frombuffer(data, dtype=np.uint8, count=want - CHECKSUM_BYTES))
+            if not chunk_checksum_ok(payload, data[-CHECKSUM_BYTES:]):
+                return "fails its checksum (its bytes changed after they were written)"
+        return None
+
+    def damage_error(self, key: str, what: str, problem: str, index: int | None = None) -> CorruptStoreError:
+        rank = None if index is None else self.owner(index)
+        return CorruptStoreError(f"store {self.url}: chunk {key} ({what}) {problem}; repair it with `{self.repair_command(rank)}`")
+
+    def verify(self, progress: Callable[[int], None] | None = None) -> list[str]:
+        """Check every committed chunk of every array (size and checksum); returns one line per damaged chunk.
+
+        ``progress`` is called with the rows checked after each chunk.
+        """
+        damaged = []
+        names = list(self.columns) + ["chunk_stats"]
+        for ref in self.committed_chunks():
+            for name in names:
+                problem = self.chunk_problem(name, ref.index)
+                if problem:
+                    damaged.append(f"chunk {self.chunk_key(name, ref.index)} ({self.rows_text(ref.index)}) {problem}")
+            if progress is not None:
+                progress(ref.rows)
+        return damaged
+
+    def repair_command(self, rank: int | None = None) -> str:
+        """The `featureforge cache` command that made this store, with ``--repair``."""
+        source = self.attrs.get("source") or {}
+        words = ["featureforge", "cache", "--source", str(source.get("name", "SOURCE"))]
+        for key, value in (source.get("options") or {}).items():
+            words += ["-o", f"{key}={value if isinstance(value, str) else json.dumps(value)}"]
+        words += ["--rows", str(self.attrs.get("rows_allocated")), "--rows-per-chunk", str(self.attrs.get("rows_per_chunk"))]
+        if self.attrs.get("dtype", "float32") != "float32":
+            words += ["--dtype", str(self.attrs["dtype"])]
+        if int(self.attrs.get("writers", 1)) > 1:
+            words += ["--world-size", str(self.attrs["writers"]), "--rank", "RANK" if rank is None else str(rank)]
+        words += ["--store", self.url, "--repair"]
+        return " ".join(shlex.quote(w) for w in words)
+
     # -- commit state -------------------------------------------------------------------------
+    def marker(self, rank: int) -> dict[str, Any]:
+        """Writer ``rank``'s commit marker, read fresh from the store."""
+        try:
+            return dict(self.group[f"writers/{rank}"].attrs)
+        except KeyError:
+            return {"chunks": 0, "last_chunk_rows": None, "done": False}
+        except Exception as exc:
+            raise CorruptStoreError(
+                f"store {self.url}: writers/{rank}/zarr.json (writer {rank}'s commit marker) is damaged ({type(exc).__name__}); "
+                f"rebuild it with `{self.repair_command(rank)}`"
+            ) from None
+
     def markers(self) -> list[dict[str, Any]]:
         """Each writer's commit marker, read fresh from the store."""
-        out = []
-        for rank in range(self.world_size):
-            try:
-                out.append(dict(self.group[f"writers/{rank}"].attrs))
-            except KeyError:
-                out.append({"chunks": 0, "last_chunk_rows": None, "done": False})
-        return out
+        return [self.marker(rank) for rank in range(self.world_size)]
 
     def committed_chunks(self) -> list[ChunkRef]:
         """Every committed chunk in index order; uncommitted ones are never read."""
@@ -169,10 +267,13 @@ class ActivationStore:
         d = self.d_in
         if not refs:
             return {"rows": 0}
-        stats = self.group["chunk_stats"]
+        stats = self.array("chunk_stats")
         total = np.zeros(2 * d + 1, dtype=np.float64)
         for ref in refs:
-            total += stats[ref.index]
+            try:
+                total += stats[ref.index]
+            except Exception:
+                raise self._named_damage("chunk_stats", ref.index, ref.index + 1) from None
         n = sum(ref.rows for ref in refs)
         mean = total[:d] / n
         var = np.maximum(total[d : 2 * d] / n - mean**2, 0.0)
@@ -196,8 +297,21 @@ class ActivationStore:
         """Rows ``start:stop`` of a column in storage order, as float32 for activation columns."""
         if column not in self.columns:
             raise BadInputError(f"store {self.url} has no column {column!r}; it has: {', '.join(self.columns)}")
-        data = self.group[column][start:stop]
+        rpc = self.rows_per_chunk
+        try:
+            data = self.array(column)[start:stop]
+        except CorruptStoreError:
+            raise
+        except Exception:  # zarr cannot decode a chunk (bad size or checksum): name it
+            raise self._named_damage(column, start // rpc, -(-stop // rpc)) from None
         return to_float32(data, self.columns[column]) if column in ACT_COLUMNS else data
+
+    def _named_damage(self, name: str, first: int, stop: int) -> CorruptStoreError:
+        for index in range(first, stop):
+            problem = self.chunk_problem(name, index)
+            if problem:
+                return self.damage_error(self.chunk_key(name, index), self.rows_text(index), problem, index)
+        return CorruptStoreError(f"store {self.url}: cannot decode {name} chunks {first}–{stop - 1}; check them with `featureforge info {self.url} --verify`")
 
     def ground_truth(self) -> dict[str, np.ndarray] | None:
         if "ground_truth" not in self.group:
@@ -213,6 +327,7 @@ class ActivationStore:
         return {
             "store": self.url,
             "format_version": self.attrs.get("format_version"),
+            "checksums": "crc32c" if self.checksummed else None,
             "rows": rows,
             "rows_allocated": self.rows_allocated,
             "complete": self.complete,
@@ -234,26 +349,6 @@ class ActivationStore:
         return open_store(self.location)
 
 
-# -- dtype conversion -----------------------------------------------------------------------------
-def to_storage(acts: np.ndarray, dtype: str) -> np.ndarray:
-    """Cast float32 rows to the storage dtype (bfloat16 rounds to nearest even, kept as uint16)."""
-    if dtype == "float32":
-        return np.ascontiguousarray(acts, dtype=np.float32)
-    if dtype == "float16":
-        return acts.astype(np.float16)
-    # Round to nearest even on the upper 16 bits of the float32 pattern: bit-identical to torch's
-    # float32 -> bfloat16 cast for finite values and infinities (NaN rows are refused earlier).
-    bits = np.ascontiguousarray(acts, dtype=np.float32).view(np.uint32)
-    bias = ((bits >> 16) & 1) + np.uint32(0x7FFF)
-    return ((bits + bias) >> 16).astype(np.uint16)
-
-
-def to_float32(data: np.ndarray, dtype: str) -> np.ndarray:
-    if dtype == "bfloat16":
-        return (data.astype(np.uint32) << 16).view(np.float32)
-    return data.astype(np.float32, copy=False)
-
-
 # -- opening and creating -------------------------------------------------------------------------
 def open_store(location: str | Any, storage_options: dict[str, Any] | None = None) -> ActivationStore:
     """Open an existing store at a path or fsspec URL."""
@@ -261,183 +356,14 @@ def open_store(location: str | Any, storage_options: dict[str, Any] | None = Non
 
     loc = location if isinstance(location, Location) else Location(location, storage_options)
     if not loc.exists():
+        if loc.exists("acts/zarr.json") or loc.exists("writers/0/zarr.json"):
+            raise CorruptStoreError(
+                f"{loc} holds a store's arrays but its root zarr.json is missing; recover it by rerunning the "
+                f"`featureforge cache` command that made the store with --repair (it rewrites zarr.json from that command's options)"
+            )
         raise StoreError(f"no activation store at {loc}; create one with `featureforge cache --store {loc} ...`")
     try:
         group = zarr.open_group(loc.zarr_store(), mode="r+" if not loc.remote else "a")
     except Exception as exc:
         raise CorruptStoreError(f"cannot open store {loc}: {type(exc).__name__}: {exc}; the store's zarr.json is damaged") from None
     return ActivationStore(loc, group)
-
-
-@dataclass
-class StoreSpec:
-    """What fixes a store's layout and content; a rerun must ask for the same spec to continue."""
-
-    d_in: int
-    dtype: str
-    rows: int
-    rows_per_chunk: int
-    writers: int
-    columns: dict[str, str]
-    source: dict[str, Any]
-    provenance: dict[str, Any]
-
-    def identity(self) -> dict[str, Any]:
-        return {
-            "d_in": self.d_in,
-            "dtype": self.dtype,
-            "rows_allocated": self.rows,
-            "rows_per_chunk": self.rows_per_chunk,
-            "writers": self.writers,
-            "columns": self.columns,
-            "source": {"name": self.source["name"], "options": self.source["options"]},
-        }
-
-
-def _existing_identity(attrs: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "d_in": attrs.get("d_in"),
-        "dtype": attrs.get("dtype"),
-        "rows_allocated": attrs.get("rows_allocated"),
-        "rows_per_chunk": attrs.get("rows_per_chunk"),
-        "writers": attrs.get("writers"),
-        "columns": attrs.get("columns"),
-        "source": {"name": attrs.get("source", {}).get("name"), "options": attrs.get("source", {}).get("options")},
-    }
-
-
-def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    diffs = []
-    for key in new:
-        if key == "source":
-            if old["source"]["name"] != new["source"]["name"]:
-                diffs.append(f"source {old['source']['name']!r} (asked {new['source']['name']!r})")
-            else:
-                o, n = old["source"]["options"] or {}, new["source"]["options"]
-                for k in sorted(set(o) | set(n)):
-                    if o.get(k) != n.get(k):
-                        diffs.append(f"option {k}={o.get(k)!r} (asked {n.get(k)!r})")
-        elif old[key] != new[key]:
-            diffs.append(f"{key}={old[key]!r} (asked {new[key]!r})")
-    return diffs
-
-
-def create_store(location: Location, spec: StoreSpec, ground_truth: dict[str, np.ndarray] | None = None) -> ActivationStore:
-    """Create an empty, preallocated store for ``spec`` (caller has checked it is absent)."""
-    import zarr
-
-    location.check_writable()
-    if location.occupied():
-        raise StoreError(f"{location} exists and is not an activation store; choose an empty or new --store path")
-    try:
-        group = zarr.open_group(location.zarr_store(), mode="w")
-        d, n, r = spec.d_in, spec.rows, spec.rows_per_chunk
-        for name, logical in spec.columns.items():
-            shape, chunks = ((n, d), (r, d)) if name in ACT_COLUMNS else ((n,), (r,))
-            storage = STORAGE_DTYPES.get(logical, logical)
-            group.create_array(name, shape=shape, chunks=chunks, dtype=storage, compressors=None, fill_value=0, config=WRITE_CONFIG,
-                               attributes={"logical_dtype": logical, "row_axis": 0})
-        n_chunks = -(-n // r)
-        group.create_array("chunk_stats", shape=(n_chunks, 2 * d + 1), chunks=(1, 2 * d + 1), dtype="float64", compressors=None, fill_value=0, config=WRITE_CONFIG)
-        if ground_truth:
-            gt = group.create_group("ground_truth")
-            for key, value in ground_truth.items():
-                value = np.asarray(value)
-                gt.create_array(key, shape=value.shape, dtype=value.dtype, fill_value=0)[...] = value
-        writers = group.create_group("writers")
-        for rank in range(spec.writers):
-            writers.create_group(str(rank), attributes={"chunks": 0, "last_chunk_rows": None, "done": False})
-        # Root attributes last: a store whose zarr.json lacks them is recognisably unfinished. `put` writes
-        # zarr.json once (zarr's `attrs.update` rewrites it once per key, so a reader could see half of them).
-        group.attrs.put(
-            {
-                "format": FORMAT_NAME,
-                "format_version": FORMAT_VERSION,
-                **spec.identity(),
-                "storage_dtype": STORAGE_DTYPES[spec.dtype],
-                "source": spec.source,
-                "provenance": spec.provenance,
-                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "layout": (
-                    "rows are cut into chunks of rows_per_chunk; chunk c is written by writer c % writers, whose "
-                    "commit marker writers/<rank>.attrs counts its committed chunks (chunks rank, rank+writers, ...); "
-                    "rows of uncommitted chunks are not data. bfloat16 is stored as uint16 (the high half of float32)."
-                ),
-                "summary": None,
-            }
-        )
-    except PermissionError as exc:
-        raise StoreError(f"cannot write a store at {location}: permission denied ({exc.filename or exc}); choose a writable --store path") from None
-    except OSError as exc:
-        if isinstance(exc, StoreError):
-            raise
-        raise StoreError(f"cannot write a store at {location}: {exc.strerror or exc}; choose a writable --store path") from None
-    return ActivationStore(location, group)
-
-
-def prepare_store(
-    location: Location,
-    spec: StoreSpec,
-    *,
-    rank: int,
-    overwrite: bool,
-    ground_truth: Callable[[], dict[str, np.ndarray] | None],
-    wait_timeout: float = 600.0,
-) -> ActivationStore:
-    """Create the store (rank 0) or check that an existing one matches ``spec`` and continue it."""
-    if rank == 0:
-        if location.exists() and (overwrite or _unfinished_creation(location, spec)):
-            location.remove_all()
-        if not location.exists():
-            return create_store(location, spec, ground_truth())
-    else:
-        _wait_for_root(location, wait_timeout)
-    store = _open_for_spec(location)
-    diffs = _differences(_existing_identity(store.attrs), spec.identity())
-    if diffs:
-        raise StoreMismatchError(
-            f"store {location} already holds other activations: {'; '.join(diffs)}; "
-            "pass --overwrite to replace it, or choose another --store"
-        )
-    return store
-
-
-def _unfinished_creation(location: Location, spec: StoreSpec) -> bool:
-    """What a killed ``create_store(spec)`` leaves: a group without root attributes (they are
-    written last) holding only members that creation makes. Nothing in it was ever committed,
-    so starting again loses no data; anything else is left for the user to decide."""
-    import zarr
-
-    try:
-        group = zarr.open_group(location.zarr_store(read_only=True), mode="r")
-        if dict(group.attrs):
-            return False
-        names = {name for name, _ in group.members()}
-        if not names <= set(spec.columns) | {"chunk_stats", "ground_truth", "writers"}:
-            return False
-        markers = [dict(w.attrs) for _, w in group["writers"].groups()] if "writers" in names else []
-    except Exception:  # not a zarr group at all: not ours to remove
-        return False
-    return all(not m.get("chunks") for m in markers)  # committed chunks: damage, not an unfinished creation
-
-
-def _open_for_spec(location: Location) -> ActivationStore:
-    try:
-        return open_store(location)
-    except CorruptStoreError as exc:
-        raise CorruptStoreError(f"{exc} (or pass --overwrite to start it again)") from None
-
-
-def _wait_for_root(location: Location, timeout: float) -> None:
-    import zarr
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if location.exists():
-            try:
-                if zarr.open_group(location.zarr_store(read_only=True), mode="r").attrs.get("format") == FORMAT_NAME:
-                    return
-            except Exception:
-                pass
-        time.sleep(0.2)
-    raise StoreError(f"writer 0 did not create {location} within {timeout:.0f}s; start rank 0 too")

@@ -22,7 +22,6 @@ import itertools
 import json
 import math
 import os
-import shutil
 import time
 import typing
 from pathlib import Path
@@ -31,16 +30,16 @@ from typing import Any, Iterator, Literal, Mapping, Sequence
 import torch
 
 from .checkpoint import load_checkpoint, load_optimizer, optimizer_tensors, restore_rng, rng_tensors, save_checkpoint
-from .dictionary import CONFIG_FILE, RUN_FORMAT_VERSION, WEIGHTS_FILE, Dictionary, read_config, write_json
+from .dictionary import Dictionary
 from .errors import BadInputError, FeatureforgeError, OptionError
 from .holdout import split_chunks
 from .options import options_to_dict, parse_options
 from .plugins import get_registry
 from .reader import ShuffledReader
 from .roles import DictionaryTrainer, StepOutput, TrainState
+from .run import CONFIG_FILE, METRICS_FILE, STATUS_COMPLETE, RunConfig, is_complete, prepare_out_dir, store_identity
 from .store import ActivationStore, open_store
 
-METRICS_FILE = "metrics.jsonl"
 INIT_SAMPLE_ROWS = 16384
 
 
@@ -170,10 +169,6 @@ def lr_at(step: int, total_steps: int, base: float, cfg: TrainConfig) -> float:
     if decay_steps > 0 and step >= total_steps - decay_steps:
         return base * max(0.0, (total_steps - step) / decay_steps)
     return base
-
-
-def _store_identity(store: ActivationStore) -> dict[str, Any]:
-    return {"url": store.url, "source": store.source, "rows": store.rows, "d_in": store.d_in, "dtype": store.dtype, "provenance": store.provenance}
 
 
 def _shard_batches(reader: ShuffledReader) -> Iterator[dict[str, torch.Tensor]]:
@@ -327,54 +322,32 @@ class _Run:
             return [self.out]
         return [self.out / label for label, _ in self.trainers]
 
-    def _config_for(self, label: str, trainer: DictionaryTrainer, d_dict: int, holdout: list[int], scale: float) -> dict[str, Any]:
+    def _config_for(self, label: str, trainer: DictionaryTrainer, d_dict: int, holdout: list[int], scale: float) -> RunConfig:
         reg = get_registry().registration("trainer", self.trainer_name)
-        training = options_to_dict(self.cfg)
-        return {
-            "format_version": RUN_FORMAT_VERSION,
-            "trainer": self.trainer_name,
-            "trainer_distribution": reg.distribution,
-            "trainer_version": reg.version,
-            "options": trainer.options_dict(),
-            "sweep_label": label,
-            "d_in": self.store.d_in,
-            "d_dict": d_dict,
-            "normalisation": {"scale": scale, "applied": self.cfg.normalise},
-            "training": training,
-            "world_size": self.world,
-            "store": _store_identity(self.store),
-            "holdout": {"chunks": holdout, "rows": sum(self.store.chunk_rows(i) for i in holdout)},
-            "status": "training",
-        }
+        return RunConfig(
+            trainer=self.trainer_name,
+            trainer_distribution=reg.distribution,
+            trainer_version=reg.version,
+            options=trainer.options_dict(),
+            sweep_label=label,
+            d_in=self.store.d_in,
+            d_dict=d_dict,
+            normalisation={"scale": scale, "applied": self.cfg.normalise},
+            training=options_to_dict(self.cfg),
+            world_size=self.world,
+            store=store_identity(self.store),
+            holdout={"chunks": holdout, "rows": sum(self.store.chunk_rows(i) for i in holdout)},
+        )
 
     def _check_out_dir(self) -> None:
-        if not self.out.exists() or not any(self.out.iterdir()):
-            return
-        if self.resume:
-            return
-        if self.overwrite:
-            if self.rank == 0:
-                if not (self.out / CONFIG_FILE).exists() and not (self.out / "checkpoint").exists() and not any(
-                    (d / CONFIG_FILE).exists() for d in self.out.iterdir() if d.is_dir()
-                ):
-                    raise FeatureforgeError(f"{self.out} exists and is not a featureforge run; choose another --out (nothing was deleted)")
-                shutil.rmtree(self.out)
-            return
-        raise FeatureforgeError(f"run folder {self.out} already exists; pass --resume to continue it or --overwrite to start again")
+        prepare_out_dir(self.out, resume=self.resume, overwrite=self.overwrite, delete=self.rank == 0)
 
-    def _check_resumable(self, configs: list[dict[str, Any]]) -> None:
+    def _check_resumable(self, configs: list[RunConfig]) -> None:
+        ignore = {"threads", "log_every", "checkpoint_every", "device", "eval_every", "eval_evaluators", "eval_options"}
         for run_dir, new in zip(self._run_dirs(), configs):
             if not (run_dir / CONFIG_FILE).exists():
                 continue
-            old = read_config(run_dir)
-            diffs = [f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in ("trainer", "d_in", "d_dict") if old.get(k) != new[k]]
-            oo, no = old.get("options", {}), new["options"]
-            diffs += [f"{k}: {oo.get(k)!r} -> {no.get(k)!r}" for k in sorted(set(oo) | set(no)) if oo.get(k) != no.get(k)]
-            if old.get("store", {}).get("source") != new["store"]["source"] or old.get("store", {}).get("rows") != new["store"]["rows"]:
-                diffs.append(f"store: {old.get('store', {}).get('url')} -> {new['store']['url']}")
-            ignore = {"threads", "log_every", "checkpoint_every", "device", "eval_every", "eval_evaluators", "eval_options"}
-            ot, nt = old.get("training", {}), new["training"]
-            diffs += [f"{k}: {ot.get(k)!r} -> {nt[k]!r}" for k in nt if k not in ignore and ot.get(k) != nt[k]]
+            diffs = RunConfig.read(run_dir).resume_differences(new, ignore)
             if diffs:
                 raise FeatureforgeError(
                     f"cannot --resume {run_dir}: it was trained with other settings ({'; '.join(diffs[:4])}); "
@@ -399,7 +372,7 @@ class _Run:
             it.close()
         return batch["acts"].float().to(self.device) * scale
 
-    def _build_members(self, scale: float, sample: torch.Tensor, holdout: list[int]) -> tuple[list[Member], list[dict[str, Any]]]:
+    def _build_members(self, scale: float, sample: torch.Tensor, holdout: list[int]) -> tuple[list[Member], list[RunConfig]]:
         members, configs = [], []
         for (label, trainer), run_dir in zip(self.trainers, self._run_dirs()):
             torch.manual_seed(self.cfg.seed)
@@ -488,9 +461,8 @@ class _Run:
         step, rows_seen = self._restore(members, readers) if self.resume else (0, 0)
         if self.rank == 0:
             for m, config in zip(members, configs):
-                m.run_dir.mkdir(parents=True, exist_ok=True)
-                m.dictionary.config = config
-                write_json(m.run_dir / CONFIG_FILE, config)
+                config.write(m.run_dir)
+                m.dictionary.config = config.to_dict()
         evaluators = _eval_instances(self.cfg, self.store) if self.cfg.eval_every > 0 else []
         streams = [_shard_batches(r) for r in readers]
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.cfg.dtype == "bfloat16" else contextlib.nullcontext()
@@ -536,14 +508,16 @@ class _Run:
                 if f is not None:
                     f.close()
         if self.rank == 0:
+            # "complete" is written last: a kill while saving or plotting leaves a run --resume finishes.
             for m, config in zip(members, configs):
-                config["status"] = "complete"
-                config["training_result"] = {"steps": step, "rows": rows_seen}
+                config.training_result = {"steps": step, "rows": rows_seen}
                 m.dictionary.save(m.run_dir, config)
                 _plot_metrics(m.run_dir)
+                config.status = STATUS_COMPLETE
+                config.write(m.run_dir)
         return self._run_dirs()
 
-    def _evaluate(self, members: list[Member], configs: list[dict[str, Any]], evaluators: list[Any], metric_files: list[Any],
+    def _evaluate(self, members: list[Member], configs: list[RunConfig], evaluators: list[Any], metric_files: list[Any],
                   step: int, rows_seen: int) -> None:
         """Run the evaluators on a copy of each member's current dictionary; log one metrics line each.
 
@@ -564,7 +538,7 @@ class _Run:
                         store=self.store,
                         out_dir=m.run_dir / "plots" / "during_training",
                         run_dir=m.run_dir,
-                        extra={"eval_rows": select_eval_rows(self.store, config), "run_config": config,
+                        extra={"eval_rows": select_eval_rows(self.store, config.to_dict()), "run_config": config.to_dict(),
                                "device": str(self.device), "progress": False},
                     )
                     line: dict[str, Any] = {"step": step, "rows": rows_seen}
@@ -717,6 +691,3 @@ def _plot_metrics(run_dir: Path) -> Path | None:
     plt.close(fig)
     return out
 
-
-def is_complete(run_dir: Path) -> bool:
-    return (Path(run_dir) / WEIGHTS_FILE).exists() and read_config(run_dir).get("status") == "complete"

@@ -13,9 +13,10 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from .errors import BadInputError
+from .errors import BadInputError, StoreError
 from .roles import ActivationSource
-from .store import ACT_COLUMNS, WRITE_CONFIG, ActivationStore, to_float32, to_storage
+from .store import ActivationStore
+from .storeformat import ACT_COLUMNS, WRITE_CONFIG, to_float32, to_storage
 
 
 def as_numpy(value: Any) -> np.ndarray:
@@ -50,8 +51,9 @@ class StoreWriter:
         self.rank = rank
         self.world_size = world_size
         self.progress = progress or (lambda rows: None)
-        self.arrays = {name: store.group[name].with_config(WRITE_CONFIG) for name in store.columns}
-        self.stats = store.group["chunk_stats"].with_config(WRITE_CONFIG)
+        self.arrays = {name: store.array(name).with_config(WRITE_CONFIG) for name in store.columns}
+        self.stats = store.array("chunk_stats").with_config(WRITE_CONFIG)
+        store.marker(rank)  # a damaged marker is named (and --repair rebuilds it) before any work
         self.marker_group = store.group[f"writers/{rank}"]
         self.my_chunks = list(range(rank, store.n_chunks, world_size))
         self._pool: ThreadPoolExecutor | None = None
@@ -81,10 +83,9 @@ class StoreWriter:
         arrays = dict(self.arrays, chunk_stats=self.stats)
         sizes = {name: self._chunk_sizes(name) for name in arrays} if self.store.location.remote else None
         for i, chunk in enumerate(self.my_chunks[:n]):
-            for name, arr in arrays.items():
-                coords = (chunk,) + (0,) * (arr.ndim - 1)
-                key = f"{name}/{arr.metadata.encode_chunk_key(coords)}"
-                expected = int(np.prod(arr.chunks)) * arr.dtype.itemsize
+            for name in arrays:
+                key = self.store.chunk_key(name, chunk)
+                expected = self.store.chunk_file_bytes(name)
                 path = self.store.location.key_path(key)
                 if sizes is not None:
                     size = sizes[name].get(path.split("://", 1)[-1])
@@ -103,8 +104,45 @@ class StoreWriter:
         found = fs.find(prefix, detail=True) if fs.exists(prefix) else {}
         return {path.split("://", 1)[-1]: int(info.get("size") or 0) for path, info in found.items()}
 
+    def repair(self) -> list[int]:
+        """Check every committed chunk of this writer in full (size and checksum) and rewrite the damaged ones.
+
+        Rows of a random-access source are a function of (options, row index), so a damaged chunk
+        is regenerated alone, in place; a stream source cannot produce one chunk on its own, so the
+        marker is rewound to its first damaged chunk and ``run`` rewrites from there. Returns the
+        damaged chunk indices.
+        """
+        n, _ = self.committed()
+        names = list(self.arrays) + ["chunk_stats"]
+        damaged = []
+        for chunk in self.my_chunks[:n]:
+            if any(self.store.chunk_problem(name, chunk) for name in names):
+                damaged.append(chunk)
+            self.progress(self.store.chunk_rows(chunk))
+        if not damaged:
+            return []
+        if not self.source.random_access:
+            self._commit(self.my_chunks.index(damaged[0]), last_chunk_rows=None, done=False)
+            return damaged
+        for chunk in damaged:
+            start = chunk * self.store.rows_per_chunk
+            rows = self.store.chunk_rows(chunk)
+            data = {k: as_numpy(v) for k, v in self.source.rows(start, start + rows).items() if k in self.store.columns and v is not None}
+            self._validate(data, start, rows)
+            self._store_chunk(chunk, data, rows)
+        return damaged
+
     def run(self) -> int:
         """Write every remaining owned chunk; returns rows written by this call."""
+        try:
+            return self._run()
+        except PermissionError as exc:
+            raise StoreError(
+                f"cannot write store {self.store.url}: permission denied on {exc.filename or exc}; "
+                f"make the store writable (chmod -R u+w {self.store.location.root}) or cache into another --store"
+            ) from None
+
+    def _run(self) -> int:
         self.verify()
         if dict(self.marker_group.attrs).get("done"):
             return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import sys
 import time
@@ -261,10 +262,10 @@ def test_damaged_chunk_is_named_by_the_reader_and_rewritten_by_a_rerun(small_sto
                 pass
         message = str(caught.value)
     assert "chunk acts/c/3/0" in message and "rows 1536–2047" in message, message
-    assert ("is missing" if damage == "missing" else "is truncated or damaged (1000 bytes, expected 32768)") in message
-    assert "rerun the same `featureforge cache` command" in message
-    # ... and the fix it names works: rerunning the same command rewrites the chunk, nothing else changes.
-    result = run_cli("cache", *SMALL, "--store", path)
+    assert ("is missing" if damage == "missing" else "is truncated or damaged (1000 bytes, expected 32772)") in message
+    # ... and the fix it names works: the repair command in the message rewrites the chunk, nothing else changes.
+    assert "; repair it with `featureforge cache --source synthetic" in message and message.endswith(f"--store {path} --repair`"), message
+    result = run_cli(*shlex.split(message.split("`")[1])[1:])
     assert "(complete)" in result.stdout
     assert tree_bytes(path) == original
 
@@ -345,3 +346,191 @@ def test_rerun_after_a_kill_during_store_creation_starts_the_store_again(small_s
     before = tree_state(foreign)
     assert_one_line_error(run_cli("cache", *SMALL, "--store", foreign, ok=False), str(foreign))
     assert tree_state(foreign) == before
+
+
+# -- checksums, verify and repair (#12) ----------------------------------------------------------
+def _scramble(chunk, seed=0):
+    """Overwrite a chunk file's data with random bytes of the same size (its checksum trailer kept)."""
+    size = chunk.stat().st_size
+    data = bytearray(chunk.read_bytes())
+    data[: size - 4] = np.random.default_rng(seed).bytes(size - 4)
+    chunk.write_bytes(bytes(data))
+
+
+def _repair_args(message):
+    """The `featureforge cache ... --repair` command a message names, as CLI arguments."""
+    command = shlex.split(message.split("`")[1])
+    assert command[:2] == ["featureforge", "cache"] and command[-1] == "--repair", command
+    return command[1:]
+
+
+def test_same_size_random_bytes_are_caught_by_verify_reader_and_reads_and_repaired(small_store, tmp_path):
+    path = copy_store(small_store, tmp_path / "s.zarr")
+    original = tree_bytes(path)
+    assert ff.open_store(path).info()["checksums"] == "crc32c"
+    ok = run_cli("info", path, "--verify")
+    assert "verified     6 committed chunks, 3,000 rows: no damage (sizes and crc32c checksums)" in ok.stderr
+    _scramble(path / "acts" / "c" / "2" / "0")
+    line = assert_one_line_error(run_cli("info", path, "--verify", ok=False), "chunk acts/c/2/0 (rows 1024–1535) fails its checksum", "--repair`")
+    # The reader (memory-mapped path: 512×16×4 bytes is whole pages) and a plain read both name it.
+    with pytest.raises(ff.CorruptStoreError, match=r"chunk acts/c/2/0 \(rows 1024–1535\) fails its checksum.*--repair`"):
+        for _ in ff.open_store(path).loader(batch_size=256, buffer_rows=512):
+            pass
+    with pytest.raises(ff.CorruptStoreError, match=r"chunk acts/c/2/0 \(rows 1024–1535\) fails its checksum"):
+        ff.open_store(path).read(0, 3000)
+    # A plain rerun only checks sizes and says complete; the named repair command rewrites the chunk.
+    result = run_cli(*_repair_args(line))
+    assert "(complete)" in result.stdout
+    assert tree_bytes(path) == original
+    run_cli("info", path, "--verify")
+
+
+def test_copied_chunks_are_checked_too(tmp_path):
+    """Chunks that are not whole pages are read by copy (as remote ones are): the checksum is checked there."""
+    path = tmp_path / "odd.zarr"
+    ff.cache("synthetic", ["d_in=16", "n_features=128"], store=str(path), rows=2000, rows_per_chunk=500, progress=False)
+    good = ff.open_store(path).read(0, 2000)
+    _scramble(path / "acts" / "c" / "1" / "0", seed=1)
+    with pytest.raises(ff.CorruptStoreError, match=r"chunk acts/c/1/0 \(rows 500–999\) fails its checksum.*--rows-per-chunk 500 .*--repair`"):
+        for _ in ff.open_store(path).loader(batch_size=256, buffer_rows=1000):
+            pass
+    ff.cache("synthetic", ["d_in=16", "n_features=128"], store=str(path), rows=2000, rows_per_chunk=500, repair=True, progress=False)
+    np.testing.assert_array_equal(ff.open_store(path).read(0, 2000), good)
+
+
+def test_damaged_chunk_stats_are_named(small_store, tmp_path):
+    path = copy_store(small_store, tmp_path / "s.zarr")
+    _scramble(path / "chunk_stats" / "c" / "4" / "0")
+    store = ff.open_store(path)
+    with pytest.raises(ff.CorruptStoreError, match=r"chunk chunk_stats/c/4/0 \(rows 2048–2559\) fails its checksum"):
+        store._compute_normalisation()
+    line = assert_one_line_error(run_cli("info", path, "--verify", ok=False), "chunk_stats/c/4/0")
+    run_cli(*_repair_args(line))
+    run_cli("info", path, "--verify")
+
+
+def test_a_store_without_checksums_still_opens_and_verify_says_so(tmp_path, monkeypatch):
+    """Format-1 stores (written before checksums) are read as before; verify checks their sizes."""
+    import zarr
+
+    import featureforge.creation as creation
+
+    path = tmp_path / "v1.zarr"
+    monkeypatch.setattr(creation, "array_codecs", lambda checksum: {"compressors": None})
+    ff.cache("synthetic", ["d_in=16", "n_features=128"], store=str(path), rows=3000, rows_per_chunk=512, progress=False)
+    monkeypatch.undo()
+    zarr.open_group(str(path), mode="r+").attrs.update({"format_version": 1})
+    assert (path / "acts" / "c" / "0" / "0").stat().st_size == 512 * 16 * 4
+    store = ff.open_store(path)
+    assert store.info()["checksums"] is None and store.info()["format_version"] == 1
+    got = np.concatenate([b["acts"].numpy() for b in store.loader(batch_size=300, buffer_rows=1024)])
+    assert row_counter(got) == row_counter(zarr_arrays(path, ["acts"])["acts"])
+    result = run_cli("info", path, "--verify")
+    assert "sizes only: this store predates checksums (format 1)" in result.stderr
+    # and it is continued in its own format
+    run_cli("cache", *SMALL, "--store", path)
+
+
+# -- other damage: one line naming the file and the fix (#12) ------------------------------------
+def test_deleted_array_metadata_is_named_and_rebuilt(small_store, tmp_path):
+    path = copy_store(small_store, tmp_path / "s.zarr")
+    original = tree_bytes(path)
+    (path / "acts" / "zarr.json").unlink()
+    line = assert_one_line_error(run_cli("info", path, ok=False), "acts/zarr.json", "is missing", "--repair`")
+    run_cli(*_repair_args(line))
+    assert tree_bytes(path) == original
+
+
+def test_garbage_writer_marker_is_named_and_rebuilt(small_store, tmp_path):
+    path = copy_store(small_store, tmp_path / "s.zarr")
+    good = zarr_arrays(path, ["acts"])["acts"]
+    (path / "writers" / "0" / "zarr.json").write_text("{not json")
+    line = assert_one_line_error(run_cli("info", path, ok=False), "writers/0/zarr.json", "commit marker", "is damaged", "--repair`")
+    assert_one_line_error(run_cli("cache", *SMALL, "--store", path, ok=False), "writers/0/zarr.json", "--repair")
+    result = run_cli(*_repair_args(line))
+    assert "Wrote 3000 rows" in result.stdout and "(complete)" in result.stdout
+    np.testing.assert_array_equal(ff.open_store(path).read(0, 3000), good)
+    run_cli("info", path, "--verify")
+
+
+def test_attributes_claiming_another_d_in_blame_the_attributes_not_the_chunks(small_store, tmp_path):
+    path = copy_store(small_store, tmp_path / "s.zarr")
+    meta = json.loads((path / "zarr.json").read_text())
+    meta["attributes"]["d_in"] = 32
+    (path / "zarr.json").write_text(json.dumps(meta))
+    before = tree_state(path)
+    for args in (["info", path], ["cache", *SMALL, "--store", path]):
+        line = assert_one_line_error(run_cli(*args, ok=False), "zarr.json says d_in=32", "acts/zarr.json holds d_in=16", '"d_in": 16')
+        assert "--overwrite" not in line.replace("do not pass --overwrite", ""), line
+    assert tree_state(path) == before
+
+
+def test_deleted_root_metadata_says_how_to_recover_and_repair_recovers(small_store, tmp_path):
+    path = copy_store(small_store, tmp_path / "s.zarr")
+    good = ff.open_store(path).read(0, 3000)
+    (path / "zarr.json").unlink()
+    assert_one_line_error(run_cli("info", path, ok=False), "root zarr.json is missing", "--repair")
+    # a plain rerun does not make a new store over the old arrays
+    assert_one_line_error(run_cli("cache", *SMALL, "--store", path, ok=False), str(path))
+    result = run_cli("cache", *SMALL, "--store", path, "--repair")
+    assert "Wrote 3000 rows" in result.stdout and "(complete)" in result.stdout
+    np.testing.assert_array_equal(ff.open_store(path).read(0, 3000), good)
+    run_cli("info", path, "--verify")
+
+
+# -- nothing lost (#12) --------------------------------------------------------------------------
+def test_overwrite_refuses_a_folder_holding_other_files(small_store, tmp_path):
+    path = copy_store(small_store, tmp_path / "s.zarr")
+    (path / "thesis.txt").write_text("four years of work")
+    before = tree_state(path)
+    other = ["--source", "synthetic", "-o", "d_in=8", "--rows", "1000", "--store", path, "--overwrite"]
+    assert_one_line_error(run_cli("cache", *other, ok=False), "thesis.txt", "did not write", "--overwrite deletes only")
+    assert tree_state(path) == before
+    (path / "thesis.txt").unlink()
+    run_cli("cache", *other)
+    assert ff.open_store(path).d_in == 8 and sorted(p.name for p in path.iterdir()) == ["acts", "chunk_stats", "ground_truth", "writers", "zarr.json"]
+
+
+def test_two_cache_processes_started_at_once_on_a_new_store(small_store, tmp_path):
+    reference = zarr_arrays(small_store, ["acts"])["acts"]
+    for attempt in range(2):
+        path = tmp_path / f"race{attempt}.zarr"
+        procs = [popen_cli("cache", *SMALL, "--store", path) for _ in range(2)]
+        results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
+        for rc, out, err in results:
+            assert "Traceback" not in err, err
+            if rc:  # refused cleanly: the other process is writing
+                lines = [line for line in err.splitlines() if line.strip()]
+                assert len(lines) == 1 and "another process is writing rank 0" in lines[0], err
+            else:
+                assert "(complete)" in out, out
+        assert any(rc == 0 for rc, _, _ in results), results
+        run_cli("cache", *SMALL, "--store", path)  # the store is never left in a state a rerun refuses
+        np.testing.assert_array_equal(zarr_arrays(path, ["acts"])["acts"], reference)
+        assert not [p for p in tmp_path.iterdir() if ".creating-" in p.name]
+
+
+def test_memory_store_is_refused_on_the_command_line():
+    assert_one_line_error(run_cli("cache", *SMALL, "--store", "memory://x", ok=False), "memory://x", "would vanish", "give a folder")
+
+
+def test_rows_per_chunk_zero_is_refused():
+    args = ["cache", *SYNTH, "--rows", "100", "--rows-per-chunk", "0", "--store", "unused.zarr"]
+    assert_one_line_error(run_cli(*args, ok=False), "--rows-per-chunk must be positive, got 0")
+
+
+@pytest.mark.skipif(sys.platform == "win32" or os.geteuid() == 0, reason="root ignores file permissions")
+def test_read_only_partial_store_on_resume(small_store, tmp_path):
+    path = copy_store(small_store, tmp_path / "s.zarr")
+    meta = json.loads((path / "writers" / "0" / "zarr.json").read_text())
+    meta["attributes"].update({"chunks": 3, "done": False})
+    (path / "writers" / "0" / "zarr.json").write_text(json.dumps(meta))
+    subprocess_chmod = [p for p in path.rglob("*")] + [path]
+    for p in subprocess_chmod:
+        p.chmod(0o555 if p.is_dir() else 0o444)
+    try:
+        line = assert_one_line_error(run_cli("cache", *SMALL, "--store", path, ok=False), "read-only", "chmod -R u+w")
+        assert ".partial" not in line
+    finally:
+        for p in subprocess_chmod:
+            p.chmod(0o755 if p.is_dir() else 0o644)

@@ -12,6 +12,7 @@ import importlib.util
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -372,6 +373,16 @@ def cli_setup(plugin_dir, tmp_path_factory):
     features = ff.open_store(root / "synth.zarr").ground_truth()["features"]
     save_run(oracle(module, features), root / "run")
     return root
+
+
+def test_cli_evaluate_names_a_truncated_chunk_in_its_rows(plugin_dir, cli_setup, tmp_path):
+    """A truncated chunk inside the eval rows: one line naming the chunk and the repair command."""
+    shutil.copytree(cli_setup / "synth.zarr", tmp_path / "synth.zarr")
+    shutil.copytree(cli_setup / "run", tmp_path / "run")
+    chunk = tmp_path / "synth.zarr" / "acts" / "c" / "1" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:1000])
+    line = _error_line(_cli(["evaluate", "run", "--store", "synth.zarr", "--evaluator", "reconstruction"], plugin_dir, tmp_path))
+    assert "chunk acts/c/1/0 (rows 1024–2047) is truncated or damaged" in line and "--repair`" in line, line
 
 
 def test_cli_evaluate_writes_report_and_plots(plugin_dir, cli_setup):

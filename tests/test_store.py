@@ -184,7 +184,7 @@ def test_memory_url_round_trip():
             pass
     ff.cache(ff.make_source("synthetic", SYNTH), store=url, rows=2000, rows_per_chunk=256, progress=False)
     np.testing.assert_array_equal(ff.open_store(url).read(0, 2000), src.rows(0, 2000)["acts"])
-    opened.location.remove_all()
+    opened.location.fs.rm(opened.location.root, recursive=True)
 
 
 @pytest.mark.slow

@@ -8,6 +8,12 @@ Elhage et al. 2022 and Sharkey et al. 2022). Optional correlated pairs and a par
 (a child only fires with its parent). Rows are generated in fixed blocks seeded by (seed, block),
 so any row range is reproducible on its own.
 
+Reproducible bytes: a row is a function of (options, row index) alone, whatever range, chunk size,
+thread count, writer count or BLAS kernel produced it. No float sum here goes through a BLAS
+kernel whose order depends on those: a row's features are summed one by one in feature order
+(float64, products of float32 are exact there), and the dense products of the downstream
+gradient use `fixed_matmul`, whose BLAS calls only ever add integers (exact in any order).
+
 Downstream loss (``downstream=true``): a fixed quadratic readout ``L(x) = 1/2 sum_i a_i (f_i . x)^2``
 over the true directions ``f_i``, with weight ``a_i = important_weight`` on ``important_features``
 features chosen among the frequent half (seeded) and ``a_i = unimportant_weight`` on the rest; the
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any, Literal
 
 import numpy as np
@@ -119,9 +126,10 @@ class SyntheticSource(ActivationSource):
         o = self.options
         rng = np.random.Generator(np.random.PCG64([o.seed, 0]))
         features = rng.standard_normal((o.n_features, o.d_in))
-        features /= np.linalg.norm(features, axis=1, keepdims=True)
+        # math.fsum is exactly rounded: these sums cannot depend on how numpy orders a reduction.
+        features /= np.sqrt([math.fsum(row * row) for row in features])[:, None]
         weights = (np.arange(o.n_features) + 1.0) ** -o.zipf_exponent
-        p = np.minimum(weights / weights.sum() * o.mean_active, 0.95)
+        p = np.minimum(weights / math.fsum(weights) * o.mean_active, 0.95)
         parent = np.full(o.n_features, -1, dtype=np.int64)
         partner = np.full(o.n_features, -1, dtype=np.int64)
         nxt = 0
@@ -151,6 +159,12 @@ class SyntheticSource(ActivationSource):
     def ground_truth(self) -> dict[str, np.ndarray]:
         return dict(self._truth)
 
+    @functools.cached_property
+    def _readout(self) -> np.ndarray:
+        """F^T diag(a) F [d_in, d_in] (float64): the quadratic readout's gradient is x @ this."""
+        f = self._truth["features"].astype(np.float64)
+        return fixed_matmul(f.T * self._truth["importance"].astype(np.float64), f)
+
     # -- rows ---------------------------------------------------------------------------------
     def _block(self, block: int) -> tuple[np.ndarray, np.ndarray]:
         """(acts [BLOCK_ROWS, d_in] float32, codes [BLOCK_ROWS, n_features] float32) of one block."""
@@ -165,39 +179,108 @@ class SyntheticSource(ActivationSource):
             a = truth["partners"][b]
             mask[:, b] |= mask[:, a] & (rng.random(n) < o.correlation)
         codes = np.zeros((n, f), dtype=np.float32)
-        active = np.nonzero(mask)
-        codes[active] = np.abs(rng.normal(o.magnitude_mean, o.magnitude_std, size=len(active[0]))).astype(np.float32)
+        rows, cols = np.nonzero(mask)
+        codes[rows, cols] = np.abs(rng.normal(o.magnitude_mean, o.magnitude_std, size=len(rows))).astype(np.float32)
         if o.downstream:
             codes *= np.where(truth["important"], o.quiet_scale, 1.0).astype(np.float32)
-        acts = codes @ truth["features"]
+        acts = _sparse_rows(n, rows, cols, codes[rows, cols], truth["features"]).astype(np.float32)
         acts += rng.normal(0.0, o.noise_std, size=acts.shape).astype(np.float32) if o.noise_std > 0 else 0.0
-        return acts.astype(np.float32, copy=False), codes
+        return acts, codes
 
     def _grads(self, acts: np.ndarray, codes: np.ndarray | None = None) -> np.ndarray:
         """dL/dx = F^T diag(a) F x of the downstream readout per row; gated: active features only."""
-        f = self._truth["features"]
-        weights = (acts @ f.T) * self._truth["importance"]
-        if codes is not None:
-            weights *= codes > 0
-        return (weights @ f).astype(np.float32)
+        x = acts.astype(np.float64)
+        if codes is None:
+            return fixed_matmul(x, self._readout).astype(np.float32)
+        # Gated: only a row's active features, each a_i (f_i . x) f_i, summed in feature order.
+        f = self._truth["features"].astype(np.float64)
+        rows, cols = np.nonzero(codes)
+        proj = np.zeros(len(rows))
+        for j in range(f.shape[1]):  # the dot products f_i . x, column by column: a fixed order
+            proj += x[rows, j] * f[cols, j]
+        weights = proj * self._truth["importance"][cols]
+        return _sparse_rows(len(x), rows, cols, weights, f).astype(np.float32)
 
-    def _range(self, start: int, stop: int, which: int) -> np.ndarray:
+    def _range(self, start: int, stop: int, which: tuple[int, ...]) -> list[np.ndarray]:
+        """Parts ``which`` (0 acts, 1 codes) of rows ``start:stop``, each block generated once."""
         first, last = start // BLOCK_ROWS, (stop - 1) // BLOCK_ROWS
-        parts = [self._block(b)[which] for b in range(first, last + 1)]
-        out = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        blocks = [self._block(b) for b in range(first, last + 1)]
         offset = first * BLOCK_ROWS
-        return np.ascontiguousarray(out[start - offset : stop - offset])
+        out = []
+        for part in which:
+            parts = [blk[part] for blk in blocks]
+            whole = np.concatenate(parts) if len(parts) > 1 else parts[0]
+            out.append(np.ascontiguousarray(whole[start - offset : stop - offset]))
+        return out
 
     def rows(self, start: int, stop: int) -> dict[str, np.ndarray]:
-        acts = self._range(start, stop, 0)
-        if self.options.downstream:
-            codes = self._range(start, stop, 1) if self.options.readout == "gated" else None
+        if not self.options.downstream:
+            return {"acts": self._range(start, stop, (0,))[0]}
+        if self.options.readout == "gated":
+            acts, codes = self._range(start, stop, (0, 1))
             return {"acts": acts, "grads": self._grads(acts, codes)}
-        return {"acts": acts}
+        acts = self._range(start, stop, (0,))[0]
+        return {"acts": acts, "grads": self._grads(acts)}
 
     def codes(self, start: int, stop: int) -> np.ndarray:
         """True feature coefficients of rows ``start:stop`` ([n, n_features], zero where inactive)."""
-        return self._range(start, stop, 1)
+        return self._range(start, stop, (1,))[0]
+
+
+def _sparse_rows(n: int, rows: np.ndarray, cols: np.ndarray, values: np.ndarray, directions: np.ndarray) -> np.ndarray:
+    """[n, d] float64 sums ``out[r] = sum values[t] * directions[cols[t]]`` over the terms t of row r.
+
+    ``(rows, cols)`` come row-major, as ``np.nonzero`` gives them. Each row adds its terms in
+    increasing column order, all rows at once per term, in float64 where a product of two float32
+    is exact: one fixed order of additions, so a row's sum is the same whatever rows come with it
+    (no BLAS, whose summation order depends on the kernel, threads and matrix shape).
+    """
+    counts = np.bincount(rows, minlength=n)
+    slot = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+    order = np.argsort(slot, kind="stable")  # by term number, rows ascending within each
+    bounds = np.searchsorted(slot[order], np.arange(int(counts.max(initial=0)) + 1))
+    terms = values[order].astype(np.float64)[:, None] * directions[cols[order]].astype(np.float64)
+    target = rows[order]
+    out = np.zeros((n, directions.shape[1]))
+    for lo, hi in zip(bounds[:-1], bounds[1:]):  # the k-th term of every row that has one
+        out[target[lo:hi]] += terms[lo:hi]
+    return out
+
+
+def _integer_slices(x: np.ndarray, axis: int, bits: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Two (integers, unit) slices of ``x`` scaled per row (axis=1) or column (axis=0).
+
+    ``x ≈ q1 * u1 + q2 * u2`` with integer-valued ``|q| < 2**bits`` and ``u`` powers of two
+    (the error-free splitting of Ozaki et al. 2012, "Error-free transformations of matrix
+    multiplication by using fast routines of matrix multiplication").
+    """
+    _, exponent = np.frexp(np.max(np.abs(x), axis=axis, keepdims=True))  # max |x| < 2**exponent
+    slices = []
+    rest = x
+    for s in (1, 2):
+        unit = np.ldexp(1.0, exponent - bits * s)
+        q = np.trunc(rest / unit)
+        slices.append((q, unit))
+        rest = rest - q * unit
+    return slices
+
+
+def fixed_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` in float64 whose every bit is independent of BLAS kernel, threads and row count.
+
+    Both sides are split into integer slices small enough that every sum inside the BLAS call
+    stays below 2**53: integer sums are exact in any order, so the kernel's blocking, FMA use
+    and thread split cannot change them. The slice products are then combined in a fixed order
+    (the smallest, q2·q2, is dropped: below 2**-40 of the result's scale). A row of the result
+    depends on that row of ``a`` alone. Costs three float64 products instead of one.
+    """
+    k = a.shape[1]
+    bits = (53 - max(1, math.ceil(math.log2(max(k, 2))))) // 2
+    (qa1, ua1), (qa2, ua2) = _integer_slices(np.asarray(a, np.float64), 1, bits)
+    (qb1, ub1), (qb2, ub2) = _integer_slices(np.asarray(b, np.float64), 0, bits)
+    high = (qa1 @ qb1) * ua1 * ub1
+    low = (qa1 @ qb2) * ua1 * ub2 + (qa2 @ qb1) * ua2 * ub1
+    return high + low
 
 
 @hookimpl
