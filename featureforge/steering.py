@@ -191,37 +191,45 @@ def steer(
         plan.check(int(dictionary.d_dict), typical)
     source = live_source(opened, device)
     with source.splice(dictionary) as live:
-        ids = live.prompt_ids(prompt)
-        if len(ids) < 1:
-            raise BadInputError(f"prompt {prompt!r} has no tokens; pass some text")
-        input_ids = torch.tensor([ids], device=live.device)
-        mask = torch.ones_like(input_ids)
-        token_mask = live.token_mask(input_ids, mask) & position_mask(mask, positions)
-        clean = live(input_ids, mask, replace="none")
-        clean_text = None
-        if live.kind == "causal-lm" and max_new_tokens:
-            clean_text = live.decode(generate(live, ids, "none", positions, max_new_tokens, temperature, seed))
-        outcomes = []
-        for plan in plans:
-            fn = replacement(dictionary, [plan], typical)
-            out = live(input_ids, mask, replace=fn, token_mask=token_mask)
-            if live.kind == "causal-lm":
-                kl, up, down, lp, lq = distribution_shift(clean[0, -1].cpu(), out[0, -1].cpu(), top)
+        return steer_live(live, dictionary, typical, plans, prompt, positions=positions, max_new_tokens=max_new_tokens,
+                          temperature=temperature, seed=seed, top=top)
 
-                def shifts(token_ids: list[int]) -> list[TokenShift]:
-                    texts = live.token_texts(token_ids)
-                    return [TokenShift(t, s, float(lp[t]), float(lq[t])) for t, s in zip(token_ids, texts)]
 
-                text = live.decode(generate(live, ids, fn, positions, max_new_tokens, temperature, seed)) if max_new_tokens else None
-                outcomes.append(SteerOutcome(plan.value, text=text, kl=kl, promoted=shifts(up), suppressed=shifts(down)))
-            else:
-                a, b = live.pooled(clean, mask), live.pooled(out, mask)
-                dist = float(1 - torch.nn.functional.cosine_similarity(a, b, dim=-1)[0])
-                outcomes.append(SteerOutcome(plan.value, embedding_distance=dist))
-        kind, hook = live.kind, getattr(live, "hook", "")
+def steer_live(live: Any, dictionary: Any, typical: torch.Tensor, plans: Sequence[Intervention], prompt: str, *,
+               positions: Sequence[int] | None = None, max_new_tokens: int = 20, temperature: float = 0.0, seed: int = 0,
+               top: int = 10) -> SteerResult:
+    """:func:`steer` on a live model already open (``source.splice(dictionary)``), one outcome per plan."""
+    ids = live.prompt_ids(prompt)
+    if len(ids) < 1:
+        raise BadInputError(f"prompt {prompt!r} has no tokens; pass some text")
+    input_ids = torch.tensor([ids], device=live.device)
+    mask = torch.ones_like(input_ids)
+    token_mask = live.token_mask(input_ids, mask) & position_mask(mask, positions)
+    clean = live(input_ids, mask, replace="none")
+    clean_text = None
+    if live.kind == "causal-lm" and max_new_tokens:
+        clean_text = live.decode(generate(live, ids, "none", positions, max_new_tokens, temperature, seed))
+    outcomes = []
+    for plan in plans:
+        fn = replacement(dictionary, [plan], typical)
+        out = live(input_ids, mask, replace=fn, token_mask=token_mask)
+        if live.kind == "causal-lm":
+            kl, up, down, lp, lq = distribution_shift(clean[0, -1].cpu(), out[0, -1].cpu(), top)
+
+            def shifts(token_ids: list[int]) -> list[TokenShift]:
+                texts = live.token_texts(token_ids)
+                return [TokenShift(t, s, float(lp[t]), float(lq[t])) for t, s in zip(token_ids, texts)]
+
+            text = live.decode(generate(live, ids, fn, positions, max_new_tokens, temperature, seed)) if max_new_tokens else None
+            outcomes.append(SteerOutcome(plan.value, text=text, kl=kl, promoted=shifts(up), suppressed=shifts(down)))
+        else:
+            a, b = live.pooled(clean, mask), live.pooled(out, mask)
+            dist = float(1 - torch.nn.functional.cosine_similarity(a, b, dim=-1)[0])
+            outcomes.append(SteerOutcome(plan.value, embedding_distance=dist))
+    latents = list(dict.fromkeys(i for p in plans for i in p.latents))
     return SteerResult(
-        prompt=prompt, kind=kind, hook=hook, latents=[int(i) for i in latents], mode=mode, units=units,
-        positions=list(positions) if positions is not None else None,
+        prompt=prompt, kind=live.kind, hook=getattr(live, "hook", ""), latents=latents, mode=plans[0].mode if plans else "add",
+        units=plans[0].units if plans else "typical", positions=list(positions) if positions is not None else None,
         typical=[float(typical[i]) for i in latents], clean_text=clean_text, outcomes=outcomes,
     )
 

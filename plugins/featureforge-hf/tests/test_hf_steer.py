@@ -176,3 +176,14 @@ def test_steering_evaluator_from_the_cli(gpt2_run, cli_env):
     bad = subprocess.run([sys.executable, "-m", "featureforge.cli", "evaluate", run, "--store", store.url, "--evaluator", "steering",
                           "-o", "steering.alphas=x"], capture_output=True, text=True, env=env, timeout=600)
     assert bad.returncode == 1 and "alphas" in bad.stderr and bad.stderr.count("\n") == 1
+
+
+def test_steer_cli_on_minilm_reports_the_embedding_change(minilm_run, cli_env):
+    run, store = minilm_run
+    env = {**cli_env, "FEATUREFORGE_PLUGINS": "featureforge-hf,featureforge-sae"}
+    latent = str(int(store_typical(ff.load(run), store).argmax()))
+    out = subprocess.run([sys.executable, "-m", "featureforge.cli", "steer", run, "--store", store.url, "--latent", latent,
+                          "--alpha", "0,8", "--prompt", "The cat sat on the mat."], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr
+    lines = [line for line in out.stdout.splitlines() if "pooled embedding" in line]
+    assert len(lines) == 2 and float(lines[1].split("=")[-1]) > 0
