@@ -32,7 +32,7 @@ import json
 import math
 from typing import Any
 
-from featureforge import BadInputError, EvaluationContext, EvaluationResult, OptionError
+from featureforge import BadInputError, EvaluationContext, EvaluationResult, OptionError, progress_bar
 
 from ._downstream import DownstreamEvaluator
 
@@ -120,7 +120,10 @@ class SteeringEvaluator(DownstreamEvaluator):
                     chosen = candidates[torch.randperm(len(candidates), generator=gen)[: o.latents]].sort().values.tolist()
                     eye = torch.eye(codes.shape[1], device=codes.device)
                     directions = dictionary.decode(eye[chosen]) - dictionary.decode(torch.zeros_like(eye[:1]))
+                enabled = None if context.extra.get("progress", True) else False
+                bar = progress_bar(len(chosen), "steering", unit="latent", enabled=enabled)
                 for n, latent in enumerate(chosen):
+                    bar.update(1)
                     silent = torch.nonzero(~fires[:, latent]).flatten().cpu()
                     # push_norm: |u_i d_i| in original units, the size of the α = 1 edit (the control matches it).
                     row: dict[str, Any] = {"latent": int(latent), "typical": float(typical[latent]), "contexts": int(len(silent)),
@@ -138,6 +141,7 @@ class SteeringEvaluator(DownstreamEvaluator):
 
                             row.update(_effects(live, ids, mask, keep, clean, silent, control, o.top_tokens, f"a{alpha:g}", prefix="control_"))
                     rows.append(row)
+                bar.close()
                 kind = live.kind
         finally:
             if home is not None:
