@@ -44,7 +44,7 @@ from featureforge.builtin.synthetic import SyntheticSource
 
 
 def measure(run: Path, store: Any, source: SyntheticSource, eval_rows: tuple[int, int]) -> dict[str, float]:
-    from featureforge_sae.gsae import gsae_encode
+    from featureforge_sae._kernels import gsae_encode
 
     d = ff.load(run)
     truth = source.ground_truth()

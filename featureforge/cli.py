@@ -17,8 +17,6 @@ import click
 
 from .errors import FeatureforgeError
 
-DEFAULT_DEMO_DIR = "stores/demo"
-
 
 class FeatureforgeGroup(click.Group):
     """A click group that turns exceptions into one-line errors unless --debug is given."""
@@ -44,6 +42,25 @@ class FeatureforgeGroup(click.Group):
 def _debug(ctx: click.Context) -> bool:
     root = ctx.find_root()
     return bool((root.obj or {}).get("debug")) or os.environ.get("FEATUREFORGE_DEBUG") == "1"
+
+
+class TrainerFormat(click.Choice):
+    """``--format``: the formats the installed trainers declare (``DictionaryTrainer.formats``), looked up when used."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+
+    @property  # type: ignore[override]
+    def choices(self) -> tuple[str, ...]:
+        from .plugins import get_registry
+
+        registry = get_registry()
+        found = [f for name in registry.names("trainer") for f in registry.get("trainer", name).formats]
+        return tuple(dict.fromkeys(found))
+
+    @choices.setter
+    def choices(self, value: Any) -> None:  # click.Choice.__init__ assigns it; the registry decides
+        pass
 
 
 def _echo_json(data: Any) -> None:
@@ -163,7 +180,65 @@ def _print_info(data: dict[str, Any]) -> None:
         click.echo(f"ground truth {', '.join(data['ground_truth'])}")
 
 
+#: ``train --config FILE``: a TOML top-level key -> the click parameter it sets (long flag, underscores).
+TRAIN_CONFIG_KEYS = {"trainer": "trainer_name", "store": "store", "out": "out", "rows": "rows", "epochs": "epochs",
+                     "batch_size": "batch_size", "lr": "lr", "dtype": "dtype", "threads": "threads", "seed": "seed",
+                     "resume": "resume", "overwrite": "overwrite"}
+
+
+def _load_train_config(ctx: click.Context, param: click.Parameter, path: str | None) -> str | None:
+    """Read ``--config run.toml`` before the other options, as their defaults (flags given still win).
+
+    Top-level keys are the long flags with underscores; ``[options]`` are ``-o`` and
+    ``[train_options]`` are ``-t`` (merged key by key, the command line winning).
+    """
+    if path is None:
+        return None
+    import tomllib
+
+    from .errors import OptionError
+
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise OptionError(f"--config {path}: no such file; pass a TOML file with keys like trainer = \"topk\"") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise OptionError(f"--config {path} is not valid TOML ({exc}); fix the file") from None
+    tables = {"options": {}, "train_options": {}}
+    defaults: dict[str, Any] = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name in tables:
+            if not isinstance(value, dict):
+                raise OptionError(f"--config {path}: `{key}` must be a table ([{name}] with key = value lines)")
+            tables[name] = {k.replace("-", "_"): v for k, v in value.items()}
+        elif name in TRAIN_CONFIG_KEYS:
+            defaults[TRAIN_CONFIG_KEYS[name]] = value
+        else:
+            valid = ", ".join([*TRAIN_CONFIG_KEYS, "[options]", "[train_options]"])
+            raise OptionError(f"--config {path}: unknown key {key!r}; valid keys: {valid}")
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    ctx.meta["train_config_tables"] = tables
+    return path
+
+
+def _pairs(pairs: tuple[str, ...], flag: str, example: str) -> dict[str, Any]:
+    from .errors import OptionError
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise OptionError(f"{flag} {pair!r} is not key=value; write e.g. {flag} {example}")
+        out[key.strip().replace("-", "_")] = value
+    return out
+
+
 @cli.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), callback=_load_train_config, is_eager=True, expose_value=False,
+              help="TOML file of settings: top-level keys are the long flags (batch_size = 2048), [options] are -o, "
+                   "[train_options] are -t; flags given here override it.")
 @click.option("--trainer", "trainer_name", required=True, help="Trainer name (see `featureforge plugins`).")
 @click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
               help="Trainer option; repeatable. A comma list on a scalar option (k=16,32,64) trains a sweep from one pass.")
@@ -180,21 +255,19 @@ def _print_info(data: dict[str, Any]) -> None:
               help="Further loop option (warmup_steps, decay_fraction, log_every, checkpoint_every, holdout_rows, dead_after, device, data_shards, ...).")
 @click.option("--resume", is_flag=True, help="Continue from the run's last checkpoint (bit-identical to an uninterrupted run).")
 @click.option("--overwrite", is_flag=True, help="Delete an existing run folder and start again.")
-def train(trainer_name: str, options: tuple[str, ...], store: str, out: str, rows: int | None, epochs: float | None,
+@click.pass_context
+def train(ctx: click.Context, trainer_name: str, options: tuple[str, ...], store: str, out: str, rows: int | None, epochs: float | None,
           batch_size: int | None, lr: float | None, dtype: str | None, threads: int | None, seed: int | None,
           train_options: tuple[str, ...], resume: bool, overwrite: bool) -> None:
     """Train a dictionary on a store with a registered trainer."""
     from . import api
-    from .errors import OptionError
 
+    tables = ctx.meta.get("train_config_tables") or {"options": {}, "train_options": {}}
     given = {"rows": rows, "epochs": epochs, "batch_size": batch_size, "lr": lr, "dtype": dtype, "threads": threads, "seed": seed}
-    config: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
-    for pair in train_options:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise OptionError(f"-t {pair!r} is not key=value; write e.g. -t log_every=100")
-        config[key.strip().replace("-", "_")] = value
-    runs = api.train(trainer_name, list(options), store=store, out=out, resume=resume, overwrite=overwrite, **config)
+    config: dict[str, Any] = {**tables["train_options"], **{k: v for k, v in given.items() if v is not None},
+                              **_pairs(train_options, "-t", "log_every=100")}
+    trainer_options = {**tables["options"], **_pairs(options, "-o", "k=32")}
+    runs = api.train(trainer_name, trainer_options, store=store, out=out, resume=resume, overwrite=overwrite, **config)
     for run in runs:
         click.echo(f"Trained {trainer_name} into {run}")
 
@@ -234,10 +307,10 @@ def evaluate_command(run: str, store: str, evaluators: tuple[str, ...], rows: in
 
 @cli.command(name="export")
 @click.argument("run")
-@click.option("--format", "fmt", type=click.Choice(["saelens", "sparsify"]), required=True)
+@click.option("--format", "fmt", type=TrainerFormat(), required=True, help="A format the run's trainer declares.")
 @click.option("--out", required=True, help="Folder to write.")
 def export_command(run: str, fmt: str, out: str) -> None:
-    """Write a trained dictionary in SAELens' or sparsify's layout."""
+    """Write a trained dictionary in another library's layout (e.g. SAELens', sparsify's)."""
     from . import api
 
     api.export(run, fmt, out)
@@ -246,11 +319,11 @@ def export_command(run: str, fmt: str, out: str) -> None:
 
 @cli.command(name="import")
 @click.argument("src")
-@click.option("--format", "fmt", type=click.Choice(["saelens", "sparsify"]), required=True)
+@click.option("--format", "fmt", type=TrainerFormat(), required=True, help="A format an installed trainer declares.")
 @click.option("--out", required=True, help="Run folder to create.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run folder.")
 def import_command(src: str, fmt: str, out: str, overwrite: bool) -> None:
-    """Turn a SAELens or sparsify dictionary folder into a featureforge run."""
+    """Turn another library's dictionary folder (e.g. SAELens, sparsify) into a featureforge run."""
     from . import api
 
     api.import_run(src, fmt, out, overwrite=overwrite)
@@ -294,21 +367,21 @@ def steer_command(run: str, store: str, latents: tuple[int, ...], alpha: str, mo
         click.echo(line)
 
 
-@cli.command()
-@click.option("--out", default=DEFAULT_DEMO_DIR, show_default=True, help="Folder for the demo's store, run and report.")
-@click.option("--quick", is_flag=True, help="A few thousand tokens, a tiny dictionary and a small evaluation (seconds; used by the tests).")
-def demo(out: str, quick: bool) -> None:
-    """The whole pipeline on embedded defaults: cache MiniLM activations of standard-library text,
-    train a TopK dictionary, evaluate it (reconstruction + downstream) and write OUT/index.html."""
-    from .demo import run_demo
-
-    run_demo(out, quick=quick, echo=click.echo)
+@click.command(name="demo", context_settings={"ignore_unknown_options": True, "allow_extra_args": True}, add_help_option=False)
+def _demo_missing() -> None:
+    """Run the demo (provided by the featureforge-hf plugin, which is not installed)."""
+    raise FeatureforgeError(
+        "the demo needs the featureforge-hf plugin (it provides `featureforge demo`) and featureforge-sae, not installed; "
+        "run `make demo`, or pip install -e plugins/featureforge-hf -e plugins/featureforge-sae"
+    )
 
 
 def build_cli() -> click.Group:
     from .plugins import get_registry
 
     get_registry().add_commands(cli)
+    if "demo" not in cli.commands:  # `make demo` names the command even where its plugin is missing
+        cli.add_command(_demo_missing)
     return cli
 
 

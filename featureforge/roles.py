@@ -172,7 +172,7 @@ class DictionaryTrainer(Plugin):
 
     def build(self, d_in: int) -> Any:
         """A fresh ``Dictionary`` for rows of width ``d_in`` (random init, seeded by the loop)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"trainer {self.name!r} does not implement build(self, d_in) returning a featureforge Dictionary")
 
     def initialize(self, dictionary: Any, sample: Any) -> None:
         """Data-dependent initialisation from a sample of training rows (e.g. ``b_dec``)."""
@@ -181,9 +181,25 @@ class DictionaryTrainer(Plugin):
         """Default Adam learning rate when the user gives none."""
         return 2e-4
 
+    def learning_rate_for_run(self, dictionary: Any, steps: int) -> float:
+        """Default Adam learning rate for a run of ``steps`` optimiser steps (no ``--lr`` given).
+
+        Short runs want larger rates than the long ones a fixed rule is tuned for; a trainer that
+        knows how its rate scales with the run's length says so here. Default: ``learning_rate``.
+        """
+        return self.learning_rate(dictionary)
+
     def loss(self, dictionary: Any, batch: Batch, state: TrainState) -> StepOutput:
         """Loss and reconstruction of one batch."""
-        raise NotImplementedError
+        raise NotImplementedError(f"trainer {self.name!r} does not implement loss(self, dictionary, batch, state) returning a StepOutput")
+
+    def dead_after_rows(self) -> int | None:
+        """Rows without firing after which this trainer treats a latent as dead (e.g. for AuxK).
+
+        The loop's ``dead_fraction`` log uses it, so the log and the method agree; ``None`` (the
+        default) means the trainer has no such notion and the loop's ``dead_after`` applies.
+        """
+        return None
 
     def before_step(self, dictionary: Any, state: TrainState) -> None:
         """After backward, before the optimiser step (e.g. remove gradient parallel to decoder rows)."""

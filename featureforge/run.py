@@ -75,6 +75,8 @@ class RunConfig:
     imported_from: dict[str, Any] | None = None
     status: str = STATUS_TRAINING
     training_result: dict[str, Any] | None = None
+    #: Without --lr: the race that chose the learning rate (see featureforge.lr_search.record).
+    lr_search: dict[str, Any] | None = None
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     # -- conversion ---------------------------------------------------------------------------

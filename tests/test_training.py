@@ -332,3 +332,142 @@ def test_evaluation_settings_are_checked_before_training(tiny_trainer, store, tm
     with pytest.raises(ff.OptionError, match="unknown option 'nope'"):
         _train(tiny_trainer, store, tmp_path / "d", eval_every=5, eval_options=["reconstruction.nope=1"])
     assert not (tmp_path / "b" / "weights.safetensors").exists()
+
+
+# -- nothing lost (issue 12) -----------------------------------------------------------------------
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from featureforge.cli import build_cli
+
+    result = CliRunner().invoke(build_cli(), [str(a) for a in args], env={"FEATUREFORGE_DEBUG": "0", "FEATUREFORGE_PROGRESS": "0"})
+    return result.exit_code, result.output.strip()
+
+
+def test_resume_of_a_finished_run_with_truncated_weights_restores_them_from_the_checkpoint(tiny_trainer, store, tmp_path):
+    [run] = _train(tiny_trainer, store, tmp_path / "run", epochs=1)
+    whole = (run / "weights.safetensors").read_bytes()
+    (run / "weights.safetensors").write_bytes(whole[: len(whole) // 2])
+    [again] = _train(tiny_trainer, store, tmp_path / "run", epochs=1, resume=True)
+    a, b = load_file(str(again / "weights.safetensors")), _weights_from_bytes(whole)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((run / "config.json").read_text())["status"] == "complete"
+
+
+def _weights_from_bytes(data):
+    from safetensors.torch import load
+
+    return load(data)
+
+
+def test_a_kill_during_the_final_plots_leaves_a_run_that_resume_completes(tiny_trainer, store, tmp_path, monkeypatch):
+    import featureforge.training as training
+
+    def killed(run_dir):
+        raise Crash("killed while plotting")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "plot_training", killed)
+        with pytest.raises(Crash):
+            _train(tiny_trainer, store, tmp_path / "run", epochs=1)
+    run = tmp_path / "run"
+    assert json.loads((run / "config.json").read_text())["status"] != "complete", "not complete before its plots"
+    assert not (run / "plots" / "training.png").exists()
+    _train(tiny_trainer, store, run, epochs=1, resume=True)
+    assert (run / "plots" / "training.png").stat().st_size > 1000
+    assert json.loads((run / "config.json").read_text())["status"] == "complete"
+
+
+def test_a_checkpoint_that_fills_the_disk_leaves_no_temp_folder_and_one_line(tiny_trainer, store, tmp_path, monkeypatch):
+    import errno
+
+    import featureforge.checkpoint as checkpoint
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save_file", full)
+    with pytest.raises(ff.FeatureforgeError) as caught:
+        _train(tiny_trainer, store, tmp_path / "run", epochs=1)
+    message = str(caught.value)
+    assert "\n" not in message and "disk full" in message and "--resume" in message
+    assert not list((tmp_path / "run").glob(".checkpoint-*")), "the temporary checkpoint folder is removed"
+
+
+def test_a_run_of_a_newer_format_is_refused_by_evaluate_export_and_resume(tiny_trainer, store, tmp_path):
+    [run] = _train(tiny_trainer, store, tmp_path / "run", epochs=1)
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["format_version"] = 99
+    (run / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ff.FeatureforgeError, match="run format 99 .*upgrade featureforge"):
+        ff.evaluate(run, store)
+    with pytest.raises(ff.FeatureforgeError, match="upgrade featureforge"):
+        ff.export(run, "saelens", tmp_path / "exported")
+    with pytest.raises(ff.FeatureforgeError, match="upgrade featureforge"):
+        _train(tiny_trainer, store, run, epochs=1, resume=True)
+    code, output = _cli("evaluate", run, "--store", store.url)
+    assert code == 1 and output.count("\n") == 0 and "upgrade featureforge" in output
+
+
+def test_run_files_honour_the_umask(tiny_trainer, store, tmp_path):
+    old = os.umask(0o022)
+    try:
+        [run] = _train(tiny_trainer, store, tmp_path / "run", epochs=1)
+    finally:
+        os.umask(old)
+    for name in ("config.json", "weights.safetensors", "metrics.jsonl", "plots/training.png", "checkpoint/state.json"):
+        assert (run / name).stat().st_mode & 0o777 == 0o644, name
+    assert (run / "checkpoint").stat().st_mode & 0o777 == 0o755
+
+
+def test_negative_learning_rate_is_one_line(tiny_trainer, store, tmp_path):
+    code, output = _cli("train", "--trainer", tiny_trainer, "--store", store.url, "--out", tmp_path / "run", "--lr", "-1")
+    assert code == 1 and output.count("\n") == 0
+    assert output.startswith("Error: --lr must be a positive learning rate") and "ValueError" not in output
+
+
+class NoBuild(ff.DictionaryTrainer):
+    name = "no-build"
+    description = "test-only trainer that forgot build()"
+
+    def loss(self, dictionary, batch, state):
+        raise AssertionError("never reached")
+
+
+class _NoBuildPlugin:
+    @ff.hookimpl
+    def featureforge_register_trainers(self, register):
+        register(NoBuild)
+
+
+def test_a_trainer_without_build_is_named_in_one_line(store, tmp_path):
+    plugin = _NoBuildPlugin()
+    registry = get_registry()
+    registry.register_plugin(plugin, "test-no-build", "0")
+    try:
+        with pytest.raises(ff.FeatureforgeError, match=r"trainer 'no-build' \(.*NoBuild\) does not implement build; .*build\(self, d_in\)"):
+            _train("no-build", store, tmp_path / "run")
+        code, output = _cli("train", "--trainer", "no-build", "--store", store.url, "--out", tmp_path / "run")
+        assert code == 1 and output.count("\n") == 0 and "does not implement build" in output
+    finally:
+        registry.unregister_plugin(plugin)
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_reads_a_toml_config_and_flags_override_it(tiny_trainer, store, tmp_path):
+    out = tmp_path / "run"
+    (tmp_path / "run.toml").write_text(
+        f'trainer = "{tiny_trainer}"\nstore = "{store.url}"\nout = "{out}"\nbatch_size = 256\nepochs = 1\nseed = 1\n'
+        '[options]\nk = 2\nd_dict = 32\n[train_options]\nlog_every = 5\ncheckpoint_every = 2048\n'
+    )
+    code, output = _cli("train", "--config", tmp_path / "run.toml", "-o", "k=4", "--seed", "3", "-t", "log_every=7")
+    assert code == 0, output
+    assert output == f"Trained {tiny_trainer} into {out}"
+    config = json.loads((out / "config.json").read_text())
+    assert config["options"]["k"] == 4 and config["options"]["d_dict"] == 32, "[options] merged with -o, the flag winning"
+    training = config["training"]
+    assert (training["batch_size"], training["epochs"], training["seed"]) == (256, 1.0, 3), "top-level keys, --seed wins"
+    assert (training["log_every"], training["checkpoint_every"]) == (7, 2048), "[train_options] merged with -t"
+    (tmp_path / "bad.toml").write_text('trainer = "x"\nbatchsize = 3\n')
+    code, output = _cli("train", "--config", tmp_path / "bad.toml", "--store", store.url, "--out", tmp_path / "bad")
+    assert code == 1 and output.count("\n") == 0 and "unknown key 'batchsize'" in output

@@ -36,15 +36,19 @@ def __getattr__(name: str) -> Any:
 
 
 @featureforge.hookimpl
-def featureforge_register_sources(register: Any) -> None:
-    register(HFSource)
+def featureforge_register_commands(cli: Any) -> None:
+    # `featureforge demo`: this plugin's source and evaluator with featureforge-sae's topk trainer.
+    # `featureforge tiny-lm`: the small stdlib GPT-2, trained once and cached.
+    from ._train_lm import register_command
+    from .demo import demo_command
+
+    cli.add_command(demo_command)
+    register_command(cli)
 
 
 @featureforge.hookimpl
-def featureforge_register_commands(cli: Any) -> None:
-    from ._train_lm import register_command
-
-    register_command(cli)
+def featureforge_register_sources(register: Any) -> None:
+    register(HFSource)
 
 
 @featureforge.hookimpl

@@ -189,6 +189,9 @@ class HFSource(ActivationSource):
             "config_sha256": loaded.config_sha256,
             "causal_lm": loaded.is_causal,
             "hook": self.site.name,
+            # The names SAELens' cfg.json uses, so exports can fill metadata.model_name/hook_name.
+            "model_name": o.model or "sentence-transformers/all-MiniLM-L6-v2",
+            "hook_name": self.site.name,
             "site": o.site,
             "context_size": o.context_size,
             "data": self._data.description,

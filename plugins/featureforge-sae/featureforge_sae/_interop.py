@@ -9,22 +9,30 @@ The exported weights work in *original* units: featureforge trains on rows multi
 (``W_enc (s x - b_dec) + b_enc == s W_enc (x - b_dec / s) + b_enc``; the codes are unchanged, so
 a JumpReLU threshold carries over as it is). The configs say ``normalize_activations: "none"``.
 
-Mappings (the faithful one for each method, checked against the libraries' code):
+Mappings (the faithful one for each dictionary class, checked against the libraries' code; the
+class a trainer builds picks its mapping, so a new trainer whose dictionary subclasses one of
+these inherits its mapping):
 
-* topk -> SAELens ``topk`` (``apply_b_dec_to_input: true``, ``rescale_acts_by_decoder_norm:
-  false``) and sparsify ``activation: "topk"``.
-* batchtopk -> SAELens ``jumprelu`` with every latent's threshold set to the learned one: at
-  inference a BatchTopK SAE is ``relu(pre) * 1[pre > theta]``, which is exactly SAELens'
-  JumpReLU, and SAELens itself saves its own BatchTopK SAEs that way
-  (``BatchTopKTrainingSAE.process_state_dict_for_saving_inference``). sparsify has no
-  threshold activation, so batchtopk does not export there.
-* relu -> SAELens ``standard`` with ``apply_b_dec_to_input: false`` (the encoder sees ``x``,
-  not ``x - b_dec``, as in Anthropic's update). sparsify has no ReLU-L1 coder.
+* ``TopKSAE`` (topk, gsae) -> SAELens ``topk`` (``apply_b_dec_to_input: true``,
+  ``rescale_acts_by_decoder_norm: false``) and sparsify ``activation: "topk"``.
+* ``BatchTopKSAE`` (batchtopk, matryoshka) -> SAELens ``jumprelu`` with every latent's
+  threshold set to the learned one: at inference a BatchTopK SAE is ``relu(pre) * 1[pre >
+  theta]``, which is exactly SAELens' JumpReLU, and SAELens itself saves its own BatchTopK and
+  Matryoshka BatchTopK SAEs that way. sparsify has no threshold activation.
+* ``JumpReLUSAE`` (jumprelu) -> SAELens ``jumprelu`` with its per-latent ``threshold`` tensor
+  and ``apply_b_dec_to_input: false`` (the encoder sees ``x``; Rajamanoharan et al. eq. 8).
+* ``ReLUSAE`` (relu) -> SAELens ``standard`` with ``apply_b_dec_to_input: false`` (the encoder
+  sees ``x``, not ``x - b_dec``, as in Anthropic's update). sparsify has no ReLU-L1 coder.
 
-Import accepts those layouts back, folding the variants that are equivalent (SAELens
-``apply_b_dec_to_input``, ``rescale_acts_by_decoder_norm``) and refusing with one line what
-featureforge cannot reproduce (other architectures, activation normalisation done at run time,
-skip connections, transcoders, missing or mis-shaped tensors).
+The SAELens ``metadata`` carries ``model_name``, ``hook_name`` and ``context_size`` from the
+store's provenance (sources record ``model_name``/``hook_name``; older stores ``model``/``hook``).
+
+Import picks the dictionary class a folder holds (a featureforge export names it; otherwise a
+``jumprelu`` file with one shared threshold is a BatchTopK SAE and one with per-latent thresholds
+a JumpReLU SAE), and the trainer that builds that class reads it. Import folds the variants
+that are equivalent (SAELens ``apply_b_dec_to_input``, ``rescale_acts_by_decoder_norm``) and
+refuses with one line, giving the reason, what featureforge cannot reproduce (activation
+normalisation done at run time, skip connections, transcoders, missing or mis-shaped tensors).
 """
 
 from __future__ import annotations
@@ -37,6 +45,8 @@ import torch
 
 from featureforge import BadInputError, OptionError
 from featureforge.dictionary import atomic_write, write_json
+
+from ._models import BatchTopKSAE, JumpReLUSAE, MatryoshkaSAE, ReLUSAE, TopKSAE
 
 SAELENS_CFG = "cfg.json"
 SAELENS_WEIGHTS = "sae_weights.safetensors"
@@ -60,19 +70,50 @@ def _folded(dictionary: Any) -> dict[str, torch.Tensor]:
 def _provenance(dictionary: Any) -> dict[str, Any]:
     cfg = getattr(dictionary, "config", {}) or {}
     store = cfg.get("store", {}) or {}
-    prov = dict(store.get("provenance", {}) or {})
-    return prov
+    return dict(store.get("provenance", {}) or {})
 
 
-def _featureforge_block(trainer: Any, dictionary: Any) -> dict[str, Any]:
+def _first(mapping: dict[str, Any], *keys: str) -> Any:
+    return next((mapping[k] for k in keys if mapping.get(k) not in (None, "")), None)
+
+
+#: SAELens architecture of each dictionary class (looked up along the class's MRO).
+SAELENS_ARCHITECTURE: dict[type, str] = {TopKSAE: "topk", BatchTopKSAE: "jumprelu", JumpReLUSAE: "jumprelu", ReLUSAE: "standard"}
+
+
+def mapped_class(dictionary_cls: type) -> type:
+    """The class in ``SAELENS_ARCHITECTURE`` whose mapping ``dictionary_cls`` uses."""
+    for cls in dictionary_cls.__mro__:
+        if cls in SAELENS_ARCHITECTURE:
+            return cls
+    raise OptionError(f"{dictionary_cls.__name__} has no SAELens mapping; its trainer must not list the saelens format")
+
+
+def _recorded_class(cls: type) -> type:
+    """The class an export says it holds: the dictionary's own, unless it declares that its
+    exports load back as another (``exported_as``: g-SAE's are plain TopK at inference)."""
+    return getattr(cls, "exported_as", None) or cls
+
+
+def _centres_input(cls: type) -> bool:
+    """Whether the encoder of ``cls`` sees ``x - b_dec`` (TopK family) or ``x`` itself."""
+    return issubclass(cls, TopKSAE)
+
+
+def _featureforge_block(trainer: Any, dictionary: Any, note: dict[str, Any] | None = None) -> dict[str, Any]:
     cfg = getattr(dictionary, "config", {}) or {}
-    return {
+    block = {
         "trainer": trainer.name,
+        "dictionary": _recorded_class(type(dictionary)).__name__,
         "options": trainer.options_dict(),
         "input_scale_folded": float(dictionary.input_scale),
         "trainer_version": cfg.get("trainer_version"),
         "store": (cfg.get("store") or {}).get("url"),
     }
+    if getattr(dictionary, "prefixes", None):
+        block["prefixes"] = list(dictionary.prefixes)
+    block.update(note or {})
+    return block
 
 
 def _save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
@@ -81,56 +122,57 @@ def _save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: di
     atomic_write(path, lambda p: save_file({k: v.contiguous() for k, v in tensors.items()}, str(p), metadata=metadata))
 
 
-def export_dictionary(trainer: Any, dictionary: Any, fmt: str, out_dir: Path) -> Path:
-    """Write ``dictionary`` (built by ``trainer``) into ``out_dir`` in layout ``fmt``."""
+def export_dictionary(trainer: Any, dictionary: Any, fmt: str, out_dir: Path, note: dict[str, Any] | None = None) -> Path:
+    """Write ``dictionary`` (built by ``trainer``) into ``out_dir`` in layout ``fmt``; ``note``
+    joins the ``featureforge`` block of the config (how the trainer differs from the mapping)."""
     if fmt not in trainer.formats:
         known = ", ".join(trainer.formats) or "none"
         raise OptionError(f"trainer {trainer.name!r} cannot export to {fmt!r}; it supports: {known}")
     out_dir.mkdir(parents=True, exist_ok=True)
     if fmt == "saelens":
-        return _export_saelens(trainer, dictionary, out_dir)
-    return _export_sparsify(trainer, dictionary, out_dir)
+        return _export_saelens(trainer, dictionary, out_dir, note)
+    return _export_sparsify(trainer, dictionary, out_dir, note)
 
 
-def _export_saelens(trainer: Any, dictionary: Any, out_dir: Path) -> Path:
-    name = trainer.name
-    centre = name != "relu"
+def _export_saelens(trainer: Any, dictionary: Any, out_dir: Path, note: dict[str, Any] | None) -> Path:
+    cls = mapped_class(type(dictionary))
+    arch = SAELENS_ARCHITECTURE[cls]
     w = _folded(dictionary)
     tensors = {"W_enc": w["W_enc"].t().contiguous(), "W_dec": w["W_dec"], "b_enc": w["b_enc"], "b_dec": w["b_dec"]}
     prov = _provenance(dictionary)
     metadata: dict[str, Any] = {
         "sae_lens_version": SAELENS_FORMAT_VERSION,
         "sae_lens_training_version": None,
-        "model_name": prov.get("model") or prov.get("model_name"),
-        "hook_name": prov.get("hook_point") or prov.get("hook_name"),
-        "featureforge": _featureforge_block(trainer, dictionary),
+        "model_name": _first(prov, "model_name", "model"),
+        "hook_name": _first(prov, "hook_name", "hook_point", "hook"),
+        "hook_head_index": None,
+        "context_size": _first(prov, "context_size"),
+        "featureforge": _featureforge_block(trainer, dictionary, note),
     }
     cfg: dict[str, Any] = {
         "d_in": dictionary.d_in,
         "d_sae": dictionary.d_dict,
         "dtype": "float32",
         "device": "cpu",
-        "apply_b_dec_to_input": centre,
+        "apply_b_dec_to_input": _centres_input(cls),
         "normalize_activations": "none",
         "reshape_activations": "none",
         "metadata": metadata,
+        "architecture": arch,
     }
-    if name == "topk":
-        cfg.update({"k": int(dictionary.k), "rescale_acts_by_decoder_norm": False, "architecture": "topk"})
-    elif name == "batchtopk":
+    if cls is TopKSAE:
+        cfg.update({"k": int(dictionary.k), "rescale_acts_by_decoder_norm": False})
+    elif cls is BatchTopKSAE:
         theta = max(float(dictionary.threshold), 0.0)
         tensors["threshold"] = torch.full((dictionary.d_dict,), theta, dtype=torch.float32)
-        cfg["architecture"] = "jumprelu"
-    elif name == "relu":
-        cfg["architecture"] = "standard"
-    else:  # pragma: no cover - a new trainer must choose its mapping
-        raise OptionError(f"trainer {name!r} has no SAELens mapping")
+    elif cls is JumpReLUSAE:
+        tensors["threshold"] = dictionary.threshold.detach().float().cpu().contiguous()
     _save_safetensors(out_dir / SAELENS_WEIGHTS, tensors)
     write_json(out_dir / SAELENS_CFG, cfg)
     return out_dir
 
 
-def _export_sparsify(trainer: Any, dictionary: Any, out_dir: Path) -> Path:
+def _export_sparsify(trainer: Any, dictionary: Any, out_dir: Path, note: dict[str, Any] | None) -> Path:
     w = _folded(dictionary)
     tensors = {"encoder.weight": w["W_enc"], "encoder.bias": w["b_enc"], "W_dec": w["W_dec"], "b_dec": w["b_dec"]}
     norms = w["W_dec"].norm(dim=1)
@@ -148,7 +190,7 @@ def _export_sparsify(trainer: Any, dictionary: Any, out_dir: Path) -> Path:
         "skip_connection": False,
         "transcode": False,
         "d_in": d_in,
-        "featureforge": _featureforge_block(trainer, dictionary),
+        "featureforge": _featureforge_block(trainer, dictionary, note),
     }
     _save_safetensors(out_dir / SPARSIFY_WEIGHTS, tensors)
     write_json(out_dir / SPARSIFY_CFG, cfg)
@@ -211,23 +253,31 @@ def _base_options(trainer_cls: Any, cfg_block: Any) -> dict[str, Any]:
     return {}
 
 
-def _make(trainer_cls: Any, options: dict[str, Any], d_in: int, weights: dict[str, torch.Tensor], threshold: float | None = None):
-    trainer = trainer_cls(options)
-    dictionary = trainer.build(d_in)
+def _make(trainer_cls: Any, options: dict[str, Any], d_in: int, weights: dict[str, torch.Tensor], cfg_path: Path,
+          threshold: torch.Tensor | None = None):
+    """(options, dictionary) of ``trainer_cls`` holding ``weights`` (original units: input_scale 1)."""
+    try:
+        trainer = trainer_cls(options)
+        dictionary = trainer.build(d_in)
+    except OptionError as exc:
+        raise BadInputError(f"{cfg_path}: {exc}") from None
     with torch.no_grad():
         dictionary.encoder.weight.copy_(weights["W_enc"])
         dictionary.encoder.bias.copy_(weights["b_enc"])
         dictionary.W_dec.copy_(weights["W_dec"])
         dictionary.b_dec.copy_(weights["b_dec"])
         dictionary.input_scale.fill_(1.0)
-        if threshold is not None:
-            dictionary.threshold.fill_(threshold)
+        if isinstance(dictionary, JumpReLUSAE):
+            # theta <= 0 fires wherever relu(pre) > 0 (SAELens: relu(pre) * 1[pre > theta]): the smallest positive theta does the same.
+            dictionary.log_threshold.copy_(threshold.clamp_min(torch.finfo(torch.float32).tiny).log())
+        elif threshold is not None:
+            dictionary.threshold.fill_(max(float(threshold[0]), 0.0))
     dictionary.eval()
     return trainer.options_dict(), dictionary
 
 
 def import_dictionary(trainer_cls: Any, src_dir: Path, fmt: str):
-    """(options, dictionary) if ``src_dir`` holds this trainer's kind of dictionary in ``fmt``, else None."""
+    """(options, dictionary) if ``src_dir`` holds the kind of dictionary ``trainer_cls`` builds, else None."""
     if fmt == "saelens":
         return _import_saelens(trainer_cls, src_dir)
     if fmt == "sparsify":
@@ -235,14 +285,27 @@ def import_dictionary(trainer_cls: Any, src_dir: Path, fmt: str):
     return None
 
 
-_SAELENS_ARCH = {"topk": "topk", "batchtopk": "jumprelu", "relu": "standard"}
+def _known_classes() -> dict[str, type]:
+    return {c.__name__: c for c in (*SAELENS_ARCHITECTURE, MatryoshkaSAE)}
+
+
+def _held_class(arch: str, block: Any, threshold: torch.Tensor | None) -> type:
+    """The dictionary class a SAELens folder of architecture ``arch`` holds."""
+    recorded = _known_classes().get(block.get("dictionary")) if isinstance(block, dict) else None
+    if recorded is not None and SAELENS_ARCHITECTURE[mapped_class(recorded)] == arch:
+        return recorded
+    if arch == "jumprelu":
+        shared = threshold is not None and bool(torch.allclose(threshold, threshold[0].expand_as(threshold), rtol=1e-6, atol=0))
+        return BatchTopKSAE if shared else JumpReLUSAE
+    return TopKSAE if arch == "topk" else ReLUSAE
 
 
 def _import_saelens(trainer_cls: Any, src_dir: Path):
+    own = trainer_cls.dictionary_class()
     cfg_path = src_dir / SAELENS_CFG
     cfg = _read_cfg(cfg_path)
     arch = cfg.get("architecture", "standard")
-    if arch != _SAELENS_ARCH.get(trainer_cls.name):
+    if SAELENS_ARCHITECTURE[mapped_class(own)] != arch:
         return None
     meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
     block = meta.get("featureforge")
@@ -252,48 +315,46 @@ def _import_saelens(trainer_cls: Any, src_dir: Path):
         raise BadInputError(f"{cfg_path} normalises activations at run time ({norm!r}), which featureforge cannot reproduce; fold the normalisation into the weights first")
     if cfg.get("reshape_activations", "none") not in (None, "none"):
         raise BadInputError(f"{cfg_path} reshapes activations ({cfg['reshape_activations']!r}); featureforge imports only flat [n, d_in] dictionaries")
+    if cfg.get("finetuning_scaling_factor"):
+        raise BadInputError(f"{cfg_path} uses a fine-tuning scaling factor; fold it into W_dec before importing")
+    if cfg.get("rescale_acts_by_decoder_norm") and arch != "topk":
+        raise BadInputError(f"{cfg_path} rescales {arch} activations by the decoder norms, which featureforge reproduces for topk only; fold the norms into W_enc, b_enc and W_dec first")
     expected = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,)}
     if arch == "jumprelu":
         expected["threshold"] = (d_sae,)
     t = _read_weights(src_dir / SAELENS_WEIGHTS, expected)
-    if "finetuning_scaling_factor" in cfg and cfg["finetuning_scaling_factor"]:
-        raise BadInputError(f"{cfg_path} uses a fine-tuning scaling factor; fold it into W_dec before importing")
+    held = _held_class(arch, block, t.get("threshold"))
+    if held is not own:
+        return None  # another trainer of this plugin builds what the folder holds
     W_enc = t["W_enc"].t().contiguous()
     b_enc, W_dec, b_dec = t["b_enc"], t["W_dec"], t["b_dec"]
     centre = bool(cfg.get("apply_b_dec_to_input", True))
+    if centre and not _centres_input(own):  # W (x - b_dec) + b_enc == W x + (b_enc - W b_dec)
+        b_enc = b_enc - W_enc @ b_dec
+    elif not centre and _centres_input(own):  # W x + b_enc == W (x - b_dec) + (b_enc + W b_dec)
+        b_enc = b_enc + W_enc @ b_dec
     options = _base_options(trainer_cls, block)
     options.pop("expansion_factor", None)
     options["d_dict"] = d_sae
-    threshold = None
-    if trainer_cls.name == "relu":
-        if centre:  # W (x - b_dec) + b_enc == W x + (b_enc - W b_dec)
-            b_enc = b_enc - W_enc @ b_dec
-    else:
-        if not centre:  # W x + b_enc == W (x - b_dec) + (b_enc + W b_dec)
-            b_enc = b_enc + W_enc @ b_dec
-        if arch == "topk":
-            options["k"] = _int_field(cfg, "k", cfg_path)
-            if cfg.get("rescale_acts_by_decoder_norm"):
-                # topk(pre * |W_dec,i|) with codes / |W_dec,i| decoded == scaling the encoder rows.
-                norms = W_dec.norm(dim=1).clamp_min(1e-8)
-                W_enc, b_enc, W_dec = W_enc * norms[:, None], b_enc * norms, W_dec / norms[:, None]
-        else:  # jumprelu: a BatchTopK SAE only if every latent shares one threshold
-            theta = t["threshold"]
-            if not bool(torch.allclose(theta, theta[0].expand_as(theta), rtol=1e-6, atol=0)):
-                return None
-            threshold = max(float(theta[0]), 0.0)
-            k = int(options.get("k", 32))
-            options["k"] = min(k, d_sae - 1) if d_sae > 1 else 1
-        if options.get("k", 32) >= d_sae:
-            raise BadInputError(f"{cfg_path}: k={options.get('k')} is not smaller than d_sae={d_sae}; the config is inconsistent")
-    try:
-        return _make(trainer_cls, options, d_in, {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec}, threshold)
-    except OptionError as exc:
-        raise BadInputError(f"{cfg_path}: {exc}") from None
+    if arch == "topk":
+        options["k"] = _int_field(cfg, "k", cfg_path)
+        if cfg.get("rescale_acts_by_decoder_norm"):
+            # topk(pre * |W_dec,i|) with codes / |W_dec,i| decoded == scaling the encoder rows.
+            norms = W_dec.norm(dim=1).clamp_min(1e-8)
+            W_enc, b_enc, W_dec = W_enc * norms[:, None], b_enc * norms, W_dec / norms[:, None]
+    elif issubclass(own, BatchTopKSAE):
+        theta = t["threshold"]
+        if not bool(torch.allclose(theta, theta[0].expand_as(theta), rtol=1e-6, atol=0)):
+            raise BadInputError(f"{cfg_path} says it holds a {own.__name__} but its latents have different thresholds; the export is corrupt")
+        k = int(options.get("k", 32))
+        options["k"] = min(k, d_sae - 1) if d_sae > 1 else 1  # k only matters for training
+    if "k" in options and options["k"] >= d_sae:
+        raise BadInputError(f"{cfg_path}: k={options['k']} is not smaller than d_sae={d_sae}; the config is inconsistent")
+    return _make(trainer_cls, options, d_in, {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec}, cfg_path, t.get("threshold"))
 
 
 def _import_sparsify(trainer_cls: Any, src_dir: Path):
-    if trainer_cls.name != "topk":
+    if trainer_cls.dictionary_class() is not TopKSAE:
         return None
     cfg_path = src_dir / SPARSIFY_CFG
     cfg = _read_cfg(cfg_path)
@@ -312,7 +373,4 @@ def _import_sparsify(trainer_cls: Any, src_dir: Path):
     options = _base_options(trainer_cls, cfg.get("featureforge"))
     options.pop("expansion_factor", None)
     options.update({"d_dict": d_sae, "k": k})
-    try:
-        return _make(trainer_cls, options, d_in, {"W_enc": t["encoder.weight"], "b_enc": t["encoder.bias"], "W_dec": t["W_dec"], "b_dec": t["b_dec"]})
-    except OptionError as exc:
-        raise BadInputError(f"{cfg_path}: {exc}") from None
+    return _make(trainer_cls, options, d_in, {"W_enc": t["encoder.weight"], "b_enc": t["encoder.bias"], "W_dec": t["W_dec"], "b_dec": t["b_dec"]}, cfg_path)

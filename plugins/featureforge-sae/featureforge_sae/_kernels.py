@@ -64,6 +64,9 @@ __all__ = [
     "select_batch_topk",
     "sparse_t_matmul",
     "compute_dtype",
+    "gsae_encode",
+    "jumprelu",
+    "heaviside_step",
 ]
 
 
@@ -508,3 +511,98 @@ def dense_decode(values: Tensor, indices: Tensor, W_dec: Tensor) -> Tensor:
     """Reference of :func:`sparse_decode`: scatter the codes into ``[n, d_dict]`` and matmul."""
     codes = values.new_zeros((values.shape[0], W_dec.shape[0])).scatter(1, indices, values)
     return codes @ W_dec
+
+
+# -- g-SAE: gradient-aware TopK selection ----------------------------------------------------
+def normalise_gradients(g: Tensor, how: str) -> Tensor:
+    """``g`` scaled as the ``gsae`` option ``grad_norm`` says: row (unit rows), batch_rms, none."""
+    if how == "row":
+        return g / g.norm(dim=1, keepdim=True).clamp_min(torch.finfo(g.dtype).tiny)
+    if how == "batch_rms":
+        rms = g.pow(2).sum(1).mean().sqrt()
+        return g / rms.clamp_min(torch.finfo(g.dtype).tiny)
+    return g
+
+
+def gsae_encode(dictionary, x: Tensor, grads: Tensor, k: int, beta: float, grad_norm: str = "row", values: str = "z",
+                aux_latents: Tensor | None = None, k_aux: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``(values, indices, aux_values, aux_indices, swapped)`` of g-SAE's gradient-aware TopK
+    (Olmo et al. 2024): latents ranked by ``z * (1 + beta * |W_dec g_hat|)``.
+
+    ``swapped`` is the fraction of kept latents that plain TopK on ``z`` would not have kept.
+    Gradients flow to the encoder (and ``b_dec``) through the gathered values only.
+    """
+    W_enc, b_enc, W_dec = dictionary.encoder.weight, dictionary.encoder.bias, dictionary.W_dec
+    pre = F.relu(F.linear(x.to(W_enc.dtype) - dictionary.b_dec, W_enc, b_enc))
+    with torch.no_grad():
+        z = pre.detach().float()
+        gain = 1.0 + beta * (normalise_gradients(grads.float(), grad_norm) @ W_dec.detach().float().t()).abs_()
+        score = z * gain
+        _, indices = torch.topk(score, k, dim=1, sorted=False)
+        plain_min = torch.topk(z, k, dim=1, sorted=False).values.min(1, keepdim=True).values
+        kept_z = z.gather(1, indices)
+        swapped = ((kept_z < plain_min) & (kept_z > 0)).float().mean()
+    vals = pre.gather(1, indices)
+    if values == "s":
+        vals = vals * gain.gather(1, indices).to(vals.dtype)
+    if aux_latents is not None and k_aux > 0:
+        aux_vals, local = torch.topk(pre.index_select(1, aux_latents), k_aux, dim=1, sorted=False)
+        aux_indices = aux_latents[local]
+    else:
+        aux_vals = pre.new_zeros((pre.shape[0], 0))
+        aux_indices = indices.new_zeros((pre.shape[0], 0))
+    return vals, indices, aux_vals, aux_indices, swapped
+
+
+# -- JumpReLU (Rajamanoharan et al. 2024, arXiv 2407.14435) -----------------------------------
+def _rectangle(u: Tensor) -> Tensor:
+    """The rectangle kernel K(u) = 1[-1/2 < u < 1/2] of the paper's section 4."""
+    return ((u > -0.5) & (u < 0.5)).to(u.dtype)
+
+
+class _JumpReLU(torch.autograd.Function):
+    """``JumpReLU_theta(z) = z H(z - theta)`` (eq. 4) with the straight-through pseudo-derivatives
+    ``d/dz = H(z - theta)`` and ``d/dtheta = -(theta / eps) K((z - theta) / eps)`` (eq. 11)."""
+
+    @staticmethod
+    def forward(ctx, z, theta, eps):  # type: ignore[override]
+        ctx.save_for_backward(z, theta)
+        ctx.eps = eps
+        return z * (z > theta).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        z, theta = ctx.saved_tensors
+        eps = ctx.eps
+        grad_z = g * (z > theta).to(g.dtype)
+        grad_theta = (g * (-(theta / eps) * _rectangle((z - theta) / eps))).sum(0)
+        return grad_z, grad_theta, None
+
+
+class _Step(torch.autograd.Function):
+    """``H(z - theta)`` with the pseudo-derivative ``d/dtheta = -(1 / eps) K((z - theta) / eps)``
+    (eq. 12); no gradient reaches ``z`` through the step (only the threshold learns from L0)."""
+
+    @staticmethod
+    def forward(ctx, z, theta, eps):  # type: ignore[override]
+        ctx.save_for_backward(z, theta)
+        ctx.eps = eps
+        return (z > theta).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        z, theta = ctx.saved_tensors
+        eps = ctx.eps
+        grad_theta = (g * (-(1.0 / eps) * _rectangle((z - theta) / eps))).sum(0)
+        return None, grad_theta, None
+
+
+def jumprelu(z: Tensor, theta: Tensor, eps: float) -> Tensor:
+    """JumpReLU of pre-activations ``z [n, d_dict]`` at per-latent thresholds ``theta [d_dict]``
+    (> 0); bandwidth ``eps`` of the rectangle kernel in the backward pass."""
+    return _JumpReLU.apply(z, theta, eps)  # type: ignore[return-value]
+
+
+def heaviside_step(z: Tensor, theta: Tensor, eps: float) -> Tensor:
+    """``H(z - theta)`` (which latents fire) with eq. 12's pseudo-derivative for ``theta``."""
+    return _Step.apply(z, theta, eps)  # type: ignore[return-value]

@@ -7,13 +7,15 @@ Every method here works in training units (see ``featureforge.dictionary``); ``e
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from featureforge.dictionary import Dictionary
 
-from ._kernels import dense_decode, sparse_decode, topk_encode
+from ._kernels import dense_decode, gsae_encode, sparse_decode, topk_encode
 
 
 class _LinearSAE(Dictionary):
@@ -75,6 +77,9 @@ class GradientTopKSAE(TopKSAE):
     """A ``TopKSAE`` (same tensors, plain TopK ``encode``) that remembers how the ``gsae`` trainer
     selected latents, so evaluators can also reconstruct with live gradients (g-SAE inference)."""
 
+    #: Inference without gradients is plain TopK: exports say so and load back as ``topk`` runs.
+    exported_as = TopKSAE
+
     def __init__(self, d_in: int, d_dict: int, k: int, beta: float, grad_norm: str, values: str):
         super().__init__(d_in, d_dict, k)
         self.beta, self.grad_norm, self.values = float(beta), grad_norm, values
@@ -95,8 +100,6 @@ class GradientTopKSAE(TopKSAE):
         TopK, as at inference without gradients, and gradient-aware selection).
         """
         from featureforge import BadInputError
-
-        from .gsae import gsae_encode
 
         self._check_width(x)
         if tuple(grads.shape) != tuple(x.shape):
@@ -127,6 +130,56 @@ class BatchTopKSAE(TopKSAE):
         return z * (z > self.threshold.clamp_min(0))
 
 
+class MatryoshkaSAE(BatchTopKSAE):
+    """A BatchTopK SAE trained so that nested prefixes of its latents each reconstruct the input
+    (Matryoshka SAE; Bussmann et al. 2025, Nabeshima 2024). Inference is BatchTopK's threshold;
+    ``prefixes`` (ascending latent counts, the last ``d_dict``) records the nesting: the first
+    ``prefixes[i]`` latents form a smaller dictionary on their own."""
+
+    def __init__(self, d_in: int, d_dict: int, k: int, prefixes: tuple[int, ...]):
+        super().__init__(d_in, d_dict, k)
+        self.prefixes = tuple(int(p) for p in prefixes)
+
+    def prefix_codes(self, codes: Tensor, size: int) -> Tensor:
+        """Codes of the dictionary made of the first ``size`` latents (the rest set to 0)."""
+        out = codes.clone()
+        out[..., size:] = 0
+        return out
+
+
+class JumpReLUSAE(_LinearSAE):
+    """``f(x) = JumpReLU_theta(W_enc x + b_enc)``, ``x_hat = W_dec^T f + b_dec`` (Rajamanoharan et
+    al. 2024, eq. 8), with one threshold per latent stored as ``log_threshold`` so it stays
+    positive. The encoder sees ``x`` itself (not ``x - b_dec``), as in the paper.
+
+    Initialisation: random unit decoder rows, the encoder as their transpose, zero encoder bias,
+    every threshold at ``init_threshold``.
+    """
+
+    def __init__(self, d_in: int, d_dict: int, init_threshold: float = 0.1):
+        super().__init__(d_in, d_dict)
+        with torch.no_grad():
+            w = torch.randn(d_dict, d_in)
+            w /= w.norm(dim=1, keepdim=True)
+            self.W_dec.copy_(w)
+            self.encoder.weight.copy_(w)
+            self.encoder.bias.zero_()
+        self.log_threshold = nn.Parameter(torch.full((d_dict,), math.log(init_threshold)))
+
+    @property
+    def threshold(self) -> Tensor:
+        """Per-latent thresholds theta = exp(log_threshold) (> 0)."""
+        return self.log_threshold.exp()
+
+    def pre_activations(self, x: Tensor) -> Tensor:
+        """``pi(x) = W_enc x + b_enc``, dense ``[n, d_dict]``."""
+        return F.linear(x.to(self.W_dec.dtype), self.encoder.weight, self.encoder.bias)
+
+    def encode_normalised(self, x: Tensor) -> Tensor:
+        pre = self.pre_activations(x)
+        return pre * (pre > self.threshold)
+
+
 class ReLUSAE(_LinearSAE):
     """``z = ReLU(W_enc x + b_enc)``, ``x_hat = W_dec^T z + b_dec`` (Anthropic, April 2024 update).
 
@@ -147,4 +200,4 @@ class ReLUSAE(_LinearSAE):
         return F.relu(self.encoder(x.to(self.W_dec.dtype)))
 
 
-__all__ = ["TopKSAE", "BatchTopKSAE", "ReLUSAE", "dense_decode"]
+__all__ = ["TopKSAE", "GradientTopKSAE", "BatchTopKSAE", "MatryoshkaSAE", "JumpReLUSAE", "ReLUSAE", "dense_decode"]

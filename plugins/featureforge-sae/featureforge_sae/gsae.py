@@ -21,7 +21,6 @@ fused sparse encoder; the decoder and loss use the same sparse kernel.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -52,63 +51,24 @@ class GSAEOptions(TopKOptions):
             raise OptionError(f"beta={self.beta} must be >= 0; use e.g. -o beta=4 (0 selects like plain topk)")
 
 
-def _normalise(g: Any, how: str) -> Any:
-    import torch
-
-    if how == "row":
-        return g / g.norm(dim=1, keepdim=True).clamp_min(torch.finfo(g.dtype).tiny)
-    if how == "batch_rms":
-        rms = g.pow(2).sum(1).mean().sqrt()
-        return g / rms.clamp_min(torch.finfo(g.dtype).tiny)
-    return g
-
-
-def gsae_encode(dictionary: Any, x: Any, grads: Any, k: int, beta: float, grad_norm: str = "row", values: str = "z",
-                aux_latents: Any = None, k_aux: int = 0) -> tuple[Any, Any, Any, Any, Any]:
-    """``(values, indices, aux_values, aux_indices, swapped)`` of g-SAE's gradient-aware TopK.
-
-    ``swapped`` is the fraction of kept latents that plain TopK on ``z`` would not have kept.
-    Gradients flow to the encoder (and ``b_dec``) through the gathered values only.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    W_enc, b_enc, W_dec = dictionary.encoder.weight, dictionary.encoder.bias, dictionary.W_dec
-    pre = F.relu(F.linear(x.to(W_enc.dtype) - dictionary.b_dec, W_enc, b_enc))
-    with torch.no_grad():
-        z = pre.detach().float()
-        gain = 1.0 + beta * (_normalise(grads.float(), grad_norm) @ W_dec.detach().float().t()).abs_()
-        score = z * gain
-        _, indices = torch.topk(score, k, dim=1, sorted=False)
-        plain_min = torch.topk(z, k, dim=1, sorted=False).values.min(1, keepdim=True).values
-        kept_z = z.gather(1, indices)
-        swapped = ((kept_z < plain_min) & (kept_z > 0)).float().mean()
-    vals = pre.gather(1, indices)
-    if values == "s":
-        vals = vals * gain.gather(1, indices).to(vals.dtype)
-    if aux_latents is not None and k_aux > 0:
-        aux_vals, local = torch.topk(pre.index_select(1, aux_latents), k_aux, dim=1, sorted=False)
-        aux_indices = aux_latents[local]
-    else:
-        aux_vals = pre.new_zeros((pre.shape[0], 0))
-        aux_indices = indices.new_zeros((pre.shape[0], 0))
-    return vals, indices, aux_vals, aux_indices, swapped
-
-
 class GSAETrainer(TopKTrainer):
     """g-SAE: TopK whose selection is steered by cached gradients dL/dx (Olmo et al. 2024)."""
-
-    def build(self, d_in: int) -> Any:
-        from ._models import GradientTopKSAE
-
-        o = self.options
-        return GradientTopKSAE(d_in, self.d_dict_for(d_in), o.k, o.beta, o.grad_norm, o.values)
 
     name = "gsae"
     description = "g-SAE: TopK SAE selecting latents by z*(1+beta|W_dec dL/dx|) from cached gradients (Olmo et al. 2024); plain TopK at inference"
     Options = GSAEOptions
     formats: ClassVar[tuple[str, ...]] = ("saelens", "sparsify")
     columns: ClassVar[tuple[str, ...]] = ("acts", "grads")
+
+    @classmethod
+    def dictionary_class(cls) -> type:
+        from ._models import GradientTopKSAE
+
+        return GradientTopKSAE
+
+    def build(self, d_in: int) -> Any:
+        o = self.options
+        return self.dictionary_class()(d_in, self.d_dict_for(d_in), o.k, o.beta, o.grad_norm, o.values)
 
     def loss(self, dictionary: Any, batch: Any, state: TrainState) -> StepOutput:
         x = batch["acts"]
@@ -117,6 +77,8 @@ class GSAETrainer(TopKTrainer):
             raise BadInputError(f"trainer 'gsae' needs gradients with each batch but got none; {GRADS_FIX}")
         if tuple(g.shape) != tuple(x.shape):
             raise BadInputError(f"trainer 'gsae': grads {tuple(g.shape)} do not match acts {tuple(x.shape)}; gradients must be dL/d(acts) row for row")
+        from ._kernels import gsae_encode
+
         o = self.options
         dead = self._dead_latents(dictionary, state)
         k_aux = min(self.k_aux(dictionary.d_in), len(dead)) if dead is not None else 0
@@ -128,40 +90,20 @@ class GSAETrainer(TopKTrainer):
 
     # -- other libraries' layouts: plain TopK at inference, so topk's mapping plus a note ----------
     def export(self, dictionary: Any, fmt: str, out_dir: Path) -> Path:
-        from ._interop import SAELENS_CFG, SPARSIFY_CFG, export_dictionary
+        from ._interop import export_dictionary
 
-        out = export_dictionary(_Named(self, "topk"), dictionary, fmt, Path(out_dir))
-        cfg_path = Path(out_dir) / (SAELENS_CFG if fmt == "saelens" else SPARSIFY_CFG)
-        cfg = json.loads(cfg_path.read_text())
+        o = self.options
         note = {
-            "trainer": "gsae",
             "selection": "trained with gradient-aware TopK (g-SAE, Olmo et al. 2024): latents selected by "
-                         f"z*(1+beta*|W_dec g|), beta={self.options.beta}, grad_norm={self.options.grad_norm}, "
-                         f"values={self.options.values}; inference without gradients is plain TopK on z",
+                         f"z*(1+beta*|W_dec g|), beta={o.beta}, grad_norm={o.grad_norm}, values={o.values}; "
+                         "inference without gradients is plain TopK on z",
             "selection_used_gradients": True,
         }
-        meta = cfg.setdefault("metadata", {}) if fmt == "saelens" else cfg
-        block = meta.setdefault("featureforge", {})
-        block.update(note)
-        from featureforge.dictionary import write_json
-
-        write_json(cfg_path, cfg)
-        return out
+        return export_dictionary(self, dictionary, fmt, Path(out_dir), note)
 
     @classmethod
     def import_dictionary(cls, src_dir: Path, fmt: str):
         return None  # exports load back as `topk` runs (inference is plain TopK)
-
-
-class _Named:
-    """``trainer`` seen under another name (to reuse topk's export mapping)."""
-
-    def __init__(self, trainer: Any, name: str):
-        self._trainer, self.name = trainer, name
-        self.formats = trainer.formats
-
-    def options_dict(self) -> dict[str, Any]:
-        return self._trainer.options_dict()
 
 
 TRAINERS = (GSAETrainer,)

@@ -1,4 +1,4 @@
-"""Options of the three trainers: one dataclass each, a docstring under every field.
+"""Options of the trainers: one dataclass each, a docstring under every field.
 
 ``featureforge train --trainer topk -o k=64 -o d_dict=16384`` fills these by field type; a bad
 combination raises ``featureforge.OptionError`` naming the fix. ``d_dict`` may depend on the
@@ -9,7 +9,7 @@ trainer builds its dictionary.
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Literal, Sequence
 
 from featureforge import OptionError
 
@@ -113,3 +113,84 @@ class ReLUOptions:
 
     def check_for(self, d_in: int) -> int:
         return resolve_d_dict(self.d_dict, self.expansion_factor, d_in)
+
+
+@dataclasses.dataclass
+class JumpReLUOptions:
+    """Options of the ``jumprelu`` trainer (Rajamanoharan et al. 2024, arXiv 2407.14435).
+
+    Values are in training units (rows scaled to mean squared norm d_in), where pre-activations
+    of a unit-norm encoder row are O(1); the paper's eq. 9 is used with the squared error divided
+    by d_in (its rows have unit mean squared norm), so ``l0_coef`` does not depend on d_in.
+    """
+
+    d_dict: int | None = None
+    """Number of latents; default: expansion_factor x d_in."""
+    expansion_factor: int | None = None
+    """Latents per input dimension when d_dict is not given (default 8)."""
+    l0_coef: float = 0.02
+    """Sparsity coefficient lambda of the L0 penalty lambda * sum_i H(pi_i(x) - theta_i) (eq. 10)."""
+    l0_warmup_rows: int = 100_000
+    """Rows over which lambda rises linearly from 0 to l0_coef; 0 for none."""
+    bandwidth: float = 0.1
+    """Width epsilon of the rectangle kernel in the threshold's pseudo-derivatives (eqs. 11-12)."""
+    init_threshold: float = 0.5
+    """Every latent's threshold theta at initialisation (stored as its log)."""
+    b_dec_init: Literal["geometric_median", "mean", "zeros"] = "geometric_median"
+    """Initial decoder bias (the encoder bias starts at -W_enc b_dec, so pre-activations start centred)."""
+
+    def __post_init__(self) -> None:
+        _check_width(self.d_dict, self.expansion_factor)
+        if not self.l0_coef >= 0:
+            raise OptionError(f"l0_coef={self.l0_coef} must be >= 0; use e.g. -o l0_coef=0.02")
+        if self.l0_warmup_rows < 0:
+            raise OptionError(f"l0_warmup_rows={self.l0_warmup_rows} must be >= 0; use 0 for no warm-up")
+        if not self.bandwidth > 0:
+            raise OptionError(f"bandwidth={self.bandwidth} must be positive; use e.g. -o bandwidth=0.1")
+        if not self.init_threshold > 0:
+            raise OptionError(f"init_threshold={self.init_threshold} must be positive (it is stored as a log); use e.g. -o init_threshold=0.5")
+
+    def check_for(self, d_in: int) -> int:
+        return resolve_d_dict(self.d_dict, self.expansion_factor, d_in)
+
+
+def check_prefixes(values: Sequence[float]) -> None:
+    """Refuse prefix entries that are neither latent counts (> 1, whole) nor fractions (<= 1)."""
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise OptionError(f"prefixes entry {value!r} must be a positive number; use latent counts (128,512,2048) or fractions (0.125,0.5,1)")
+        if value > 1 and value != int(value):
+            raise OptionError(f"prefixes entry {value!r} is neither a whole latent count nor a fraction <= 1")
+
+
+def resolve_prefixes(values: Sequence[float], d_dict: int) -> tuple[int, ...]:
+    """Ascending prefix sizes ending at ``d_dict``; fractions (<= 1) are of ``d_dict``."""
+    values = list(values) or [1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0]
+    sizes = [max(1, round(v * d_dict)) if v <= 1 else int(v) for v in values]
+    if any(b <= a for a, b in zip(sizes, sizes[1:])):
+        raise OptionError(f"prefixes {list(values)} give sizes {sizes} for d_dict={d_dict}; they must strictly increase")
+    if sizes[-1] > d_dict:
+        raise OptionError(f"prefixes {list(values)}: prefix {sizes[-1]} exceeds d_dict={d_dict}; lower it or raise d_dict")
+    if sizes[-1] < d_dict:
+        sizes.append(d_dict)  # the whole dictionary is always the last prefix
+    return tuple(sizes)
+
+
+@dataclasses.dataclass
+class MatryoshkaOptions(BatchTopKOptions):
+    """Options of the ``matryoshka`` trainer (Matryoshka BatchTopK; Bussmann et al. 2025, arXiv 2503.17547)."""
+
+    prefixes: tuple[float, ...] = ()
+    """Nested prefix sizes, ascending: latent counts (-o prefixes=128,512,2048) or fractions of d_dict (0.0625,0.25,1); d_dict is always the last. Default: d_dict/16, /8, /4, /2, 1."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.prefixes = tuple(self.prefixes)
+        check_prefixes(self.prefixes)
+        if self.d_dict is not None:
+            resolve_prefixes(self.prefixes, self.d_dict)
+
+    def check_for(self, d_in: int) -> int:
+        d_dict = super().check_for(d_in)
+        resolve_prefixes(self.prefixes, d_dict)
+        return d_dict

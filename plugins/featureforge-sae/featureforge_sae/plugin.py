@@ -1,14 +1,14 @@
-"""featureforge entry point of ``featureforge-sae``: registers the topk, batchtopk and relu trainers."""
+"""featureforge entry point of ``featureforge-sae``: registers its trainers."""
 
 from __future__ import annotations
 
 import featureforge
 
-from .trainers import TRAINERS
+from . import gsae, jumprelu, matryoshka, trainers
 
 
 @featureforge.hookimpl
 def featureforge_register_trainers(register):
-    for trainer in TRAINERS:
-        register(trainer)
-    register(__import__("featureforge_sae.gsae", fromlist=["GSAETrainer"]).GSAETrainer)  # g-SAE (gradient-aware TopK)
+    for module in (trainers, gsae, jumprelu, matryoshka):
+        for trainer in module.TRAINERS:
+            register(trainer)

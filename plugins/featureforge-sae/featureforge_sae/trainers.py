@@ -51,7 +51,14 @@ def geometric_median(points: "torch.Tensor", iters: int = 200, tol: float = 1e-6
     return y.to(points.dtype) if torch.is_floating_point(points) else y
 
 
-def _sum_sq_centred(x: "torch.Tensor") -> "torch.Tensor":
+def warmed_up(coef: float, rows_seen: int, warmup_rows: int) -> float:
+    """A penalty weight rising linearly from 0 to ``coef`` over the first ``warmup_rows`` rows."""
+    if warmup_rows <= 0:
+        return coef
+    return coef * min(1.0, rows_seen / warmup_rows)
+
+
+def sum_sq_centred(x: "torch.Tensor") -> "torch.Tensor":
     """sum ||x_i - mean(x)||^2 over rows (the FVU denominator), floored at the dtype's tiny."""
     import torch
 
@@ -60,7 +67,64 @@ def _sum_sq_centred(x: "torch.Tensor") -> "torch.Tensor":
     return torch.dot(flat, flat).clamp_min(torch.finfo(x.dtype).tiny)
 
 
-class TopKTrainer(DictionaryTrainer):
+class SAETrainer(DictionaryTrainer):
+    """What every trainer of this plugin shares: its dictionary class (which picks the export
+    and import mapping in ``_interop``) and the export/import through it."""
+
+    @classmethod
+    def dictionary_class(cls) -> type:
+        """The class ``build`` returns (imported lazily: listing plugins stays cheap)."""
+        raise NotImplementedError
+
+    def export(self, dictionary: Any, fmt: str, out_dir: Path) -> Path:
+        from ._interop import export_dictionary
+
+        return export_dictionary(self, dictionary, fmt, Path(out_dir))
+
+    @classmethod
+    def import_dictionary(cls, src_dir: Path, fmt: str):
+        from ._interop import import_dictionary
+
+        return import_dictionary(cls, Path(src_dir), fmt)
+
+
+class UnitDecoder:
+    """Decoder rows kept at unit norm: the gradient parallel to each row is removed before the
+    optimiser step and the rows are renormalised after it (Bricken et al. 2023; Gao et al. 2024)."""
+
+    def before_step(self, dictionary: Any, state: TrainState) -> None:
+        """Remove the gradient component parallel to each (unit) decoder row."""
+        import torch
+
+        from ._kernels import _one_thread
+
+        grad = dictionary.W_dec.grad
+        if grad is None:
+            return
+        with torch.no_grad(), _one_thread(grad.device):
+            W = dictionary.W_dec
+            parallel = torch.linalg.vecdot(grad, W).unsqueeze_(1)
+            grad.addcmul_(parallel, W, value=-1)
+
+    def after_step(self, dictionary: Any, state: TrainState) -> None:
+        """Renormalise decoder rows to unit norm after the optimiser moved them."""
+        dictionary.normalise_decoder()
+
+
+def init_b_dec(dictionary: Any, sample: Any, how: str) -> None:
+    """Set ``b_dec`` from the initialisation sample: geometric median, mean, or zeros."""
+    import torch
+
+    with torch.no_grad():
+        if how == "zeros" or sample is None or len(sample) == 0:
+            dictionary.b_dec.zero_()
+        elif how == "mean":
+            dictionary.b_dec.copy_(sample.float().mean(0))
+        else:
+            dictionary.b_dec.copy_(geometric_median(sample.float()))
+
+
+class TopKTrainer(UnitDecoder, SAETrainer):
     """TopK sparse autoencoder with AuxK (Gao et al. 2024, arXiv 2406.04093)."""
 
     name = "topk"
@@ -72,29 +136,37 @@ class TopKTrainer(DictionaryTrainer):
     def d_dict_for(self, d_in: int) -> int:
         return self.options.check_for(d_in)
 
-    def build(self, d_in: int) -> "TopKSAE":
+    @classmethod
+    def dictionary_class(cls) -> type:
         from ._models import TopKSAE
 
-        return TopKSAE(d_in, self.d_dict_for(d_in), self.options.k)
+        return TopKSAE
+
+    def build(self, d_in: int) -> "TopKSAE":
+        return self.dictionary_class()(d_in, self.d_dict_for(d_in), self.options.k)
 
     def initialize(self, dictionary: Any, sample: Any) -> None:
-        import torch
-
-        how = self.options.b_dec_init
-        with torch.no_grad():
-            if how == "zeros" or sample is None or len(sample) == 0:
-                dictionary.b_dec.zero_()
-            elif how == "mean":
-                dictionary.b_dec.copy_(sample.float().mean(0))
-            else:
-                dictionary.b_dec.copy_(geometric_median(sample.float()))
+        init_b_dec(dictionary, sample, self.options.b_dec_init)
 
     def learning_rate(self, dictionary: Any) -> float:
         """Gao et al. / sparsify's scaling: 2e-4 at 2^14 latents, times (2^14 / d_dict)^0.5."""
         return 2e-4 / math.sqrt(dictionary.d_dict / 2**14)
 
+    def learning_rate_for_run(self, dictionary: Any, steps: int) -> float:
+        """The width rule times sqrt(10,000 / steps), between 1x and 16x.
+
+        The width rule is tuned for runs of many thousands of steps. Measured on synthetic stores
+        (docs/benchmarks.md, "Default learning rate"), the best rate of runs of 70-300 steps was
+        7-13x the rule, about sqrt(10,000 / steps); beyond 10,000 steps the rule stands.
+        """
+        return self.learning_rate(dictionary) * min(16.0, max(1.0, math.sqrt(10_000 / max(1, steps))))
+
     def k_aux(self, d_in: int) -> int:
         return self.options.k_aux if self.options.k_aux is not None else max(1, d_in // 2)
+
+    def dead_after_rows(self) -> int:
+        """AuxK's horizon: the loop logs dead latents by the same rule."""
+        return self.options.dead_after
 
     # -- the step -----------------------------------------------------------------------------
     def _dead_latents(self, dictionary: Any, state: TrainState | None) -> "torch.Tensor | None":
@@ -118,9 +190,12 @@ class TopKTrainer(DictionaryTrainer):
         fn = sparse_reconstruction_loss if self.options.decoder_impl == "sparse" else dense_reconstruction_loss
         return fn(values, indices, dictionary.W_dec, bias, target, denominator)
 
-    def loss(self, dictionary: Any, batch: Any, state: TrainState) -> StepOutput:
-        import torch
+    def _reconstruction_loss(self, dictionary: Any, values, indices, x, total_variance):
+        """(loss term, metrics, x_hat) of the main reconstruction: FVU of the whole code."""
+        fvu, x_hat = self._reconstruction(dictionary, values, indices, dictionary.b_dec, x, total_variance)
+        return fvu, {"fvu_train": fvu.detach()}, x_hat
 
+    def loss(self, dictionary: Any, batch: Any, state: TrainState) -> StepOutput:
         x = batch["acts"]
         dead = self._dead_latents(dictionary, state)
         k_aux = min(self.k_aux(dictionary.d_in), len(dead)) if dead is not None else 0
@@ -139,14 +214,12 @@ class TopKTrainer(DictionaryTrainer):
 
         x = x.to(dictionary.W_dec.dtype)
         with torch.no_grad():
-            total_variance = _sum_sq_centred(x)
-        fvu, x_hat = self._reconstruction(dictionary, values, indices, dictionary.b_dec, x, total_variance)
-        loss = fvu
-        metrics: dict[str, Any] = {"fvu_train": fvu.detach()}
+            total_variance = sum_sq_centred(x)
+        loss, metrics, x_hat = self._reconstruction_loss(dictionary, values, indices, x, total_variance)
         if dead is not None and aux_indices.shape[1] > 0:
             with torch.no_grad():
                 e = x - x_hat.detach()
-                aux_den = _sum_sq_centred(e)
+                aux_den = sum_sq_centred(e)
             scale = min(len(dead) / self.k_aux(dictionary.d_in), 1.0)
             auxk, _ = self._reconstruction(dictionary, aux_values, aux_indices, None, e, aux_den)
             auxk = scale * auxk
@@ -162,36 +235,6 @@ class TopKTrainer(DictionaryTrainer):
             l0 = fired.sum() / fired.shape[0]
         return StepOutput(loss=loss, x_hat=x_hat.detach(), active=active, l0=l0, metrics=metrics)
 
-    def before_step(self, dictionary: Any, state: TrainState) -> None:
-        """Remove the gradient component parallel to each (unit) decoder row."""
-        import torch
-
-        from ._kernels import _one_thread
-
-        grad = dictionary.W_dec.grad
-        if grad is None:
-            return
-        with torch.no_grad(), _one_thread(grad.device):
-            W = dictionary.W_dec
-            parallel = torch.linalg.vecdot(grad, W).unsqueeze_(1)
-            grad.addcmul_(parallel, W, value=-1)
-
-    def after_step(self, dictionary: Any, state: TrainState) -> None:
-        """Renormalise decoder rows to unit norm after the optimiser moved them."""
-        dictionary.normalise_decoder()
-
-    # -- other libraries' layouts -------------------------------------------------------------
-    def export(self, dictionary: Any, fmt: str, out_dir: Path) -> Path:
-        from ._interop import export_dictionary
-
-        return export_dictionary(self, dictionary, fmt, Path(out_dir))
-
-    @classmethod
-    def import_dictionary(cls, src_dir: Path, fmt: str):
-        from ._interop import import_dictionary
-
-        return import_dictionary(cls, Path(src_dir), fmt)
-
 
 class BatchTopKTrainer(TopKTrainer):
     """BatchTopK sparse autoencoder (Bussmann, Leask & Nanda 2024, arXiv 2412.06410)."""
@@ -204,10 +247,11 @@ class BatchTopKTrainer(TopKTrainer):
     def __post_init__(self) -> None:
         self._batch_min: "torch.Tensor | None" = None
 
-    def build(self, d_in: int) -> "BatchTopKSAE":
+    @classmethod
+    def dictionary_class(cls) -> type:
         from ._models import BatchTopKSAE
 
-        return BatchTopKSAE(d_in, self.d_dict_for(d_in), self.options.k)
+        return BatchTopKSAE
 
     def loss(self, dictionary: Any, batch: Any, state: TrainState) -> StepOutput:
         import torch
@@ -250,7 +294,7 @@ class BatchTopKTrainer(TopKTrainer):
                 theta.mul_(1 - lr).add_(lr * value)
 
 
-class ReLUTrainer(DictionaryTrainer):
+class ReLUTrainer(SAETrainer):
     """ReLU SAE with a decoder-norm-weighted L1 penalty (Anthropic, April 2024 update)."""
 
     name = "relu"
@@ -258,20 +302,21 @@ class ReLUTrainer(DictionaryTrainer):
     Options = ReLUOptions
     formats: ClassVar[tuple[str, ...]] = ("saelens",)
 
-    def build(self, d_in: int) -> "ReLUSAE":
+    @classmethod
+    def dictionary_class(cls) -> type:
         from ._models import ReLUSAE
 
-        return ReLUSAE(d_in, self.options.check_for(d_in), self.options.init_decoder_norm)
+        return ReLUSAE
+
+    def build(self, d_in: int) -> "ReLUSAE":
+        return self.dictionary_class()(d_in, self.options.check_for(d_in), self.options.init_decoder_norm)
 
     def learning_rate(self, dictionary: Any) -> float:
         """Anthropic's April 2024 update: 5e-5 with Adam."""
         return 5e-5
 
     def l1_weight(self, rows_seen: int) -> float:
-        o = self.options
-        if o.l1_warmup_rows <= 0:
-            return o.l1_coef
-        return o.l1_coef * min(1.0, rows_seen / o.l1_warmup_rows)
+        return warmed_up(self.options.l1_coef, rows_seen, self.options.l1_warmup_rows)
 
     def loss(self, dictionary: Any, batch: Any, state: TrainState) -> StepOutput:
         import torch
@@ -297,17 +342,6 @@ class ReLUTrainer(DictionaryTrainer):
             l0 = fired.sum(1).float().mean()
         return StepOutput(loss=loss, x_hat=x_hat, active=active, l0=l0,
                           metrics={"mse": mse.detach(), "l1": l1.detach(), "l1_coef": coef})
-
-    def export(self, dictionary: Any, fmt: str, out_dir: Path) -> Path:
-        from ._interop import export_dictionary
-
-        return export_dictionary(self, dictionary, fmt, Path(out_dir))
-
-    @classmethod
-    def import_dictionary(cls, src_dir: Path, fmt: str):
-        from ._interop import import_dictionary
-
-        return import_dictionary(cls, Path(src_dir), fmt)
 
 
 TRAINERS = (TopKTrainer, BatchTopKTrainer, ReLUTrainer)

@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 
 def main(fmt: str, folder: str, rows: str, out: str) -> None:
     x = load_file(rows)["x"]
+    meta: dict[str, str] = {}
     with torch.no_grad():
         if fmt == "saelens":
             from sae_lens import SAE
@@ -20,6 +21,7 @@ def main(fmt: str, folder: str, rows: str, out: str) -> None:
             codes = sae.encode(x)
             x_hat = sae.decode(codes)
             kind = type(sae).__name__
+            meta = {"hook_name": str(sae.cfg.metadata.hook_name), "model_name": str(sae.cfg.metadata.model_name)}
         else:
             from sparsify import SparseCoder
 
@@ -28,7 +30,7 @@ def main(fmt: str, folder: str, rows: str, out: str) -> None:
             codes = torch.zeros(x.shape[0], sae.num_latents).scatter_(1, top_indices, top_acts)
             x_hat = sae.decode(top_acts, top_indices)
             kind = type(sae).__name__
-    save_file({"codes": codes.float().contiguous(), "x_hat": x_hat.float().contiguous()}, out, metadata={"class": kind})
+    save_file({"codes": codes.float().contiguous(), "x_hat": x_hat.float().contiguous()}, out, metadata={"class": kind, **meta})
 
 
 if __name__ == "__main__":

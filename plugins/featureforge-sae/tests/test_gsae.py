@@ -99,7 +99,7 @@ def test_gradients_from_another_hook_or_wrong_shape_are_refused():
 # -- the selection ----------------------------------------------------------------------------
 def test_beta_zero_selects_like_topk_and_gradient_promotes_a_quiet_latent():
     from featureforge_sae._kernels import dense_encode
-    from featureforge_sae.gsae import gsae_encode
+    from featureforge_sae._kernels import gsae_encode
 
     t = _trainer()
     d = t.build(16)

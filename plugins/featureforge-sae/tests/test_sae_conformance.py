@@ -29,3 +29,15 @@ class TestGSAE(TrainerTests):
     trainer = "gsae"
     options = {"k": 4, "d_dict": 64}
     distribution = "featureforge-sae"
+
+
+class TestJumpReLU(TrainerTests):
+    trainer = "jumprelu"
+    options = {"d_dict": 64, "l0_warmup_rows": 0}
+    distribution = "featureforge-sae"
+
+
+class TestMatryoshka(TrainerTests):
+    trainer = "matryoshka"
+    options = {"k": 4, "d_dict": 64, "prefixes": [8, 16, 32]}
+    distribution = "featureforge-sae"

