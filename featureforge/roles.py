@@ -110,7 +110,12 @@ class ActivationSource(Plugin):
 
     @contextlib.contextmanager
     def splice(self, dictionary: Any) -> Iterator[Any]:
-        """Run the live model with the hook point replaced by ``dictionary``'s reconstruction."""
+        """Run the live model with the hook point replaced by ``dictionary``'s reconstruction.
+
+        The yielded live model is also the seam for interventions (``featureforge.interventions``):
+        ``live(input_ids, attention_mask, replace=fn, token_mask=...)`` replaces the rows at the
+        masked positions by ``fn(rows)``; ``featureforge.steering`` lists what ``steer`` needs besides.
+        """
         raise NotImplementedError(f"source {self.name!r} cannot run a live model with a dictionary spliced in")
         yield
 
