@@ -76,21 +76,30 @@ def train_or_load(kind: str, s: dict, games: dict, workdir: Path, seed: int) -> 
     return model, out
 
 
-def probe_layers(model, eval_games) -> dict:
+def probe_layers(model, eval_games, n_classes: int = 13, colour_classes: tuple[int, ...] | None = None) -> dict:
+    """Karvonen's unit metrics of every layer's ``mlp.hidden`` and a ridge probe of its residual stream.
+
+    ``colour_classes`` adds ``linear_probe_f1_colour``: the probe scored on those classes only.
+    """
     from featureforge_moex.board_probe import board_metrics, collect_at_dots, linear_probe_f1
 
     per_layer = {}
+    keys = ["coverage", "reconstruction", "linear_probe_f1_residual"]
     for i in range(model.cfg.n_layer):
         acts, boards = collect_at_dots(model, eval_games, f"blocks.{i}.mlp.hidden")
-        m = board_metrics(acts, boards)
-        m["linear_probe_f1_residual"] = linear_probe_f1(collect_at_dots(model, eval_games, f"blocks.{i}")[0], boards)
+        m = board_metrics(acts, boards, n_classes)
+        residual = collect_at_dots(model, eval_games, f"blocks.{i}")[0]
+        m["linear_probe_f1_residual"] = linear_probe_f1(residual, boards, n_classes=n_classes)
+        if colour_classes is not None:
+            m["linear_probe_f1_colour"] = linear_probe_f1(residual, boards, n_classes=n_classes, classes=colour_classes)
         m["l0"] = float((acts != 0).float().sum(1).mean()) if model.cfg.mlp != "gelu" else float((acts > 0).float().sum(1).mean())
         per_layer[str(i)] = m
-    return {"layers": per_layer, **{key: float(np.mean([m[key] for m in per_layer.values()]))
-                                    for key in ("coverage", "reconstruction", "linear_probe_f1_residual")}}
+    if colour_classes is not None:
+        keys.append("linear_probe_f1_colour")
+    return {"layers": per_layer, **{key: float(np.mean([m[key] for m in per_layer.values()])) for key in keys}}
 
 
-def sae_baseline(model, s: dict, sae_games, eval_games, workdir: Path) -> dict:
+def sae_baseline(model, s: dict, sae_games, eval_games, workdir: Path, n_classes: int = 13) -> dict:
     """TopK SAE per layer on the GELU model's MLP hidden units, trained through featureforge."""
     import featureforge
     from featureforge_moex.board_probe import board_metrics, collect_at_dots
@@ -109,12 +118,13 @@ def sae_baseline(model, s: dict, sae_games, eval_games, workdir: Path) -> dict:
         np.save(npy, torch.cat(rows).numpy())
         store = featureforge.cache("array", {"path": str(npy)}, store=str(workdir / f"sae_layer{i}.zarr"), progress=False, overwrite=True)
         [run] = featureforge.train("topk", {"d_dict": s["sae_width"], "k": s["sae_k"]}, store=store, out=workdir / f"sae_layer{i}",
-                                   progress=False, overwrite=True, batch_size=1024, warmup_steps=20, holdout_rows=0)
+                                   progress=False, overwrite=True, batch_size=s.get("sae_batch", 1024), epochs=s.get("sae_epochs", 1.0),
+                                   warmup_steps=20, holdout_rows=0)
         sae = featureforge.load(run)
         acts, boards = collect_at_dots(model, eval_games, hook)
         with torch.no_grad():
             codes = sae.encode(acts)
-        m = board_metrics(codes, boards)
+        m = board_metrics(codes, boards, n_classes)
         m["l0"] = float((codes > 0).float().sum(1).mean())
         with torch.no_grad():
             x_hat = sae.decode(codes)

@@ -227,3 +227,25 @@ def train_lm(
             log(step, float(ce.detach()))
     val = validation_loss(model, val_ids)
     return TrainResult(steps, float(ce.detach()), val, time.perf_counter() - start)
+
+
+@torch.no_grad()
+def upcycle_lm(dense: ChessLM, mlp: str = "moex", noise: float = 0.0, seed: int = 0) -> ChessLM:
+    """A copy of a trained dense model whose MLPs are MoE layers upcycled from it (paper Table 4).
+
+    Embeddings, attention and layer norms are copied; each block's MoE experts start from slices of
+    its dense MLP (``layers.upcycle``); the router of a ``switch``/``relu_only`` model starts at its
+    fresh initialisation (seeded by ``seed``). Fine-tune the result with ``train_lm``.
+    """
+    if dense.cfg.mlp != "gelu":
+        raise BadInputError(f"can only upcycle a dense model (mlp='gelu'), not mlp={dense.cfg.mlp!r}")
+    torch.manual_seed(seed)
+    model = ChessLM(dataclasses.replace(dense.cfg, mlp=mlp))
+    own = {k: v for k, v in dense.state_dict().items() if ".mlp." not in k}
+    missing = [k for k in model.state_dict() if ".mlp." not in k and k not in own]
+    assert not missing, missing
+    model.load_state_dict(own, strict=False)
+    g = torch.Generator().manual_seed(seed)
+    for src, dst in zip(dense.blocks, model.blocks):
+        layers.upcycle(src.mlp, dst.mlp, noise=noise, generator=g)
+    return model
