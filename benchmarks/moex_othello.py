@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from moex_chess import log, probe_layers, sae_baseline  # noqa: E402
 from moex_text import spread  # noqa: E402
 
-FULL = dict(size=4, n_layer=3, d_model=64, n_head=4, steps=1000, batch_size=64, lr=3e-3, train_games=20000, val_games=200,
-            eval_games=300, sae_games=3000, sae_width=1024, sae_k=16, sae_batch=256, sae_epochs=5.0, upcycle_steps=500, upcycle_noise=0.01)
+FULL = dict(size=4, n_layer=3, d_model=64, n_head=4, steps=600, batch_size=32, lr=3e-3, train_games=20000, val_games=200,
+            eval_games=300, sae_games=3000, sae_width=1024, sae_k=16, sae_batch=256, sae_epochs=5.0, upcycle_steps=300, upcycle_noise=0.01)
 QUICK = dict(size=4, n_layer=2, d_model=16, n_head=2, steps=6, batch_size=8, lr=3e-3, train_games=64, val_games=8,
              eval_games=24, sae_games=16, sae_width=64, sae_k=4, sae_batch=32, sae_epochs=1.0, upcycle_steps=3, upcycle_noise=0.01)
 KINDS = ("gelu", "switch", "moex", "router_only", "relu_only")
@@ -87,6 +87,35 @@ def paired(runs: dict, a: str, b: str, metric: str) -> dict | None:
     return {"diffs": diffs, **spread(diffs), "same_sign_all_seeds": bool(all(d > 0 for d in diffs) or all(d < 0 for d in diffs))}
 
 
+PAIRS = (("moex", "gelu"), ("moex", "switch"), ("switch", "gelu"), ("moex", "sae_topk_on_gelu"), ("router_only", "gelu"),
+         ("relu_only", "gelu"), ("router_only", "moex"), ("relu_only", "moex"), ("moex_upcycled", "moex"))
+
+
+def finish(result: dict) -> dict:
+    """Add the over-seeds table and the paired differences behind the verdict."""
+    result["table"] = summarise(result["runs"])
+    result["verdict_inputs"] = {f"{a}-{b}": {m: paired(result["runs"], a, b, m) for m in ("coverage", "reconstruction", "val_loss", "legal_top1")}
+                                for a, b in PAIRS}
+    return result
+
+
+def merge(paths: list[str], out: str | None) -> dict:
+    """Combine per-seed result files with identical settings into one result."""
+    parts = [json.loads(Path(x).read_text()) for x in paths]
+    if any(part["settings"] != parts[0]["settings"] for part in parts):
+        raise SystemExit("moex_othello --merge: the files were run with different settings; merge only runs of one grid")
+    result = {k: v for k, v in parts[0].items() if k not in ("runs", "table", "verdict_inputs")}
+    result["runs"], result["merged_from"], result["seconds"] = {}, paths, sum(part.get("seconds", 0) for part in parts)
+    for part in parts:
+        for name, per_seed in part["runs"].items():
+            result["runs"].setdefault(name, {}).update(per_seed)
+    finish(result)
+    if out:
+        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return result
+
+
 def main(argv=None) -> dict:
     from featureforge_moex import chess_lm, othello
 
@@ -101,7 +130,10 @@ def main(argv=None) -> dict:
     p.add_argument("--workdir", default=None, help="SAE stores and runs (default: a temporary folder)")
     p.add_argument("--out", default=None, help="write the JSON here after every model; resume from it")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--merge", default=None, help="comma list of result files (e.g. one per seed, run in parallel) to combine into --out; trains nothing")
     args = p.parse_args(argv)
+    if args.merge:
+        return merge(args.merge.split(","), args.out)
     torch.set_num_threads(args.threads)
     s = dict(QUICK if args.quick else FULL)
     if args.steps:
@@ -123,10 +155,7 @@ def main(argv=None) -> dict:
 
     def flush() -> None:
         result["seconds"] = round(time.perf_counter() - t0, 1)
-        result["table"] = summarise(result["runs"])
-        result["verdict_inputs"] = {f"{a}-{b}": {m: paired(result["runs"], a, b, m) for m in ("coverage", "reconstruction", "val_loss")}
-                                    for a, b in (("moex", "gelu"), ("moex", "switch"), ("switch", "gelu"), ("moex", "sae_topk_on_gelu"),
-                                                 ("router_only", "gelu"), ("relu_only", "gelu"), ("moex_upcycled", "moex"))}
+        finish(result)
         if args.out:
             Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
 

@@ -7,7 +7,7 @@ every 20th document held out for validation; dense GELU, Switch and MoE-X MLPs a
 parameters (8 experts, top-2, width 2 d_model), same steps, batch, learning rate and data order
 per seed, several seeds. Prints one JSON object (also written to ``--out`` after every model).
 
-    python benchmarks/moex_text.py --out benchmarks/results_moex_text.json   # ~35 min at 1 thread
+    python benchmarks/moex_text.py --out benchmarks/results_moex_text.json   # ~10 CPU-minutes per seed
     python benchmarks/moex_text.py --quick                                   # seconds
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-FULL = dict(n_layer=3, d_model=64, n_head=4, context=128, steps=500, batch_size=16, max_chars=2_000_000, val_rows=256, lr=3e-3)
+FULL = dict(n_layer=3, d_model=64, n_head=4, context=64, steps=300, batch_size=16, max_chars=2_000_000, val_rows=256, lr=3e-3)
 QUICK = dict(n_layer=1, d_model=16, n_head=2, context=32, steps=4, batch_size=4, max_chars=60_000, val_rows=8, lr=3e-3)
 
 
@@ -67,7 +67,17 @@ def main(argv=None) -> dict:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--out", default=None)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--merge", default=None, help="comma list of result files (e.g. one per seed) to combine into --out; trains nothing")
     args = p.parse_args(argv)
+    if args.merge:
+        parts = [json.loads(Path(x).read_text()) for x in args.merge.split(",")]
+        if any(part["settings"] != parts[0]["settings"] for part in parts):
+            raise SystemExit("moex_text --merge: the files were run with different settings; merge only runs of one grid")
+        result = parts[0] | {"runs": {}, "merged_from": args.merge.split(","), "seconds": sum(part["seconds"] for part in parts)}
+        for part in parts:
+            for kind, per_seed in part["runs"].items():
+                result["runs"].setdefault(kind, {}).update(per_seed)
+        return emit(result, args.out)
     torch.set_num_threads(args.threads)
     s = dict(QUICK if args.quick else FULL)
     if args.steps:
@@ -95,10 +105,23 @@ def main(argv=None) -> dict:
                                                                "params": sum(p.numel() for p in model.parameters())}
             log(kind, "seed", seed, "val loss", round(r.val_loss, 4), f"{r.seconds:.0f}s")
             flush()
-    result["table"] = {kind: {"val_loss": spread([v["val_loss"] for v in runs.values()]),
-                              "val_bits_per_byte": spread([v["val_loss"] / np.log(2) for v in runs.values()]),
-                              "active_mlp_params": next(iter(runs.values()))["active_mlp_params"]} for kind, runs in result["runs"].items()}
-    flush()
+    return emit(result, args.out)
+
+
+def emit(result: dict, out: str | None) -> dict:
+    """Add the over-seeds table and paired differences, write ``out``, print the JSON."""
+    runs = result["runs"]
+    result["table"] = {kind: {"val_loss": spread([v["val_loss"] for v in per_seed.values()]),
+                              "val_bits_per_byte": spread([v["val_loss"] / np.log(2) for v in per_seed.values()]),
+                              "active_mlp_params": next(iter(per_seed.values()))["active_mlp_params"],
+                              "params": next(iter(per_seed.values()))["params"]} for kind, per_seed in runs.items()}
+    result["paired_val_loss"] = {}
+    for a, b in (("moex", "gelu"), ("switch", "gelu"), ("moex", "switch")):
+        seeds = sorted(set(runs.get(a, {})) & set(runs.get(b, {})))
+        if seeds:
+            result["paired_val_loss"][f"{a}-{b}"] = spread([runs[a][sd]["val_loss"] - runs[b][sd]["val_loss"] for sd in seeds])
+    if out:
+        Path(out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return result
 

@@ -151,7 +151,7 @@ def legal_top1(model, games: list[Game], batch_size: int = 256) -> float:
     with torch.no_grad():
         for start in range(0, len(games), batch_size):
             chunk = ids[start : start + batch_size]
-            top = model(chunk.clamp_min(0)).argmax(-1).numpy()
+            top = model(chunk.clamp_min(0).to(next(model.parameters()).device)).argmax(-1).cpu().numpy()
             for i, g in enumerate(games[start : start + batch_size]):
                 n = len(g.ids)
                 has_next = g.legal[:n].any(1)
