@@ -10,7 +10,7 @@ The library API has the CLI's verbs: ``cache``, ``open_store``, ``train``, ``eva
 
 from typing import Any
 
-from .api import cache, evaluate, export, import_run, load, open_store, train
+from .api import cache, evaluate, export, import_run, load, open_store, steer, steered, train
 from .context import EvaluationContext
 from .errors import (
     BadInputError,
@@ -67,6 +67,8 @@ __all__ = [
     "load",
     "open_store",
     "progress_bar",
+    "steer",
+    "steered",
     "train",
 ]
 

@@ -15,7 +15,7 @@ from .store import ActivationStore, open_store
 from .storeformat import STORAGE_DTYPES, default_rows_per_chunk
 from .writer import StoreWriter
 
-__all__ = ["cache", "evaluate", "export", "import_run", "load", "make_source", "open_store", "train"]
+__all__ = ["cache", "evaluate", "export", "import_run", "load", "make_source", "open_store", "steer", "steered", "train"]
 
 
 def make_source(source: str | ActivationSource, options: Mapping[str, Any] | Sequence[str] | None = None) -> ActivationSource:
@@ -85,7 +85,7 @@ def cache(
     columns = {"acts": dtype}
     for name, logical in src.columns.items():
         columns[name] = dtype if name == "grads" else logical
-    registration = get_registry().tables()["source"].get(src.name)
+    registration = get_registry().registration_of(type(src))
     spec = StoreSpec(
         d_in=d_in,
         dtype=dtype,
@@ -186,6 +186,20 @@ def train(
 
 # Arguments of ``train`` that are not loop settings (TrainConfig fields).
 _TRAIN_OWN = frozenset({"trainer", "options", "store", "out", "resume", "overwrite", "progress", "storage_options", "_train"})
+
+
+def steer(run: Any, **kwargs: Any) -> Any:
+    """Steer the store's live model with latents of a run; see :func:`featureforge.steering.steer`."""
+    from .steering import steer as _steer
+
+    return _steer(run, **kwargs)
+
+
+def steered(run: Any, **kwargs: Any) -> Any:
+    """Context manager: the live model patched only inside the block; see :func:`featureforge.steering.steered`."""
+    from .steering import steered as _steered
+
+    return _steered(run, **kwargs)
 
 
 def load(run: str | os.PathLike) -> Any:

@@ -110,7 +110,12 @@ class ActivationSource(Plugin):
 
     @contextlib.contextmanager
     def splice(self, dictionary: Any) -> Iterator[Any]:
-        """Run the live model with the hook point replaced by ``dictionary``'s reconstruction."""
+        """Run the live model with the hook point replaced by ``dictionary``'s reconstruction.
+
+        The yielded live model is also the seam for interventions (``featureforge.interventions``):
+        ``live(input_ids, attention_mask, replace=fn, token_mask=...)`` replaces the rows at the
+        masked positions by ``fn(rows)``; ``featureforge.steering`` lists what ``steer`` needs besides.
+        """
         raise NotImplementedError(f"source {self.name!r} cannot run a live model with a dictionary spliced in")
         yield
 
@@ -140,6 +145,9 @@ class TrainState:
     #: Int64 [d_dict]: rows since each latent last fired (identical on every rank).
     rows_since_fired: Any
     world_size: int = 1
+    #: Rows without firing after which a latent is dead in this run: the trainer's own
+    #: ``dead_after_rows()`` or else the loop's ``dead_after`` (``-t dead_after=N``).
+    dead_after: int | None = None
 
     def all_reduce(self, tensor: Any, op: str = "sum") -> Any:
         """Reduce a tensor across DDP ranks in place (``sum``, ``max``, ``min`` or ``mean``); no-op alone."""

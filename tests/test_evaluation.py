@@ -309,7 +309,7 @@ def test_a_real_topk_run_evaluates_when_featureforge_sae_is_installed(store, tmp
     report = ff.evaluate(run, store=store.url)
     assert report["eval_rows"]["selection"] == "holdout"
     rec, gt = report["evaluators"]["reconstruction"]["metrics"], report["evaluators"]["ground-truth"]["metrics"]
-    assert rec["l0"] == pytest.approx(3.0) and 0 < rec["fvu"] < 1
+    assert 2.5 < rec["l0"] <= 3.0 and 0 < rec["fvu"] < 1  # TopK then ReLU: at most k active
     assert 0.3 < gt["mmcs"] <= 1 and 0 <= gt["recovered"] <= 1 and 0 < gt["mcc"] <= 1
 
 

@@ -19,7 +19,7 @@ EXPECTED_EXPORTS = {
     "ActivationSource", "DictionaryTrainer", "Evaluator", "Dictionary", "StepOutput", "TrainState",
     "EvaluationContext", "EvaluationResult", "hookimpl", "progress_bar",
     # the verbs (the CLI's commands) and the store they open
-    "cache", "train", "evaluate", "load", "export", "import_run", "open_store", "ActivationStore",
+    "cache", "train", "evaluate", "load", "export", "import_run", "open_store", "ActivationStore", "steer", "steered",
     # errors
     "FeatureforgeError", "BadInputError", "OptionError", "PluginError", "StoreError", "StoreMismatchError",
     "CorruptStoreError",
