@@ -120,7 +120,7 @@ class SteeringEvaluator(DownstreamEvaluator):
                     chosen = candidates[torch.randperm(len(candidates), generator=gen)[: o.latents]].sort().values.tolist()
                     eye = torch.eye(codes.shape[1], device=codes.device)
                     directions = dictionary.decode(eye[chosen]) - dictionary.decode(torch.zeros_like(eye[:1]))
-                enabled = None if context.extra.get("progress", True) else False
+                enabled = None if context.progress else False
                 bar = progress_bar(len(chosen), "steering", unit="latent", enabled=enabled)
                 for n, latent in enumerate(chosen):
                     bar.update(1)
