@@ -77,7 +77,6 @@ class SteeringEvaluator(DownstreamEvaluator):
             raise OptionError(f"steering: alphas={o.alphas!r} is not a comma list of numbers; pass e.g. -o steering.alphas=2,4,8") from None
         if not self.alpha_values:
             raise OptionError("steering: give at least one strength, e.g. -o steering.alphas=4")
-        self._sources = {}
         self._starts = {}
 
     def evaluate(self, dictionary: Any, context: EvaluationContext) -> EvaluationResult:
