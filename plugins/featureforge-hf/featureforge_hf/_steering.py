@@ -236,7 +236,7 @@ def _mean_pairwise_cosine(vectors: Any) -> float:
 
 
 def _plot(metrics: dict[str, Any], alphas: list[float], kind: str, path: Any) -> None:
-    from featureforge.evaluation import new_figure, save_figure
+    from featureforge.plots import new_figure, save_figure
 
     panels = ["output_score_gain", "stability", "kl_rest", "ce_increase"] if kind == "causal-lm" else ["embedding_distance", "stability"]
     fig = new_figure(3.2 * len(panels), 3.2)
