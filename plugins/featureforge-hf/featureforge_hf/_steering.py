@@ -77,7 +77,6 @@ class SteeringEvaluator(DownstreamEvaluator):
             raise OptionError(f"steering: alphas={o.alphas!r} is not a comma list of numbers; pass e.g. -o steering.alphas=2,4,8") from None
         if not self.alpha_values:
             raise OptionError("steering: give at least one strength, e.g. -o steering.alphas=4")
-        self._sources = {}
         self._starts = {}
 
     def evaluate(self, dictionary: Any, context: EvaluationContext) -> EvaluationResult:
@@ -120,7 +119,7 @@ class SteeringEvaluator(DownstreamEvaluator):
                     chosen = candidates[torch.randperm(len(candidates), generator=gen)[: o.latents]].sort().values.tolist()
                     eye = torch.eye(codes.shape[1], device=codes.device)
                     directions = dictionary.decode(eye[chosen]) - dictionary.decode(torch.zeros_like(eye[:1]))
-                enabled = None if context.extra.get("progress", True) else False
+                enabled = None if context.progress else False
                 bar = progress_bar(len(chosen), "steering", unit="latent", enabled=enabled)
                 for n, latent in enumerate(chosen):
                     bar.update(1)
