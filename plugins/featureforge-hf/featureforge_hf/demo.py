@@ -14,7 +14,7 @@ minutes on 2 CPU cores.
 (trained into ``stores/models/stdlib-gpt2`` on first use, minutes; reused afterwards), or
 ``--model FOLDER``; downstream is then the CE-loss score and KL, and each shown feature gets a
 precomputed steering section (``featureforge.steering.feature_sections``: promoted/suppressed
-next tokens and greedy continuations with the latent added at 2, 4, 8 × its typical value).
+next tokens and greedy continuations with the latent added at 4, 8, 16 × its typical value).
 
 The command lives here, not in the core, because it needs this plugin's source and evaluator and
 featureforge-sae's ``topk`` trainer (looked up by registered name); it uses only the public API.
@@ -44,6 +44,7 @@ from featureforge.dictionary import atomic_write, write_json
 #: Registered names the demo needs, and the distribution that provides each.
 NEEDED = {("source", "hf"): "featureforge-hf", ("evaluator", "downstream"): "featureforge-hf", ("trainer", "topk"): "featureforge-sae"}
 DEFAULT_DEMO_DIR = "stores/demo"
+DEFAULT_CAUSAL_DIR = "stores/demo-causal"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,11 +97,12 @@ QUICK = DemoSettings(
 #: ``--causal``: the tiny stdlib GPT-2 (4 blocks of width 128) cached at its middle block.
 CAUSAL_FULL = DemoSettings(
     store_name="stdlib-gpt2-mid.zarr",
-    rows=200_000,
+    rows=400_000,
     rows_per_chunk=8192,
     source_options={},
-    trainer_options={"d_dict": 1024, "k": 16},
-    train={"batch_size": 1024, "epochs": 2.0, "log_every": 10, "warmup_steps": 20, "eval_every": 100,
+    # dead_after: AuxK revives silent latents within this short run (the loop's default is 10M rows).
+    trainer_options={"d_dict": 1024, "k": 16, "dead_after": 50_000},
+    train={"batch_size": 1024, "epochs": 3.0, "log_every": 10, "warmup_steps": 20, "eval_every": 100,
            "eval_options": ["downstream.max_sequences=16"]},
     downstream={"max_sequences": 128},
     features=8,
@@ -122,8 +124,10 @@ CAUSAL_QUICK = DemoSettings(
     steer_tokens=6,
 )
 
-#: Prompt the steered continuations start from (the model knows Python source).
-STEER_PROMPT = "def "
+#: Prompt the steered continuations start from (the model knows Python source) and the strengths
+#: (× each latent's typical value): the small GPT-2's continuations move visibly only past about 8.
+STEER_PROMPT = "    def __init__(self"
+STEER_ALPHAS = (4.0, 8.0, 16.0)
 
 
 def check_plugins() -> None:
@@ -233,13 +237,14 @@ def run_demo(out: str | os.PathLike = "stores/demo", *, quick: bool = False, cau
     echo(f"      {len(features['features'])} features from {features['live']:,} live latents in {times['features']:.1f}s")
 
     if causal and settings.steer_tokens:
-        from featureforge.steering import SECTION_ALPHAS, feature_sections
+        from featureforge.steering import feature_sections
 
-        alphas = ", ".join(f"{a:g}" for a in SECTION_ALPHAS)
+        alphas = ", ".join(f"{a:g}" for a in STEER_ALPHAS)
         t = stage("steering", f"each shown feature added at {alphas} x its typical value, {settings.steer_tokens} tokens after {STEER_PROMPT!r}")
         source = ff.EvaluationContext(store, ".").source
         latents = [f["feature"] for f in features["features"]]
-        sections = feature_sections(source, dictionary, store, latents, prompt=STEER_PROMPT, max_new_tokens=settings.steer_tokens)
+        sections = feature_sections(source, dictionary, store, latents, prompt=STEER_PROMPT, max_new_tokens=settings.steer_tokens,
+                                    alphas=STEER_ALPHAS)
         for feat in features["features"]:
             if feat["feature"] in sections:
                 feat["steering"] = sections[feat["feature"]]
@@ -279,17 +284,18 @@ def run_demo(out: str | os.PathLike = "stores/demo", *, quick: bool = False, cau
 
 
 @click.command(name="demo")
-@click.option("--out", default=DEFAULT_DEMO_DIR, show_default=True, help="Folder for the demo's store, run and report.")
+@click.option("--out", default=None, help=f"Folder for the demo's store, run and report  [default: {DEFAULT_DEMO_DIR}, with --causal {DEFAULT_CAUSAL_DIR}]")
 @click.option("--quick", is_flag=True, help="A few thousand tokens, a tiny dictionary and a small evaluation (seconds; used by the tests).")
 @click.option("--causal", is_flag=True, help="On a causal LM (the tiny stdlib GPT-2 of featureforge tiny-lm, trained on first use): CE-loss score and steering sections.")
 @click.option("--model", default=None, help="With --causal: a Hugging Face causal-LM folder instead of the tiny stdlib GPT-2.")
 @click.option("--lm-minutes", type=float, default=5.0, show_default=True, help="With --causal: training time of the tiny GPT-2 when it is not cached yet.")
-def demo_command(out: str, quick: bool, causal: bool, model: str | None, lm_minutes: float) -> None:
+def demo_command(out: str | None, quick: bool, causal: bool, model: str | None, lm_minutes: float) -> None:
     """The whole pipeline on embedded defaults: cache MiniLM activations of standard-library text,
     train a TopK dictionary, evaluate it (reconstruction + downstream) and write OUT/index.html.
     --causal does it on a small GPT-2 and adds steering to the feature pages."""
     if lm_minutes <= 0:
         raise click.BadParameter(f"{lm_minutes} must be positive", param_hint="--lm-minutes")
+    out = out or (DEFAULT_CAUSAL_DIR if causal else DEFAULT_DEMO_DIR)
     run_demo(out, quick=quick, causal=causal, model=model, lm_minutes=lm_minutes, echo=click.echo)
 
 
