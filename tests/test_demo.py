@@ -125,3 +125,21 @@ def test_demo_model_errors_are_one_line(tmp_path, random_gpt2):
     proc = _demo(tmp_path / "b", "--causal", "--model", str(tmp_path / "nowhere"))
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and len(lines) == 1 and "no config.json" in lines[0] and "--model" in lines[0]
+
+
+@pytest.mark.slow
+def test_causal_demo_trains_the_tiny_lm_on_first_use_then_reuses_it(tmp_path):
+    """A clean checkout: no stores/models/stdlib-gpt2 yet, so the demo trains it (here for 3 s) and caches it."""
+    env = {**os.environ, "FEATUREFORGE_PROGRESS": "0", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    command = [sys.executable, "-m", "featureforge.cli", "demo", "--causal", "--quick", "--lm-minutes", "0.05"]
+    first = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "no trained tiny LM in stores/models/stdlib-gpt2 yet: training it" in first.stdout
+    model = tmp_path / "stores" / "models" / "stdlib-gpt2"
+    assert (model / "train_report.json").exists() and (model / "model.safetensors").exists()
+    report = json.loads((tmp_path / "stores" / "demo-causal" / "report.json").read_text())
+    assert report["demo"]["language_model"]["steps"] > 0 and report["demo"]["provenance"]["model"] == str(model.resolve())
+    weights = (model / "model.safetensors").stat().st_mtime_ns
+    second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "training it" not in second.stdout and (model / "model.safetensors").stat().st_mtime_ns == weights, "cached after the first run"
