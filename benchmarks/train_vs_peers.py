@@ -342,6 +342,7 @@ def main() -> None:
     p.add_argument("--peers-venv-dl", default=os.environ.get("PEERS_VENV_DL", str(ROOT / ".peers" / "venv-dl")),
                    help="dictionary_learning venv (default $PEERS_VENV_DL, else .peers/venv-dl: %(default)s)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--d-in", type=int, default=SOURCE_OPTIONS["d_in"], help="width of the synthetic store (the small shape: 128)")
     p.add_argument("--d-sae", type=int, default=4096)
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=4096)
@@ -361,6 +362,9 @@ def main() -> None:
     train_rows = args.train_rows or (100_000 if quick else 1_000_000)
     eval_request = args.eval_rows or (16_384 if quick else 65_536)
     suffix = "-quick" if quick else ""
+    if args.d_in != SOURCE_OPTIONS["d_in"]:
+        SOURCE_OPTIONS["d_in"] = args.d_in  # same 2048 true features
+        suffix += f"-d{args.d_in}"
     store_path = Path(args.store or ROOT / "stores" / f"train-vs-peers{suffix}.zarr")
     work = Path(args.workdir or f"/tmp/featureforge-train-vs-peers{suffix}")
     work.mkdir(parents=True, exist_ok=True)

@@ -98,11 +98,12 @@ def _shard_batches(reader: ShuffledReader) -> Iterator[dict[str, torch.Tensor]]:
             )
 
 
-def _scalar(value: Any, device: torch.device) -> torch.Tensor:
-    """A metric as a 0-d float32 tensor on ``device`` (a trainer may report a tensor or a float)."""
+def _scalar(value: Any) -> torch.Tensor:
+    """A metric as a 0-d float32 tensor (a trainer may report a tensor or a float; a float stays on
+    the CPU, where adding it to a device tensor needs no copy)."""
     if isinstance(value, torch.Tensor):
         return value.detach().float().reshape(())
-    return torch.tensor(float(value), dtype=torch.float32, device=device)
+    return torch.tensor(float(value), dtype=torch.float32)
 
 
 def _add(window: dict[str, Any], key: str, value: torch.Tensor) -> None:
@@ -512,9 +513,9 @@ class _Run:
                 # FVU sums add up over shards (as over ranks); the other scalars are averaged.
                 acc = {"fvu_num": (x - x_hat).pow(2).sum(), "fvu_den": dens[i], "loss": out.loss.detach().float() / len(outs)}
                 if out.l0 is not None:
-                    acc["l0"] = _scalar(out.l0, x.device) / len(outs)
+                    acc["l0"] = _scalar(out.l0) / len(outs)
                 for key, value in out.metrics.items():
-                    acc[key] = _scalar(value, x.device) / len(outs)
+                    acc[key] = _scalar(value) / len(outs)
                 for key, value in acc.items():
                     _add(m.window, key, value)
             m.window["_steps"] = m.window.get("_steps", 0.0) + 1
