@@ -25,7 +25,7 @@ from .files import atomic_write, write_json
 from .run import CONFIG_FILE, RUN_FORMAT_VERSION, WEIGHTS_FILE, RunConfig, read_config
 
 __all__ = ["CONFIG_FILE", "RUN_FORMAT_VERSION", "WEIGHTS_FILE", "Dictionary", "ForwardOutput", "atomic_write", "load",
-           "load_weights", "read_config", "write_json"]
+           "load_weights", "read_config", "safetensors_bytes", "write_json"]
 
 
 class ForwardOutput(NamedTuple):

@@ -377,7 +377,7 @@ class _Run:
                     window_start, window_rows = time.perf_counter(), 0
                 if evaluators and (step % self.cfg.eval_every == 0 or last):
                     paused = time.perf_counter()
-                    desc = getattr(bar, "desc", "")  # a disabled tqdm bar has none
+                    desc = "" if bar.disable else bar.desc  # a disabled tqdm has no desc
                     self._evaluate(members, configs, evaluators, metric_files, step, rows_seen,
                                    announce=lambda msg: (bar.set_description_str(f"{desc} ({msg})", refresh=True)))
                     bar.set_description_str(desc, refresh=False)
