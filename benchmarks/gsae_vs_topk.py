@@ -179,13 +179,13 @@ def run_real(workdir: str, model: str, hook: str, rows: int, ks: tuple[int, ...]
 def _gradient_selection_control(run_dir: Path, store: Any, eval_sequences: int) -> dict[str, float]:
     """fvu_grads / CE / KL of a topk run whose latents are picked by g-SAE's rule (beta=GSAE_DEFAULT_BETA)
     at inference only: separates what training with gradients buys from what selecting with them does."""
-    from featureforge.roles import EvaluationContext
+    from featureforge import EvaluationContext
     from featureforge_sae._models import GradientTopKSAE
 
     d = GradientTopKSAE.from_topk(ff.load(run_dir), GSAE_DEFAULT_BETA)
     registry = ff.get_registry()
-    ctx = EvaluationContext(store=store, out_dir=run_dir / "control", run_dir=run_dir,
-                            extra={"progress": False, "run_config": json.loads((run_dir / "config.json").read_text())})
+    ctx = EvaluationContext(store, run_dir / "control", run_dir=run_dir, progress=False,
+                            run_config=json.loads((run_dir / "config.json").read_text()))
     (run_dir / "control").mkdir(exist_ok=True)
     rec = registry.get("evaluator", "reconstruction")({}).evaluate(d, ctx).metrics
     down = registry.get("evaluator", "downstream")({"max_sequences": eval_sequences}).evaluate(d, ctx).metrics
@@ -195,7 +195,7 @@ def _gradient_selection_control(run_dir: Path, store: Any, eval_sequences: int) 
 
 def plot_real(res: dict, path: Path) -> None:
     """Pareto panels: CE-loss score, KL, FVU and dead fraction vs L0 (topk vs gsae, both gsae modes)."""
-    from featureforge.evaluation import new_figure, save_figure
+    from featureforge.plots import new_figure, save_figure
 
     default_beta = GSAE_DEFAULT_BETA
     runs = [dict(r) for r in res["runs"]]

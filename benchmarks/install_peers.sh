@@ -3,8 +3,11 @@
 # (plugins/featureforge-sae/tests, -m slow) and the side-by-side benchmarks
 # (benchmarks/train_vs_peers.py). The project's own .venv is never touched.
 #
-#   /work/peers-venv     ($PEERS_VENV)     SAELens (`sae-lens`) and EleutherAI sparsify (`eai-sparsify`)
-#   /work/peers-venv-dl  ($PEERS_VENV_DL)  saprmarks' dictionary_learning (`dictionary-learning`)
+#   .peers/venv     ($PEERS_VENV)     SAELens (`sae-lens`) and EleutherAI sparsify (`eai-sparsify`)
+#   .peers/venv-dl  ($PEERS_VENV_DL)  saprmarks' dictionary_learning (`dictionary-learning`)
+#
+# .peers/ sits in the repository (git-ignored), where the slow interop tests and the benchmark look
+# by default, so `make test-slow` finds the peers on any machine; the variables move them elsewhere.
 #
 # dictionary-learning 0.1.0 pins nnsight<0.4, and nnsight declares torchvision, diffusers and an
 # older transformers stack as requirements; it gets a venv of its own so those never touch the
@@ -19,8 +22,9 @@
 #   SKIP_DL=1 bash benchmarks/install_peers.sh  # only the SAELens/sparsify venv
 set -euo pipefail
 
-VENV="${PEERS_VENV:-/work/peers-venv}"
-VENV_DL="${PEERS_VENV_DL:-/work/peers-venv-dl}"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${PEERS_VENV:-$ROOT/.peers/venv}"
+VENV_DL="${PEERS_VENV_DL:-$ROOT/.peers/venv-dl}"
 PYTHON="${PYTHON:-python3}"
 TORCH_PIN="${TORCH_PIN:-torch==2.13.0}"
 
@@ -30,6 +34,7 @@ echo "$TORCH_PIN" > "$constraints"
 
 make_venv() {  # make_venv DIR: a venv with the pinned torch installed first
     if [ ! -x "$1/bin/python" ]; then
+        mkdir -p "$(dirname "$1")"
         "$PYTHON" -m venv "$1"
     fi
     "$1/bin/python" -m pip --quiet install "$TORCH_PIN"
@@ -47,10 +52,10 @@ import sparsify  # noqa: F401
 versions = {name: md.version(name) for name in ("torch", "sae-lens", "eai-sparsify")}
 try:
     md.version("torchvision")
-    raise SystemExit("peers-venv must not hold torchvision")
+    raise SystemExit("the SAELens/sparsify venv must not hold torchvision")
 except md.PackageNotFoundError:
     pass
-print("peers-venv ready:", versions)
+print("peers venv ready:", versions)
 PY
 
 # -- dictionary_learning --------------------------------------------------------------------------
@@ -63,6 +68,6 @@ import importlib.metadata as md
 import torch
 from dictionary_learning.trainers.top_k import TopKTrainer  # noqa: F401
 versions = {name: md.version(name) for name in ("torch", "dictionary-learning", "nnsight")}
-print("peers-venv-dl ready:", versions)
+print("peers dictionary_learning venv ready:", versions)
 PY
 fi

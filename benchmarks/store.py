@@ -23,6 +23,8 @@ What is measured (see docs/benchmarks.md, "Store"):
 * checksum cost: the same d=768 fp32 rows cached without checksums (format 1) and with them,
   read in interleaved epochs: format 1, format 2 checked once per process, format 2 checked every
   epoch.
+* shuffle quality: distinct sequences per 4,096-row batch from a store of 128-row sequences
+  written in order (1,048,576 rows, d=768 fp32 chunking and window), against uniform sampling.
 * memory: a fresh ``python`` per store size reads one full epoch; reported are its peak RSS
   (VmHWM), its RSS just before reading (after importing torch and opening the store), the
   difference, and the reader's window-buffer bytes.
@@ -249,6 +251,56 @@ def bench_checksum_cost(npy: Path, workdir: Path, rows: int, repeats: int, batch
     return out
 
 
+def bench_shuffle_quality(workdir: Path, rows: int, seq_len: int, batch_size: int) -> dict[str, Any]:
+    """Distinct sequences per batch from the shuffled reader, against uniform random sampling.
+
+    A store of ``seq_len``-row sequences written in order (as a sequence source writes them), with
+    the chunking and window of a d=768 fp32 store (4,096-row chunks, the default window), and a
+    ``doc_ids`` column naming each row's sequence; uniform sampling draws ``batch_size`` rows of
+    the same store without replacement (issue #14, "Batches as mixed as random sampling").
+    """
+    import featureforge
+
+    class Sequences(featureforge.ActivationSource):
+        name = "bench-sequences"
+
+        @property
+        def d_in(self) -> int:
+            return 8
+
+        @property
+        def n_rows(self) -> int:
+            return rows
+
+        @property
+        def columns(self) -> dict[str, str]:
+            return {"doc_ids": "int64"}
+
+        def rows(self, start: int, stop: int) -> dict[str, np.ndarray]:
+            idx = np.arange(start, stop)
+            return {"acts": np.repeat(idx[:, None], 8, axis=1).astype(np.float32), "doc_ids": idx // seq_len}
+
+    rpc = featureforge.store.default_rows_per_chunk(768, "float32")
+    store = featureforge.cache(Sequences(), store=str(workdir / "sequences"), rows_per_chunk=rpc, progress=False)
+    reader = store.loader(batch_size=batch_size, columns=("acts", "doc_ids"), seed=0, drop_last=True)
+    distinct = [len(np.unique(batch["doc_ids"].numpy())) for batch in reader]
+    rng = np.random.default_rng(0)
+    uniform = [len(np.unique(rng.choice(rows, batch_size, replace=False) // seq_len)) for _ in range(50)]
+    shutil.rmtree(workdir / "sequences")
+    got, want = statistics.mean(distinct), statistics.mean(uniform)
+    return {
+        "rows": rows,
+        "sequence_rows": seq_len,
+        "rows_per_chunk": rpc,
+        "window_rows": reader.chunks_per_window * rpc,
+        "batch_size": batch_size,
+        "distinct_sequences_per_batch": round(got, 1),
+        "uniform_sampling_distinct_sequences_per_batch": round(want, 1),
+        "ratio": round(got / want, 3),
+        "target_ratio": 0.9,
+    }
+
+
 # -- memory ---------------------------------------------------------------------------------------
 def rss_child(store_path: str, batch_size: int) -> None:
     """Runs in a fresh process: read one epoch, report peak RSS against the RSS before reading."""
@@ -380,6 +432,9 @@ def main() -> None:
         result["checksum_cost"] = bench_checksum_cost(npys[768], workdir, int(read_gib * GIB / (768 * 4)), repeats, args.batch_size)
         log(f"checksum cost: {json.dumps({k: v['rows_per_s'] for k, v in result['checksum_cost'].items() if isinstance(v, dict)})}")
 
+        log("shuffle quality: distinct sequences per batch against uniform sampling")
+        result["shuffle_quality"] = bench_shuffle_quality(workdir, 1 << 20, 128, args.batch_size)
+        log(f"shuffle quality: {json.dumps(result['shuffle_quality'])}")
         if args.checksum_cost_only:
             print(json.dumps(result, indent=2))
             return

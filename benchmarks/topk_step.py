@@ -118,7 +118,7 @@ def main() -> None:
         state = TrainState(step=0, rows_seen=0, rows_since_fired=torch.zeros(d_dict, dtype=torch.long))
         if args.dead_fraction > 0:
             dead = torch.randperm(d_dict)[: int(args.dead_fraction * d_dict)]
-            state.rows_since_fired[dead] = trainer.options.dead_after
+            state.rows_since_fired[dead] = trainer._horizon(state)
         return dictionary, state
 
     results: dict[str, object] = {

@@ -14,8 +14,8 @@ times the store's normalisation scale (mean squared norm = d_in), which featuref
 
 Systems (each a subprocess running a worker in benchmarks/peers/ with its own venv's python):
 featureforge ``topk`` fp32 and bf16 through ``featureforge.train`` (project .venv); sparsify's
-SparseCoder with its trainer's step, SAELens' TopKTrainingSAE + SAETrainer (both /work/peers-venv);
-dictionary_learning's TopKTrainer (/work/peers-venv-dl). All: d_sae 4096, k 32, batch 4096, Adam,
+SparseCoder with its trainer's step, SAELens' TopKTrainingSAE + SAETrainer (both .peers/venv);
+dictionary_learning's TopKTrainer (.peers/venv-dl; $PEERS_VENV/$PEERS_VENV_DL override). All: d_sae 4096, k 32, batch 4096, Adam,
 fp32 (unless bf16), 2 torch threads, the library's default lr, 10% warm-up. Install the peers with
 ``bash benchmarks/install_peers.sh``; a system whose venv is missing or whose worker fails is
 reported with the reason and the others still run.
@@ -337,8 +337,10 @@ def main() -> None:
     p.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma list from: {', '.join(SYSTEMS)}")
     p.add_argument("--store", help="store path (default: stores/train-vs-peers[-quick].zarr)")
     p.add_argument("--workdir", help="outputs (default: /tmp/featureforge-train-vs-peers[-quick])")
-    p.add_argument("--peers-venv", default=os.environ.get("PEERS_VENV", "/work/peers-venv"))
-    p.add_argument("--peers-venv-dl", default=os.environ.get("PEERS_VENV_DL", "/work/peers-venv-dl"))
+    p.add_argument("--peers-venv", default=os.environ.get("PEERS_VENV", str(ROOT / ".peers" / "venv")),
+                   help="SAELens/sparsify venv (default $PEERS_VENV, else .peers/venv: %(default)s)")
+    p.add_argument("--peers-venv-dl", default=os.environ.get("PEERS_VENV_DL", str(ROOT / ".peers" / "venv-dl")),
+                   help="dictionary_learning venv (default $PEERS_VENV_DL, else .peers/venv-dl: %(default)s)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--d-sae", type=int, default=4096)
     p.add_argument("--k", type=int, default=32)

@@ -1,10 +1,18 @@
 """featureforge: learn and study feature dictionaries from neural-network activations.
 
-The library API has the CLI's verbs: ``cache``, ``open_store`` (and, as they land, ``train``,
-``evaluate``, ``load``). Plugins subclass the role classes and register them with ``hookimpl``.
+The library API has the CLI's verbs: ``cache``, ``open_store``, ``train``, ``evaluate``, ``load``,
+``export`` and ``import_run``. Plugins subclass the role classes (``ActivationSource``,
+``DictionaryTrainer``, ``Evaluator``; trainers build a ``Dictionary``) and register them with
+``hookimpl``. ``__all__`` is the public API, pinned by ``tests/test_public_api.py``; the modules
+``featureforge.metrics``, ``featureforge.plots``, ``featureforge.dictionary``,
+``featureforge.testing``, ``featureforge.interventions`` and ``featureforge.steering`` are public
+too (see docs/plugins.md). Everything else may change.
 """
 
-from .api import cache, evaluate, export, import_run, load, make_source, open_store, train
+from typing import Any
+
+from .api import cache, evaluate, export, import_run, load, open_store, steer, steered, train
+from .context import EvaluationContext
 from .errors import (
     BadInputError,
     CorruptStoreError,
@@ -15,21 +23,23 @@ from .errors import (
     StoreMismatchError,
 )
 from .hookspecs import hookimpl
-from .options import describe_options, parse_options
-from .plugins import get_registry
 from .progress import progress_bar
 from .roles import (
     ActivationSource,
-    Batch,
     DictionaryTrainer,
-    EvaluationContext,
     EvaluationResult,
     Evaluator,
-    Plugin,
     StepOutput,
     TrainState,
 )
 from .store import ActivationStore
+
+# Importable for older code, not part of the public API (not in __all__): the plugin registry,
+# option parsing, building a source by name, the batch type and the roles' common base.
+from .api import make_source  # noqa: E402,F401
+from .options import parse_options  # noqa: E402,F401
+from .plugins import get_registry  # noqa: E402,F401
+from .roles import Batch, Plugin  # noqa: E402,F401
 
 __version__ = "0.1.0"
 
@@ -37,31 +47,38 @@ __all__ = [
     "ActivationSource",
     "ActivationStore",
     "BadInputError",
-    "Batch",
     "CorruptStoreError",
+    "Dictionary",
     "DictionaryTrainer",
     "EvaluationContext",
     "EvaluationResult",
     "Evaluator",
     "FeatureforgeError",
     "OptionError",
-    "Plugin",
     "PluginError",
-    "StoreError",
     "StepOutput",
+    "StoreError",
     "StoreMismatchError",
     "TrainState",
     "cache",
     "evaluate",
     "export",
+    "hookimpl",
     "import_run",
     "load",
-    "train",
-    "describe_options",
-    "get_registry",
-    "hookimpl",
-    "make_source",
     "open_store",
-    "parse_options",
     "progress_bar",
+    "steer",
+    "steered",
+    "train",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # ``Dictionary`` is a torch module: imported on first use, so ``import featureforge`` (and
+    # every ``featureforge --help``) stays free of torch.
+    if name == "Dictionary":
+        from .dictionary import Dictionary
+
+        return Dictionary
+    raise AttributeError(f"module 'featureforge' has no attribute {name!r}")

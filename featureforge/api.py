@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 from .errors import OptionError
+from .evaluation import evaluate
 from .plugins import get_registry
 from .roles import ActivationSource
 from .storage import Location
@@ -14,7 +15,7 @@ from .store import ActivationStore, open_store
 from .storeformat import STORAGE_DTYPES, default_rows_per_chunk
 from .writer import StoreWriter
 
-__all__ = ["cache", "evaluate", "export", "import_run", "load", "make_source", "open_store", "train"]
+__all__ = ["cache", "evaluate", "export", "import_run", "load", "make_source", "open_store", "steer", "steered", "train"]
 
 
 def make_source(source: str | ActivationSource, options: Mapping[str, Any] | Sequence[str] | None = None) -> ActivationSource:
@@ -84,7 +85,7 @@ def cache(
     columns = {"acts": dtype}
     for name, logical in src.columns.items():
         columns[name] = dtype if name == "grads" else logical
-    registration = get_registry().tables()["source"].get(src.name)
+    registration = get_registry().registration_of(type(src))
     spec = StoreSpec(
         d_in=d_in,
         dtype=dtype,
@@ -127,18 +128,78 @@ def finalize(store: ActivationStore) -> ActivationStore:
 
 
 
-def train(trainer: str, options: Mapping[str, Any] | Sequence[str] | None = None, **kwargs: Any) -> list:
-    """Train a dictionary (or a sweep) on a store; see :func:`featureforge.training.train`."""
+def train(
+    trainer: str,
+    options: Mapping[str, Any] | Sequence[str] | None = None,
+    *,
+    store: str | os.PathLike | ActivationStore,
+    out: str | os.PathLike,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    storage_options: dict[str, Any] | None = None,
+    batch_size: int = 4096,
+    rows: int | None = None,
+    epochs: float = 1.0,
+    lr: float | None = None,
+    lr_search_fraction: float = 0.0,
+    lr_search_factors: tuple[float, ...] = (1.0, 3.0, 10.0, 30.0),
+    warmup_steps: int = 1000,
+    decay_fraction: float = 0.2,
+    adam_betas: tuple[float, ...] = (0.9, 0.999),
+    grad_clip: float | None = None,
+    seed: int = 0,
+    dtype: Literal["float32", "bfloat16"] = "float32",
+    threads: int | None = None,
+    device: str = "auto",
+    normalise: bool = True,
+    holdout_rows: int | None = None,
+    log_every: int = 50,
+    checkpoint_every: int = 2_000_000,
+    dead_after: int = 10_000_000,
+    buffer_rows: int | None = None,
+    data_shards: int | None = None,
+    eval_every: int = 0,
+    eval_evaluators: list[str] | None = None,
+    eval_options: list[str] | None = None,
+) -> list:
+    """Train one dictionary (or one per swept option value) on a store; returns the run folders.
+
+    ``options`` are the trainer's (``{"k": 32}`` or ``["k=32"]``; ``k=16,32`` sweeps). ``store``
+    is a path, fsspec URL or opened store; ``out`` the run folder (a sweep's members go in
+    subfolders). ``resume`` continues a run from its checkpoint; ``overwrite`` replaces an
+    existing run. The remaining arguments are the loop's settings (``featureforge train --help``,
+    ``-t KEY=VALUE``): rows and epochs to train, batch size, learning rate (default: the
+    trainer's for this run, or a race of ``lr_search_factors`` times it over
+    ``lr_search_fraction`` of the steps), warm-up steps and final decay fraction, Adam betas, gradient clipping, seed,
+    compute dtype, threads, device, input normalisation, held-out rows, logging, checkpointing and
+    dead-latent windows (in rows), the reader's shuffle buffer and data shards, and evaluation
+    during training (every ``eval_every`` steps with ``eval_evaluators``, options as
+    ``EVALUATOR.KEY=VALUE``).
+    """
     from .training import train as _train
 
-    return _train(trainer, options, **kwargs)
+    settings = {key: value for key, value in locals().items() if key not in _TRAIN_OWN}
+    return _train(trainer, options, store=store, out=out, resume=resume, overwrite=overwrite, progress=progress,
+                  storage_options=storage_options, **settings)
 
 
-def evaluate(run: str | os.PathLike, store: Any = None, evaluators: Sequence[str] | None = None, **kwargs: Any) -> dict[str, Any]:
-    """Evaluate a trained run on a store; see :func:`featureforge.evaluation.evaluate`."""
-    from .evaluation import evaluate as _evaluate
+# Arguments of ``train`` that are not loop settings (TrainConfig fields).
+_TRAIN_OWN = frozenset({"trainer", "options", "store", "out", "resume", "overwrite", "progress", "storage_options", "_train"})
 
-    return _evaluate(run, store, evaluators, **kwargs)
+
+def steer(run: Any, **kwargs: Any) -> Any:
+    """Steer the store's live model with latents of a run; see :func:`featureforge.steering.steer`."""
+    from .steering import steer as _steer
+
+    return _steer(run, **kwargs)
+
+
+def steered(run: Any, **kwargs: Any) -> Any:
+    """Context manager: the live model patched only inside the block; see :func:`featureforge.steering.steered`."""
+    from .steering import steered as _steered
+
+    return _steered(run, **kwargs)
 
 
 def load(run: str | os.PathLike) -> Any:

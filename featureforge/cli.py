@@ -223,18 +223,6 @@ def _load_train_config(ctx: click.Context, param: click.Parameter, path: str | N
     return path
 
 
-def _pairs(pairs: tuple[str, ...], flag: str, example: str) -> dict[str, Any]:
-    from .errors import OptionError
-
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise OptionError(f"{flag} {pair!r} is not key=value; write e.g. {flag} {example}")
-        out[key.strip().replace("-", "_")] = value
-    return out
-
-
 @cli.command()
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), callback=_load_train_config, is_eager=True, expose_value=False,
               help="TOML file of settings: top-level keys are the long flags (batch_size = 2048), [options] are -o, "
@@ -261,12 +249,13 @@ def train(ctx: click.Context, trainer_name: str, options: tuple[str, ...], store
           train_options: tuple[str, ...], resume: bool, overwrite: bool) -> None:
     """Train a dictionary on a store with a registered trainer."""
     from . import api
+    from .options import split_pairs
 
     tables = ctx.meta.get("train_config_tables") or {"options": {}, "train_options": {}}
     given = {"rows": rows, "epochs": epochs, "batch_size": batch_size, "lr": lr, "dtype": dtype, "threads": threads, "seed": seed}
     config: dict[str, Any] = {**tables["train_options"], **{k: v for k, v in given.items() if v is not None},
-                              **_pairs(train_options, "-t", "log_every=100")}
-    trainer_options = {**tables["options"], **_pairs(options, "-o", "k=32")}
+                              **dict(split_pairs(train_options, "log_every=100", flag="-t"))}
+    trainer_options = {**tables["options"], **dict(split_pairs(options, "k=32"))}
     runs = api.train(trainer_name, trainer_options, store=store, out=out, resume=resume, overwrite=overwrite, **config)
     for run in runs:
         click.echo(f"Trained {trainer_name} into {run}")
@@ -283,7 +272,12 @@ def train(ctx: click.Context, trainer_name: str, options: tuple[str, ...], store
               help="An evaluator's option, e.g. -o downstream.max_sequences=64; repeatable (names the evaluator if not given).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 def evaluate_command(run: str, store: str, evaluators: tuple[str, ...], rows: int | None, options: tuple[str, ...], as_json: bool) -> None:
-    """Measure a trained run on a store; writes RUN/report.json and plots into RUN/plots/."""
+    """Measure a trained run on a store; writes RUN/report.json and plots into RUN/plots/.
+
+    RUN may be a sweep's folder (the --out of a sweep): every member is evaluated, and
+    RUN/sweep.json and RUN/sweep.png summarise them (L0 against FVU and the downstream score).
+    """
+    from . import sweep
     from .errors import OptionError
     from .evaluation import evaluate, report_path, summary_lines
 
@@ -296,13 +290,15 @@ def evaluate_command(run: str, store: str, evaluators: tuple[str, ...], rows: in
                 raise OptionError(f"-o {pair!r} is not EVALUATOR.KEY=VALUE; write e.g. -o downstream.max_sequences=64")
             per.setdefault(name, []).append(setting)
         chosen = per
+    is_sweep = sweep.is_sweep(run)
     report = evaluate(run, store=store, evaluators=chosen, rows=rows)
     if as_json:
         _echo_json(report)
     else:
-        for line in summary_lines(report):
+        for line in (sweep.summary_lines(report) if is_sweep else summary_lines(report)):
             click.echo(line)
-    click.echo(f"Wrote {report_path(run)}", err=as_json)
+    written = [Path(run) / sweep.SWEEP_FILE, Path(run) / sweep.SWEEP_PLOT] if is_sweep else [report_path(run)]
+    click.echo(f"Wrote {', '.join(map(str, written))}", err=as_json)
 
 
 @cli.command(name="export")
@@ -328,6 +324,43 @@ def import_command(src: str, fmt: str, out: str, overwrite: bool) -> None:
 
     api.import_run(src, fmt, out, overwrite=overwrite)
     click.echo(f"Imported {src} ({fmt}) into {out}")
+
+
+@cli.command(name="steer")
+@click.argument("run")
+@click.option("--store", required=True, help="The store the run was trained on (its source rebuilds the live model).")
+@click.option("--latent", "latents", multiple=True, type=int, required=True, help="Latent to intervene on; repeatable.")
+@click.option("--alpha", default="4", show_default=True, help="Strength α, or a comma list (0,2,4,8) for a sweep in one call.")
+@click.option("--mode", type=click.Choice(["add", "clamp", "ablate"]), default="add", show_default=True,
+              help="add: x + α·u·d_i; clamp: set the code to α·u; ablate: zero it (the error term is kept).")
+@click.option("--units", type=click.Choice(["typical", "absolute"]), default="typical", show_default=True,
+              help="u: the latent's typical firing value on the store, or 1 (code units).")
+@click.option("--prompt", required=True, help="Text to continue (causal LMs) or embed (encoders).")
+@click.option("--positions", default=None, help="Comma list of prompt positions to intervene at (negative: from the end); default every position.")
+@click.option("--max-new-tokens", type=int, default=20, show_default=True, help="Tokens generated with and without the intervention.")
+@click.option("--temperature", type=float, default=0.0, show_default=True, help="0: greedy; else sampling with --seed.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--top", type=int, default=10, show_default=True, help="Promoted/suppressed tokens shown.")
+@click.option("--device", default="", help="Device of the live model (default: the store's source option).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def steer_command(run: str, store: str, latents: tuple[int, ...], alpha: str, mode: str, units: str, prompt: str, positions: str | None,
+                  max_new_tokens: int, temperature: float, seed: int, top: int, device: str, as_json: bool) -> None:
+    """Steer the live model with a run's latents: outputs with and without the intervention."""
+    from .errors import OptionError
+    from .steering import steer, summary_lines as steer_lines
+
+    try:
+        alphas = [float(a) for a in alpha.split(",") if a.strip()]
+        chosen = [int(p) for p in positions.split(",") if p.strip()] if positions else None
+    except ValueError:
+        raise OptionError(f"--alpha {alpha!r} / --positions {positions!r} must be numbers or comma lists of numbers, e.g. --alpha 0,2,4,8") from None
+    result = steer(run, store=store, latents=list(latents), prompt=prompt, alphas=alphas, mode=mode, units=units, positions=chosen,
+                   max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, top=top, device=device)
+    if as_json:
+        _echo_json(result.to_dict())
+        return
+    for line in steer_lines(result):
+        click.echo(line)
 
 
 @click.command(name="demo", context_settings={"ignore_unknown_options": True, "allow_extra_args": True}, add_help_option=False)

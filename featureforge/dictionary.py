@@ -25,7 +25,7 @@ from .files import atomic_write, write_json
 from .run import CONFIG_FILE, RUN_FORMAT_VERSION, WEIGHTS_FILE, RunConfig, read_config
 
 __all__ = ["CONFIG_FILE", "RUN_FORMAT_VERSION", "WEIGHTS_FILE", "Dictionary", "ForwardOutput", "atomic_write", "load",
-           "load_weights", "read_config", "weights_units", "write_json"]
+           "load_weights", "read_config", "safetensors_bytes", "weights_units", "write_json"]
 
 
 class ForwardOutput(NamedTuple):
@@ -69,6 +69,20 @@ class Dictionary(nn.Module):
         fold keeps ``input_scale`` in the file and ``config.json`` (``weights_units``) says so.
         """
         return None
+
+    # -- optional capability: selecting latents with a downstream loss's gradients (g-SAE) ------
+    def reconstruct_with_grads(self, x: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+        """``x_hat`` in original units with latents selected using ``grads = dL/dx`` row for row.
+
+        Optional: a dictionary trained to select latents with gradients overrides it, which
+        declares ``uses_gradients``; evaluators then also score it this way.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot select latents with gradients")
+
+    @property
+    def uses_gradients(self) -> bool:
+        """Whether ``reconstruct_with_grads`` is implemented (declared by overriding it)."""
+        return type(self).reconstruct_with_grads is not Dictionary.reconstruct_with_grads
 
     # -- original units -----------------------------------------------------------------------
     def _check_width(self, x: torch.Tensor) -> None:

@@ -24,8 +24,10 @@ hookimpl = pluggy.HookimplMarker("featureforge")
 def featureforge_register_sources(register: Callable[[type], None]) -> None:
     """Register activation sources (subclasses of ``featureforge.ActivationSource``).
 
-    :param register: call ``register(SourceClass)`` once per class; the class's ``name`` must
-        be unique among every installed plugin's sources.
+    :param register: call ``register(SourceClass)`` once per class. A name the core uses is
+        refused; a name another distribution also registers goes to neither (the user picks one
+        as ``DIST:NAME`` or with ``FEATUREFORGE_PREFER``); an ``Options`` field of a type the option
+        parser cannot read refuses the class. See docs/plugins.md, "Name resolution".
 
     Called once, the first time any source is looked up. Example::
 
@@ -39,7 +41,7 @@ def featureforge_register_sources(register: Callable[[type], None]) -> None:
 def featureforge_register_trainers(register: Callable[[type], None]) -> None:
     """Register dictionary trainers (subclasses of ``featureforge.DictionaryTrainer``).
 
-    :param register: call ``register(TrainerClass)`` once per class; names are unique.
+    :param register: call ``register(TrainerClass)`` once per class; names as for sources.
 
     Called once, the first time any trainer is looked up. Example::
 
@@ -53,7 +55,7 @@ def featureforge_register_trainers(register: Callable[[type], None]) -> None:
 def featureforge_register_evaluators(register: Callable[[type], None]) -> None:
     """Register evaluators (subclasses of ``featureforge.Evaluator``).
 
-    :param register: call ``register(EvaluatorClass)`` once per class; names are unique.
+    :param register: call ``register(EvaluatorClass)`` once per class; names as for sources.
 
     Called once, the first time any evaluator is looked up. Example::
 

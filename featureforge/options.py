@@ -12,6 +12,7 @@ import ast
 import dataclasses
 import functools
 import inspect
+import re
 import textwrap
 import types
 import typing
@@ -121,8 +122,58 @@ def parse_value(text: str, tp: Any, key: str = "value") -> Any:
     raise OptionError(f"option {key} has an unsupported type {_type_name(tp)}")
 
 
+SUPPORTED_TYPES = "bool, int, float, str, Path, Any, a Literal of choices, X | None, list[X] or tuple[X, ...] of those"
+
+
+def _supported(tp: Any) -> bool:
+    """Whether ``parse_value`` can read an option annotated ``tp``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return all(arg is type(None) or _supported(arg) for arg in typing.get_args(tp))
+    if origin is Literal:
+        return True
+    if origin in (list, tuple):
+        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        return not args or (len(set(args)) == 1 and typing.get_origin(args[0]) not in (list, tuple) and _supported(args[0]))
+    return tp in (bool, int, float, str, Path, Any)
+
+
+def _annotation(tp: Any) -> str:
+    """An annotation as written: ``dict[str, float]``, ``Color`` (no module path, no ``<class>``)."""
+    if typing.get_origin(tp) is None:
+        return getattr(tp, "__name__", str(tp))
+    return re.sub(r"(?:[A-Za-z_]\w*\.)+(?=[A-Za-z_])", "", str(tp))  # typing.Optional[pkg.mod.Color] -> Optional[Color]
+
+
+def unsupported_option_types(cls: type) -> str:
+    """"" when every field of the options dataclass ``cls`` can be parsed, else a one-line why."""
+    try:
+        hints = _hints(cls)
+    except Exception as exc:  # an annotation naming something that does not exist
+        return f"{cls.__name__}'s annotations cannot be resolved ({type(exc).__name__}: {exc})"
+    bad = [f"{f.name}: {_annotation(hints[f.name])}" for f in dataclasses.fields(cls) if f.init and not _supported(hints[f.name])]
+    if not bad:
+        return ""
+    return f"option type not supported ({', '.join(bad)}); supported types: {SUPPORTED_TYPES}"
+
+
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
+
+
+def split_pairs(pairs: Iterable[str], example: str, *, flag: str = "-o", where: str = "") -> list[tuple[str, str]]:
+    """``key=value`` strings as (key, value); keys stripped, dashes read as underscores.
+
+    The one parser of ``-o``/``-t`` pairs (options, sweeps, loop settings); a pair without ``=``
+    is a one-line OptionError showing ``flag example``.
+    """
+    items = []
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep:
+            raise OptionError(f"option {pair!r}{where} is not key=value; write e.g. {flag} {example}")
+        items.append((key.strip().replace("-", "_"), text))
+    return items
 
 
 def parse_options(cls: type, pairs: Iterable[str] | Mapping[str, Any] | None = None, *, owner: str = "") -> Any:
@@ -139,12 +190,7 @@ def parse_options(cls: type, pairs: Iterable[str] | Mapping[str, Any] | None = N
     elif isinstance(pairs, Mapping):
         items = list(pairs.items())
     else:
-        items = []
-        for pair in pairs:
-            key, sep, text = pair.partition("=")
-            if not sep:
-                raise OptionError(f"option {pair!r}{where} is not key=value; write e.g. -o {names[0] if names else 'key'}=VALUE")
-            items.append((key.strip().replace("-", "_"), text))
+        items = split_pairs(pairs, f"{names[0] if names else 'key'}=VALUE", where=where)
     for key, raw in items:
         if key not in names:
             valid = ", ".join(names) if names else "none"

@@ -1,11 +1,18 @@
 """The plugin manager: built-in plugins plus every entry point in the group ``featureforge``.
 
-Built-ins register first, then entry points one at a time in order of distribution name: a
-plugin that fails to import, or whose hook raises, or that registers a name (or command) already
-taken, is reported in one line naming its distribution, the first registration keeps the name,
-and the others keep working (``FEATUREFORGE_STRICT_PLUGINS=1`` raises instead).
-``FEATUREFORGE_PLUGINS`` (comma list of distribution or entry-point names; empty for none)
-limits which entry-point plugins load.
+Built-ins register first, then entry points in order of distribution name. Load order never
+decides who owns a name (docs/plugins.md, "Name resolution"):
+
+- the core's own names are always the core's; a plugin registering one is refused;
+- a name registered by two or more distributions belongs to none of them: one line names them
+  all, and the user picks one by its qualified name ``DIST:NAME`` (every registration has one) or
+  by ``FEATUREFORGE_PREFER`` (comma list of distributions that win such a clash, first first);
+- an ``Options`` field of a type the option parser cannot read refuses that class at registration.
+
+A plugin that fails to import, whose hook raises, or that is refused something is reported in one
+line naming its distribution and saying what was and was not loaded; the other plugins keep
+working (``FEATUREFORGE_STRICT_PLUGINS=1`` raises instead). ``FEATUREFORGE_PLUGINS`` (comma list of
+distribution or entry-point names; empty for none) limits which entry-point plugins load.
 """
 
 from __future__ import annotations
@@ -17,13 +24,13 @@ import os
 import re
 import sys
 import threading
-from typing import Any, Iterable
+from typing import Any
 
 import pluggy
 
 from . import hookspecs
 from .errors import PluginError
-from .options import describe_options
+from .options import describe_options, unsupported_option_types
 from .roles import ROLE_BASES, Plugin
 
 ENTRY_POINT_GROUP = "featureforge"
@@ -36,6 +43,9 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
 CORE_DISTRIBUTION = "featureforge"
 
 
+FLAGS = {"source": "--source", "trainer": "--trainer", "evaluator": "--evaluator"}
+
+
 @dataclasses.dataclass
 class Registration:
     """One registered class and the distribution it came from."""
@@ -45,6 +55,11 @@ class Registration:
     cls: type[Plugin]
     distribution: str
     version: str
+
+    @property
+    def qualified(self) -> str:
+        """``DIST:NAME``, the name that always means this registration."""
+        return f"{_normalize(self.distribution)}:{self.name}"
 
 
 @dataclasses.dataclass
@@ -59,14 +74,22 @@ class CommandRegistration:
 
 @dataclasses.dataclass
 class LoadProblem:
-    """A plugin that could not be loaded or registered, kept for ``featureforge plugins``."""
+    """A plugin that could not be (wholly) loaded, kept for ``featureforge plugins``.
+
+    ``status`` is "skipped" when nothing of the distribution was loaded, "partly loaded" when some
+    of it was, or "clash" for a name several distributions registered (``distribution`` then
+    names them all and the line says how to choose).
+    """
 
     distribution: str
     version: str
     message: str
+    status: str = "skipped"
 
     def line(self) -> str:
-        return f"featureforge: plugin {self.distribution} {self.version} skipped: {self.message}"
+        if self.status == "clash":
+            return f"featureforge: {self.message}"
+        return f"featureforge: plugin {self.distribution} {self.version} {self.status}: {self.message}"
 
 
 class PluginRegistry:
@@ -78,6 +101,8 @@ class PluginRegistry:
         self._origin: dict[int, tuple[str, str]] = {}
         self.problems: list[LoadProblem] = []
         self._tables: dict[str, dict[str, Registration]] | None = None
+        self._qualified: dict[str, dict[str, Registration]] = {}
+        self._clashes: dict[str, dict[str, list[Registration]]] = {}
         self._commands: dict[str, CommandRegistration] = {}
         self._command_groups: set[int] = set()
         self._loaded = False
@@ -131,8 +156,8 @@ class PluginRegistry:
             except Exception as exc:  # a broken plugin must not take the CLI down
                 self._problem(dist, version, f"import of {ep.value!r} failed: {type(exc).__name__}: {exc}", exc)
 
-    def _problem(self, dist: str, version: str, message: str, exc: BaseException | None = None) -> None:
-        problem = LoadProblem(dist, version, " ".join(message.split()))  # one line, whatever the exception's text
+    def _problem(self, dist: str, version: str, message: str, exc: BaseException | None = None, status: str = "skipped") -> None:
+        problem = LoadProblem(dist, version, " ".join(message.split()), status)  # one line, whatever the exception's text
         self.problems.append(problem)
         if os.environ.get("FEATUREFORGE_STRICT_PLUGINS") == "1":
             if exc is not None:
@@ -149,25 +174,31 @@ class PluginRegistry:
             return self._tables
 
     def _collect(self) -> dict[str, dict[str, Registration]]:
-        tables: dict[str, dict[str, Registration]] = {kind: {} for kind in ROLE_BASES}
+        found: dict[str, list[Registration]] = {kind: [] for kind in ROLE_BASES}
+        refused: dict[tuple[str, str], list[tuple[str, str]]] = {}  # (dist, version) -> [(what, why)]
         hooks = {
             "source": self.pm.hook.featureforge_register_sources,
             "trainer": self.pm.hook.featureforge_register_trainers,
             "evaluator": self.pm.hook.featureforge_register_evaluators,
         }
         for kind, hook in hooks.items():
-            # Oldest registration first (get_hookimpls() lists them in registration order), so a
-            # built-in keeps its name against a plugin, and an earlier plugin against a later one.
             for impl in hook.get_hookimpls():
                 dist, version = self._origin.get(id(impl.plugin), (impl.plugin_name, ""))
-                register = self._make_register(kind, tables[kind], dist, version)
+                before = len(found[kind])
+                register = self._make_register(kind, found[kind], dist, version, refused)
                 try:
                     impl.function(register=register)
                 except Exception as exc:
-                    self._problem(dist, version, f"{hook.name} raised {type(exc).__name__}: {exc}", exc)
+                    if os.environ.get("FEATUREFORGE_STRICT_PLUGINS") == "1":
+                        raise
+                    what = f"its {kind}s" + (" after the error" if len(found[kind]) > before else "")
+                    refused.setdefault((dist, version), []).append((what, f"{hook.name} raised {type(exc).__name__}: {exc}"))
+        tables = {kind: self._resolve(kind, regs) for kind, regs in found.items()}
+        self._report_refusals(refused, found)
         return tables
 
-    def _make_register(self, kind: str, table: dict[str, Registration], dist: str, version: str):
+    def _make_register(self, kind: str, found: list[Registration], dist: str, version: str,
+                       refused: dict[tuple[str, str], list[tuple[str, str]]]):
         base = ROLE_BASES[kind]
 
         def register(cls: type) -> None:
@@ -177,25 +208,83 @@ class PluginRegistry:
                 raise TypeError(f"{cls.__name__} has no name; set the class attribute name = '...'")
             if not dataclasses.is_dataclass(cls.Options):
                 raise TypeError(f"{cls.__name__}.Options must be a dataclass")
-            if cls.name in table:
-                other = table[cls.name]
-                self._problem(dist, version, f"{kind} name {cls.name!r} is already registered by {other.distribution}; rename one of them")
+            why = ""
+            if dist != CORE_DISTRIBUTION and any(r.name == cls.name and r.distribution == CORE_DISTRIBUTION for r in found):
+                why = f"{kind} name {cls.name!r} is featureforge's own; rename it"
+            elif any(r.name == cls.name and r.distribution == dist for r in found):
+                why = f"{kind} name {cls.name!r} is registered twice by {dist}"
+            elif bad := unsupported_option_types(cls.Options):
+                why = f"{kind} {cls.name!r}: {bad}"
+            if why:
+                if os.environ.get("FEATUREFORGE_STRICT_PLUGINS") == "1":
+                    raise PluginError(LoadProblem(dist, version, why).line())
+                refused.setdefault((dist, version), []).append((f"{kind} {cls.name!r}", why))
                 return
-            table[cls.name] = Registration(kind, cls.name, cls, dist, version)
+            found.append(Registration(kind, cls.name, cls, dist, version))
 
         return register
 
+    def _resolve(self, kind: str, regs: list[Registration]) -> dict[str, Registration]:
+        """Bare name -> registration where one distribution has it (or FEATUREFORGE_PREFER picks one)."""
+        self._qualified[kind] = {r.qualified: r for r in regs}
+        self._clashes[kind] = {}
+        by_name: dict[str, list[Registration]] = {}
+        for reg in regs:
+            by_name.setdefault(reg.name, []).append(reg)
+        prefer = _env_list("FEATUREFORGE_PREFER") or []
+        table: dict[str, Registration] = {}
+        for name, owners in by_name.items():
+            core = [r for r in owners if r.distribution == CORE_DISTRIBUTION]
+            chosen = core or sorted((r for r in owners if _normalize(r.distribution) in prefer),
+                                    key=lambda r: prefer.index(_normalize(r.distribution)))
+            if len(owners) == 1 or chosen:
+                table[name] = (chosen or owners)[0]
+                continue
+            self._clashes[kind][name] = owners
+            versions = _join([f"{r.distribution} {r.version}".strip() for r in owners])
+            both = "both" if len(owners) == 2 else "all"
+            line = (f"plugins {versions} {both} register {kind} {name!r}, so none of them gets that name; "
+                    f"{clash_choice(kind, owners)}, or set FEATUREFORGE_PREFER={_normalize(owners[0].distribution)}")
+            self._problem(", ".join(r.distribution for r in owners), "", line, status="clash")
+        return table
+
+    def _report_refusals(self, refused: dict[tuple[str, str], list[tuple[str, str]]], found: dict[str, list[Registration]]) -> None:
+        for (dist, version), items in refused.items():
+            loaded = [f"{r.kind} {r.name!r}" for regs in found.values() for r in regs if r.distribution == dist]
+            if not loaded:
+                self._problem(dist, version, "; ".join(why for _, why in items))
+            else:
+                missing = "; ".join(f"{what} ({why})" for what, why in items)
+                self._problem(dist, version, f"loaded {', '.join(loaded)}; not loaded: {missing}", status="partly loaded")
+
     # -- look-up ------------------------------------------------------------------------------
     def get(self, kind: str, name: str) -> type[Plugin]:
-        table = self.tables()[kind]
-        if name not in table:
-            known = ", ".join(sorted(table)) or "none installed"
-            raise PluginError(f"unknown {kind} {name!r}; known {kind}s: {known} (see `featureforge plugins`)")
-        return table[name].cls
+        return self.registration(kind, name).cls
 
     def registration(self, kind: str, name: str) -> Registration:
-        self.get(kind, name)
-        return self.tables()[kind][name]
+        """The registration ``name`` (bare or ``DIST:NAME``) means; one-line PluginError otherwise."""
+        table = self.tables()[kind]
+        if name in table:
+            return table[name]
+        dist, sep, bare = name.partition(":")
+        qualified = f"{_normalize(dist)}:{bare}"
+        if sep and qualified in self._qualified[kind]:
+            return self._qualified[kind][qualified]
+        if name in self._clashes[kind]:
+            owners = self._clashes[kind][name]
+            raise PluginError(f"{kind} {name!r} is registered by {_join([r.distribution for r in owners])}; "
+                              f"{clash_choice(kind, owners)}, or set FEATUREFORGE_PREFER to one of them")
+        known = ", ".join(sorted([*table, *(r.qualified for regs in self._clashes[kind].values() for r in regs)])) or "none installed"
+        raise PluginError(f"unknown {kind} {name!r}; known {kind}s: {known} (see `featureforge plugins`)")
+
+    def registration_of(self, cls: type) -> Registration | None:
+        """The registration of a class, whichever name (bare or qualified) chose it."""
+        self.tables()
+        for regs in self._qualified.values():
+            for reg in regs.values():
+                if reg.cls is cls:
+                    return reg
+        return None
 
     def names(self, kind: str) -> list[str]:
         return sorted(self.tables()[kind])
@@ -204,10 +293,13 @@ class PluginRegistry:
         """Everything ``featureforge plugins --json`` prints."""
         rows = []
         for kind, table in self.tables().items():
-            for reg in sorted(table.values(), key=lambda r: r.name):
+            listed = [(reg.name, reg) for reg in table.values()]
+            listed += [(reg.qualified, reg) for regs in self._clashes[kind].values() for reg in regs]
+            for name, reg in sorted(listed, key=lambda item: item[0]):
                 rows.append(
                     {
-                        "name": reg.name,
+                        "name": name,
+                        "qualified": reg.qualified,
                         "kind": kind,
                         "distribution": reg.distribution,
                         "version": reg.version,
@@ -264,11 +356,27 @@ def _normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _allowed_plugins() -> set[str] | None:
-    value = os.environ.get("FEATUREFORGE_PLUGINS")
+def _env_list(variable: str) -> list[str] | None:
+    """A comma list of distribution names from the environment, normalised; None when unset."""
+    value = os.environ.get(variable)
     if value is None:
         return None
-    return {_normalize(part.strip()) for part in value.split(",") if part.strip()}
+    return [_normalize(part.strip()) for part in value.split(",") if part.strip()]
+
+
+def _allowed_plugins() -> set[str] | None:
+    allowed = _env_list("FEATUREFORGE_PLUGINS")
+    return None if allowed is None else set(allowed)
+
+
+def _join(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def clash_choice(kind: str, owners: list[Registration]) -> str:
+    """How to pick one of the distributions that all register one name."""
+    flag = FLAGS.get(kind, kind)
+    return "choose one with " + " or ".join(f"{flag} {r.qualified}" for r in owners)
 
 
 def _version(dist: str) -> str:
@@ -289,26 +397,3 @@ def get_registry() -> PluginRegistry:
         if _registry is None:
             _registry = PluginRegistry()
         return _registry
-
-
-def reset_registry() -> None:
-    """Forget loaded plugins (tests, or after changing ``FEATUREFORGE_PLUGINS``)."""
-    global _registry
-    with _registry_lock:
-        _registry = None
-
-
-def get_source(name: str) -> type:
-    return get_registry().get("source", name)
-
-
-def get_trainer(name: str) -> type:
-    return get_registry().get("trainer", name)
-
-
-def get_evaluator(name: str) -> type:
-    return get_registry().get("evaluator", name)
-
-
-def names(kind: str) -> Iterable[str]:
-    return get_registry().names(kind)

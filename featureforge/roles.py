@@ -10,14 +10,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Mapping
+from typing import Any, ClassVar, Iterator
 
 import numpy as np
 
+from .context import EvaluationContext  # defined in context.py; importable from here as before
 from .options import NoOptions, options_to_dict, parse_options
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .store import ActivationStore
 
 #: A batch of activations: ``acts [n, d]`` and optionally ``grads [n, d]``, ``token_ids [n]``,
 #: ``doc_ids [n]``, ``positions [n]``, as numpy arrays or torch tensors.
@@ -105,9 +103,19 @@ class ActivationSource(Plugin):
         """
         raise NotImplementedError(f"source {self.name!r} cannot turn token ids back into text")
 
+    @property
+    def can_splice(self) -> bool:
+        """Whether ``splice`` is implemented (a live model evaluators can run), declared by overriding it."""
+        return type(self).splice is not ActivationSource.splice
+
     @contextlib.contextmanager
     def splice(self, dictionary: Any) -> Iterator[Any]:
-        """Run the live model with the hook point replaced by ``dictionary``'s reconstruction."""
+        """Run the live model with the hook point replaced by ``dictionary``'s reconstruction.
+
+        The yielded live model is also the seam for interventions (``featureforge.interventions``):
+        ``live(input_ids, attention_mask, replace=fn, token_mask=...)`` replaces the rows at the
+        masked positions by ``fn(rows)``; ``featureforge.steering`` lists what ``steer`` needs besides.
+        """
         raise NotImplementedError(f"source {self.name!r} cannot run a live model with a dictionary spliced in")
         yield
 
@@ -137,6 +145,9 @@ class TrainState:
     #: Int64 [d_dict]: rows since each latent last fired (identical on every rank).
     rows_since_fired: Any
     world_size: int = 1
+    #: Rows without firing after which a latent is dead in this run: the trainer's own
+    #: ``dead_after_rows()`` or else the loop's ``dead_after`` (``-t dead_after=N``).
+    dead_after: int | None = None
 
     def all_reduce(self, tensor: Any, op: str = "sum") -> Any:
         """Reduce a tensor across DDP ranks in place (``sum``, ``max``, ``min`` or ``mean``); no-op alone."""
@@ -213,17 +224,6 @@ class DictionaryTrainer(Plugin):
 
 
 @dataclasses.dataclass
-class EvaluationContext:
-    """What an evaluator may use: the store, an optional live source and an output folder."""
-
-    store: "ActivationStore | None"
-    out_dir: Path
-    source: ActivationSource | None = None
-    run_dir: Path | None = None
-    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass
 class EvaluationResult:
     """Metrics (JSON-ready numbers) and artifact paths (plots, HTML) written by an evaluator."""
 
@@ -232,11 +232,17 @@ class EvaluationResult:
 
 
 class Evaluator(Plugin):
-    """Measures or visualises a trained dictionary."""
+    """Measures or visualises a trained dictionary.
+
+    One instance may be called many times (once per sweep member, every ``eval_every`` steps
+    during training); everything about the data comes from the context, not from the instance.
+    """
 
     kind: ClassVar[str] = "evaluator"
 
     def evaluate(self, dictionary: Any, context: EvaluationContext) -> EvaluationResult:
+        """Metrics and artifacts of ``dictionary`` (on ``context.device``, in eval mode) on
+        ``context.eval_rows`` (or the live ``context.source``), artifacts written under ``context.out_dir``."""
         raise NotImplementedError
 
 

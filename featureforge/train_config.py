@@ -12,7 +12,7 @@ import typing
 from typing import Any, Literal, Mapping, Sequence
 
 from .errors import FeatureforgeError, OptionError
-from .options import parse_options
+from .options import parse_options, split_pairs
 from .roles import DictionaryTrainer
 
 
@@ -57,7 +57,7 @@ class TrainConfig:
     checkpoint_every: int = 2_000_000
     """Rows between checkpoints (one is always written at the end)."""
     dead_after: int = 10_000_000
-    """Rows without firing after which a latent counts as dead in the log (a trainer's own dead_after wins)."""
+    """Rows without firing after which a latent counts as dead: in the log and in the AuxK loss of trainers without their own setting (Gao et al.'s and sparsify's 10M)."""
     buffer_rows: int | None = None
     """Rows mixed in the reader's shuffle buffer (default: 8 chunks, at least 65536 rows)."""
     data_shards: int | None = None
@@ -83,6 +83,8 @@ def resolve_config(config: Mapping[str, Any]) -> TrainConfig:
                           f"(e.g. -t lr_search_factors=1,3,10,30), got {cfg.lr_search_fraction} and {cfg.lr_search_factors}")
     if len(cfg.adam_betas) < 2 or not all(0 <= b < 1 for b in cfg.adam_betas[:2]):
         raise OptionError(f"adam_betas must be two numbers in [0, 1) (e.g. -t adam_betas=0.9,0.999), got {cfg.adam_betas}")
+    if cfg.dead_after <= 0:
+        raise OptionError(f"dead_after must be a positive number of rows (e.g. -t dead_after=1000000), got {cfg.dead_after}")
     if cfg.eval_every < 0:
         raise OptionError(f"eval_every must be 0 (no evaluation during training) or a number of steps, got {cfg.eval_every}")
     if cfg.grad_clip is not None and not cfg.grad_clip > 0:
@@ -110,12 +112,7 @@ def expand_sweep(options_cls: type, options: Mapping[str, Any] | Sequence[str] |
     elif isinstance(options, Mapping):
         items = list(options.items())
     else:
-        items = []
-        for pair in options:
-            key, sep, value = pair.partition("=")
-            if not sep:
-                raise OptionError(f"option {pair!r} is not key=value")
-            items.append((key.strip().replace("-", "_"), value))
+        items = split_pairs(options, "key=VALUE")
     hints = typing.get_type_hints(options_cls)
     axes: list[tuple[str, list[Any]]] = []
     for key, value in items:

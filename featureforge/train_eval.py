@@ -11,7 +11,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -21,6 +21,7 @@ from .run import PLOTS_DIR, RunConfig
 from .store import ActivationStore
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .context import EvaluationContext
     from .train_config import TrainConfig
 
 
@@ -73,27 +74,24 @@ def rng_preserved() -> Iterator[None]:
 
 
 def evaluate_members(members: Sequence[Any], configs: Sequence[RunConfig], evaluators: Sequence[Any], metric_files: Sequence[Any],
-                     store: ActivationStore, device: torch.device, step: int, rows_seen: int) -> None:
-    """Run the evaluators on a copy of each member's current dictionary; write one metrics line each."""
-    from .evaluation import select_eval_rows
-    from .roles import EvaluationContext
+                     base: EvaluationContext, step: int, rows_seen: int, announce: Callable[[str], None] | None = None) -> None:
+    """Run the evaluators on a copy of each member's current dictionary; write one metrics line each.
 
+    ``announce`` hears what is being evaluated, so a progress bar can say so instead of freezing.
+
+    ``base`` is the run's one context (store, device, no progress bars): each member's context is
+    derived from it, so the store's source is rebuilt at most once per run."""
     with rng_preserved(), torch.no_grad():
         for m, config, f in zip(members, configs, metric_files):
             started = time.perf_counter()
-            copy = m.trainer.build(store.d_in)
+            copy = m.trainer.build(base.store.d_in)
             copy.load_state_dict(m.dictionary.state_dict())
-            copy.to(device).eval()
-            run_config = config.to_dict()
-            context = EvaluationContext(
-                store=store,
-                out_dir=Path(m.run_dir) / PLOTS_DIR / "during_training",
-                run_dir=Path(m.run_dir),
-                extra={"eval_rows": select_eval_rows(store, run_config), "run_config": run_config,
-                       "device": str(device), "progress": False},
-            )
+            copy.to(base.device).eval()
+            context = base.derive(out_dir=Path(m.run_dir) / PLOTS_DIR / "during_training", run_dir=Path(m.run_dir), run_config=config)
             line: dict[str, Any] = {"step": step, "rows": rows_seen}
             for evaluator in evaluators:
+                if announce is not None:
+                    announce(f"evaluating {evaluator.name}" + (f" [{m.label}]" if m.label else "") + f" at step {step}")
                 result = evaluator.evaluate(copy, context)
                 for key, value in result.metrics.items():
                     if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -160,6 +160,7 @@ class _Run:
         self.resume = resume
         self.overwrite = overwrite
         self.show_progress = progress
+        self._eval_context: Any = None  # made at the first evaluation during training
         self.rank, self.world = _distributed()
         self.shards = cfg.data_shards or self.world
         if self.shards % self.world:
@@ -250,7 +251,7 @@ class _Run:
                 # fused Adam: never slower than foreach here, up to 4x faster on busy cores (measured in featureforge-sae)
                 optimizer = torch.optim.Adam(params, lr=base_lr, betas=tuple(self.cfg.adam_betas)[:2], fused=True)
                 state = TrainState(step=0, rows_seen=0, rows_since_fired=torch.zeros(dictionary.d_dict, dtype=torch.long, device=self.device),
-                                   world_size=self.world)
+                                   world_size=self.world, dead_after=int(trainer.dead_after_rows() or self.cfg.dead_after))
                 members.append(Member(label, run_dir, trainer, dictionary, optimizer, state, base_lr, variant=variant,
                                       candidate=Candidate(base_lr) if race else None))
             configs.append(self._config_for(label, trainer, dictionary.d_dict, holdout, scale))
@@ -351,12 +352,15 @@ class _Run:
                     bar.set_postfix(lr="choosing", refresh=False)
                     continue
                 if step % self.cfg.log_every == 0 or last:
-                    line = self._log(members, metric_files, step, rows_seen, window_rows / max(time.perf_counter() - window_start, 1e-9))
-                    bar.set_postfix(fvu=f"{line['fvu']:.4f}", l0=f"{line.get('l0', 0):.1f}", refresh=False)
+                    lines = self._log(members, metric_files, step, rows_seen, window_rows / max(time.perf_counter() - window_start, 1e-9))
+                    bar.set_postfix(self._postfix(members, lines), refresh=False)
                     window_start, window_rows = time.perf_counter(), 0
                 if evaluators and (step % self.cfg.eval_every == 0 or last):
                     paused = time.perf_counter()
-                    self._evaluate(members, configs, evaluators, metric_files, step, rows_seen)
+                    desc = "" if bar.disable else bar.desc  # a disabled tqdm has no desc
+                    self._evaluate(members, configs, evaluators, metric_files, step, rows_seen,
+                                   announce=lambda msg: (bar.set_description_str(f"{desc} ({msg})", refresh=True)))
+                    bar.set_description_str(desc, refresh=False)
                     window_start += time.perf_counter() - paused  # evaluation time is not training throughput
                 if rows_seen >= next_checkpoint or last:
                     self._checkpoint(members, readers, step, rows_seen, [f.tell() if f is not None else 0 for f in metric_files])
@@ -380,14 +384,23 @@ class _Run:
             raise BadInputError(f"{total_rows} training rows make no step of --batch-size {self.cfg.batch_size}; train on more rows or use a smaller batch")
         return total_steps
 
-    def _log(self, members: list[Member], metric_files: list[Any], step: int, rows_seen: int, rows_per_s: float) -> dict[str, Any]:
-        """One metrics.jsonl line per member (every rank reduces; rank 0 writes); returns the last."""
+    def _log(self, members: list[Member], metric_files: list[Any], step: int, rows_seen: int, rows_per_s: float) -> list[dict[str, Any]]:
+        """One metrics.jsonl line per member (every rank reduces; rank 0 writes); returns them."""
+        lines = []
         for m, f in zip(members, metric_files):
             line = self._log_line(m, step, rows_seen, rows_per_s)
             if f is not None:
                 f.write(json.dumps(line) + "\n")
                 f.flush()
-        return line
+            lines.append(line)
+        return lines
+
+    @staticmethod
+    def _postfix(members: list[Member], lines: list[dict[str, Any]]) -> dict[str, str]:
+        """The bar's figures: FVU and L0 of a single run, every member's FVU in a sweep."""
+        if len(lines) == 1:
+            return {"fvu": f"{lines[0]['fvu']:.4f}", "l0": f"{lines[0].get('l0', 0):.1f}"}
+        return {f"fvu[{m.label}]": f"{line['fvu']:.3f}" for m, line in zip(members, lines)}
 
     def _finish(self, members: list[Member], configs: list[RunConfig], step: int, rows_seen: int) -> None:
         """Final weights, then plots, then status "complete": a kill before the last write leaves a run --resume finishes."""
@@ -399,14 +412,18 @@ class _Run:
             config.write(m.run_dir)
 
     def _evaluate(self, members: list[Member], configs: list[RunConfig], evaluators: list[Any], metric_files: list[Any],
-                  step: int, rows_seen: int) -> None:
+                  step: int, rows_seen: int, announce: Any = None) -> None:
         """Run the evaluators on a copy of each member's current dictionary; log one metrics line each.
 
         Rank 0 only (the others wait at a barrier). The RNG states are restored afterwards and the
         dictionary evaluated is a copy, so the training stream is exactly the one without evaluation.
         """
         if self.rank == 0:
-            evaluate_members(members, configs, evaluators, metric_files, self.store, self.device, step, rows_seen)
+            if self._eval_context is None:  # one context per run: a live model is rebuilt once, not every evaluation
+                from .context import EvaluationContext
+
+                self._eval_context = EvaluationContext(self.store, self.out, device=str(self.device), progress=False)
+            evaluate_members(members, configs, evaluators, metric_files, self._eval_context, step, rows_seen, announce)
         if self.world > 1:
             import torch.distributed as dist
 
@@ -504,9 +521,8 @@ class _Run:
             window = {k: float(v) / (self.world if k != "fvu_num" and k != "fvu_den" else 1) for k, v in zip(keys, values)}
         steps = max(window.pop("_steps", 1.0), 1.0)
         num, den = window.pop("fvu_num", 0.0), window.pop("fvu_den", 0.0)
-        # A trainer with its own dead-latent horizon (AuxK) defines dead the same way in the log.
-        dead_after = int(m.trainer.dead_after_rows() or self.cfg.dead_after)
-        dead = float((m.state.rows_since_fired >= dead_after).float().mean())
+        # The member's horizon: a trainer with its own (AuxK) defines dead the same way in the log.
+        dead = float((m.state.rows_since_fired >= m.state.dead_after).float().mean())
         line = {"step": step, "rows": rows, "lr": m.optimizer.param_groups[0]["lr"], "fvu": num / den if den else float("nan")}
         line.update({k: v / steps for k, v in window.items()})
         line["dead_fraction"] = dead

@@ -102,3 +102,20 @@ def read_epoch(reader: Any, column: str = "acts") -> np.ndarray:
         t = batch[column]
         parts.append(t.view(torch.int16).numpy() if t.dtype == torch.bfloat16 else t.numpy())
     return np.concatenate(parts) if parts else np.zeros((0,))
+
+
+def pip_install_target(src: Path, root: Path) -> Path:
+    """Install the plugin folder ``src`` for real (dist-info, entry points) into ``root/site``,
+    offline and without dependencies, as a folder to put on ``PYTHONPATH``; returns that folder."""
+    import shutil
+
+    copy = root / "src"
+    shutil.copytree(src, copy, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    site = root / "site"
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
+         "--disable-pip-version-check", "--target", str(site), str(copy)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return site

@@ -514,9 +514,10 @@ def test_memory_store_is_refused_on_the_command_line():
     assert_one_line_error(run_cli("cache", *SMALL, "--store", "memory://x", ok=False), "memory://x", "would vanish", "give a folder")
 
 
-def test_rows_per_chunk_zero_is_refused():
-    args = ["cache", *SYNTH, "--rows", "100", "--rows-per-chunk", "0", "--store", "unused.zarr"]
+def test_rows_per_chunk_zero_is_refused(tmp_path):
+    args = ["cache", *SYNTH, "--rows", "100", "--rows-per-chunk", "0", "--store", tmp_path / "s.zarr"]
     assert_one_line_error(run_cli(*args, ok=False), "--rows-per-chunk must be positive, got 0")
+    assert not (tmp_path / "s.zarr").exists()
 
 
 @pytest.mark.skipif(sys.platform == "win32" or os.geteuid() == 0, reason="root ignores file permissions")
@@ -534,3 +535,51 @@ def test_read_only_partial_store_on_resume(small_store, tmp_path):
     finally:
         for p in subprocess_chmod:
             p.chmod(0o755 if p.is_dir() else 0o644)
+
+
+def test_a_chunk_changed_after_the_reader_checked_it_is_checked_again(small_store, tmp_path):
+    path = copy_store(small_store, tmp_path / "s.zarr")
+    for _ in ff.open_store(path).loader(batch_size=256, buffer_rows=512):  # every chunk checked once here
+        pass
+    _scramble(path / "acts" / "c" / "5" / "0", seed=2)
+    with pytest.raises(ff.CorruptStoreError, match=r"chunk acts/c/5/0 \(rows 2560–2999\) fails its checksum"):
+        for _ in ff.open_store(path).loader(batch_size=256, buffer_rows=512):
+            pass
+
+
+class _Sequence(ff.ActivationSource):
+    """A streaming source (no random access): rows i hold i, in batches of 300."""
+
+    name = "sequence-stream"
+
+    @property
+    def d_in(self):
+        return 4
+
+    @property
+    def n_rows(self):
+        return 2000
+
+    def stream(self, rank=0, world_size=1, skip_rows=0):
+        for start in range(skip_rows, 2000, 300):
+            idx = np.arange(start, min(start + 300, 2000), dtype=np.float32)
+            yield {"acts": np.repeat(idx[:, None], 4, axis=1)}
+
+
+def test_repair_of_a_stream_source_rewrites_from_the_first_damaged_chunk(tmp_path):
+    path = tmp_path / "stream.zarr"
+    ff.cache(_Sequence(), store=str(path), rows_per_chunk=256, progress=False)
+    original = tree_bytes(path)
+    _scramble(path / "acts" / "c" / "3" / "0", seed=3)
+    assert ff.open_store(path).verify() == ["chunk acts/c/3/0 (rows 768–1023) fails its checksum (its bytes changed after they were written)"]
+    ff.cache(_Sequence(), store=str(path), rows_per_chunk=256, progress=False, repair=True)
+    assert tree_bytes(path) == original
+
+
+def test_a_second_process_for_a_writer_rank_being_written_is_refused(small_store, tmp_path):
+    from featureforge.creation import writer_lock
+
+    path = copy_store(small_store, tmp_path / "s.zarr")
+    with writer_lock(ff.open_store(path), 0):
+        assert_one_line_error(run_cli("cache", *SMALL, "--store", path, ok=False), "another process is writing rank 0", "wait for it")
+    assert "(complete)" in run_cli("cache", *SMALL, "--store", path).stdout

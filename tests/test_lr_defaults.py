@@ -63,3 +63,19 @@ def test_lr_race_keeps_the_candidate_with_the_lowest_probe_fvu(short_store, tmp_
 def test_lr_race_settings_are_checked_in_one_line(short_store, tmp_path):
     with pytest.raises(ff.FeatureforgeError, match="lr_search_fraction must be in"):
         ff.train("topk", {"d_dict": 128, "k": 4}, store=short_store, out=tmp_path / "bad", lr_search_fraction=1.5, progress=False)
+
+
+def test_sweep_progress_shows_every_member_and_evaluations_say_so(short_store, tmp_path):
+    import subprocess
+    import sys
+
+    env = {**__import__("os").environ, "FEATUREFORGE_PROGRESS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "featureforge.cli", "train", "--trainer", "topk", "-o", "d_dict=64", "-o", "k=2,4",
+         "--store", short_store, "--out", str(tmp_path / "sweep"), "--batch-size", "1024", "--rows", "40960", "-t", "eval_every=20"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    err = proc.stderr.replace("\r", "\n")
+    assert "fvu[k=2]=" in err and "fvu[k=4]=" in err
+    assert "evaluating reconstruction [k=4] at step 20" in err

@@ -226,3 +226,49 @@ def test_cli_debug_shows_the_traceback(tmp_path):
                      "--rows", "10", cwd=tmp_path)
     assert result.returncode != 0
     assert "Traceback" in result.stderr and "OptionError: option d_in='abc' is not an int" in result.stderr
+
+
+def test_one_parser_reads_every_key_value_flag(tmp_path):
+    from featureforge.options import split_pairs
+    from featureforge.training import expand_sweep
+
+    assert split_pairs([" d-in =8", "name=a=b", "empty="], "k=1") == [("d_in", "8"), ("name", "a=b"), ("empty", "")]
+    with pytest.raises(OptionError) as exc:
+        split_pairs(["log_every"], "log_every=100", flag="-t")
+    assert one_line(exc) == "option 'log_every' is not key=value; write e.g. -t log_every=100"
+    with pytest.raises(OptionError) as exc:
+        expand_sweep(Opts, ["width"])
+    assert one_line(exc) == "option 'width' is not key=value; write e.g. -o key=VALUE"
+    result = subprocess.run([sys.executable, "-m", "featureforge.cli", "train", "--trainer", "x", "--store", str(tmp_path / "s"),
+                             "--out", str(tmp_path / "r"), "-t", "log_every"], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "FEATUREFORGE_PLUGINS": ""})
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == ["Error: option 'log_every' is not key=value; write e.g. -t log_every=100"]
+
+
+class Color:
+    """A custom class: no way to write one on the command line."""
+
+
+def test_option_types_the_parser_cannot_read_are_found_before_any_value_is_given():
+    from featureforge.options import SUPPORTED_TYPES, unsupported_option_types
+
+    @dataclasses.dataclass
+    class Bad:
+        weights: dict[str, float] = dataclasses.field(default_factory=dict)
+        color: Optional[Color] = None
+        nested: list[list[int]] = dataclasses.field(default_factory=list)
+
+    @dataclasses.dataclass
+    class Good:
+        a: int = 1
+        b: Optional[float] = None
+        c: Literal["x", "y"] = "x"
+        d: tuple[int, ...] = ()
+        e: list[Path] = dataclasses.field(default_factory=list)
+        f: bool | str = False
+
+    assert unsupported_option_types(Good) == "" and unsupported_option_types(Opts) == ""
+    message = unsupported_option_types(Bad)
+    assert message == ("option type not supported (weights: dict[str, float], color: Optional[Color], "
+                       f"nested: list[list[int]]); supported types: {SUPPORTED_TYPES}")

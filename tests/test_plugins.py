@@ -14,7 +14,6 @@ import importlib
 import importlib.metadata
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -28,6 +27,7 @@ from click.testing import CliRunner
 import featureforge
 from featureforge.errors import OptionError, PluginError
 from featureforge.plugins import PluginRegistry
+from storehelpers import pip_install_target
 from featureforge.roles import EvaluationContext, EvaluationResult, StepOutput
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,16 +112,7 @@ BROKEN_PLUGIN = '''
 @pytest.fixture(scope="module")
 def example_site(tmp_path_factory) -> Path:
     """docs/example-plugin pip-installed (no deps, no network) into a folder for PYTHONPATH."""
-    root = tmp_path_factory.mktemp("example-plugin")
-    src = root / "src"
-    shutil.copytree(EXAMPLE, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
-    site = root / "site"
-    result = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
-         "--disable-pip-version-check", "--target", str(site), str(src)],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    site = pip_install_target(EXAMPLE, tmp_path_factory.mktemp("example-plugin"))
     assert list(site.glob("featureforge_sine-0.1.0.dist-info")), sorted(p.name for p in site.iterdir())
     return site
 
@@ -329,32 +320,164 @@ def test_strict_plugins_turns_a_duplicate_name_into_an_error(tmp_path):
     make_dist(site, "beta-waves", "beta_waves", wave_plugin(note="beta"))
     result = run_cli("plugins", path=(site,), env={"FEATUREFORGE_PLUGINS": "alpha-waves,beta-waves", "FEATUREFORGE_STRICT_PLUGINS": "1"})
     assert result.returncode == 1
-    assert "source name 'wave' is already registered by alpha-waves" in result.stderr
+    assert "plugins alpha-waves 1.0 and beta-waves 1.0 both register source 'wave'" in result.stderr
 
 
-def test_duplicate_name_is_one_line_naming_both_and_the_first_keeps_it(tmp_path):
+WAVES_ENV = {"FEATUREFORGE_PLUGINS": "alpha-waves,beta-waves"}
+
+
+@pytest.fixture
+def two_waves(tmp_path) -> Path:
+    """Two distributions registering the same source name ``wave``."""
     site = tmp_path / "site"
-    # The entry-point names sort the other way round: load order is by distribution name.
+    # The entry-point names sort the other way round from the distributions: neither order decides.
     make_dist(site, "alpha-waves", "alpha_waves", wave_plugin(note="alpha"), entry_point="zzz")
     make_dist(site, "beta-waves", "beta_waves", wave_plugin(note="beta"), entry_point="aaa")
-    data, stderr = plugins_json(path=(site,), env={"FEATUREFORGE_PLUGINS": "alpha-waves,beta-waves"})
+    return site
+
+
+def test_a_name_two_distributions_register_is_neither_s_in_one_line_naming_both(two_waves):
+    data, stderr = plugins_json(path=(two_waves,), env=WAVES_ENV)
+    assert find(data["plugins"], "wave") is None
+    alpha, beta = find(data["plugins"], "alpha-waves:wave"), find(data["plugins"], "beta-waves:wave")
+    assert alpha["description"] == "wave source alpha" and beta["description"] == "wave source beta"
+    assert alpha["distribution"] == "alpha-waves" and alpha["qualified"] == "alpha-waves:wave"
+    assert stderr_lines_naming(stderr, "wave") == [
+        "featureforge: plugins alpha-waves 1.0 and beta-waves 1.0 both register source 'wave', so none of them gets "
+        "that name; choose one with --source alpha-waves:wave or --source beta-waves:wave, or set FEATUREFORGE_PREFER=alpha-waves"
+    ]
+    assert [p["distribution"] for p in data["problems"]] == ["alpha-waves, beta-waves"]
+
+
+def test_the_bare_name_is_refused_and_the_qualified_name_chooses(two_waves, tmp_path):
+    store = tmp_path / "w.zarr"
+    refused = run_cli("cache", "--source", "wave", "--store", str(store), "--rows", "10", path=(two_waves,), env=WAVES_ENV)
+    assert refused.returncode == 1 and not store.exists()
+    assert refused.stderr.strip().splitlines()[-1] == (
+        "Error: source 'wave' is registered by alpha-waves and beta-waves; choose one with --source alpha-waves:wave "
+        "or --source beta-waves:wave, or set FEATUREFORGE_PREFER to one of them")
+    chosen = run_cli("cache", "--source", "beta-waves:wave", "-o", "d_in=3", "--store", str(store), "--rows", "10",
+                     path=(two_waves,), env=WAVES_ENV)
+    assert chosen.returncode == 0, chosen.stderr
+    assert featureforge.open_store(store).source["distribution"] == "beta-waves"
+
+
+def test_FEATUREFORGE_PREFER_gives_the_name_to_the_chosen_distribution(two_waves):
+    data, stderr = plugins_json(path=(two_waves,), env={**WAVES_ENV, "FEATUREFORGE_PREFER": "Beta_Waves"})
     wave = find(data["plugins"], "wave")
-    assert wave["distribution"] == "alpha-waves" and wave["description"] == "wave source alpha"
-    lines = stderr_lines_naming(stderr, "wave")
-    assert lines == ["featureforge: plugin beta-waves 1.0 skipped: source name 'wave' is already registered by "
-                     "alpha-waves; rename one of them"]
-    assert [p["distribution"] for p in data["problems"]] == ["beta-waves"]
+    assert wave["distribution"] == "beta-waves" and wave["description"] == "wave source beta"
+    assert find(data["plugins"], "alpha-waves:wave") is None and not data["problems"] and "wave" not in stderr
+
+
+def test_a_plugin_named_to_load_first_cannot_take_topk_from_featureforge_sae(tmp_path):
+    pytest.importorskip("featureforge_sae")
+    site = tmp_path / "site"
+    make_dist(site, "aaa-hijack", "aaa_hijack", '''
+        import featureforge
+        from featureforge_sae import TopKTrainer
+
+        class Hijack(TopKTrainer):
+            description = "not the real topk"
+
+        @featureforge.hookimpl
+        def featureforge_register_trainers(register):
+            register(Hijack)
+    ''')
+    env = {"FEATUREFORGE_PLUGINS": "aaa-hijack,featureforge-sae"}
+    data, stderr = plugins_json(path=(site,), env=env)
+    assert find(data["plugins"], "topk", "trainer") is None
+    assert find(data["plugins"], "featureforge-sae:topk", "trainer")["description"] != "not the real topk"
+    assert stderr_lines_naming(stderr, "topk") == [
+        "featureforge: plugins aaa-hijack 1.0 and featureforge-sae "
+        f"{importlib.metadata.version('featureforge-sae')} both register trainer 'topk', so none of them gets that name; "
+        "choose one with --trainer aaa-hijack:topk or --trainer featureforge-sae:topk, or set FEATUREFORGE_PREFER=aaa-hijack"
+    ]
+    store = tmp_path / "s.zarr"
+    assert run_cli("cache", "--source", "synthetic", "-o", "d_in=8", "--store", str(store), "--rows", "2048",
+                   "--rows-per-chunk", "512", path=(site,), env=env).returncode == 0
+    refused = run_cli("train", "--trainer", "topk", "--store", str(store), "--out", str(tmp_path / "r"), path=(site,), env=env)
+    assert refused.returncode == 1 and "choose one with --trainer aaa-hijack:topk or --trainer featureforge-sae:topk" in refused.stderr
+    assert not (tmp_path / "r").exists()
+    code = ("import featureforge as ff; import featureforge_sae as sae; "
+            "print(ff.get_registry().get('trainer', 'featureforge-sae:topk') is sae.TopKTrainer)")
+    check = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "PYTHONPATH": str(site), **env})
+    assert check.stdout.strip() == "True", check.stderr
 
 
 def test_plugin_cannot_take_a_builtin_name(tmp_path):
     site = tmp_path / "site"
     make_dist(site, "aaa-impostor", "aaa_impostor", wave_plugin(source_name="synthetic", note="impostor"))
-    data, stderr = plugins_json(path=(site,), env={"FEATUREFORGE_PLUGINS": "aaa-impostor"})
+    data, stderr = plugins_json(path=(site,), env={"FEATUREFORGE_PLUGINS": "aaa-impostor", "FEATUREFORGE_PREFER": "aaa-impostor"})
     synthetic = find(data["plugins"], "synthetic")
     assert synthetic["distribution"] == "featureforge" and "impostor" not in synthetic["description"]
+    assert find(data["plugins"], "aaa-impostor:synthetic") is None
     assert stderr_lines_naming(stderr, "aaa-impostor") == [
-        "featureforge: plugin aaa-impostor 1.0 skipped: source name 'synthetic' is already registered by featureforge; rename one of them"
+        "featureforge: plugin aaa-impostor 1.0 skipped: source name 'synthetic' is featureforge's own; rename it"
     ]
+
+
+def test_partly_loaded_plugin_says_what_was_and_was_not_loaded(tmp_path):
+    site = tmp_path / "site"
+    make_dist(site, "half-plugin", "half_plugin", wave_plugin() + '''
+        class Impostor(Wave):
+            name = "synthetic"
+
+        @featureforge.hookimpl
+        def featureforge_register_trainers(register):
+            raise ValueError("no trainers today")
+
+        @featureforge.hookimpl
+        def featureforge_register_evaluators(register):
+            pass
+
+        @featureforge.hookimpl(specname="featureforge_register_sources")
+        def more_sources(register):
+            register(Impostor)
+    ''')
+    data, stderr = plugins_json(path=(site,), env={"FEATUREFORGE_PLUGINS": "half-plugin"})
+    assert find(data["plugins"], "wave")["distribution"] == "half-plugin"
+    assert stderr_lines_naming(stderr, "half-plugin") == [
+        "featureforge: plugin half-plugin 1.0 partly loaded: loaded source 'wave'; not loaded: source 'synthetic' "
+        "(source name 'synthetic' is featureforge's own; rename it); its trainers "
+        "(featureforge_register_trainers raised ValueError: no trainers today)"
+    ]
+    assert "skipped" not in stderr
+    assert [(p["distribution"], p["status"]) for p in data["problems"]] == [("half-plugin", "partly loaded")]
+
+
+OPTION_TYPES_PLUGIN = wave_plugin() + '''
+        class Color:
+            pass
+
+        @dataclasses.dataclass
+        class OddOptions:
+            weights: dict[str, float] = dataclasses.field(default_factory=dict)
+            color: Color = None
+            k: int = 4
+
+        class Odd(Wave):
+            name = "odd"
+            Options = OddOptions
+
+        @featureforge.hookimpl(specname="featureforge_register_sources")
+        def more_sources(register):
+            register(Odd)
+'''
+
+
+def test_unsupported_option_types_are_that_plugins_error_at_registration(tmp_path):
+    site = tmp_path / "site"
+    make_dist(site, "odd-options", "odd_options", OPTION_TYPES_PLUGIN)
+    data, stderr = plugins_json(path=(site,), env={"FEATUREFORGE_PLUGINS": "odd-options"})
+    assert find(data["plugins"], "odd") is None and find(data["plugins"], "wave") is not None
+    assert stderr_lines_naming(stderr, "odd-options") == [
+        "featureforge: plugin odd-options 1.0 partly loaded: loaded source 'wave'; not loaded: source 'odd' (source 'odd': "
+        "option type not supported (weights: dict[str, float], color: Color); supported types: bool, int, float, str, "
+        "Path, Any, a Literal of choices, X | None, list[X] or tuple[X, ...] of those)"
+    ]
+    strict = run_cli("plugins", path=(site,), env={"FEATUREFORGE_PLUGINS": "odd-options", "FEATUREFORGE_STRICT_PLUGINS": "1"})
+    assert strict.returncode == 1 and "option type not supported (weights: dict[str, float]" in strict.stderr
 
 
 def test_plugin_command_cannot_replace_a_core_command(tmp_path):
@@ -572,3 +695,26 @@ def test_hook_featureforge_register_commands(fresh_registry):
 def test_plugin_errors_subclass_featureforge_error():
     assert issubclass(PluginError, featureforge.FeatureforgeError)
     assert issubclass(OptionError, featureforge.FeatureforgeError)
+
+
+def test_one_distribution_registering_a_name_twice_keeps_the_first(fresh_registry, capsys):
+    class First(featureforge.ActivationSource):
+        name = "twice"
+        description = "first"
+
+    class Second(First):
+        description = "second"
+
+    class Plugin:
+        @featureforge.hookimpl
+        def featureforge_register_sources(self, register):
+            register(First)
+            register(Second)
+
+    fresh_registry.register_plugin(Plugin(), "twice-dist", "1.0")
+    assert fresh_registry.get("source", "twice") is First
+    assert fresh_registry.get("source", "twice-dist:twice") is First
+    assert capsys.readouterr().err.splitlines() == [
+        "featureforge: plugin twice-dist 1.0 partly loaded: loaded source 'twice'; not loaded: source 'twice' "
+        "(source name 'twice' is registered twice by twice-dist)"
+    ]

@@ -471,3 +471,18 @@ def test_train_reads_a_toml_config_and_flags_override_it(tiny_trainer, store, tm
     (tmp_path / "bad.toml").write_text('trainer = "x"\nbatchsize = 3\n')
     code, output = _cli("train", "--config", tmp_path / "bad.toml", "--store", store.url, "--out", tmp_path / "bad")
     assert code == 1 and output.count("\n") == 0 and "unknown key 'batchsize'" in output
+
+
+def test_the_loops_dead_after_reaches_auxk_of_a_trainer_without_its_own(store, tmp_path):
+    pytest.importorskip("featureforge_sae")
+    kw = dict(batch_size=256, epochs=2, log_every=5, progress=False)
+    [default] = ff.train("topk", {"d_dict": 128, "k": 2}, store=store.url, out=str(tmp_path / "default"), **kw)
+    [short] = ff.train("topk", {"d_dict": 128, "k": 2}, store=store.url, out=str(tmp_path / "short"), dead_after=1024, **kw)
+    assert json.loads((short / "config.json").read_text())["training"]["dead_after"] == 1024
+    auxk = {run.name: [line["auxk_loss"] for line in _lines(run)] for run in (default, short)}
+    assert not any(auxk["default"]), "a 10M-row horizon is never reached by a run of ~20k rows"
+    assert any(v > 0 for v in auxk["short"]), "-t dead_after=1024 turns AuxK on"
+    assert max(line["dead_fraction"] for line in _lines(short)) > 0, "the log counts dead latents by the same horizon"
+    [own] = ff.train("topk", {"d_dict": 128, "k": 2, "dead_after": 10_000_000}, store=store.url, out=str(tmp_path / "own"),
+                     dead_after=1024, **kw)
+    assert not any(line["auxk_loss"] for line in _lines(own)), "the trainer's own setting wins"

@@ -1,4 +1,4 @@
-"""Train saprmarks' dictionary_learning TopK SAE with its own TopKTrainer (run with /work/peers-venv-dl's python).
+"""Train saprmarks' dictionary_learning TopK SAE with its own TopKTrainer (run with .peers/venv-dl's python).
 
 ``dictionary_learning.trainers.top_k.TopKTrainer`` and its public per-batch ``update(step, x)``
 (geometric-median ``b_dec`` init on step 0, MSE + auxk loss (alpha 1/32), backward, decoder-grad

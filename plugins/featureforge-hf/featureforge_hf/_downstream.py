@@ -1,6 +1,6 @@
 """The ``downstream`` evaluator: how much of the model's behaviour survives the dictionary.
 
-The store's recorded source (name + options) is rebuilt, its live model run on held-out text
+The store's recorded source (``context.source``, rebuilt by the core) runs its live model on held-out text
 (documents after the last one in the store, or a text file), and the hook point's tensor replaced
 at stored-row positions by (``SplicedModel.compare``):
 
@@ -21,7 +21,7 @@ plus ``embedding_score_vs_mean`` = (D_mean − D_dictionary) / D_mean.
 
 ``score`` repeats the model kind's score (``ce_loss_score`` or ``embedding_score``).
 
-A causal-LM dictionary that selects latents with gradients (``reconstruct_with_grads``, g-SAE) is
+A causal-LM dictionary that selects latents with gradients (``uses_gradients``, g-SAE) is
 also spliced in that way, with each batch's own gradients: ``ce_dictionary_grads``,
 ``kl_dictionary_grads`` and ``ce_loss_score_grads`` (``score`` stays the plain-encode one, as a
 user without gradients would run it).
@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import math
 from typing import Any
 
@@ -67,46 +66,24 @@ class DownstreamEvaluator(Evaluator):
             raise OptionError(f"downstream: batch_size={o.batch_size} must be 0 (the source's) or positive")
         if o.start_doc is not None and o.start_doc < 0:
             raise OptionError(f"downstream: start_doc={o.start_doc} must be non-negative")
-        # Rebuilt sources (model loaded) and held-out starts, kept across calls (evaluation during training).
-        self._sources: dict[str, ActivationSource] = {}
+        # Held-out starts, kept across calls (evaluation during training).
         self._starts: dict[str, int | None] = {}
 
     # -- the live source ----------------------------------------------------------------------
     def _source_for(self, context: EvaluationContext) -> ActivationSource:
-        if context.source is not None:
-            src = context.source
-            if type(src).splice is ActivationSource.splice:
-                raise BadInputError(f"source {src.name!r} cannot run a live model with a dictionary spliced in; the downstream evaluator needs a model source such as hf")
-            return src
         store = context.store
-        if store is None:
+        given = context.given_source is not None
+        if store is None and not given:
             raise BadInputError("the downstream evaluator needs a store (its recorded source rebuilds the live model); pass --store")
-        recorded = store.source or {}
-        name = recorded.get("name")
-        key = json.dumps([store.url, recorded, self.options.device], sort_keys=True, default=str)
-        if key in self._sources:
-            return self._sources[key]
-        import featureforge
-
-        registry = featureforge.get_registry()
-        if not name:
-            raise BadInputError(f"store {store.url} records no source; the downstream evaluator needs a store cached from a model source such as hf")
-        if name not in registry.names("source"):
+        src = context.source if given or not self.options.device else context.rebuilt_source(device=self.options.device)
+        if not src.can_splice:
+            where = f"source {src.name!r}" if given else f"store {store.url} was cached by source {src.name!r}, which"
             raise BadInputError(
-                f"store {store.url} was cached by source {name!r}, which is not installed; install its plugin to run the downstream evaluator"
+                f"{where} cannot run a live model; the downstream evaluator needs a store of a model source such as hf "
+                "(use --evaluator reconstruction here)"
             )
-        cls = registry.get("source", name)
-        if cls.splice is ActivationSource.splice:
-            raise BadInputError(
-                f"store {store.url} was cached by source {name!r}, which cannot run a live model; "
-                "the downstream evaluator needs a store of a model source such as hf (use --evaluator reconstruction here)"
-            )
-        options = dict(recorded.get("options") or {})
-        if self.options.device:
-            options["device"] = self.options.device
-        src = featureforge.make_source(name, options)
-        self._check_same_model(src, store)
-        self._sources[key] = src
+        if not given:
+            self._check_same_model(src, store)
         return src
 
     @staticmethod
@@ -179,14 +156,14 @@ class DownstreamEvaluator(Evaluator):
             replacements["mean"] = store_mean
         else:
             replacements["mean"] = "mean"  # no store statistics: the batch's own mean
-        grads_mode = hasattr(dictionary, "reconstruct_with_grads") and getattr(src, "loaded", None) is not None and src.loaded.is_causal
+        grads_mode = getattr(dictionary, "uses_gradients", False) and getattr(src, "loaded", None) is not None and src.loaded.is_causal
         if grads_mode:
             replacements["dictionary_grads"] = "dictionary_grads"
         # The splice moves the dictionary to the model's device and into eval mode: put it back after.
         home = dictionary.input_scale.device if hasattr(dictionary, "input_scale") else None
         was_training = bool(getattr(dictionary, "training", False))
         totals: collections.Counter = collections.Counter()
-        enabled = None if context.extra.get("progress", True) else False
+        enabled = None if context.progress else False
         try:
             with src.splice(dictionary) as live, progress_bar(o.max_sequences, "downstream", unit="seq", enabled=enabled) as bar:
                 kind = live.kind
@@ -221,7 +198,7 @@ class DownstreamEvaluator(Evaluator):
 
 
 def _plot(metrics: dict[str, Any], path: Any) -> None:
-    from featureforge.evaluation import new_figure, save_figure
+    from featureforge.plots import new_figure, save_figure
 
     fig = new_figure(6.4, 3.6)
     ax = fig.add_subplot()

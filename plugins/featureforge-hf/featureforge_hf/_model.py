@@ -73,9 +73,73 @@ class LoadedModel:
         """Token ids of each text, without special tokens, never truncated."""
         return self._encode(texts)
 
+    # -- operations at a hook point (used by the source, the splice and steering) ---------------
+    def site(self, hook: str, where: str = "output", shown: str = "") -> "Site":
+        """The hook point ``hook`` (``""``: the middle block), reading its ``where`` = output or input."""
+        name = hook or default_hook(self.model)
+        name, module = resolve_hook(self.model, name, shown or self.name or self.path)
+        return Site(name, module, where)
+
+    def pad(self, sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded ``input_ids`` and ``attention_mask`` [b, longest] on the model's device."""
+        return pad_batch(sequences, self.pad_id, self.device)
+
+    def attach(self, site: "Site", fn: Callable[[torch.Tensor], torch.Tensor | None]) -> Any:
+        """Call ``fn`` on the site's tensor each forward pass (see :func:`attach`); ``.remove()`` the handle."""
+        return attach(site.module, site.where, fn)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Any:
+        """One forward pass of the whole model (no KV cache), as the hooks expect it."""
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, **model_kwargs(self.model))
+
+    def capture(self, site: "Site", input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The site's tensor, stopping the forward pass there (nothing after it runs)."""
+
+        def stop(x: torch.Tensor) -> None:
+            raise StopForward(x)
+
+        handle = self.attach(site, stop)
+        try:
+            self.forward(input_ids, attention_mask)
+        except StopForward as stopped:
+            return stopped.tensor
+        finally:
+            handle.remove()
+        raise BadInputError(f"hook {site.name!r} never ran in the model's forward pass; pick a module the forward pass uses (-o hook=...)")
+
+    def capture_with_grads(self, site: "Site", input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Activation and d(summed next-token CE)/d(activation) at the site, from one full pass."""
+        held: dict[str, torch.Tensor] = {}
+
+        def leaf(x: torch.Tensor) -> torch.Tensor:
+            held["x"] = x.detach().requires_grad_(True)
+            return held["x"]
+
+        handle = self.attach(site, leaf)
+        try:
+            with torch.enable_grad():
+                out = self.forward(input_ids, attention_mask)
+                if "x" not in held:
+                    raise BadInputError(f"hook {site.name!r} never ran in the model's forward pass; pick a module the forward pass uses (-o hook=...)")
+                loss = next_token_ce(out.logits, input_ids, attention_mask).sum()
+                (grad,) = torch.autograd.grad(loss, held["x"])
+        finally:
+            handle.remove()
+        return held["x"].detach(), grad
+
+
     @property
     def tokenizer_name(self) -> str:
         return f"{type(self.tokenizer).__name__}({getattr(self.tokenizer, 'name_or_path', '') or self.path})"
+
+
+@dataclass(frozen=True)
+class Site:
+    """A hook point: a module of the model (its resolved name) and whether its output or input is used."""
+
+    name: str
+    module: nn.Module = field(repr=False, compare=False)
+    where: str = "output"
 
 
 def _short(exc: BaseException, limit: int = 240) -> str:

@@ -15,7 +15,7 @@ from . import _data
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from ._model import LoadedModel
+    from ._model import LoadedModel, Site
     from ._splice import SplicedModel
 
 #: Documents tokenized together (the fast tokenizer batches them across threads).
@@ -88,7 +88,7 @@ class HFSource(ActivationSource):
             raise OptionError("split must not be empty; pass e.g. -o split=train")
         self._data = _data.resolve(o.data)
         self._loaded: LoadedModel | None = None
-        self._hook_name = ""
+        self._site: Site | None = None
         self._width: int | None = None
 
     # -- the model, loaded on first use -------------------------------------------------------
@@ -113,8 +113,7 @@ class HFSource(ActivationSource):
             )
         if o.context_size - len(loaded.prefix) - len(loaded.suffix) < 1:
             raise OptionError(f"context_size={o.context_size} leaves no room beside {len(loaded.prefix) + len(loaded.suffix)} special tokens; pass a larger context_size")
-        hook = o.hook or _model.default_hook(loaded.model)
-        self._hook_name, self._module = _model.resolve_hook(loaded.model, hook, shown)
+        self._site = loaded.site(o.hook, o.site, shown)
         self._loaded = loaded
         self._width = self._probe_width()
 
@@ -135,21 +134,32 @@ class HFSource(ActivationSource):
 
         loaded = self.loaded
         ids = list(loaded.prefix) + loaded.encode(["width probe"])[0][:4] + list(loaded.suffix)
-        input_ids, mask = self._pad([ids])
+        input_ids, mask = loaded.pad([ids])
         with torch.inference_mode():
             acts = self._capture(input_ids, mask)
         if acts.ndim != 3 or acts.shape[:2] != input_ids.shape:
             raise OptionError(
-                f"hook {self._hook_name!r} ({self.options.site}) gives a tensor of shape {tuple(acts.shape)}, not "
+                f"hook {self.site.name!r} ({self.options.site}) gives a tensor of shape {tuple(acts.shape)}, not "
                 "[batch, tokens, width]; pick a block, attention or MLP module (-o hook=...)"
             )
         return int(acts.shape[-1])
 
     @property
+    def site(self) -> "Site":
+        """The resolved hook point (loads the model)."""
+        self.loaded
+        assert self._site is not None
+        return self._site
+
+    @property
     def hook_name(self) -> str:
         """The resolved module name (loads the model)."""
-        self.loaded
-        return self._hook_name
+        return self.site.name
+
+    @property
+    def data_description(self) -> str:
+        """Where this source's text comes from, as error messages name it."""
+        return self._data.description
 
     # -- ActivationSource ---------------------------------------------------------------------
     @property
@@ -178,10 +188,10 @@ class HFSource(ActivationSource):
             "model_commit": loaded.commit,
             "config_sha256": loaded.config_sha256,
             "causal_lm": loaded.is_causal,
-            "hook": self._hook_name,
+            "hook": self.site.name,
             # The names SAELens' cfg.json uses, so exports can fill metadata.model_name/hook_name.
             "model_name": o.model or "sentence-transformers/all-MiniLM-L6-v2",
-            "hook_name": self._hook_name,
+            "hook_name": self.site.name,
             "site": o.site,
             "context_size": o.context_size,
             "data": self._data.description,
@@ -263,64 +273,20 @@ class HFSource(ActivationSource):
             group.sort(key=lambda w: -len(w.ids))  # stable: equal lengths keep their order
             yield group
 
-    def _pad(self, sequences: list[list[int]]) -> tuple["torch.Tensor", "torch.Tensor"]:
-        from ._model import pad_batch
-
-        return pad_batch(sequences, self.loaded.pad_id, self.loaded.device)
-
-    # -- forward passes -----------------------------------------------------------------------
+    # -- forward passes (the loaded model's operations at this source's site) -----------------
     def _capture(self, input_ids: "torch.Tensor", attention_mask: "torch.Tensor") -> "torch.Tensor":
-        """The hook point's tensor, stopping the forward pass there (nothing after it runs)."""
-        from ._model import StopForward, attach, model_kwargs
-
-        def stop(x: "torch.Tensor") -> None:
-            raise StopForward(x)
-
-        loaded = self.loaded
-        handle = attach(self._module, self.options.site, stop)
-        try:
-            loaded.model(input_ids=input_ids, attention_mask=attention_mask, **model_kwargs(loaded.model))
-        except StopForward as stopped:
-            return stopped.tensor
-        finally:
-            handle.remove()
-        raise BadInputError(f"hook {self._hook_name!r} never ran in the model's forward pass; pick a module the forward pass uses (-o hook=...)")
-
-    def _capture_with_grads(self, input_ids: "torch.Tensor", attention_mask: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
-        """Activation and d(summed next-token CE)/d(activation) at the hook, from one full pass."""
-        import torch
-
-        from ._model import attach, model_kwargs, next_token_ce
-
-        held: dict[str, torch.Tensor] = {}
-
-        def leaf(x: torch.Tensor) -> torch.Tensor:
-            held["x"] = x.detach().requires_grad_(True)
-            return held["x"]
-
-        loaded = self.loaded
-        handle = attach(self._module, self.options.site, leaf)
-        try:
-            with torch.enable_grad():
-                out = loaded.model(input_ids=input_ids, attention_mask=attention_mask, **model_kwargs(loaded.model))
-                if "x" not in held:
-                    raise BadInputError(f"hook {self._hook_name!r} never ran in the model's forward pass; pick a module the forward pass uses (-o hook=...)")
-                loss = next_token_ce(out.logits, input_ids, attention_mask).sum()
-                (grad,) = torch.autograd.grad(loss, held["x"])
-        finally:
-            handle.remove()
-        return held["x"].detach(), grad
+        return self.loaded.capture(self.site, input_ids, attention_mask)
 
     def _run_batch(self, batch: list[Window]) -> dict[str, Any]:
         import torch
 
         from ._model import keep_mask
 
-        input_ids, mask = self._pad([w.ids for w in batch])
+        input_ids, mask = self.loaded.pad([w.ids for w in batch])
         keep = keep_mask([w.keep for w in batch], tuple(input_ids.shape))
         grads = None
         if self.options.grads:
-            acts, grads = self._capture_with_grads(input_ids, mask)
+            acts, grads = self.loaded.capture_with_grads(self.site, input_ids, mask)
         else:
             with torch.inference_mode():
                 acts = self._capture(input_ids, mask)
@@ -378,7 +344,7 @@ class HFSource(ActivationSource):
         """
         from ._splice import SplicedModel
 
-        live = SplicedModel(self, dictionary)
+        live = SplicedModel(self.loaded, self.site, dictionary, text=self)
         try:
             yield live
         finally:

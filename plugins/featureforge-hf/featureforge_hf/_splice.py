@@ -12,6 +12,7 @@ sums a downstream evaluator needs, and ``summarize`` turns summed totals into th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from pathlib import Path
@@ -21,7 +22,7 @@ import torch
 
 from featureforge import BadInputError
 
-from ._model import attach, keep_mask, model_kwargs, next_token_ce
+from ._model import LoadedModel, Site, keep_mask, next_token_ce
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._source import HFSource
@@ -42,16 +43,20 @@ class TokenBatch:
 
 
 class SplicedModel:
-    """A source's live model whose hook point can be replaced; see the module docstring."""
+    """A loaded model whose hook point ``site`` can be replaced; see the module docstring.
 
-    def __init__(self, source: "HFSource", dictionary: Any):
-        self.source = source
-        loaded = source.loaded
+    ``text`` (optional) is the source whose documents and windows :meth:`batches` uses.
+    """
+
+    def __init__(self, loaded: LoadedModel, site: Site, dictionary: Any, *, text: "HFSource | None" = None):
+        self.source = text
+        self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.device = loaded.device
-        self.hook = source.hook_name
-        self.site = source.options.site
+        self.hook = site.name
+        self.site = site
+        self.include_special_tokens = bool(text.options.include_special_tokens) if text is not None else False
         #: "causal-lm" (logits; CE/KL metrics) or "encoder" (hidden states; pooled-embedding metrics).
         self.kind = "causal-lm" if loaded.is_causal else "encoder"
         self.pooling = _pooling_mode(loaded.path) if self.kind == "encoder" else None
@@ -61,8 +66,11 @@ class SplicedModel:
             dictionary.eval()
         self._replace: Replacement = "none"
         self._mask: torch.Tensor | None = None
+        #: Replacement applied at every position of forward passes not started by ``__call__``
+        #: (``model.generate``, a user's own call): set by :meth:`patch` while its block runs.
+        self._patch: Replacement | None = None
         self._mean: torch.Tensor | None = None
-        self._handle = attach(source._module, self.site, self._hook)
+        self._handle = loaded.attach(site, self._hook)
 
     def close(self) -> None:
         if self._handle is not None:
@@ -85,6 +93,8 @@ class SplicedModel:
         apply here).
         """
         src = self.source
+        if src is None:
+            raise BadInputError("this spliced model has no text source; make it with source.splice(dictionary)")
         if texts is None:
             docs: Iterable[tuple[int, str]] = src.documents(keep=lambda i: i >= start_doc, limit=False)
         else:
@@ -103,11 +113,11 @@ class SplicedModel:
         if pending:
             yield self._batch(pending)
         elif produced == 0:
-            where = "the texts given" if texts is not None else f"{src._data.description} from document {start_doc} on"
+            where = "the texts given" if texts is not None else f"{src.data_description} from document {start_doc} on"
             raise BadInputError(f"no text to evaluate in {where}; pass texts, or a smaller start_doc")
 
     def _batch(self, windows: list[Any]) -> TokenBatch:
-        input_ids, mask = self.source._pad([w.ids for w in windows])
+        input_ids, mask = self.loaded.pad([w.ids for w in windows])
         keep = keep_mask([w.keep for w in windows], tuple(input_ids.shape))
         doc_ids = torch.as_tensor([w.doc_id for w in windows], dtype=torch.int64)
         return TokenBatch(input_ids, mask, keep.to(self.device), doc_ids)
@@ -115,8 +125,8 @@ class SplicedModel:
     def token_mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Stored-row positions of arbitrary input ids: not padding, not special (unless included)."""
         mask = attention_mask.bool()
-        if not self.source.options.include_special_tokens:
-            special = torch.as_tensor(sorted(self.source.loaded.special_ids), dtype=input_ids.dtype, device=input_ids.device)
+        if not self.include_special_tokens:
+            special = torch.as_tensor(sorted(self.loaded.special_ids), dtype=input_ids.dtype, device=input_ids.device)
             mask = mask & ~torch.isin(input_ids, special)
         return mask
 
@@ -147,15 +157,40 @@ class SplicedModel:
             # no_grad, not inference_mode: the dictionary runs inside, and tensors it caches across
             # calls (kernel workspaces) must stay usable by training afterwards.
             with torch.no_grad():
-                out = self.model(input_ids=input_ids, attention_mask=attention_mask, **model_kwargs(self.model))
+                out = self.loaded.forward(input_ids, attention_mask)
         finally:
             self._replace, self._mask = "none", None
         if self.kind == "causal-lm":
             return out.logits
         return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
+    @contextlib.contextmanager
+    def patch(self, replace: Replacement) -> Iterator["SplicedModel"]:
+        """Inside the block every forward pass of ``self.model`` is replaced at every position
+        (padding and special tokens included), e.g. ``model.generate(...)`` with its KV cache."""
+        self._patch = replace
+        try:
+            yield self
+        finally:
+            self._patch = None
+
+    # -- text (for steering a causal LM from a prompt) -----------------------------------------
+    def prompt_ids(self, text: str) -> list[int]:
+        """A prompt's ids framed as the source frames a sequence (no suffix for causal LMs: it continues)."""
+        ids = list(self.loaded.prefix) + self.loaded.encode([text])[0]
+        return ids if self.kind == "causal-lm" else ids + list(self.loaded.suffix)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    def token_texts(self, ids: Iterable[int]) -> list[str]:
+        """Display text of single tokens (for promoted/suppressed token lists)."""
+        return [self.decode([int(i)]) for i in ids]
+
     def _hook(self, x: torch.Tensor) -> torch.Tensor | None:
         replace, mask = self._replace, self._mask
+        if mask is None and self._patch is not None:
+            replace, mask = self._patch, torch.ones(x.shape[:-1], dtype=torch.bool, device=x.device)
         if replace == "none" or mask is None:
             return None
         rows = x[mask]
@@ -228,9 +263,9 @@ class SplicedModel:
         d(next-token CE)/d(activation) at the hook (g-SAE's selection; one extra forward+backward)."""
         if self.kind != "causal-lm":
             raise BadInputError("replace='dictionary_grads' needs next-token gradients, so a causal language model; use 'dictionary' for encoders")
-        if not hasattr(self.dictionary, "reconstruct_with_grads"):
+        if not getattr(self.dictionary, "uses_gradients", False):
             raise BadInputError(f"{type(self.dictionary).__name__} cannot select latents with gradients (no reconstruct_with_grads); use replace='dictionary'")
-        _, grads = self.source._capture_with_grads(ids, mask)
+        _, grads = self.loaded.capture_with_grads(self.site, ids, mask)
         rows_grads = grads[token_mask.to(grads.device)].float()
 
         def reconstruct(rows: torch.Tensor) -> torch.Tensor:

@@ -264,7 +264,7 @@ def _decoder(store: Any) -> Callable[[list[int]], list[str]]:
         return [f" #{i}" for i in ids]
 
     try:
-        source = ff.make_source(store.source["name"], store.source.get("options") or {})
+        source = ff.EvaluationContext(store, ".").source  # the store's source, rebuilt by the core
         source.decode_tokens([0])
     except Exception:  # a source without a tokenizer (or not installed): show ids
         return fallback

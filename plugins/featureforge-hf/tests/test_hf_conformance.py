@@ -30,3 +30,8 @@ class TestDownstreamEvaluator(EvaluatorTests):
         options = {"model": tiny_gpt2, "hook": "transformer.h.0", "context_size": 32, "batch_size": 4, "max_docs": 10}
         return featureforge.cache("hf", options, store=str(tmp_path_factory.mktemp("conf") / "gpt2.zarr"), rows=400,
                                   rows_per_chunk=200, progress=False)
+
+
+class TestSteeringEvaluator(TestDownstreamEvaluator):
+    evaluator = "steering"
+    options = {"latents": 2, "contexts": 12, "context_tokens": 8, "alphas": "4"}

@@ -14,7 +14,7 @@ import featureforge as ff
 from featureforge.dictionary import Dictionary
 from ffhf_dictionaries import GradientStep, Identity, Zero
 from featureforge.errors import FeatureforgeError
-from featureforge.roles import EvaluationContext
+from featureforge import EvaluationContext
 
 
 def _downstream(**options):
@@ -35,7 +35,7 @@ def gpt2_store(tmp_path_factory, tiny_gpt2):
 
 
 def _context(store, tmp_path):
-    return EvaluationContext(store=store, out_dir=tmp_path / "plots", extra={"progress": False})
+    return EvaluationContext(store, tmp_path / "plots", progress=False)
 
 
 def test_encoder_identity_scores_one_and_zero_scores_zero(minilm_store, tmp_path):

@@ -33,10 +33,10 @@ def test_default_source_is_minilm_at_its_middle_block_on_stdlib_text(minilm):
 def test_early_stop_gives_the_acts_of_a_full_forward(minilm, site, index):
     source = HFSource(site=site, max_docs=4, context_size=64)
     windows = list(source.windows(source.documents()))[:6]
-    ids, mask = source._pad([w.ids for w in windows])
+    ids, mask = source.loaded.pad([w.ids for w in windows])
     assert (mask == 0).any()  # padding in the batch
     with torch.inference_mode():
-        early = source._capture(ids, mask)
+        early = source.loaded.capture(source.site, ids, mask)
         full = source.loaded.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[index]
     assert torch.equal(early, full)
 

@@ -29,3 +29,29 @@ def test_train_tiny_lm_saves_a_model_the_hf_source_caches_with_grads(tmp_path, c
     source = HFSource(model=str(folder), grads=True, context_size=32, max_docs=2)
     batch = next(iter(source.stream()))
     assert batch["grads"].shape == batch["acts"].shape == (len(batch["token_ids"]), 32)
+
+
+def test_tiny_lm_command_trains_once_then_reports_the_cached_model(tmp_path, cli_env, monkeypatch):
+    import featureforge_hf._train_lm as train_lm
+    from click.testing import CliRunner
+
+    from featureforge.cli import build_cli
+
+    small = dict(max_chars=60_000, layers=1, d_model=32, heads=2, vocab=300, context=32, batch_size=4)
+    real = train_lm.TinyLMConfig
+    monkeypatch.setattr(train_lm, "TinyLMConfig", lambda **kw: real(**{**small, **kw}))
+    out = tmp_path / "lm"
+    runner = CliRunner()
+    first = runner.invoke(build_cli(), ["tiny-lm", "--out", str(out), "--minutes", "0.01", "--json"], env={"FEATUREFORGE_PROGRESS": "0"})
+    assert first.exit_code == 0, first.output
+    report = json.loads(first.output)
+    assert report["cached"] is False and report["steps"] >= 1 and (out / "config.json").exists()
+    stamp = (out / "model.safetensors").stat().st_mtime_ns
+    again = runner.invoke(build_cli(), ["tiny-lm", "--out", str(out), "--minutes", "0.01"])
+    assert again.exit_code == 0 and "cached" in again.output
+    assert (out / "model.safetensors").stat().st_mtime_ns == stamp, "the cached model is not retrained"
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "config.json").write_text("{}")
+    refused = runner.invoke(build_cli(), ["tiny-lm", "--out", str(foreign)])
+    assert refused.exit_code == 1 and "did not train" in refused.output

@@ -28,10 +28,13 @@ MIN_PRECISION = 0.95
 MIN_FIRES = 10
 
 
-def board_labels(boards: np.ndarray) -> torch.Tensor:
-    """``[n, 64*13]`` one-hot labels of ``boards [n, 64]`` (property index = square*13 + class)."""
+def board_labels(boards: np.ndarray, n_classes: int = N_CLASSES) -> torch.Tensor:
+    """``[n, squares*classes]`` one-hot labels of ``boards [n, squares]`` (property = square*classes + class).
+
+    ``n_classes`` is 13 for chess, 3 for Othello (empty / mover's / opponent's).
+    """
     b = torch.as_tensor(boards, dtype=torch.long)
-    return torch.nn.functional.one_hot(b, N_CLASSES).reshape(len(b), -1).float()
+    return torch.nn.functional.one_hot(b, n_classes).reshape(len(b), -1).float()
 
 
 def _fire(acts: torch.Tensor, t: float, peak: torch.Tensor) -> torch.Tensor:
@@ -39,10 +42,10 @@ def _fire(acts: torch.Tensor, t: float, peak: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def board_metrics(acts: torch.Tensor, boards: np.ndarray) -> dict[str, float]:
-    """Coverage and reconstruction of units ``acts [n, units]`` against ``boards [n, 64]``."""
+def board_metrics(acts: torch.Tensor, boards: np.ndarray, n_classes: int = N_CLASSES) -> dict[str, float]:
+    """Coverage and reconstruction of units ``acts [n, units]`` against ``boards [n, squares]``."""
     acts = acts.float()
-    labels = board_labels(boards)
+    labels = board_labels(boards, n_classes)
     positives = labels.sum(0)
     keep = (positives > 0) & (positives < len(labels))
     labels = labels[:, keep]
@@ -97,19 +100,25 @@ def collect_at_dots(model, games, hook: str, batch_size: int = 64) -> tuple[torc
 
 
 @torch.no_grad()
-def linear_probe_f1(acts: torch.Tensor, boards: np.ndarray, train_fraction: float = 0.7, ridge: float = 1e-2) -> float:
+def linear_probe_f1(acts: torch.Tensor, boards: np.ndarray, train_fraction: float = 0.7, ridge: float = 1e-2,
+                    n_classes: int = N_CLASSES, classes: tuple[int, ...] | None = None) -> float:
     """Board F1 of a ridge-regression probe from ``acts`` (e.g. the residual stream) to all properties.
 
     Not one of Karvonen et al.'s unit metrics: it tells whether the board is decodable from the
     layer at all, so unit metrics near an untrained model's can be read (no features vs features
     spread over units). Rows are split in order (the first ``train_fraction`` of the positions,
     i.e. of the games, train); prediction = score > 0.5; micro F1 over held-out (position,
-    property) pairs, properties as in ``board_metrics``.
+    property) pairs, properties as in ``board_metrics``; ``classes`` keeps only those classes'
+    properties (e.g. Othello's "mover's"/"opponent's", leaving out "empty", which a bag of the
+    tokens played already gives).
     """
     x = acts.double()
-    labels = board_labels(boards).double()
+    labels = board_labels(boards, n_classes).double()
     positives = labels.sum(0)
-    labels = labels[:, (positives > 0) & (positives < len(labels))]
+    keep = (positives > 0) & (positives < len(labels))
+    if classes is not None:
+        keep &= torch.isin(torch.arange(labels.shape[1]) % n_classes, torch.tensor(classes))
+    labels = labels[:, keep]
     cut = int(len(x) * train_fraction)
     mean, std = x[:cut].mean(0), x[:cut].std(0).clamp_min(1e-8)
     x = torch.cat([(x - mean) / std, torch.ones(len(x), 1, dtype=x.dtype)], 1)

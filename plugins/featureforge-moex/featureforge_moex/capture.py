@@ -26,12 +26,15 @@ class _Recorder:
 
 @torch.no_grad()
 def capture(model: torch.nn.Module, ids: torch.Tensor, hook: str) -> torch.Tensor:
-    """``[b, t, width]`` output of module ``hook`` when ``model`` reads ``ids``."""
+    """``[b, t, width]`` output of module ``hook`` when ``model`` reads ``ids``, as fp32 on the CPU.
+
+    ``ids`` go to the model's device (a GPU-trained model is probed where it lives).
+    """
     recorder = _Recorder()
     handle = resolve(model, hook).register_forward_hook(recorder)
     try:
-        model(ids)
+        model(ids.to(next(model.parameters()).device))
     finally:
         handle.remove()
     assert recorder.value is not None
-    return recorder.value
+    return recorder.value.float().cpu()

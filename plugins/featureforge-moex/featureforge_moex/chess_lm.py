@@ -114,7 +114,7 @@ class ChessLM(nn.Module):
     def aux_loss(self) -> Tensor:
         """Mean load-balancing loss of the MoE layers in the last forward (0 for dense)."""
         losses = [b.mlp.aux_loss for b in self.blocks if b.mlp.aux_loss is not None]
-        return torch.stack(losses).mean() if losses else torch.zeros(())
+        return torch.stack(losses).mean() if losses else torch.zeros((), device=self.tok.weight.device)
 
     def active_mlp_params(self) -> int:
         """Parameters one token uses in all MLPs (the paper's equal-active-parameters budget)."""
@@ -188,24 +188,41 @@ def lm_loss(model: ChessLM, ids: Tensor) -> Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), ignore_index=-1)
 
 
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def autocast(device: torch.device, bf16: bool):
+    """bf16 autocast on ``device`` when asked (CUDA, or CPU for a dry run), else a no-op context."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
 @torch.no_grad()
-def validation_loss(model: ChessLM, ids: Tensor, batch_size: int = 64) -> float:
+def validation_loss(model: ChessLM, ids: Tensor, batch_size: int = 64, bf16: bool = False) -> float:
     model.eval()
+    device = model_device(model)
     total, count = 0.0, 0
     for chunk in ids.split(batch_size):
+        chunk = chunk.to(device)
         n = int((chunk[:, 1:] >= 0).sum())
-        total += float(lm_loss(model, chunk)) * n
+        with autocast(device, bf16):
+            total += float(lm_loss(model, chunk)) * n
         count += n
     return total / max(count, 1)
 
 
 def train_lm(
     model: ChessLM, train_ids: Tensor, val_ids: Tensor, *, steps: int, batch_size: int = 32, lr: float = 3e-3,
-    lb_coef: float = 0.01, seed: int = 0, log=None,
+    lb_coef: float = 0.01, seed: int = 0, log=None, bf16: bool = False,
 ) -> TrainResult:
-    """AdamW with linear warm-up and cosine decay; loss = CE + ``lb_coef`` x load balance."""
+    """AdamW with linear warm-up and cosine decay; loss = CE + ``lb_coef`` x load balance.
+
+    Runs on the model's device (move it first, e.g. ``model.cuda()``); ``bf16`` wraps forward and
+    loss in bf16 autocast, weights and optimiser state stay fp32.
+    """
     import time
 
+    device = model_device(model)
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
     warm = max(1, steps // 20)
@@ -216,8 +233,9 @@ def train_lm(
     ce = torch.zeros(())
     model.train()
     for step, batch in zip(range(steps), batches_of(train_ids, batch_size, g)):
-        ce = lm_loss(model, batch)
-        loss = ce + lb_coef * model.aux_loss()
+        with autocast(device, bf16):
+            ce = lm_loss(model, batch.to(device))
+            loss = ce + lb_coef * model.aux_loss()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -225,5 +243,27 @@ def train_lm(
         sched.step()
         if log is not None and (step % 50 == 0 or step == steps - 1):
             log(step, float(ce.detach()))
-    val = validation_loss(model, val_ids)
+    val = validation_loss(model, val_ids, bf16=bf16)
     return TrainResult(steps, float(ce.detach()), val, time.perf_counter() - start)
+
+
+@torch.no_grad()
+def upcycle_lm(dense: ChessLM, mlp: str = "moex", noise: float = 0.0, seed: int = 0) -> ChessLM:
+    """A copy of a trained dense model whose MLPs are MoE layers upcycled from it (paper Table 4).
+
+    Embeddings, attention and layer norms are copied; each block's MoE experts start from slices of
+    its dense MLP (``layers.upcycle``); the router of a ``switch``/``relu_only`` model starts at its
+    fresh initialisation (seeded by ``seed``). Fine-tune the result with ``train_lm``.
+    """
+    if dense.cfg.mlp != "gelu":
+        raise BadInputError(f"can only upcycle a dense model (mlp='gelu'), not mlp={dense.cfg.mlp!r}")
+    torch.manual_seed(seed)
+    model = ChessLM(dataclasses.replace(dense.cfg, mlp=mlp))
+    own = {k: v for k, v in dense.state_dict().items() if ".mlp." not in k}
+    missing = [k for k in model.state_dict() if ".mlp." not in k and k not in own]
+    assert not missing, missing
+    model.load_state_dict(own, strict=False)
+    g = torch.Generator().manual_seed(seed)
+    for src, dst in zip(dense.blocks, model.blocks):
+        layers.upcycle(src.mlp, dst.mlp, noise=noise, generator=g)
+    return model

@@ -77,7 +77,8 @@ def expert_output(codes: Tensor, W_dec: Tensor, groups: Groups) -> Tensor:
         start += size
     if not pieces:
         return out
-    return out.index_add(0, groups.rows, torch.cat(pieces))
+    decoded = torch.cat(pieces)  # bf16 under autocast: accumulate in the matmuls' dtype
+    return out.to(decoded.dtype).index_add(0, groups.rows, decoded)
 
 
 def scatter_wide(codes: Tensor, indices: Tensor, n_experts: int) -> Tensor:

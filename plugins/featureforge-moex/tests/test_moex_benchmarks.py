@@ -46,3 +46,54 @@ def test_moex_dictionary_quick(tmp_path):
         assert row["fvu"] < 1.0 and row["step_rows_per_s"] > 0
     assert rows["switch"]["encoder_flops_vs_topk"] == pytest.approx(1 / 8)
     assert rows["moex"]["encoder_flops_vs_topk"] == pytest.approx(2 / 8)
+
+
+def _script(args: list[str], out: Path) -> dict:
+    result = subprocess.run([sys.executable, *map(str, args), "--out", str(out)], capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    printed = json.loads(result.stdout)
+    assert printed == json.loads(out.read_text())
+    return printed
+
+
+@pytest.mark.slow
+def test_moex_othello_quick_resumes_and_merges(tmp_path):
+    args = [BENCHMARKS / "moex_othello.py", "--quick", "--upcycle", "--workdir", tmp_path / "work"]
+    r0 = _script(args + ["--seeds", "0"], tmp_path / "s0.json")
+    assert set(r0["runs"]) == {"untrained", "gelu", "switch", "moex", "router_only", "relu_only", "sae_topk_on_gelu", "moex_upcycled"}
+    for name, per_seed in r0["runs"].items():
+        row = per_seed["0"]
+        assert 0 <= row["coverage"] <= 1 and 0 <= row["reconstruction"] <= 1, name
+    assert r0["runs"]["moex"]["0"]["active_mlp_params"] == r0["runs"]["gelu"]["0"]["active_mlp_params"]
+    # A rerun with the same --out trains nothing new: the runs come back unchanged.
+    assert _script(args + ["--seeds", "0"], tmp_path / "s0.json")["runs"] == r0["runs"]
+    _script(args + ["--seeds", "1", "--kinds", "gelu,moex", "--no-sae"], tmp_path / "s1.json")
+    merged = _script([BENCHMARKS / "moex_othello.py", "--merge", f"{tmp_path / 's0.json'},{tmp_path / 's1.json'}"], tmp_path / "m.json")
+    assert merged["table"]["moex"]["coverage"]["n"] == 2 and merged["table"]["switch"]["coverage"]["n"] == 1
+    assert merged["table"]["gelu"]["probe_gap_residual"]["n"] == 2
+    assert merged["verdict_inputs"]["moex-gelu"]["coverage"]["n"] == 2
+
+
+@pytest.mark.slow
+def test_moex_text_quick(tmp_path):
+    r = _script([BENCHMARKS / "moex_text.py", "--quick", "--seeds", "0,1"], tmp_path / "t.json")
+    assert set(r["table"]) == {"gelu", "switch", "moex"}
+    assert len({row["active_mlp_params"] for row in r["table"].values()}) == 1
+    assert r["paired_val_loss"]["moex-gelu"]["n"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # paper-size models on a CPU: about 15 minutes on a busy 2-core machine
+def test_moex_chess_paper_preset_dry_run(tmp_path):
+    """The paper-scale preset builds, trains two steps under bf16 autocast, upcycles and probes (CPU)."""
+    r = _script([BENCHMARKS / "moex_chess.py", "--preset", "paper", "--dry-run", "--kinds", "gelu,moex", "--upcycle", "--threads", "2",
+                 "--workdir", tmp_path / "work", "-o", "bf16=true"], tmp_path / "p.json")
+    assert r["preset"] == "paper" and r["dry_run"] and r["bf16"] and r["device"] == "cpu"
+    s = r["settings"]
+    assert (s["n_layer"], s["d_model"], s["n_head"], s["steps"]) == (8, 512, 8, 2)
+    assert set(r["models"]) == {"gelu", "moex", "moex_upcycled"}
+    for row in r["models"].values():
+        assert row["train"]["steps"] >= 1 and row["val_loss"] == row["val_loss"]  # finite, not NaN
+    assert r["models"]["moex"]["train"]["active_mlp_params"] == r["models"]["gelu"]["train"]["active_mlp_params"]
+    bad = subprocess.run([sys.executable, str(BENCHMARKS / "moex_chess.py"), "--quick", "-o", "colour=blue"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "use -o device=" in bad.stderr and "Traceback" not in bad.stderr

@@ -8,6 +8,9 @@
   HTML site that loads one feature's data at a time (``dashboard/``);
 - ``vision`` / ``synthesis`` and ``featureforge facets-vision``: facets of a unit of a torch image
   model and one synthetic image per facet;
+- ``ppgn`` / ``ppgn_sampler`` / ``ppgn_facets``: Plug & Play Generative Networks (a generator and a
+  DAE prior on a feature layer, chains conditioned on a class, unit or dictionary latent), used by
+  ``facets-vision --method ppgn|both``;
 - ``planted`` and ``splitting``: the planted-truth ARI and feature-splitting experiments.
 
 Importing this package is cheap; torch and scikit-learn load inside the functions that use them.

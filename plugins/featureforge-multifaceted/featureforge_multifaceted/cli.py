@@ -46,9 +46,23 @@ def add_commands(cli: Any) -> None:
     @click.option("--embed-layer", required=True, help="Module whose output embeds the top images (e.g. the penultimate layer).")
     @click.option("--top-n", type=int, default=64, show_default=True, help="Top images clustered into facets.")
     @click.option("--steps", type=int, default=20, show_default=True, help="Synthesis steps per octave.")
-    @click.option("--out", required=True, help="Folder for facets.png and facets.json.")
+    @click.option("--out", required=True, help="Folder for facets.png / ppgn.png, facets.json (and feature.html with --method both).")
+    @click.option("--method", type=click.Choice(["pixel", "ppgn", "both"]), default="pixel", show_default=True,
+                  help="pixel: activation maximisation per facet (Nguyen 2016); ppgn: Plug & Play Generative Network chains; both.")
+    @click.option("--ppgn", "ppgn_dir", default=None, help="Folder of a trained PPGN (generator, DAE prior); trained there first if empty.")
+    @click.option("--dictionary", default=None, help="A run folder: the unit is then that dictionary's latent over --layer.")
+    @click.option("--condition", type=click.Choice(["activation", "log-softmax"]), default="activation", show_default=True,
+                  help="PPGN condition: the unit's activation, or log p(class) over --layer's outputs (a class logit layer).")
+    @click.option("--chains", type=int, default=4, show_default=True, help="PPGN chains.")
+    @click.option("--chain-steps", type=int, default=200, show_default=True, help="Updates per PPGN chain.")
+    @click.option("--every", type=int, default=20, show_default=True, help="Keep a PPGN sample every N updates.")
+    @click.option("--feature-layer", default=None, help="Layer whose code the PPGN generator inverts (default: --embed-layer).")
+    @click.option("--ppgn-epochs", type=int, default=40, show_default=True, help="Generator epochs when the PPGN is trained.")
+    @click.option("--seed", type=int, default=0, show_default=True)
     def facets_vision_command(model: str, weights: str | None, images: str, size: str, mode: str, layer: str, unit: int,
-                              embed_layer: str, top_n: int, steps: int, out: str) -> None:
+                              embed_layer: str, top_n: int, steps: int, out: str, method: str, ppgn_dir: str | None,
+                              dictionary: str | None, condition: str, chains: int, chain_steps: int, every: int,
+                              feature_layer: str | None, ppgn_epochs: int, seed: int) -> None:
         """Facets of a unit of an image model, one synthetic image per facet beside its real top images."""
         import featureforge
 
@@ -58,7 +72,16 @@ def add_commands(cli: Any) -> None:
             h, w = (int(v) for v in size.lower().split("x"))
         except ValueError:
             raise featureforge.OptionError(f"--size {size!r} is not HEIGHTxWIDTH; write e.g. --size 224x224") from None
-        s = facets_vision(model, weights, images, (h, w), mode, layer, unit, embed_layer, out, top_n, steps)
-        click.echo(f"facets: {s['facets']} (sizes {s['sizes']}), synthetic activations {s['synthetic_activations']} vs best real "
-                   f"{s['best_real_activation']}; {s['images']} images read, {s['skipped_unreadable']} unreadable skipped")
-        click.echo(f"Wrote {s['grid']} and {Path(out) / 'facets.json'}")
+        s = facets_vision(model, weights, images, (h, w), mode, layer, unit, embed_layer, out, top_n, steps, method=method,
+                          ppgn=ppgn_dir, dictionary=dictionary, chains=chains, chain_steps=chain_steps, every=every,
+                          condition=condition, feature_layer=feature_layer, ppgn_epochs=ppgn_epochs, seed=seed)
+        click.echo(f"{s['images']} images read, {s['skipped_unreadable']} unreadable skipped")
+        if "facets" in s:
+            click.echo(f"pixel: facets: {s['facets']} (sizes {s['sizes']}), synthetic activations {s['synthetic_activations']} vs best real "
+                       f"{s['best_real_activation']}; wrote {s['grid']}")
+        if "ppgn" in s:
+            p = s["ppgn"]
+            click.echo(f"ppgn: {p['chains']} chains x {len(p['kept_steps'])} samples, mean activation {p['mean_activation_fraction']} of the "
+                       f"best real; real facets reached {p['real_facets_reached']} of {p['real_facets']}; wrote {p['grid']}"
+                       + (f" (PPGN trained into {p['ppgn_dir']})" if p["trained_now"] else ""))
+        click.echo(f"Wrote {Path(out) / 'facets.json'}" + (f" and {s['page']}" if "page" in s else ""))

@@ -60,6 +60,10 @@ class FacetsOptions:
     """Folder to write the HTML dashboard into; empty: no dashboard."""
     seed: int = 0
     """Seed of the uniform sample and of k-means."""
+    steer_tokens: int = 0
+    """Dashboard of a causal LM: tokens of the precomputed steered continuations on each feature page (latent added at 2, 4, 8 × its typical value); 0: no steering section."""
+    steer_prompt: str = "The"
+    """Prompt the steered continuations start from."""
 
 
 class FacetsEvaluator(Evaluator):
@@ -76,7 +80,7 @@ class FacetsEvaluator(Evaluator):
 
         if parse_embed(o.embed)[0] != "acts" and o.contexts == "off":
             raise OptionError(f"facets: embed={o.embed} runs the model on text contexts; drop -o contexts=off")
-        for field in ("sample", "neighbours", "features", "rows", "batch_rows"):
+        for field in ("sample", "neighbours", "features", "rows", "batch_rows", "steer_tokens"):
             if getattr(o, field) < 0:
                 raise OptionError(f"facets: {field}={getattr(o, field)} must not be negative")
 
@@ -96,16 +100,17 @@ class FacetsEvaluator(Evaluator):
         store = context.store
         if store is None:
             raise BadInputError("the facets evaluator needs an activation store; pass --store")
-        check_match(dictionary, store, context.extra.get("run_config") or {})
+        check_match(dictionary, store, dict(context.run_config))
         text = o.contexts == "on" or (o.contexts == "auto" and "token_ids" in store.columns)
         if text or o.embed != "acts":
             require_tokens(store)
             text = True
         requested = parse_latents(o.latents, int(dictionary.d_dict)) if o.latents else None
-        source = context.source or (_store_source(store) if text else None)
+        source = _store_source(context) if text else context.given_source
         embed = live_embedder(source, o.embed)
         dictionary.eval()
-        with featureforge.progress_bar(store.rows if not o.rows else min(o.rows, store.rows), "facets: collect") as bar:
+        with featureforge.progress_bar(store.rows if not o.rows else min(o.rows, store.rows), "facets: collect",
+                                       enabled=None if context.progress else False) as bar:
             found = collect(dictionary, store, top_n=o.top_n, sample=o.sample, batch_rows=o.batch_rows, max_rows=o.rows or None,
                             seed=o.seed, progress=bar.update)
         latents = requested if requested is not None else choose_latents(found, o.features)
@@ -118,12 +123,17 @@ class FacetsEvaluator(Evaluator):
             from .dashboard import SiteWriter
 
             site = SiteWriter(Path(o.site))
+        from .steering_page import steering_sections
+
+        steering = steering_sections(source, dictionary, store, latents, prompt=o.steer_prompt, max_new_tokens=o.steer_tokens) if site and o.steer_tokens else {}
         t0 = time.perf_counter()
         table: dict[int, dict[str, Any]] = {}
         for rec in feature_records(dictionary, store, found, latents, self.settings(), shown, decode, effects, embed=embed):
             table[rec["id"]] = {k: rec[k] for k in ("count", "density", "max_act", "mean_act")} | {
                 "facets": rec["facets"]["k"], "sizes": [f["size"] for f in rec["facets"]["items"]]}
             if site is not None:
+                if rec["id"] in steering:
+                    rec["steering"] = steering[rec["id"]]
                 site.feature(rec)
         seconds = time.perf_counter() - t0
         counts = [t["facets"] for t in table.values()]
@@ -170,11 +180,11 @@ def _title(context: EvaluationContext, store: Any) -> str:
     return f"{run} on {Path(store.url).name}"
 
 
-def _store_source(store: Any) -> Any:
-    """The store's source rebuilt from its recorded name and options (for decoding), or None."""
+def _store_source(context: EvaluationContext) -> Any:
+    """The store's source (for decoding), or None where the core cannot rebuild it here."""
     try:
-        return featureforge.make_source(store.source["name"], store.source.get("options") or {})
-    except Exception:  # not installed here, or options from another version
+        return context.source
+    except featureforge.BadInputError:  # not installed here, or options from another version
         return None
 
 

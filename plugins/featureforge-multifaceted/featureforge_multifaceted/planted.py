@@ -70,7 +70,7 @@ def planted_ari(store: Any, unions: Sequence[Sequence[int]], *, top_n: int = 300
     truth = store.ground_truth()
     if truth is None or "features" not in truth:
         raise featureforge.BadInputError(f"store {store.url} holds no ground truth; cache it with --source synthetic")
-    source = featureforge.make_source(store.source["name"], store.source.get("options") or {})
+    source = featureforge.EvaluationContext(store, ".").source  # the store's source, rebuilt by the core
     dictionary = union_dictionary(truth["features"], unions, bias)
     found = collect(dictionary, store, top_n=top_n, sample=0)
     out = []

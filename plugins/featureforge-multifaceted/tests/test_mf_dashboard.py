@@ -143,3 +143,19 @@ def test_index_of_16k_features_loads_one_small_file_per_feature(tmp_path):
     assert len(re.findall(r'<tr data-id="\d+"', dom)) == 200 and "200 of 16384 features" in dom
     dom, console = dump_dom(tmp_path / "feature.html", "?id=16383")
     assert console == [] and "ready: feature 16383" in dom
+
+
+def test_text_dashboard_feature_pages_show_precomputed_steering(tiny_text, tmp_path):
+    store, run = tiny_text
+    out = tmp_path / "steer-site"
+    dashboard(str(run), store.url, str(out), ("top_n=48", "features=2", "steer_tokens=5", "steer_prompt=def "))
+    records = [json.loads(p.read_text()[len("ffFeature(") : -3]) for p in sorted((out / "data").glob("feature_*.js"))]
+    assert len(records) == 2
+    for record in records:
+        s = record["steering"]
+        assert s["prompt"] == "def " and s["typical"] > 0 and [st["alpha"] for st in s["steps"]] == [2.0, 4.0, 8.0]
+        assert isinstance(s["clean"], str) and all(isinstance(st["text"], str) and st["kl"] > 0 for st in s["steps"])
+        assert s["steps"][0]["promoted"][0]["gain"] > 0
+    if chromium():
+        dom, console = dump_dom(out / "feature.html", f"?id={records[0]['id']}")
+        assert console == [] and dom.count('class="steered"') == 3 and 'data-state="ready"' in dom

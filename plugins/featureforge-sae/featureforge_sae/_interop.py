@@ -44,7 +44,7 @@ from typing import Any
 import torch
 
 from featureforge import BadInputError, OptionError
-from featureforge.dictionary import atomic_write, weights_units, write_json
+from featureforge.dictionary import atomic_write, safetensors_bytes, weights_units, write_json
 
 from ._models import BatchTopKSAE, JumpReLUSAE, MatryoshkaSAE, ReLUSAE, TopKSAE
 
@@ -114,9 +114,9 @@ def _featureforge_block(trainer: Any, dictionary: Any, note: dict[str, Any] | No
 
 
 def _save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    from safetensors.torch import save_file
-
-    atomic_write(path, lambda p: save_file({k: v.contiguous() for k, v in tensors.items()}, str(p), metadata=metadata))
+    # Fixed header order (featureforge.dictionary.safetensors_bytes): equal exports are equal files.
+    data = safetensors_bytes({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata or {})
+    atomic_write(path, lambda p: p.write_bytes(data))
 
 
 def export_dictionary(trainer: Any, dictionary: Any, fmt: str, out_dir: Path, note: dict[str, Any] | None = None) -> Path:

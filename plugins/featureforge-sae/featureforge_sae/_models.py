@@ -110,8 +110,9 @@ class GradientTopKSAE(TopKSAE):
     def reconstruct_with_grads(self, x: Tensor, grads: Tensor) -> Tensor:
         """``x_hat`` in original units, latents selected as in training from ``grads = dL/dx``.
 
-        Evaluators look for this method: a dictionary that has it is scored both ways (plain
-        TopK, as at inference without gradients, and gradient-aware selection).
+        Overriding ``Dictionary.reconstruct_with_grads`` declares ``uses_gradients``: evaluators
+        score this dictionary both ways (plain TopK, as at inference without gradients, and
+        gradient-aware selection).
         """
         from featureforge import BadInputError
 

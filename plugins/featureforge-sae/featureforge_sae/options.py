@@ -42,8 +42,8 @@ class TopKOptions:
     """Latents per input dimension when d_dict is not given (default 8)."""
     k: int = 32
     """Active latents per row."""
-    dead_after: int = 10_000_000
-    """Rows without firing after which a latent counts as dead and joins the AuxK loss (Gao et al. and sparsify use 10M tokens)."""
+    dead_after: int | None = None
+    """Rows without firing after which a latent counts as dead and joins the AuxK loss; default: the loop's `-t dead_after` (10M rows, Gao et al.'s and sparsify's value)."""
     k_aux: int | None = None
     """Dead latents per row that reconstruct the residual in the AuxK loss; default d_in // 2 (Gao et al. appendix B.1)."""
     aux_coef: float = 1 / 32
@@ -59,7 +59,7 @@ class TopKOptions:
             raise OptionError(f"k={self.k} must be positive; use e.g. -o k=32")
         if self.d_dict is not None and self.k >= self.d_dict:
             raise OptionError(f"k={self.k} must be smaller than d_dict={self.d_dict}; lower k or raise d_dict")
-        if self.dead_after <= 0:
+        if self.dead_after is not None and self.dead_after <= 0:
             raise OptionError(f"dead_after={self.dead_after} must be a positive number of rows; use e.g. -o dead_after=10000000")
         if self.k_aux is not None and self.k_aux <= 0:
             raise OptionError(f"k_aux={self.k_aux} must be positive; leave it unset for d_in // 2, or set aux_coef=0 to turn AuxK off")

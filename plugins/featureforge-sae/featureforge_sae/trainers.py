@@ -28,6 +28,9 @@ from featureforge import StepOutput, TrainState
 
 from .options import BatchTopKOptions, ReLUOptions, TopKOptions
 
+#: AuxK's horizon where neither the options nor the loop give one (a trainer used outside the loop).
+DEFAULT_DEAD_AFTER = 10_000_000
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
@@ -164,15 +167,18 @@ class TopKTrainer(UnitDecoder, SAETrainer):
     def k_aux(self, d_in: int) -> int:
         return self.options.k_aux if self.options.k_aux is not None else max(1, d_in // 2)
 
-    def dead_after_rows(self) -> int:
-        """AuxK's horizon: the loop logs dead latents by the same rule."""
+    def dead_after_rows(self) -> int | None:
+        """AuxK's horizon when set (the loop logs dead latents by the same rule); None: the loop's ``dead_after``."""
         return self.options.dead_after
+
+    def _horizon(self, state: TrainState) -> int:
+        return self.options.dead_after or getattr(state, "dead_after", None) or DEFAULT_DEAD_AFTER
 
     # -- the step -----------------------------------------------------------------------------
     def _dead_latents(self, dictionary: Any, state: TrainState | None) -> "torch.Tensor | None":
         if state is None or self.options.aux_coef == 0 or state.rows_since_fired is None:
             return None
-        dead = state.rows_since_fired >= self.options.dead_after
+        dead = state.rows_since_fired >= self._horizon(state)
         if not bool(dead.any()):
             return None
         return dead.nonzero().squeeze(1).to(dictionary.W_dec.device)

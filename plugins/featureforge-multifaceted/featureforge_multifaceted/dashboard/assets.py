@@ -139,7 +139,20 @@ function ffFeature(f) {
   } else {
     eff.appendChild(el("p", {className: "note", text: "no output-token effects for this dictionary (see the index page)"}));
   }
+  steering(f.steering);
   ready("feature " + f.id);
+}
+function steering(s) {  // precomputed by steering_page.py: continuations without and with the latent added
+  var box = document.getElementById("steering");
+  if (!s) { box.appendChild(el("p", {className: "note", text: "no steering section (causal LMs: featureforge dashboard ... -o steer_tokens=12)"})); return; }
+  box.appendChild(el("p", {className: "note", text: "prompt " + JSON.stringify(s.prompt) + "; latent added at every position, \u03b1 \u00d7 its typical value " + fmt(s.typical) + "; greedy"}));
+  var rows = [el("tr", {}, [el("th", {text: "\u03b1"}), el("th", {text: "continuation"}), el("th", {className: "num", text: "KL next token"}), el("th", {text: "most promoted next tokens"})])];
+  rows.push(el("tr", {className: "steer-clean"}, [el("td", {text: "0"}), el("td", {className: "ctx", text: s.clean}), el("td", {}), el("td", {})]));
+  s.steps.forEach(function (st) {
+    rows.push(el("tr", {className: "steered", "data-alpha": st.alpha}, [el("td", {text: fmt(st.alpha)}), el("td", {className: "ctx", text: st.text}), num("kl", st.kl),
+      el("td", {}, st.promoted.slice(0, 5).map(function (t) { return el("span", {className: "pill", text: JSON.stringify(t.token) + " +" + fmt(t.gain)}); }))]));
+  });
+  box.appendChild(el("table", {}, rows));
 }
 function example(ex, top) {
   var line = el("div", {className: "ctx", "data-row": ex.row}, [el("span", {className: "v", text: fmt(ex.value)})]);
@@ -206,6 +219,7 @@ FEATURE_BODY = """
 <h2>Facets</h2><div id="facets"></div>
 <h2>Activation quantile bands</h2><div id="bands"></div>
 <h2>Output-token effects</h2><div id="effects"></div>
+<h2>Steering</h2><div id="steering"></div>
 <script>loadFeature();</script>
 """
 

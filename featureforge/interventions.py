@@ -1,0 +1,127 @@
+"""One intervention model for a dictionary's latents at a hook point: ``add``, ``clamp``, ``ablate``.
+
+Splicing for evaluation, ``featureforge steer``, the ``steering`` evaluator and dashboards all use
+it. A source applies it through its splice seam: an intervention becomes a row replacement
+(``rows [n, d] -> rows``) that the live model puts in place of the hook point's tensor at the
+chosen positions, so there is one hook mechanism for splicing and steering.
+
+Every mode edits the codes and adds the *decoded difference* to the activation, keeping the
+dictionary's error term ``x - x̂`` so that only the chosen latents change::
+
+    z = encode(x);  z' = z with the chosen latents edited;  x' = x + decode(z') - decode(z)
+    add:    z'_i = z_i + α·u_i          clamp:  z'_i = α·u_i          ablate:  z'_i = 0
+
+``u_i`` is the latent's typical firing value (``units="typical"``: the mean of its non-zero codes
+on store rows) or 1 (``units="absolute"``, code units). With a linear decoder ``add`` is
+``x + α·u_i·d_i`` (``d_i`` the decoder row in original units), whatever the context. An edit that
+changes no code (ablating a latent that does not fire, adding α = 0) gives ``x`` back bit for bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Iterable, Literal, Sequence
+
+import torch
+
+from .errors import BadInputError
+
+Mode = Literal["add", "clamp", "ablate"]
+Units = Literal["typical", "absolute"]
+MODES: tuple[str, ...] = ("add", "clamp", "ablate")
+UNITS: tuple[str, ...] = ("typical", "absolute")
+
+
+@dataclasses.dataclass(frozen=True)
+class Intervention:
+    """Edit of some latents' codes: ``mode`` with strength ``value`` (α) in ``units``."""
+
+    latents: tuple[int, ...]
+    mode: Mode = "add"
+    #: α: the added amount (add) or the target code (clamp), in ``units``; ignored by ablate.
+    value: float = 0.0
+    units: Units = "typical"
+
+    def __post_init__(self) -> None:
+        latents = (self.latents,) if isinstance(self.latents, int) else tuple(int(i) for i in self.latents)
+        object.__setattr__(self, "latents", latents)
+        if not latents:
+            raise BadInputError("an intervention needs at least one latent; pass e.g. --latent 123")
+        if self.mode not in MODES:
+            raise BadInputError(f"intervention mode {self.mode!r} is not one of {', '.join(MODES)}")
+        if self.units not in UNITS:
+            raise BadInputError(f"intervention units {self.units!r} are not one of {', '.join(UNITS)}")
+
+    def check(self, d_dict: int, typical: torch.Tensor | None) -> None:
+        """Refuse latents outside the dictionary, and typical units without a firing value."""
+        bad = [i for i in self.latents if not 0 <= i < d_dict]
+        if bad:
+            raise BadInputError(f"latent {bad[0]} is outside the dictionary (0..{d_dict - 1}); pick a latent below d_dict={d_dict}")
+        if self.mode != "ablate" and self.units == "typical":
+            if typical is None:
+                raise BadInputError("typical units need the latents' firing values (a store); pass units='absolute' or a store")
+            silent = [i for i in self.latents if float(typical[i]) <= 0]
+            if silent:
+                raise BadInputError(f"latent {silent[0]} never fired on the store sample, so it has no typical value; pass --units absolute")
+
+
+def edit_codes(codes: torch.Tensor, interventions: Sequence[Intervention], typical: torch.Tensor | None) -> torch.Tensor:
+    """A copy of ``codes [n, d_dict]`` with every intervention applied in order."""
+    out = codes.clone()
+    for iv in interventions:
+        idx = torch.as_tensor(iv.latents, device=codes.device)
+        if iv.mode == "ablate":
+            out[:, idx] = 0
+            continue
+        scale = typical.to(codes.device, codes.dtype)[idx] if iv.units == "typical" else torch.ones(len(idx), device=codes.device, dtype=codes.dtype)
+        amount = float(iv.value) * scale
+        out[:, idx] = out[:, idx] + amount if iv.mode == "add" else amount.expand(out.shape[0], -1).clone()
+    return out
+
+
+def replacement(dictionary: Any, interventions: Sequence[Intervention], typical: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The row replacement ``x -> x + decode(z') - decode(z)`` that a live model's splice applies."""
+    interventions = list(interventions)
+    for iv in interventions:
+        iv.check(int(dictionary.d_dict), typical)
+
+    def apply(rows: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            codes = dictionary.encode(rows.float())
+            delta = dictionary.decode(edit_codes(codes, interventions, typical)) - dictionary.decode(codes)
+            return (rows.float() + delta).to(rows.dtype)
+
+    return apply
+
+
+def typical_values(dictionary: Any, blocks: Iterable[Any], max_rows: int = 65_536) -> torch.Tensor:
+    """Mean non-zero code of each latent over rows (zero for latents that never fire): the unit of α."""
+    total = torch.zeros(int(dictionary.d_dict), dtype=torch.float64)
+    count = torch.zeros(int(dictionary.d_dict), dtype=torch.float64)
+    seen = 0
+    device = next((p.device for p in dictionary.parameters()), torch.device("cpu")) if isinstance(dictionary, torch.nn.Module) else torch.device("cpu")
+    with torch.no_grad():
+        for block in blocks:
+            rows = torch.as_tensor(block)[: max_rows - seen].to(device)
+            codes = dictionary.encode(rows.float()).double().cpu()
+            active = codes != 0
+            total += (codes * active).sum(0)
+            count += active.sum(0)
+            seen += rows.shape[0]
+            if seen >= max_rows:
+                break
+    return (total / count.clamp_min(1)).float()
+
+
+def position_mask(attention_mask: torch.Tensor, positions: Sequence[int] | None) -> torch.Tensor:
+    """Bool [b, t]: the chosen positions of each sequence (negative: from its end), all if None."""
+    mask = attention_mask.bool()
+    if positions is None:
+        return mask
+    lengths = mask.sum(1, keepdim=True)
+    chosen = torch.zeros_like(mask)
+    idx = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+    for p in positions:
+        target = lengths + int(p) if int(p) < 0 else torch.full_like(lengths, int(p))
+        chosen |= idx == target
+    return chosen & mask

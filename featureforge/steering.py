@@ -1,0 +1,267 @@
+"""Steering a live model with a dictionary's latents: ``featureforge steer`` and ``featureforge.steer``.
+
+The intervention (``interventions.py``) is applied through the store's source's splice seam: the
+source rebuilds its live model, ``source.splice(dictionary)`` yields a live model, and a row
+replacement edits the hook point at the chosen positions. What the core needs from that live
+model (the hf source's ``SplicedModel`` offers all of it):
+
+* ``kind`` ("causal-lm" or "encoder"), ``device``;
+* ``live(input_ids, attention_mask, replace=fn, token_mask=bool[b, t])`` -> logits or hidden states;
+* ``token_mask(input_ids, attention_mask)``: the positions the store holds as rows;
+* ``prompt_ids(text)``, ``decode(ids)``, ``token_texts(ids)``; ``pooled(hidden, mask)`` (encoders);
+* ``patch(fn)``: a context in which every forward of ``live.model`` is replaced (for :func:`steered`).
+
+Causal LMs: greedy (or seeded sampling) continuations with and without the intervention, and the
+next-token distribution shift at the prompt's end (KL(clean ‖ steered), most promoted and
+suppressed tokens by log-probability gain). Encoders: 1 − cos between the pooled embeddings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from .errors import BadInputError
+from .interventions import Intervention, position_mask, replacement, typical_values
+
+#: Store rows encoded to find each latent's typical firing value (the unit of α).
+TYPICAL_ROWS = 16_384
+
+
+@dataclasses.dataclass
+class TokenShift:
+    """One token's next-token log-probability without and with the intervention."""
+
+    token_id: int
+    token: str
+    logprob_clean: float
+    logprob_steered: float
+
+
+@dataclasses.dataclass
+class SteerOutcome:
+    """The effect of one strength α."""
+
+    alpha: float
+    #: Continuation of the prompt under the intervention (causal LMs).
+    text: str | None = None
+    #: KL(clean ‖ steered) of the next-token distribution at the prompt's end (nats).
+    kl: float | None = None
+    promoted: list[TokenShift] = dataclasses.field(default_factory=list)
+    suppressed: list[TokenShift] = dataclasses.field(default_factory=list)
+    #: 1 − cos(pooled embedding clean, steered) (encoders).
+    embedding_distance: float | None = None
+
+
+@dataclasses.dataclass
+class SteerResult:
+    """What ``featureforge.steer`` returns; ``to_dict()`` is what ``--json`` prints."""
+
+    prompt: str
+    kind: str
+    hook: str
+    latents: list[int]
+    mode: str
+    units: str
+    positions: list[int] | None
+    #: Typical firing value of each latent (the unit of α when units="typical").
+    typical: list[float]
+    #: Continuation without intervention (causal LMs).
+    clean_text: str | None
+    outcomes: list[SteerOutcome]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# -- the live model --------------------------------------------------------------------------
+def live_source(store: Any, device: str = "") -> Any:
+    """The store's recorded source rebuilt (its live model), refusing sources that cannot splice."""
+    from .context import rebuild_source
+
+    source = rebuild_source(store, {"device": device} if device else None)
+    if not source.can_splice:
+        raise BadInputError(f"store {store.url} was cached by source {source.name!r}, which cannot run a live model; steer needs a model source such as hf")
+    return source
+
+
+def store_typical(dictionary: Any, store: Any, rows: int = TYPICAL_ROWS) -> torch.Tensor:
+    """Each latent's mean non-zero code over the store's first ``rows`` rows."""
+    rpc = store.rows_per_chunk
+    blocks = (store.read(ref.index * rpc, ref.index * rpc + ref.rows) for ref in store.committed_chunks())
+    return typical_values(dictionary, (torch.from_numpy(b) for b in blocks), max_rows=rows)
+
+
+def _resolve(run: Any, store: Any) -> tuple[Any, Any]:
+    from .dictionary import Dictionary, load
+    from .store import ActivationStore, open_store
+
+    dictionary = run if isinstance(run, Dictionary) else load(run)
+    opened = store if isinstance(store, ActivationStore) else open_store(store)
+    if int(dictionary.d_in) != opened.d_in:
+        raise BadInputError(f"the dictionary has d_in={dictionary.d_in} but store {opened.url} has width {opened.d_in}; pass the store it was trained on")
+    return dictionary, opened
+
+
+# -- pure pieces -----------------------------------------------------------------------------
+def distribution_shift(clean_logits: torch.Tensor, steered_logits: torch.Tensor, top: int = 10) -> tuple[float, list[int], list[int], torch.Tensor, torch.Tensor]:
+    """KL(clean ‖ steered), ids of the ``top`` most promoted and suppressed tokens, both log-prob vectors."""
+    lp = torch.log_softmax(clean_logits.double(), -1)
+    lq = torch.log_softmax(steered_logits.double(), -1)
+    kl = float((lp.exp() * (lp - lq)).sum())
+    gain = lq - lp
+    k = min(top, gain.numel())
+    promoted = torch.topk(gain, k).indices.tolist()
+    suppressed = torch.topk(-gain, k).indices.tolist()
+    return kl, promoted, suppressed, lp, lq
+
+
+def generate(live: Any, ids: list[int], replace: Any, positions: Sequence[int] | None, max_new_tokens: int,
+             temperature: float = 0.0, seed: int = 0) -> list[int]:
+    """New token ids after ``ids``: greedy (temperature 0) or seeded sampling, the whole sequence
+    re-run each step (no KV cache) so the intervention sees every position it covers.
+    ``positions`` (of the prompt) limit the intervention; None: every stored-row position."""
+    gen = torch.Generator().manual_seed(int(seed))
+    seq = list(ids)
+    prompt_len = len(ids)
+    for _ in range(max_new_tokens):
+        input_ids = torch.tensor([seq], device=live.device)
+        mask = torch.ones_like(input_ids)
+        token_mask = live.token_mask(input_ids, mask)
+        if positions is not None:
+            prompt_mask = torch.zeros_like(mask)
+            prompt_mask[:, :prompt_len] = 1
+            token_mask = token_mask & position_mask(prompt_mask, positions)
+        logits = live(input_ids, mask, replace=replace, token_mask=token_mask)[0, -1].float().cpu()
+        if temperature > 0:
+            nxt = int(torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=gen))
+        else:
+            nxt = int(logits.argmax())
+        seq.append(nxt)
+    return seq[prompt_len:]
+
+
+# -- the verb --------------------------------------------------------------------------------
+def steer(
+    run: str | os.PathLike | Any,
+    *,
+    store: Any,
+    latents: Sequence[int],
+    prompt: str,
+    alphas: Sequence[float] = (4.0,),
+    mode: str = "add",
+    units: str = "typical",
+    positions: Sequence[int] | None = None,
+    max_new_tokens: int = 20,
+    temperature: float = 0.0,
+    seed: int = 0,
+    top: int = 10,
+    device: str = "",
+) -> SteerResult:
+    """Run the store's live model on ``prompt`` with and without the intervention at each α.
+
+    ``positions``: prompt positions to intervene at (negative: from the end); None: every
+    position, generated ones included. ``ablate`` takes no α (one outcome, α reported as 0).
+    """
+    if not prompt:
+        raise BadInputError("steer needs a prompt; pass --prompt \"some text\"")
+    if max_new_tokens < 0:
+        raise BadInputError(f"max_new_tokens={max_new_tokens} must be 0 or more")
+    dictionary, opened = _resolve(run, store)
+    alphas = [0.0] if mode == "ablate" else [float(a) for a in alphas]
+    if not alphas:
+        raise BadInputError("give at least one strength, e.g. --alpha 4 or --alpha 0,2,4,8")
+    plans = [Intervention(tuple(latents), mode, a, units) for a in alphas]  # type: ignore[arg-type]
+    typical = store_typical(dictionary, opened)
+    for plan in plans:
+        plan.check(int(dictionary.d_dict), typical)
+    source = live_source(opened, device)
+    with source.splice(dictionary) as live:
+        return steer_live(live, dictionary, typical, plans, prompt, positions=positions, max_new_tokens=max_new_tokens,
+                          temperature=temperature, seed=seed, top=top)
+
+
+def steer_live(live: Any, dictionary: Any, typical: torch.Tensor, plans: Sequence[Intervention], prompt: str, *,
+               positions: Sequence[int] | None = None, max_new_tokens: int = 20, temperature: float = 0.0, seed: int = 0,
+               top: int = 10) -> SteerResult:
+    """:func:`steer` on a live model already open (``source.splice(dictionary)``), one outcome per plan."""
+    ids = live.prompt_ids(prompt)
+    if len(ids) < 1:
+        raise BadInputError(f"prompt {prompt!r} has no tokens; pass some text")
+    input_ids = torch.tensor([ids], device=live.device)
+    mask = torch.ones_like(input_ids)
+    token_mask = live.token_mask(input_ids, mask) & position_mask(mask, positions)
+    clean = live(input_ids, mask, replace="none")
+    clean_text = None
+    if live.kind == "causal-lm" and max_new_tokens:
+        clean_text = live.decode(generate(live, ids, "none", positions, max_new_tokens, temperature, seed))
+    outcomes = []
+    for plan in plans:
+        fn = replacement(dictionary, [plan], typical)
+        out = live(input_ids, mask, replace=fn, token_mask=token_mask)
+        if live.kind == "causal-lm":
+            kl, up, down, lp, lq = distribution_shift(clean[0, -1].cpu(), out[0, -1].cpu(), top)
+
+            def shifts(token_ids: list[int]) -> list[TokenShift]:
+                texts = live.token_texts(token_ids)
+                return [TokenShift(t, s, float(lp[t]), float(lq[t])) for t, s in zip(token_ids, texts)]
+
+            text = live.decode(generate(live, ids, fn, positions, max_new_tokens, temperature, seed)) if max_new_tokens else None
+            outcomes.append(SteerOutcome(plan.value, text=text, kl=kl, promoted=shifts(up), suppressed=shifts(down)))
+        else:
+            a, b = live.pooled(clean, mask), live.pooled(out, mask)
+            dist = float(1 - torch.nn.functional.cosine_similarity(a, b, dim=-1)[0])
+            outcomes.append(SteerOutcome(plan.value, embedding_distance=dist))
+    latents = list(dict.fromkeys(i for p in plans for i in p.latents))
+    return SteerResult(
+        prompt=prompt, kind=live.kind, hook=getattr(live, "hook", ""), latents=latents, mode=plans[0].mode if plans else "add",
+        units=plans[0].units if plans else "typical", positions=list(positions) if positions is not None else None,
+        typical=[float(typical[i]) for i in latents], clean_text=clean_text, outcomes=outcomes,
+    )
+
+
+@contextlib.contextmanager
+def steered(run: str | os.PathLike | Any, *, store: Any, latents: Sequence[int], alpha: float = 4.0, mode: str = "add",
+            units: str = "typical", device: str = "") -> Iterator[Any]:
+    """The store's live model, patched with the intervention at every position inside the block only.
+
+    Yields the live model (``.model`` is the framework model, e.g. a transformers model whose own
+    ``generate`` is steered inside the block); nothing stays patched after it.
+    """
+    dictionary, opened = _resolve(run, store)
+    typical = store_typical(dictionary, opened) if units == "typical" and mode != "ablate" else None
+    fn = replacement(dictionary, [Intervention(tuple(latents), mode, float(alpha), units)], typical)  # type: ignore[arg-type]
+    source = live_source(opened, device)
+    with source.splice(dictionary) as live:
+        if not hasattr(live, "patch"):
+            raise BadInputError(f"source {source.name!r}'s live model cannot be patched for a block; use featureforge.steer")
+        with live.patch(fn):
+            yield live
+
+
+def summary_lines(result: SteerResult) -> list[str]:
+    """What ``featureforge steer`` prints without ``--json``."""
+    units = "× typical" if result.units == "typical" else "(code units)"
+    typical = ", ".join(f"{i}: {t:.3g}" for i, t in zip(result.latents, result.typical))
+    lines = [f"{result.mode} latent(s) {', '.join(map(str, result.latents))} at {result.hook} (typical value {typical}); prompt {result.prompt!r}, continuations:"]
+    if result.clean_text is not None:
+        lines.append(f"{'clean':<18} {result.clean_text!r}")
+    for o in result.outcomes:
+        label = "ablated" if result.mode == "ablate" else f"α={o.alpha:g} {units}"
+        if result.kind == "causal-lm":
+            if o.text is not None:
+                lines.append(f"{label:<18} {o.text!r}")
+            if not o.kl:
+                lines.append(f"{'':<18} next token: unchanged (KL 0)")
+                continue
+            up = ", ".join(f"{t.token!r} {t.logprob_steered - t.logprob_clean:+.2f}" for t in o.promoted)
+            down = ", ".join(f"{t.token!r} {t.logprob_steered - t.logprob_clean:+.2f}" for t in o.suppressed)
+            lines.append(f"{'':<18} next token: KL {o.kl:.4g} nats; promoted {up}")
+            lines.append(f"{'':<18} suppressed {down}")
+        else:
+            lines.append(f"{label:<18} 1 − cos(pooled embedding) = {o.embedding_distance:.4g}")
+    return lines

@@ -1,0 +1,166 @@
+"""Training the small stdlib-text GPT-2 on CPU: the causal LM reachable without a download.
+
+``featureforge tiny-lm`` (registered by this plugin) trains it once into ``stores/models/stdlib-gpt2``
+(or ``--out``) and afterwards only prints where it is (cached; ``--retrain`` trains again). The
+text is this machine's standard library (the ``hf`` source's default data), the tokenizer a
+byte-level BPE trained here, the model a randomly initialised ``transformers`` GPT-2; every 50th
+document is held out for the validation loss. Training stops after ``minutes``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+DEFAULT_OUT = "stores/models/stdlib-gpt2"
+REPORT = "train_report.json"
+
+
+@dataclasses.dataclass
+class TinyLMConfig:
+    minutes: float = 5.0
+    layers: int = 4
+    d_model: int = 128
+    heads: int = 4
+    context: int = 128
+    vocab: int = 2048
+    batch_size: int = 16
+    lr: float = 1e-3
+    max_chars: int = 4_000_000
+    threads: int = 1
+    seed: int = 0
+
+
+def cached_report(out: str | Path) -> dict[str, Any] | None:
+    """The training report of a model already trained into ``out`` (None if there is none)."""
+    path = Path(out) / REPORT
+    if not (Path(out) / "config.json").exists() or not path.exists():
+        return None
+    return json.loads(path.read_text())
+
+
+def train_gpt2(out: str | Path, cfg: TinyLMConfig, progress: Any = None) -> dict[str, Any]:
+    """Train and save the model into ``out``; returns (and writes) the training report."""
+    import torch
+
+    from ._data import stdlib_documents
+    from ._model import _quiet_transformers
+    from .tiny import build_gpt2, make_tokenizer
+
+    torch.set_num_threads(cfg.threads)
+    started = time.perf_counter()
+    docs, chars = [], 0
+    for doc in stdlib_documents():
+        docs.append(doc)
+        chars += len(doc)
+        if chars >= cfg.max_chars:
+            break
+    train_docs = [d for i, d in enumerate(docs) if i % 50]
+    val_docs = [d for i, d in enumerate(docs) if i % 50 == 0]
+    tokenizer = make_tokenizer(train_docs, vocab_size=cfg.vocab)
+
+    def stream(texts: list[str]) -> torch.Tensor:  # packed: each document after its BOS token
+        return torch.tensor(list(itertools.chain.from_iterable(tokenizer(texts, add_special_tokens=True)["input_ids"])), dtype=torch.long)
+
+    def batch_of(tokens: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
+        return torch.stack([tokens[s : s + cfg.context] for s in starts.tolist()])
+
+    train, val = stream(train_docs), stream(val_docs)
+    prep_s = time.perf_counter() - started
+    model = build_gpt2(tokenizer, n_layer=cfg.layers, n_embd=cfg.d_model, n_head=cfg.heads, n_positions=cfg.context, seed=cfg.seed)
+    model.train()
+    gen = torch.Generator().manual_seed(cfg.seed)
+    n_val = min(16, max(1, (len(val) - cfg.context) // (cfg.context * cfg.batch_size)))
+    val_starts = torch.arange(n_val * cfg.batch_size) * cfg.context
+    val_batches = [batch_of(val, val_starts[i * cfg.batch_size : (i + 1) * cfg.batch_size]) for i in range(n_val)]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.1, betas=(0.9, 0.95))
+    budget, warmup = cfg.minutes * 60.0, 50
+    losses: list[float] = []
+    step = 0
+    train_start = time.perf_counter()
+    while True:
+        elapsed = time.perf_counter() - train_start
+        if elapsed >= budget and step > 0:
+            break
+        lr = cfg.lr * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, elapsed / budget))))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = batch_of(train, torch.randint(0, len(train) - cfg.context, (cfg.batch_size,), generator=gen))
+        loss = model(input_ids=batch, labels=batch).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        losses.append(loss.item())
+        step += 1
+        if progress is not None:
+            progress(min(elapsed, budget))
+    train_s = time.perf_counter() - train_start
+    model.eval()
+    with torch.no_grad():
+        val_loss = sum(float(model(input_ids=b, labels=b).loss) for b in val_batches) / len(val_batches)
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    with _quiet_transformers():
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    tail = losses[-max(1, min(50, len(losses) // 10)) :]
+    report = {
+        "model": str(folder),
+        "params": sum(p.numel() for p in model.parameters()),
+        "config": {"n_layer": cfg.layers, "n_embd": cfg.d_model, "n_head": cfg.heads, "n_positions": cfg.context, "vocab_size": len(tokenizer)},
+        "data": {"stdlib_chars": chars, "train_tokens": len(train), "val_tokens": len(val), "documents": len(docs)},
+        "steps": step,
+        "tokens_seen": step * cfg.batch_size * cfg.context,
+        "tokens_per_s": round(step * cfg.batch_size * cfg.context / train_s, 1),
+        "train_loss": round(sum(tail) / len(tail), 4),
+        "first_loss": round(losses[0], 4),
+        "val_loss": round(val_loss, 4),
+        "prep_s": round(prep_s, 1),
+        "train_s": round(train_s, 1),
+        "threads": cfg.threads,
+        "options": dataclasses.asdict(cfg),
+    }
+    (folder / REPORT).write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def register_command(cli: Any) -> None:
+    import click
+
+    @cli.command(name="tiny-lm")
+    @click.option("--out", default=DEFAULT_OUT, show_default=True, help="Model folder (a Hugging Face folder: -o model=OUT).")
+    @click.option("--minutes", type=float, default=5.0, show_default=True, help="Training time budget.")
+    @click.option("--threads", type=int, default=1, show_default=True)
+    @click.option("--seed", type=int, default=0, show_default=True)
+    @click.option("--retrain", is_flag=True, help="Train again even if OUT already holds a trained model.")
+    @click.option("--json", "as_json", is_flag=True, help="Print the training report as one JSON object.")
+    def tiny_lm(out: str, minutes: float, threads: int, seed: int, retrain: bool, as_json: bool) -> None:
+        """Train the small GPT-2 on standard-library text (CPU, minutes; cached after the first run)."""
+        from featureforge import BadInputError, progress_bar
+
+        if minutes <= 0:
+            raise BadInputError(f"--minutes {minutes} must be positive")
+        report = None if retrain else cached_report(out)
+        cached = report is not None
+        if report is None:
+            if (Path(out) / "config.json").exists() and not retrain:
+                raise BadInputError(f"{out} holds a model that tiny-lm did not train (no {REPORT}); pass another --out, or --retrain to replace it")
+            with progress_bar(int(minutes * 60), "tiny-lm", unit="s") as bar:
+                seen = [0]
+
+                def tick(elapsed: float) -> None:
+                    bar.update(int(elapsed) - seen[0])
+                    seen[0] = int(elapsed)
+
+                report = train_gpt2(out, TinyLMConfig(minutes=minutes, threads=threads, seed=seed), progress=tick)
+        if as_json:
+            click.echo(json.dumps({**report, "cached": cached}, indent=2))
+        else:
+            state = "cached, trained earlier" if cached else "trained"
+            click.echo(f"{out}: {state}; validation loss {report['val_loss']} nats; use it with featureforge cache --source hf -o model={out}")

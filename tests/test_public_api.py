@@ -1,0 +1,112 @@
+"""The public API is a decision recorded here: ``featureforge.__all__`` (as simonw/llm pins its
+exports), the full signatures of the verbs, and that the plugins in ``plugins/`` import only it."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import subprocess
+import sys
+from pathlib import Path
+
+import featureforge
+
+ROOT = Path(__file__).resolve().parents[1]
+
+EXPECTED_EXPORTS = {
+    # the roles a plugin subclasses, what they exchange, and how they register
+    "ActivationSource", "DictionaryTrainer", "Evaluator", "Dictionary", "StepOutput", "TrainState",
+    "EvaluationContext", "EvaluationResult", "hookimpl", "progress_bar",
+    # the verbs (the CLI's commands) and the store they open
+    "cache", "train", "evaluate", "load", "export", "import_run", "open_store", "ActivationStore", "steer", "steered",
+    # errors
+    "FeatureforgeError", "BadInputError", "OptionError", "PluginError", "StoreError", "StoreMismatchError",
+    "CorruptStoreError",
+}
+
+#: Modules whose public names are part of the contract besides the top level (docs/plugins.md).
+PUBLIC_MODULES = {"featureforge", "featureforge.metrics", "featureforge.plots", "featureforge.dictionary", "featureforge.testing",
+                  # the one intervention model (add/clamp/ablate at a hook) that sources' splices and steering pages share
+                  "featureforge.interventions", "featureforge.steering"}
+
+
+def test_default_exports():
+    assert set(featureforge.__all__) == EXPECTED_EXPORTS
+    assert len(featureforge.__all__) == len(EXPECTED_EXPORTS), "a name is listed twice in __all__"
+    for name in featureforge.__all__:
+        assert getattr(featureforge, name) is not None
+
+
+def test_public_modules_list_their_names():
+    import featureforge.metrics
+    import featureforge.plots
+
+    for module in (featureforge.metrics, featureforge.plots):
+        for name in module.__all__:
+            assert name.isupper() or getattr(module, name).__module__ == module.__name__, f"{module.__name__}.{name}"
+    assert {"fvu", "mmcs", "mcc", "l0", "explained_variance"} <= set(featureforge.metrics.__all__)
+
+
+def test_import_featureforge_does_not_import_torch():
+    """``Dictionary`` is exported lazily: plugins and ``featureforge --help`` stay free of torch."""
+    code = "import sys, featureforge; assert 'torch' not in sys.modules; featureforge.Dictionary; assert 'torch' in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_train_takes_every_loop_setting_by_name_with_its_default():
+    from featureforge.train_config import TrainConfig
+
+    params = inspect.signature(featureforge.train).parameters
+    for field in dataclasses.fields(TrainConfig):
+        assert field.name in params, f"featureforge.train lacks the loop setting {field.name!r}"
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        assert params[field.name].default == default, f"featureforge.train's default of {field.name} differs from TrainConfig's"
+        assert params[field.name].kind is inspect.Parameter.KEYWORD_ONLY
+    assert not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def test_evaluate_has_the_full_signature_of_the_command():
+    from featureforge import evaluation
+
+    assert featureforge.evaluate is evaluation.evaluate
+    params = inspect.signature(featureforge.evaluate).parameters
+    assert {"run", "store", "evaluators", "out_dir", "rows", "storage_options", "device", "progress"} == set(params)
+    assert not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def _featureforge_imports(path: Path) -> list[tuple[str, str]]:
+    """(module, name) of every ``from featureforge... import name`` and ``featureforge.name`` use in a file."""
+    tree = ast.parse(path.read_text(), str(path))
+    aliases = {"featureforge"} | {a.asname for node in ast.walk(tree) if isinstance(node, ast.Import)
+                                  for a in node.names if a.name == "featureforge" and a.asname}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "featureforge":
+            found += [(node.module, alias.name) for alias in node.names]
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases:
+            found.append(("featureforge", node.attr))
+    return found
+
+
+#: Known exceptions, each a decision: the demo (featureforge-hf) checks which plugins are installed
+#: before it starts, through the registry, to name ``make demo`` in one line.
+ALLOWED = {("featureforge_hf/demo.py", "featureforge.get_registry")}
+
+
+def test_plugins_use_only_the_public_api():
+    sources = [*ROOT.glob("plugins/*/featureforge_*/**/*.py"), ROOT / "tests" / "guide_plugin" / "featureforge_guide.py"]
+    assert sources, "no plugin sources found"
+    bad = []
+    for path in sources:
+        for module, name in _featureforge_imports(path):
+            if module == "featureforge":
+                if name not in featureforge.__all__ and name not in PUBLIC_MODULES_SHORT and name != "__version__":
+                    if (f"{path.parent.name}/{path.name}", f"featureforge.{name}") not in ALLOWED:
+                        bad.append(f"{path.relative_to(ROOT)}: featureforge.{name}")
+            elif module not in PUBLIC_MODULES:
+                bad.append(f"{path.relative_to(ROOT)}: {module}.{name}")
+    assert not bad, "plugins reach past the public API:\n" + "\n".join(bad)
+
+
+PUBLIC_MODULES_SHORT = {m.split(".", 1)[1] for m in PUBLIC_MODULES if "." in m}
