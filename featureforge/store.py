@@ -96,6 +96,11 @@ class ActivationStore:
         return int(self.attrs["writers"])
 
     @property
+    def write_shuffle_rows(self) -> int:
+        """Rows of each writer's write-side shuffle window (0: rows stored in the source's order)."""
+        return int(self.attrs.get("write_shuffle_rows") or 0)
+
+    @property
     def columns(self) -> dict[str, str]:
         """Stored columns and their logical dtypes (``acts`` first)."""
         return dict(self.attrs["columns"])
