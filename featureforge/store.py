@@ -38,6 +38,7 @@ from .storeformat import (  # noqa: F401  (re-exported: the store's public const
     ChunkRef,
     chunk_checksum_ok,
     default_rows_per_chunk,
+    default_write_shuffle_rows,
     has_checksum,
     read_only_bytes,
     to_float32,
