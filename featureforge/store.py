@@ -101,6 +101,21 @@ class ActivationStore:
         """Rows of each writer's write-side shuffle window (0: rows stored in the source's order)."""
         return int(self.attrs.get("write_shuffle_rows") or 0)
 
+    def write_window(self, row: int) -> np.ndarray:
+        """Store rows of the write-shuffle window holding ``row`` (sorted; the row alone when unshuffled).
+
+        A window is ``write_shuffle_rows`` consecutive rows of one writer's share: its chunks
+        ``rank, rank + writers, ...`` taken in order (every one full but the store's last).
+        """
+        w, rpc, writers = self.write_shuffle_rows, self.rows_per_chunk, self.world_size
+        if not w:
+            return np.array([row], dtype=np.int64)
+        chunk = row // rpc
+        rank, local = chunk % writers, (chunk // writers) * rpc + row % rpc
+        mine = np.arange((local // w) * w, (local // w + 1) * w, dtype=np.int64)
+        rows = (rank + (mine // rpc) * writers) * rpc + mine % rpc
+        return rows[rows < self.rows_allocated]
+
     @property
     def columns(self) -> dict[str, str]:
         """Stored columns and their logical dtypes (``acts`` first)."""
