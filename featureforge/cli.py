@@ -167,6 +167,8 @@ def _print_info(data: dict[str, Any]) -> None:
     click.echo(f"dtype        {data['dtype']}")
     click.echo(f"columns      {', '.join(f'{k}:{v}' for k, v in data['columns'].items())}")
     click.echo(f"chunks       {data['chunks_committed']}/{data['chunks']} committed, {data['rows_per_chunk']} rows each, {data['writers']} writer(s)")
+    if data.get("write_shuffle_rows"):
+        click.echo(f"write shuffle  rows permuted in windows of {data['write_shuffle_rows']:,} rows per writer (docs/store.md)")
     src = data["source"]
     click.echo(f"source       {src['name']} ({src.get('distribution', '')} {src.get('version', '')})")
     for key, value in (src.get("options") or {}).items():

@@ -227,6 +227,8 @@ class ActivationStore:
         words += ["--rows", str(self.attrs.get("rows_allocated")), "--rows-per-chunk", str(self.attrs.get("rows_per_chunk"))]
         if self.attrs.get("dtype", "float32") != "float32":
             words += ["--dtype", str(self.attrs["dtype"])]
+        if self.write_shuffle_rows or "write_shuffle_rows" not in self.attrs:  # stores from before it: no shuffle
+            words += ["--write-shuffle-rows", str(self.write_shuffle_rows)]
         if int(self.attrs.get("writers", 1)) > 1:
             words += ["--world-size", str(self.attrs["writers"]), "--rank", "RANK" if rank is None else str(rank)]
         words += ["--store", self.url, "--repair"]
@@ -356,6 +358,7 @@ class ActivationStore:
             "dtype": self.dtype,
             "columns": self.columns,
             "rows_per_chunk": self.rows_per_chunk,
+            "write_shuffle_rows": self.write_shuffle_rows,
             "chunks_committed": len(refs),
             "chunks": self.n_chunks,
             "writers": self.world_size,

@@ -24,6 +24,7 @@ def test_each_row_once_a_permutation_within_each_window(tmp_path):
     src = Sequences(rows=3000)
     store = ff.cache(src, store=tmp_path / "s", rows_per_chunk=128, write_shuffle_rows=512, progress=False)
     assert store.write_shuffle_rows == 512 and store.attrs["write_shuffle_rows"] == 512
+    assert "--write-shuffle-rows 512" in store.repair_command() and store.info()["write_shuffle_rows"] == 512
     got = _rows(store)
     assert sorted(got.tolist()) == list(range(3000))
     for start in range(0, 3000, 512):  # the last window (440 rows) is permuted over its own rows
