@@ -4,8 +4,9 @@ The library API has the CLI's verbs: ``cache``, ``open_store``, ``train``, ``eva
 ``export`` and ``import_run``. Plugins subclass the role classes (``ActivationSource``,
 ``DictionaryTrainer``, ``Evaluator``; trainers build a ``Dictionary``) and register them with
 ``hookimpl``. ``__all__`` is the public API, pinned by ``tests/test_public_api.py``; the modules
-``featureforge.metrics``, ``featureforge.plots``, ``featureforge.dictionary`` and
-``featureforge.testing`` are public too (see docs/plugins.md). Everything else may change.
+``featureforge.metrics``, ``featureforge.plots``, ``featureforge.dictionary``,
+``featureforge.testing``, ``featureforge.interventions`` and ``featureforge.steering`` are public
+too (see docs/plugins.md). Everything else may change.
 """
 
 from typing import Any

@@ -81,22 +81,12 @@ class SteerResult:
 # -- the live model --------------------------------------------------------------------------
 def live_source(store: Any, device: str = "") -> Any:
     """The store's recorded source rebuilt (its live model), refusing sources that cannot splice."""
-    from .api import make_source
-    from .plugins import get_registry
-    from .roles import ActivationSource
+    from .context import rebuild_source
 
-    recorded = store.source or {}
-    name = recorded.get("name")
-    registry = get_registry()
-    if not name or name not in registry.names("source"):
-        raise BadInputError(f"store {store.url} was cached by source {name!r}, which is not installed; install its plugin to steer")
-    cls = registry.get("source", name)
-    if cls.splice is ActivationSource.splice:
-        raise BadInputError(f"store {store.url} was cached by source {name!r}, which cannot run a live model; steer needs a model source such as hf")
-    options = dict(recorded.get("options") or {})
-    if device:
-        options["device"] = device
-    return make_source(name, options)
+    source = rebuild_source(store, {"device": device} if device else None)
+    if not source.can_splice:
+        raise BadInputError(f"store {store.url} was cached by source {source.name!r}, which cannot run a live model; steer needs a model source such as hf")
+    return source
 
 
 def store_typical(dictionary: Any, store: Any, rows: int = TYPICAL_ROWS) -> torch.Tensor:

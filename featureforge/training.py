@@ -57,7 +57,10 @@ class Member:
     optimizer: torch.optim.Optimizer
     state: TrainState
     base_lr: float
-    window: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: Sums of the logged metrics since the last log line: float64 tensors on the device (floats after
+    #: a checkpoint or resume), reduced to floats only when a line is written, so a step never waits for
+    #: the device just to do bookkeeping.
+    window: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: Index of the sweep variant this member trains (several candidates share one during an lr race).
     variant: int = 0
     #: Its entry in the learning-rate race, while one is running.
@@ -95,8 +98,22 @@ def _shard_batches(reader: ShuffledReader) -> Iterator[dict[str, torch.Tensor]]:
             )
 
 
-def _scalar(value: Any) -> float:
-    return float(value.detach().float().item()) if isinstance(value, torch.Tensor) else float(value)
+def _scalar(value: Any) -> torch.Tensor:
+    """A metric as a 0-d float32 tensor (a trainer may report a tensor or a float; a float stays on
+    the CPU, where adding it to a device tensor needs no copy)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().float().reshape(())
+    return torch.tensor(float(value), dtype=torch.float32)
+
+
+def _add(window: dict[str, Any], key: str, value: torch.Tensor) -> None:
+    """``window[key] += value`` in float64, on the device (no host sync)."""
+    value = value.double()
+    window[key] = window[key] + value if key in window else value
+
+
+def _floats(window: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in window.items()}
 
 
 # -- the loop ---------------------------------------------------------------------------------------
@@ -291,6 +308,8 @@ class _Run:
             gathered: list[Any] = [None] * self.world
             dist.all_gather_object(gathered, cursors)
             cursors = {k: v for part in gathered for k, v in part.items()}
+        for m in members:
+            m.window = _floats(m.window)  # the checkpoint's JSON holds floats
         if self.rank != 0:
             return
         for m in members:
@@ -333,13 +352,14 @@ class _Run:
         try:
             while step < total_steps:
                 batches = [self._to_device(next(s), scale) for s in streams]
+                dens = [None] * len(batches)  # each batch's FVU denominator, computed once for all members
                 for m in members:
                     m.optimizer.param_groups[0]["lr"] = lr_at(step, total_steps, m.base_lr, self.cfg)
                     m.state.step, m.state.rows_seen = step, rows_seen
-                    num, den = self._step(m, batches, autocast, step, rows_seen)
+                    num, den = self._step(m, batches, autocast, step, rows_seen, dens)
                     if m.candidate is not None and scored(step, race_steps):
-                        m.candidate.num += num
-                        m.candidate.den += den
+                        m.candidate.num += float(num)
+                        m.candidate.den += float(den)
                 step += 1
                 if step == race_steps:
                     members = self._end_race(members, configs, race_steps, bar)
@@ -357,7 +377,7 @@ class _Run:
                     window_start, window_rows = time.perf_counter(), 0
                 if evaluators and (step % self.cfg.eval_every == 0 or last):
                     paused = time.perf_counter()
-                    desc = bar.desc
+                    desc = "" if bar.disable else bar.desc  # a disabled tqdm has no desc
                     self._evaluate(members, configs, evaluators, metric_files, step, rows_seen,
                                    announce=lambda msg: (bar.set_description_str(f"{desc} ({msg})", refresh=True)))
                     bar.set_description_str(desc, refresh=False)
@@ -445,10 +465,13 @@ class _Run:
             batch[column] = extra
         return batch
 
-    def _step(self, m: Member, batches: list[dict[str, torch.Tensor]], autocast: Any, step: int, rows_seen: int) -> tuple[float, float]:
+    def _step(self, m: Member, batches: list[dict[str, torch.Tensor]], autocast: Any, step: int, rows_seen: int,
+              dens: list[Any] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimiser step over this process's data shards: per-shard losses, averaged gradients.
 
-        Returns the FVU numerator and denominator of the batch as it was reconstructed before the step.
+        Returns the FVU numerator and denominator of the batch as it was reconstructed before the step
+        (float64 tensors on the device: ``float()`` them only when needed, e.g. during an lr race).
+        ``dens`` caches each batch's denominator across the members of a sweep.
         """
         outs: list[StepOutput] = []
         for batch in batches:
@@ -468,12 +491,13 @@ class _Run:
             self._all_reduce_grads(m)
         if self.cfg.grad_clip:
             norm = torch.nn.utils.clip_grad_norm_([p for p in m.dictionary.parameters() if p.grad is not None], self.cfg.grad_clip)
-            m.window["grad_norm"] = m.window.get("grad_norm", 0.0) + float(norm)  # before clipping, logged as a mean
+            _add(m.window, "grad_norm", norm.detach())  # before clipping, logged as a mean
         m.trainer.before_step(m.dictionary, m.state)
         m.optimizer.step()
         m.trainer.after_step(m.dictionary, m.state)
         m.optimizer.zero_grad(set_to_none=True)
         num_before, den_before = m.window.get("fvu_num", 0.0), m.window.get("fvu_den", 0.0)
+        dens = dens if dens is not None else [None] * len(batches)
         with torch.no_grad():
             m.state.rows_since_fired.add_(self.cfg.batch_size)
             fired = [out.active for out in outs if out.active is not None]
@@ -481,18 +505,19 @@ class _Run:
                 active = torch.stack([f.to(torch.int32) for f in fired]).amax(0)
                 m.state.all_reduce(active, "max")
                 m.state.rows_since_fired.masked_fill_(active.bool(), 0)
-            for batch, out in zip(batches, outs):
+            for i, (batch, out) in enumerate(zip(batches, outs)):
                 x = batch["acts"]
                 x_hat = out.x_hat.detach().float()
+                if dens[i] is None:
+                    dens[i] = (x - x.mean(0)).pow(2).sum()
                 # FVU sums add up over shards (as over ranks); the other scalars are averaged.
-                acc = {"fvu_num": (x - x_hat).pow(2).sum(), "fvu_den": (x - x.mean(0)).pow(2).sum(),
-                       "loss": out.loss.detach().float() / len(outs)}
+                acc = {"fvu_num": (x - x_hat).pow(2).sum(), "fvu_den": dens[i], "loss": out.loss.detach().float() / len(outs)}
                 if out.l0 is not None:
-                    acc["l0"] = torch.as_tensor(_scalar(out.l0)) / len(outs)
+                    acc["l0"] = _scalar(out.l0) / len(outs)
                 for key, value in out.metrics.items():
-                    acc[key] = torch.as_tensor(_scalar(value)) / len(outs)
+                    acc[key] = _scalar(value) / len(outs)
                 for key, value in acc.items():
-                    m.window[key] = m.window.get(key, 0.0) + float(value)
+                    _add(m.window, key, value)
             m.window["_steps"] = m.window.get("_steps", 0.0) + 1
         return m.window["fvu_num"] - num_before, m.window["fvu_den"] - den_before
 
@@ -510,7 +535,7 @@ class _Run:
             offset += n
 
     def _log_line(self, m: Member, step: int, rows: int, rows_per_s: float) -> dict[str, Any]:
-        window = dict(m.window)
+        window = _floats(m.window)
         m.window = {}
         if self.world > 1:
             import torch.distributed as dist

@@ -26,7 +26,9 @@ EXPECTED_EXPORTS = {
 }
 
 #: Modules whose public names are part of the contract besides the top level (docs/plugins.md).
-PUBLIC_MODULES = {"featureforge", "featureforge.metrics", "featureforge.plots", "featureforge.dictionary", "featureforge.testing"}
+PUBLIC_MODULES = {"featureforge", "featureforge.metrics", "featureforge.plots", "featureforge.dictionary", "featureforge.testing",
+                  # the one intervention model (add/clamp/ablate at a hook) that sources' splices and steering pages share
+                  "featureforge.interventions", "featureforge.steering"}
 
 
 def test_default_exports():

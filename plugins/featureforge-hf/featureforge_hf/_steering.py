@@ -77,7 +77,6 @@ class SteeringEvaluator(DownstreamEvaluator):
             raise OptionError(f"steering: alphas={o.alphas!r} is not a comma list of numbers; pass e.g. -o steering.alphas=2,4,8") from None
         if not self.alpha_values:
             raise OptionError("steering: give at least one strength, e.g. -o steering.alphas=4")
-        self._sources = {}
         self._starts = {}
 
     def evaluate(self, dictionary: Any, context: EvaluationContext) -> EvaluationResult:
@@ -120,7 +119,7 @@ class SteeringEvaluator(DownstreamEvaluator):
                     chosen = candidates[torch.randperm(len(candidates), generator=gen)[: o.latents]].sort().values.tolist()
                     eye = torch.eye(codes.shape[1], device=codes.device)
                     directions = dictionary.decode(eye[chosen]) - dictionary.decode(torch.zeros_like(eye[:1]))
-                enabled = None if context.extra.get("progress", True) else False
+                enabled = None if context.progress else False
                 bar = progress_bar(len(chosen), "steering", unit="latent", enabled=enabled)
                 for n, latent in enumerate(chosen):
                     bar.update(1)
@@ -237,7 +236,7 @@ def _mean_pairwise_cosine(vectors: Any) -> float:
 
 
 def _plot(metrics: dict[str, Any], alphas: list[float], kind: str, path: Any) -> None:
-    from featureforge.evaluation import new_figure, save_figure
+    from featureforge.plots import new_figure, save_figure
 
     panels = ["output_score_gain", "stability", "kl_rest", "ce_increase"] if kind == "causal-lm" else ["embedding_distance", "stability"]
     fig = new_figure(3.2 * len(panels), 3.2)

@@ -153,7 +153,7 @@ def test_steering_evaluator_measures_latents_and_the_random_control(gpt2_run, tm
 
     run, store = gpt2_run
     evaluator = ff.get_registry().get("evaluator", "steering")({"latents": 4, "contexts": 16, "context_tokens": 8, "alphas": "0,8"})
-    result = evaluator.evaluate(ff.load(run), EvaluationContext(store=store, out_dir=tmp_path, extra={"progress": False}))
+    result = evaluator.evaluate(ff.load(run), EvaluationContext(store, tmp_path, progress=False))
     m = result.metrics
     assert m["kind"] == "causal-lm" and 1 <= m["latents_steered"] <= 4
     for prefix in ("", "control_"):

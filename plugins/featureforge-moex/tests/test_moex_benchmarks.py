@@ -83,6 +83,7 @@ def test_moex_text_quick(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # paper-size models on a CPU: about 15 minutes on a busy 2-core machine
 def test_moex_chess_paper_preset_dry_run(tmp_path):
     """The paper-scale preset builds, trains two steps under bf16 autocast, upcycles and probes (CPU)."""
     r = _script([BENCHMARKS / "moex_chess.py", "--preset", "paper", "--dry-run", "--kinds", "gelu,moex", "--upcycle", "--threads", "2",

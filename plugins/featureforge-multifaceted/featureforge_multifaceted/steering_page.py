@@ -16,11 +16,10 @@ ALPHAS = (2.0, 4.0, 8.0)
 def steering_sections(source: Any, dictionary: Any, store: Any, latents: Iterable[int], *, prompt: str, max_new_tokens: int,
                       alphas: Iterable[float] = ALPHAS) -> dict[int, dict[str, Any]]:
     """latent -> its steering section; empty when the source has no live causal LM to steer."""
-    from featureforge import ActivationSource
     from featureforge.interventions import Intervention
     from featureforge.steering import steer_live, store_typical
 
-    if source is None or type(source).splice is ActivationSource.splice:
+    if source is None or not source.can_splice:
         return {}
     typical = store_typical(dictionary, store)
     sections: dict[int, dict[str, Any]] = {}

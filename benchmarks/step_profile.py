@@ -1,0 +1,101 @@
+"""Where a TopK training step's time goes in the real loop (featureforge.train on a synthetic store).
+
+Runs ``featureforge.train("topk", ...)`` under cProfile at a shape and thread count and prints one
+JSON object: rows/s of the whole call, and the share of the time spent in each part of the loop
+(the trainer's loss, backward, Adam, the loop's metric bookkeeping, the reader, ...), from the
+profile's cumulative times. A second, unprofiled run gives the rows/s without profiler overhead.
+
+    python benchmarks/step_profile.py --d-in 128 --d-dict 1024 --k 16 --threads 1
+    python benchmarks/step_profile.py --d-in 384 --d-dict 4096 --k 32 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import os
+import pstats
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import featureforge
+
+# (label, file suffix, function name) of the loop's parts; cumulative time of each.
+PARTS = [
+    ("loss", "trainers.py", "loss"),
+    ("backward", "_tensor.py", "backward"),
+    ("adam", "adam.py", "step"),
+    ("before_step", "trainers.py", "before_step"),
+    ("after_step", "trainers.py", "after_step"),
+    ("zero_grad", "optimizer.py", "zero_grad"),
+    ("step_total", "training.py", "_step"),
+    ("to_device", "training.py", "_to_device"),
+    ("reader_next", "training.py", "_shard_batches"),
+    ("log", "training.py", "_log"),
+    ("checkpoint", "training.py", "_checkpoint"),
+    ("init_sample", "training.py", "_init_sample"),
+    ("build", "training.py", "_build_members"),
+    ("finish", "training.py", "_finish"),
+]
+
+
+def _store(root: Path, d_in: int, rows: int) -> str:
+    path = root / f"syn_d{d_in}_{rows}"
+    if not (path / "zarr.json").exists():
+        featureforge.cache("synthetic", {"d_in": d_in, "n_features": 4 * d_in, "mean_active": 20.0, "seed": 0},
+                           store=str(path), rows=rows, progress=False, overwrite=True)
+    return str(path)
+
+
+def _train(store: str, out: Path, args) -> float:
+    t0 = time.perf_counter()
+    featureforge.train("topk", {"d_dict": args.d_dict, "k": args.k}, store=store, out=out, overwrite=True, progress=False,
+                       rows=args.rows, batch_size=args.batch, threads=args.threads, lr=1e-3, log_every=args.log_every)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--d-in", type=int, default=128)
+    p.add_argument("--d-dict", type=int, default=1024)
+    p.add_argument("--k", type=int, default=16)
+    p.add_argument("--batch", type=int, default=4096)
+    p.add_argument("--rows", type=int, default=4096 * 60)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--dir", default=os.environ.get("STEP_PROFILE_DIR", "stores/step_profile"))
+    p.add_argument("--no-profile", action="store_true")
+    args = p.parse_args()
+    root = Path(args.dir)
+    root.mkdir(parents=True, exist_ok=True)
+    store = _store(root, args.d_in, args.rows + 65536)
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        _train(store, Path(tmp) / "warm", argparse.Namespace(**{**vars(args), "rows": args.batch * 4}))
+        plain = _train(store, Path(tmp) / "plain", args)
+        report = {"shape": {"d_in": args.d_in, "d_dict": args.d_dict, "k": args.k, "batch": args.batch}, "threads": args.threads,
+                  "rows": args.rows, "rows_per_s": args.rows / plain, "load": os.getloadavg()[0]}
+        if not args.no_profile:
+            prof = cProfile.Profile()
+            prof.enable()
+            total = _train(store, Path(tmp) / "prof", args)
+            prof.disable()
+            stats = pstats.Stats(prof).stats
+            parts = {}
+            for label, suffix, fn in PARTS:
+                cum = sum(v[3] for (file, _, name), v in stats.items() if name == fn and file.endswith(suffix))
+                parts[label] = round(cum / total, 4)
+            report["profiled_s"] = total
+            report["share_of_train_call"] = parts
+            top = sorted(stats.items(), key=lambda kv: -kv[1][2])[:15]
+            report["top_self_time"] = [{"fn": f"{Path(f).name}:{line}:{name}", "tottime_share": round(v[2] / total, 4), "calls": v[1]}
+                                       for (f, line, name), v in top]
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
