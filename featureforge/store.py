@@ -5,7 +5,7 @@ Layout (a Zarr group; every array shares the row axis and is chunked by whole ro
     zarr.json                 attributes: format, d_in, dtype, layout, source, provenance, summary
     acts        (N, d)        float32 | float16 | uint16 holding bfloat16 (attrs: logical_dtype)
     grads       (N, d)        optional, like acts
-    token_ids / doc_ids / positions (N,)   optional integer columns
+    token_ids / doc_ids / seq_ids / positions (N,)   optional integer columns
     chunk_stats (C, 2d+1)     per-chunk float64 sum, sum of squares, sum of squared row norms
     writers/<rank>            group per writer; its attributes are the commit marker
     ground_truth/...          optional arrays a synthetic source knows (true features, ...)
