@@ -101,11 +101,12 @@ class ActivationStore:
         """Rows of each writer's write-side shuffle window (0: rows stored in the source's order)."""
         return int(self.attrs.get("write_shuffle_rows") or 0)
 
-    def write_window(self, row: int) -> np.ndarray:
-        """Store rows of the write-shuffle window holding ``row`` (sorted; the row alone when unshuffled).
+    def write_window(self, row: int, committed: list[ChunkRef] | None = None) -> np.ndarray:
+        """Committed store rows of the write-shuffle window holding ``row`` (sorted; the row alone when unshuffled).
 
         A window is ``write_shuffle_rows`` consecutive rows of one writer's share: its chunks
         ``rank, rank + writers, ...`` taken in order (every one full but the store's last).
+        ``committed`` (``committed_chunks()``) saves reading the commit markers again per call.
         """
         w, rpc, writers = self.write_shuffle_rows, self.rows_per_chunk, self.world_size
         if not w:
@@ -114,7 +115,11 @@ class ActivationStore:
         rank, local = chunk % writers, (chunk // writers) * rpc + row % rpc
         mine = np.arange((local // w) * w, (local // w + 1) * w, dtype=np.int64)
         rows = (rank + (mine // rpc) * writers) * rpc + mine % rpc
-        return rows[rows < self.rows_allocated]
+        filled = np.zeros(self.n_chunks + 1, dtype=np.int64)  # rows of uncommitted chunks are not data
+        for ref in self.committed_chunks() if committed is None else committed:
+            filled[ref.index] = ref.rows
+        rows = rows[rows < self.rows_allocated]
+        return rows[filled[rows // rpc] > rows % rpc]
 
     @property
     def columns(self) -> dict[str, str]:

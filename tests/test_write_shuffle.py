@@ -105,3 +105,20 @@ def test_batches_hold_about_as_many_sequences_as_uniform_sampling(tmp_path):
     on, off = _distinct(shuffled, batch, 2048), _distinct(ordered, batch, 2048)
     assert off <= 2048 // seq_len  # a window of 2,048 rows holds 32 sequences
     assert on >= 0.9 * uniform, (on, uniform)
+
+
+def test_write_window_names_the_rows_of_a_window_with_several_writers(tmp_path):
+    for rank in (0, 1):
+        store = ff.cache(Sequences(rows=3000), store=tmp_path / "s", rows_per_chunk=128, write_shuffle_rows=512,
+                         rank=rank, world_size=2, progress=False)
+    values = store.read(0, store.rows_allocated, "acts")[:, 0].astype(np.int64)
+    committed = store.committed_chunks()
+    for row in (0, 130, 1000, 2000, 2950):
+        rank = (row // 128) % 2
+        local = (row // 128 // 2) * 128 + row % 128
+        k = local // 512
+        share = sum(store.chunk_rows(c) for c in range(rank, store.n_chunks, 2))  # rows this writer stores
+        want = {rank + 2 * l for l in range(k * 512, min((k + 1) * 512, share))}  # window k of the writer's shard
+        got = store.write_window(row, committed)
+        assert row in got and set(values[got].tolist()) == want
+    assert np.array_equal(ff.open_store(tmp_path / "s").write_window(5), store.write_window(5, committed))

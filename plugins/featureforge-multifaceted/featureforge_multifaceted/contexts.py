@@ -43,9 +43,10 @@ def _shuffled_contexts(store: Any, rows: np.ndarray, before: int, after: int) ->
     if key is None or "positions" not in store.columns:  # nothing names a row's neighbours
         return [np.array([r], dtype=np.int64) for r in rows.tolist()]
     windows: dict[int, dict[str, np.ndarray]] = {}
+    committed = store.committed_chunks()
     out = []
     for r in rows.tolist():
-        where = store.write_window(r)
+        where = store.write_window(r, committed)
         if int(where[0]) not in windows:  # each window's sequence ids and positions are read once
             windows[int(where[0])] = read_rows(store, where, (key, "positions"))
         meta = windows[int(where[0])]
