@@ -42,7 +42,7 @@ def test_quick_demo_writes_report_plots_and_html_and_reruns(tmp_path):
     report = json.loads((out / "report.json").read_text())
     rec = report["evaluators"]["reconstruction"]["metrics"]
     down = report["evaluators"]["downstream"]["metrics"]
-    assert 0 < rec["fvu"] < 1 and rec["l0"] == pytest.approx(16)
+    assert 0 < rec["fvu"] < 1 and 14 < rec["l0"] <= 16  # TopK then ReLU: at most k active
     assert down["kind"] == "encoder" and down["sequences"] == 8 and down["embedding_score"] > 0
     assert set(report["demo"]["stage_seconds"]) == {"cache", "train", "evaluate", "features", "report", "total"}
     features = report["features"]["features"]
