@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import itertools
 import json
 import os
@@ -78,6 +79,7 @@ def time_forward(model: torch.nn.Module, batches: list[torch.Tensor]) -> tuple[f
 def counting(stream, seen):
     """``stream`` that adds the rows it yields to ``seen["rows"]``."""
 
+    @functools.wraps(stream)  # keeps the signature: the writer passes max_rows to a stream that takes it
     def wrapped(*args, **kwargs):
         for batch in stream(*args, **kwargs):
             seen["rows"] += len(batch["acts"])

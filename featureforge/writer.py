@@ -7,6 +7,7 @@ fill the writer's chunks in order from its own shard of the data.
 
 from __future__ import annotations
 
+import inspect
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Iterator
@@ -181,7 +182,7 @@ class StoreWriter:
         if i >= len(self.my_chunks):  # a writer that owns no (more) chunks
             self._commit(i, last_chunk_rows=None, done=True)
             return 0
-        batches: Iterator[Any] = self.source.stream(self.rank, self.world_size, skip_rows=done_rows)
+        batches: Iterator[Any] = self._open_stream(done_rows)
         try:
             for batch in batches:
                 batch = {k: as_numpy(v) for k, v in batch.items() if v is not None}
@@ -208,6 +209,17 @@ class StoreWriter:
                 self._drain()
                 self._commit(i, last_chunk_rows=None, done=True)
         return written
+
+    def _open_stream(self, done_rows: int) -> Iterator[Any]:
+        """The source's stream; told how many rows are still wanted when it accepts ``max_rows``."""
+        stream = self.source.stream
+        try:
+            takes_limit = "max_rows" in inspect.signature(stream).parameters
+        except (TypeError, ValueError):  # a callable without a signature: pass nothing extra
+            takes_limit = False
+        if takes_limit:
+            return stream(self.rank, self.world_size, skip_rows=done_rows, max_rows=self.rows_to_write() - done_rows)
+        return stream(self.rank, self.world_size, skip_rows=done_rows)
 
     # -- one chunk ----------------------------------------------------------------------------
     def _write_and_commit(self, chunk: int, batch: dict[str, Any], n_rows: int, chunks: int, last_chunk_rows: int | None, done: bool) -> int:
