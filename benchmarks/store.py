@@ -24,7 +24,8 @@ What is measured (see docs/benchmarks.md, "Store"):
   read in interleaved epochs: format 1, format 2 checked once per process, format 2 checked every
   epoch.
 * shuffle quality: distinct sequences per 4,096-row batch from a store of 128-row sequences
-  written in order (1,048,576 rows, d=768 fp32 chunking and window), against uniform sampling.
+  streamed in order (1,048,576 rows, d=768 fp32 chunking, write-shuffle window and read window;
+  and with no write shuffle), against uniform sampling.
 * memory: a fresh ``python`` per store size reads one full epoch; reported are its peak RSS
   (VmHWM), its RSS just before reading (after importing torch and opening the store), the
   difference, and the reader's window-buffer bytes.
@@ -254,10 +255,12 @@ def bench_checksum_cost(npy: Path, workdir: Path, rows: int, repeats: int, batch
 def bench_shuffle_quality(workdir: Path, rows: int, seq_len: int, batch_size: int) -> dict[str, Any]:
     """Distinct sequences per batch from the shuffled reader, against uniform random sampling.
 
-    A store of ``seq_len``-row sequences written in order (as a sequence source writes them), with
-    the chunking and window of a d=768 fp32 store (4,096-row chunks, the default window), and a
-    ``doc_ids`` column naming each row's sequence; uniform sampling draws ``batch_size`` rows of
-    the same store without replacement (issue #14, "Batches as mixed as random sampling").
+    A streaming source of ``seq_len``-row sequences (rows in order, as a sequence source emits
+    them) with a ``seq_ids`` column naming each row's sequence, cached with the chunking of a d=768
+    fp32 store (4,096-row chunks) and the write-side shuffle window of d=768 fp32, and once with no
+    write shuffle (``write_shuffle_rows=0``, the store layout before issue #14); read with the
+    default reader window. Uniform sampling draws ``batch_size`` rows of the same store without
+    replacement (issue #14, "Batches as mixed as random sampling").
     """
     import featureforge
 
@@ -274,31 +277,30 @@ def bench_shuffle_quality(workdir: Path, rows: int, seq_len: int, batch_size: in
 
         @property
         def columns(self) -> dict[str, str]:
-            return {"doc_ids": "int64"}
+            return {"seq_ids": "int64"}
 
-        def rows(self, start: int, stop: int) -> dict[str, np.ndarray]:
-            idx = np.arange(start, stop)
-            return {"acts": np.repeat(idx[:, None], 8, axis=1).astype(np.float32), "doc_ids": idx // seq_len}
+        def stream(self, rank: int = 0, world_size: int = 1, skip_rows: int = 0):  # noqa: ANN201
+            for start in range(skip_rows, rows, 8192):
+                idx = np.arange(start, min(rows, start + 8192))
+                yield {"acts": np.repeat(idx[:, None], 8, axis=1).astype(np.float32), "seq_ids": idx // seq_len}
 
     rpc = featureforge.store.default_rows_per_chunk(768, "float32")
-    store = featureforge.cache(Sequences(), store=str(workdir / "sequences"), rows_per_chunk=rpc, progress=False)
-    reader = store.loader(batch_size=batch_size, columns=("acts", "doc_ids"), seed=0, drop_last=True)
-    distinct = [len(np.unique(batch["doc_ids"].numpy())) for batch in reader]
+    window = featureforge.store.default_write_shuffle_rows(768, "float32")
     rng = np.random.default_rng(0)
-    uniform = [len(np.unique(rng.choice(rows, batch_size, replace=False) // seq_len)) for _ in range(50)]
-    shutil.rmtree(workdir / "sequences")
-    got, want = statistics.mean(distinct), statistics.mean(uniform)
-    return {
-        "rows": rows,
-        "sequence_rows": seq_len,
-        "rows_per_chunk": rpc,
-        "window_rows": reader.chunks_per_window * rpc,
-        "batch_size": batch_size,
-        "distinct_sequences_per_batch": round(got, 1),
-        "uniform_sampling_distinct_sequences_per_batch": round(want, 1),
-        "ratio": round(got / want, 3),
-        "target_ratio": 0.9,
-    }
+    uniform = statistics.mean(len(np.unique(rng.choice(rows, batch_size, replace=False) // seq_len)) for _ in range(50))
+    out: dict[str, Any] = {"rows": rows, "sequence_rows": seq_len, "rows_per_chunk": rpc, "batch_size": batch_size,
+                           "uniform_sampling_distinct_sequences_per_batch": round(uniform, 1), "target_ratio": 0.9}
+    for label, shuffle in (("no_write_shuffle", 0), ("default", window)):
+        path = workdir / f"sequences-{label}"
+        store = featureforge.cache(Sequences(), store=str(path), rows_per_chunk=rpc, write_shuffle_rows=shuffle, progress=False)
+        reader = store.loader(batch_size=batch_size, columns=("acts", "seq_ids"), seed=0, drop_last=True)
+        got = statistics.mean(len(np.unique(batch["seq_ids"].numpy())) for batch in reader)
+        out[label] = {"write_shuffle_rows": shuffle, "read_window_rows": reader.chunks_per_window * rpc,
+                      "distinct_sequences_per_batch": round(got, 1), "ratio": round(got / uniform, 3)}
+        shutil.rmtree(path)
+    out["distinct_sequences_per_batch"] = out["default"]["distinct_sequences_per_batch"]
+    out["ratio"] = out["default"]["ratio"]
+    return out
 
 
 # -- memory ---------------------------------------------------------------------------------------

@@ -351,6 +351,12 @@ def main() -> None:
     p.add_argument("--profile-steps", type=int, default=0, help="also profile featureforge fp32 for this many steps (WORKDIR/profile-fp32/profile.txt)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per worker")
     p.add_argument("--reuse", action="store_true", help="reuse each system's outputs already in WORKDIR (re-evaluate without retraining)")
+    p.add_argument("--shape", metavar="D_IN/D_SAE/K",
+                   help="synthetic shape: d_in, dictionary width and k (n_features = D_SAE/2, mean_active = 5K/8); "
+                        "the default store and workdir get a -dD_IN-D_SAE-kK suffix")
+    p.add_argument("--peer-lrs", metavar="LR,LR,...",
+                   help="train sparsify and SAELens once per learning rate (named SYSTEM@lr=LR); featureforge keeps its default")
+    p.add_argument("--no-bound", action="store_true", help="skip the matmul FLOP bound (quality-only runs)")
     p.add_argument("--markdown", metavar="RESULTS_JSON", help="only print the Markdown table of an earlier run's results.json")
     args = p.parse_args()
     if args.markdown:
@@ -358,18 +364,23 @@ def main() -> None:
         return
 
     quick = args.quick
+    shape_suffix = ""
+    if args.shape:
+        d_in, args.d_sae, args.k = (int(v) for v in args.shape.split("/"))
+        SOURCE_OPTIONS.update(d_in=d_in, n_features=args.d_sae // 2, mean_active=5 * args.k / 8)
+        shape_suffix = f"-d{d_in}-{args.d_sae}-k{args.k}"
     store_rows = args.store_rows or (200_000 if quick else 2_000_000)
     train_rows = args.train_rows or (100_000 if quick else 1_000_000)
     eval_request = args.eval_rows or (16_384 if quick else 65_536)
-    suffix = "-quick" if quick else ""
-    if args.d_in != SOURCE_OPTIONS["d_in"]:
+    suffix = ("-quick" if quick else "") + shape_suffix
+    if not args.shape and args.d_in != SOURCE_OPTIONS["d_in"]:
         SOURCE_OPTIONS["d_in"] = args.d_in  # same 2048 true features
         suffix += f"-d{args.d_in}"
     store_path = Path(args.store or ROOT / "stores" / f"train-vs-peers{suffix}.zarr")
     work = Path(args.workdir or f"/tmp/featureforge-train-vs-peers{suffix}")
     work.mkdir(parents=True, exist_ok=True)
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    unknown = set(systems) - set(SYSTEMS)
+    unknown = {s.split("@")[0] for s in systems} - set(SYSTEMS)
     if unknown:
         p.error(f"unknown systems {sorted(unknown)}; choose from {SYSTEMS}")
     per_system_rows = {}
@@ -401,9 +412,13 @@ def main() -> None:
     export_npy(store, npy, max_train, eval_start, eval_stop)
     scale = float(store.normalisation()["scale"])
 
-    log("measuring the matmul FLOP bound")
-    bound = matmul_bound(args.threads, args.batch_size, store.d_in, args.d_sae)
-    log(f"bound fp32 {bound['fp32']['rows_per_s_bound']:.0f} rows/s, bf16 {bound['bf16']['rows_per_s_bound']:.0f} rows/s")
+    if args.no_bound:
+        bound = {"fp32": {"rows_per_s_bound": None}, "bf16": {"rows_per_s_bound": None}}
+    else:
+        log("measuring the matmul FLOP bound")
+        bound = matmul_bound(args.threads, args.batch_size, store.d_in, args.d_sae)
+    if not args.no_bound:
+        log(f"bound fp32 {bound['fp32']['rows_per_s_bound']:.0f} rows/s, bf16 {bound['bf16']['rows_per_s_bound']:.0f} rows/s")
 
     common = ["--data", str(npy), "--eval-start", str(max_train), "--eval-rows", str(eval_stop - eval_start), "--scale", repr(scale),
               "--d-sae", str(args.d_sae), "--k", str(args.k), "--batch-size", str(args.batch_size), "--threads", str(args.threads)]
@@ -419,10 +434,15 @@ def main() -> None:
         "saelens": (f"{args.peers_venv}/bin/python", "worker_saelens.py", []),
         "dictionary_learning": (f"{args.peers_venv_dl}/bin/python", "worker_dictionary_learning.py", []),
     }
+    if args.peer_lrs:
+        lrs = [v.strip() for v in args.peer_lrs.split(",") if v.strip()]
+        systems = [f"{s}@lr={lr}" if s in ("sparsify", "saelens") else s for s in systems for lr in (lrs if s in ("sparsify", "saelens") else [None])]
     results: dict[str, dict] = {}
     for name in systems:
-        python, script, extra = plan[name]
-        rows = per_system_rows.get(name, train_rows)
+        system, _, lr = name.partition("@lr=")
+        python, script, extra = plan[system]
+        extra = extra + (["--lr", lr] if lr else [])
+        rows = per_system_rows.get(system, train_rows)
         if args.reuse and (old := reuse_worker(work / name)) is not None:
             log(f"{name}: reusing the outputs in {work / name}")
             results[name] = old
@@ -440,12 +460,13 @@ def main() -> None:
                        work / "profile-fp32", args.timeout)
         profile = str(work / "profile-fp32" / "profile.txt") if (work / "profile-fp32" / "profile.txt").exists() else r.get("log_tail")
 
-    log("measuring the matmul FLOP bound again")
-    bound_after = matmul_bound(args.threads, args.batch_size, store.d_in, args.d_sae)
-    bound_before = bound
-    bound = {key: max(bound_before[key], bound_after[key], key=lambda b: b["rows_per_s_bound"]) for key in bound_before}
-    log(f"bound fp32 {bound_after['fp32']['rows_per_s_bound']:.0f} rows/s, bf16 {bound_after['bf16']['rows_per_s_bound']:.0f} rows/s; "
-        f"using the faster of the two measurements")
+    bound_before = bound_after = bound
+    if not args.no_bound:
+        log("measuring the matmul FLOP bound again")
+        bound_after = matmul_bound(args.threads, args.batch_size, store.d_in, args.d_sae)
+        bound = {key: max(bound_before[key], bound_after[key], key=lambda b: b["rows_per_s_bound"]) for key in bound_before}
+        log(f"bound fp32 {bound_after['fp32']['rows_per_s_bound']:.0f} rows/s, bf16 {bound_after['bf16']['rows_per_s_bound']:.0f} rows/s; "
+            f"using the faster of the two measurements")
     log("evaluating")
     x = np.load(npy, mmap_mode="r")[max_train:] * np.float32(scale)
     x = np.ascontiguousarray(x, dtype=np.float32)
@@ -471,6 +492,7 @@ def main() -> None:
                 "rows_per_s_median_step": r["timing"].get("rows_per_s_median_step"),
                 "loadavg_during": [r["loadavg_before"][0], r["loadavg_after"][0]],
                 "train_rows": r["settings"]["train_rows"],
+                "lr": r["settings"].get("lr"),
                 "peak_rss_mib": round(r["peak_rss_mib"], 1),
                 **{k: r["eval"][k] for k in ("fvu", "l0", "dead", "mmcs", "mcc", "recovered_best_0.9")},
                 "versions": r.get("versions"),
@@ -479,7 +501,12 @@ def main() -> None:
             row["reason"] = r.get("reason")
         summary[name] = row
 
-    targets = compute_targets(summary, bound, machine)
+    targets = {} if args.no_bound else compute_targets(summary, bound, machine)
+    best = {}  # each system's lowest-FVU run over --peer-lrs
+    for name, row in summary.items():
+        system = name.partition("@lr=")[0]
+        if row.get("fvu") is not None and (system not in best or row["fvu"] < summary[best[system]]["fvu"]):
+            best[system] = name
     machine["loadavg_end"] = os.getloadavg()
     report = {
         "benchmark": "train_vs_peers",
@@ -494,6 +521,7 @@ def main() -> None:
         "matmul_bound": bound,
         "matmul_bound_measurements": {"before_workers": bound_before, "after_workers": bound_after},
         "summary": summary,
+        "best_lr_run": best,
         "targets": targets,
         "profile": profile,
         "details": results,

@@ -12,7 +12,7 @@ from .roles import ActivationSource
 from .storage import Location
 from .creation import StoreSpec, prepare_store, writer_lock
 from .store import ActivationStore, open_store
-from .storeformat import STORAGE_DTYPES, default_rows_per_chunk
+from .storeformat import STORAGE_DTYPES, default_rows_per_chunk, default_write_shuffle_rows
 from .writer import StoreWriter
 
 __all__ = ["cache", "evaluate", "export", "import_run", "load", "make_source", "open_store", "steer", "steered", "train"]
@@ -56,12 +56,16 @@ def cache(
     repair: bool = False,
     progress: bool = True,
     storage_options: dict[str, Any] | None = None,
+    write_shuffle_rows: int | None = None,
 ) -> ActivationStore:
     """Write a source's activations into a store, continuing a partly written one.
 
     Several writers (``rank``/``world_size``, or torchrun's environment) fill disjoint chunks of
     one store; run each with the same arguments. ``repair`` checks every committed chunk of this
-    writer (size and checksum) and rewrites the damaged ones. Returns the opened store.
+    writer (size and checksum) and rewrites the damaged ones. ``write_shuffle_rows`` is the
+    write-side shuffle window of a streaming source (default: up to 131,072 rows, 512 MiB; 0: rows
+    in the source's order); sources that produce rows by index are stored in row order. Returns the
+    opened store.
     """
     from .progress import progress_bar
 
@@ -85,6 +89,18 @@ def cache(
     columns = {"acts": dtype}
     for name, logical in src.columns.items():
         columns[name] = dtype if name == "grads" else logical
+    if src.random_access:
+        if write_shuffle_rows:
+            raise OptionError(
+                f"source {src.name!r} produces rows by index, so its store is written in row order; leave out --write-shuffle-rows"
+            )
+        shuffle = 0
+    elif write_shuffle_rows is None:
+        shuffle = default_write_shuffle_rows(d_in, dtype, grads="grads" in columns)
+    elif write_shuffle_rows < 0:
+        raise OptionError(f"--write-shuffle-rows must be 0 (off) or positive, got {write_shuffle_rows}")
+    else:
+        shuffle = int(write_shuffle_rows)
     registration = get_registry().registration_of(type(src))
     spec = StoreSpec(
         d_in=d_in,
@@ -100,6 +116,7 @@ def cache(
             "version": registration.version if registration else "",
         },
         provenance=src.provenance(),
+        write_shuffle_rows=shuffle,
     )
     location = Location(store, storage_options)
     opened = prepare_store(location, spec, rank=rank, overwrite=overwrite, repair=repair, ground_truth=src.ground_truth)

@@ -109,8 +109,10 @@ def plugins(as_json: bool) -> None:
 @click.option("--world-size", type=int, default=None, help="Number of writers (default: torchrun's WORLD_SIZE or 1).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store holding other activations (deletes only the store's own files).")
 @click.option("--repair", is_flag=True, help="Check every committed chunk's checksum and rewrite damaged chunks and metadata.")
+@click.option("--write-shuffle-rows", type=int, default=None,
+              help="Streaming sources: rows per write-side shuffle window (default: up to 131072, 512 MiB; 0: source order).")
 def cache(source_name: str, options: tuple[str, ...], store: str, rows: int | None, dtype: str, rows_per_chunk: int | None,
-          rank: int | None, world_size: int | None, overwrite: bool, repair: bool) -> None:
+          rank: int | None, world_size: int | None, overwrite: bool, repair: bool, write_shuffle_rows: int | None) -> None:
     """Cache a source's activations into a Zarr store (a rerun continues a partial store)."""
     from . import api
     from .errors import BadInputError
@@ -118,7 +120,8 @@ def cache(source_name: str, options: tuple[str, ...], store: str, rows: int | No
     if store.startswith("memory://"):
         raise BadInputError(f"--store {store} would vanish when this command ends; give a folder or a persistent URL (memory:// works from Python)")
     opened = api.cache(source_name, list(options), store=store, rows=rows, dtype=dtype, rows_per_chunk=rows_per_chunk,
-                       rank=rank, world_size=world_size, overwrite=overwrite, repair=repair)
+                       rank=rank, world_size=world_size, overwrite=overwrite, repair=repair,
+                       write_shuffle_rows=write_shuffle_rows)
     state = "complete" if opened.complete else "waiting for other writers"
     click.echo(f"Wrote {opened.rows} rows × {opened.d_in} ({opened.dtype}) to {opened.url} ({state})")
 
@@ -164,6 +167,8 @@ def _print_info(data: dict[str, Any]) -> None:
     click.echo(f"dtype        {data['dtype']}")
     click.echo(f"columns      {', '.join(f'{k}:{v}' for k, v in data['columns'].items())}")
     click.echo(f"chunks       {data['chunks_committed']}/{data['chunks']} committed, {data['rows_per_chunk']} rows each, {data['writers']} writer(s)")
+    if data.get("write_shuffle_rows"):
+        click.echo(f"write shuffle  rows permuted in windows of {data['write_shuffle_rows']:,} rows per writer (docs/store.md)")
     src = data["source"]
     click.echo(f"source       {src['name']} ({src.get('distribution', '')} {src.get('version', '')})")
     for key, value in (src.get("options") or {}).items():

@@ -33,7 +33,9 @@ LAYOUT_TEXT = (
     "rows are cut into chunks of rows_per_chunk; chunk c is written by writer c % writers, whose "
     "commit marker writers/<rank>.attrs counts its committed chunks (chunks rank, rank+writers, ...); "
     "rows of uncommitted chunks are not data. bfloat16 is stored as uint16 (the high half of float32). "
-    "Each chunk file ends in the crc32c of its bytes (zarr's crc32c codec)."
+    "Each chunk file ends in the crc32c of its bytes (zarr's crc32c codec). With write_shuffle_rows W > 0, "
+    "each writer's stream of rows is cut into windows of W rows (its own rows, in the order of its chunks) "
+    "and the rows of each window are stored in a seeded permutation (seed: rank, window index), all columns alike."
 )
 
 
@@ -49,6 +51,7 @@ class StoreSpec:
     columns: dict[str, str]
     source: dict[str, Any]
     provenance: dict[str, Any]
+    write_shuffle_rows: int = 0
 
     def identity(self) -> dict[str, Any]:
         return {
@@ -57,6 +60,7 @@ class StoreSpec:
             "rows_allocated": self.rows,
             "rows_per_chunk": self.rows_per_chunk,
             "writers": self.writers,
+            "write_shuffle_rows": self.write_shuffle_rows,
             "columns": self.columns,
             "source": {"name": self.source["name"], "options": self.source["options"]},
         }
@@ -69,6 +73,7 @@ def _existing_identity(attrs: dict[str, Any]) -> dict[str, Any]:
         "rows_allocated": attrs.get("rows_allocated"),
         "rows_per_chunk": attrs.get("rows_per_chunk"),
         "writers": attrs.get("writers"),
+        "write_shuffle_rows": attrs.get("write_shuffle_rows", 0),  # stores from before the write shuffle: none
         "columns": attrs.get("columns"),
         "source": {"name": attrs.get("source", {}).get("name"), "options": attrs.get("source", {}).get("options")},
     }

@@ -25,7 +25,7 @@ from .files import atomic_write, write_json
 from .run import CONFIG_FILE, RUN_FORMAT_VERSION, WEIGHTS_FILE, RunConfig, read_config
 
 __all__ = ["CONFIG_FILE", "RUN_FORMAT_VERSION", "WEIGHTS_FILE", "Dictionary", "ForwardOutput", "atomic_write", "load",
-           "load_weights", "read_config", "safetensors_bytes", "write_json"]
+           "load_weights", "read_config", "safetensors_bytes", "weights_units", "write_json"]
 
 
 class ForwardOutput(NamedTuple):
@@ -59,6 +59,16 @@ class Dictionary(nn.Module):
     def decoder_directions(self) -> torch.Tensor:
         """[d_dict, d_in] decoder rows (feature directions), used by evaluators."""
         raise NotImplementedError
+
+    def fold_input_scale(self) -> "dict[str, torch.Tensor] | None":
+        """This dictionary's tensors with ``input_scale`` folded into the weights (``input_scale`` 1),
+        or None where the architecture cannot fold it. ``self`` is not changed.
+
+        ``save`` writes the folded tensors so that ``weights.safetensors`` works on raw activations
+        with the architecture's plain formula, as peer libraries' files do; a dictionary that cannot
+        fold keeps ``input_scale`` in the file and ``config.json`` (``weights_units``) says so.
+        """
+        return None
 
     # -- optional capability: selecting latents with a downstream loss's gradients (g-SAE) ------
     def reconstruct_with_grads(self, x: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
@@ -97,12 +107,30 @@ class Dictionary(nn.Module):
         run.mkdir(parents=True, exist_ok=True)
         if config is not None:
             self.config = config.to_dict() if isinstance(config, RunConfig) else dict(config)
+        folded = self.fold_input_scale()
+        units = weights_units(self, folded is not None)
+        self.config["weights_units"] = units
+        if isinstance(config, RunConfig):  # callers write this config again later (status changes)
+            config.weights_units = units
         cfg = RunConfig.from_dict({"format_version": RUN_FORMAT_VERSION, **self.config, "d_in": self.d_in, "d_dict": self.d_dict}, run / CONFIG_FILE)
-        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        state = folded if folded is not None else self.state_dict()
+        tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
         data = safetensors_bytes(tensors, {"format": "featureforge", "trainer": str(cfg.trainer)})
         atomic_write(run / WEIGHTS_FILE, lambda p: p.write_bytes(data))
         cfg.write(run)
         return run
+
+
+def weights_units(dictionary: Dictionary, folded: bool) -> dict[str, Any]:
+    """``config.json``'s note on the units of ``weights.safetensors``: ``raw`` (the scale folded in)
+    or ``training`` (rows must be multiplied by ``input_scale`` first, results divided by it)."""
+    scale = float(dictionary.input_scale)
+    if folded:
+        if scale == 1.0:  # loaded from folded weights (input_scale 1): keep the scale they came from
+            scale = float((dictionary.config.get("weights_units") or {}).get("input_scale_folded", 1.0))
+        return {"units": "raw", "input_scale_folded": scale}
+    return {"units": "training", "input_scale": scale,
+            "why": f"{type(dictionary).__name__} cannot fold input_scale into its weights; encode rows * input_scale, divide outputs by it"}
 
 
 def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:

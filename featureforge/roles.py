@@ -18,7 +18,7 @@ from .context import EvaluationContext  # defined in context.py; importable from
 from .options import NoOptions, options_to_dict, parse_options
 
 #: A batch of activations: ``acts [n, d]`` and optionally ``grads [n, d]``, ``token_ids [n]``,
-#: ``doc_ids [n]``, ``positions [n]``, as numpy arrays or torch tensors.
+#: ``doc_ids [n]``, ``seq_ids [n]``, ``positions [n]``, as numpy arrays or torch tensors.
 Batch = dict[str, Any]
 
 

@@ -77,6 +77,8 @@ class RunConfig:
     training_result: dict[str, Any] | None = None
     #: Without --lr: the race that chose the learning rate (see featureforge.lr_search.record).
     lr_search: dict[str, Any] | None = None
+    #: Units of weights.safetensors: ``{"units": "raw", "input_scale_folded": s}`` or ``"training"`` (see Dictionary.fold_input_scale).
+    weights_units: dict[str, Any] | None = None
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     # -- conversion ---------------------------------------------------------------------------

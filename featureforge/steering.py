@@ -30,6 +30,8 @@ from .interventions import Intervention, position_mask, replacement, typical_val
 
 #: Store rows encoded to find each latent's typical firing value (the unit of α).
 TYPICAL_ROWS = 16_384
+#: Strengths (× typical value) of the precomputed steering sections of feature pages.
+SECTION_ALPHAS = (2.0, 4.0, 8.0)
 
 
 @dataclasses.dataclass
@@ -222,6 +224,38 @@ def steer_live(live: Any, dictionary: Any, typical: torch.Tensor, plans: Sequenc
         units=plans[0].units if plans else "typical", positions=list(positions) if positions is not None else None,
         typical=[float(typical[i]) for i in latents], clean_text=clean_text, outcomes=outcomes,
     )
+
+
+def feature_sections(source: Any, dictionary: Any, store: Any, latents: Sequence[int], *, prompt: str, max_new_tokens: int,
+                     alphas: Sequence[float] = SECTION_ALPHAS) -> dict[int, dict[str, Any]]:
+    """latent -> the steering section of its feature page (dashboards, the demo's index.html).
+
+    Precomputed so those sites stay static: greedy continuations of ``prompt`` without and with the
+    latent added at each α × its typical firing value, and the next-token tokens it promotes and
+    suppresses most. Empty when ``source`` has no live causal LM; silent latents are left out.
+    """
+    if source is None or not source.can_splice:
+        return {}
+    typical = store_typical(dictionary, store)
+    sections: dict[int, dict[str, Any]] = {}
+    with source.splice(dictionary) as live:
+        if live.kind != "causal-lm":
+            return {}
+        for latent in latents:
+            if float(typical[int(latent)]) <= 0:
+                continue
+            plans = [Intervention((int(latent),), "add", float(a)) for a in alphas]
+            result = steer_live(live, dictionary, typical, plans, prompt, max_new_tokens=max_new_tokens, top=8)
+            sections[int(latent)] = {
+                "prompt": prompt,
+                "clean": result.clean_text,
+                "typical": result.typical[0],
+                "steps": [{"alpha": o.alpha, "text": o.text, "kl": o.kl,
+                           "promoted": [{"token": t.token, "gain": t.logprob_steered - t.logprob_clean} for t in o.promoted],
+                           "suppressed": [{"token": t.token, "gain": t.logprob_steered - t.logprob_clean} for t in o.suppressed]}
+                          for o in result.outcomes],
+            }
+    return sections
 
 
 @contextlib.contextmanager

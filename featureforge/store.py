@@ -5,7 +5,7 @@ Layout (a Zarr group; every array shares the row axis and is chunked by whole ro
     zarr.json                 attributes: format, d_in, dtype, layout, source, provenance, summary
     acts        (N, d)        float32 | float16 | uint16 holding bfloat16 (attrs: logical_dtype)
     grads       (N, d)        optional, like acts
-    token_ids / doc_ids / positions (N,)   optional integer columns
+    token_ids / doc_ids / seq_ids / positions (N,)   optional integer columns
     chunk_stats (C, 2d+1)     per-chunk float64 sum, sum of squares, sum of squared row norms
     writers/<rank>            group per writer; its attributes are the commit marker
     ground_truth/...          optional arrays a synthetic source knows (true features, ...)
@@ -38,6 +38,7 @@ from .storeformat import (  # noqa: F401  (re-exported: the store's public const
     ChunkRef,
     chunk_checksum_ok,
     default_rows_per_chunk,
+    default_write_shuffle_rows,
     has_checksum,
     read_only_bytes,
     to_float32,
@@ -94,6 +95,31 @@ class ActivationStore:
     @property
     def world_size(self) -> int:
         return int(self.attrs["writers"])
+
+    @property
+    def write_shuffle_rows(self) -> int:
+        """Rows of each writer's write-side shuffle window (0: rows stored in the source's order)."""
+        return int(self.attrs.get("write_shuffle_rows") or 0)
+
+    def write_window(self, row: int, committed: list[ChunkRef] | None = None) -> np.ndarray:
+        """Committed store rows of the write-shuffle window holding ``row`` (sorted; the row alone when unshuffled).
+
+        A window is ``write_shuffle_rows`` consecutive rows of one writer's share: its chunks
+        ``rank, rank + writers, ...`` taken in order (every one full but the store's last).
+        ``committed`` (``committed_chunks()``) saves reading the commit markers again per call.
+        """
+        w, rpc, writers = self.write_shuffle_rows, self.rows_per_chunk, self.world_size
+        if not w:
+            return np.array([row], dtype=np.int64)
+        chunk = row // rpc
+        rank, local = chunk % writers, (chunk // writers) * rpc + row % rpc
+        mine = np.arange((local // w) * w, (local // w + 1) * w, dtype=np.int64)
+        rows = (rank + (mine // rpc) * writers) * rpc + mine % rpc
+        filled = np.zeros(self.n_chunks + 1, dtype=np.int64)  # rows of uncommitted chunks are not data
+        for ref in self.committed_chunks() if committed is None else committed:
+            filled[ref.index] = ref.rows
+        rows = rows[rows < self.rows_allocated]
+        return rows[filled[rows // rpc] > rows % rpc]
 
     @property
     def columns(self) -> dict[str, str]:
@@ -206,6 +232,8 @@ class ActivationStore:
         words += ["--rows", str(self.attrs.get("rows_allocated")), "--rows-per-chunk", str(self.attrs.get("rows_per_chunk"))]
         if self.attrs.get("dtype", "float32") != "float32":
             words += ["--dtype", str(self.attrs["dtype"])]
+        if self.write_shuffle_rows or "write_shuffle_rows" not in self.attrs:  # stores from before it: no shuffle
+            words += ["--write-shuffle-rows", str(self.write_shuffle_rows)]
         if int(self.attrs.get("writers", 1)) > 1:
             words += ["--world-size", str(self.attrs["writers"]), "--rank", "RANK" if rank is None else str(rank)]
         words += ["--store", self.url, "--repair"]
@@ -335,6 +363,7 @@ class ActivationStore:
             "dtype": self.dtype,
             "columns": self.columns,
             "rows_per_chunk": self.rows_per_chunk,
+            "write_shuffle_rows": self.write_shuffle_rows,
             "chunks_committed": len(refs),
             "chunks": self.n_chunks,
             "writers": self.world_size,

@@ -39,6 +39,25 @@ def default_rows_per_chunk(d_in: int, dtype: str) -> int:
     return int(min(65536, max(256, 2 ** round(math.log2(rows)))))
 
 
+#: Bytes a writer may buffer for its write-side shuffle window (the window's rows are held in memory).
+WRITE_SHUFFLE_BYTES = 512 * 2**20
+#: Rows of a write-side shuffle window at most: 1,024 sequences of 128 tokens, enough for batches
+#: about as mixed as uniform sampling (docs/store.md, "Write-side shuffle").
+WRITE_SHUFFLE_MAX_ROWS = 131072
+WRITE_SHUFFLE_MIN_ROWS = 16384
+
+
+def default_write_shuffle_rows(d_in: int, dtype: str, grads: bool = False) -> int:
+    """Rows of a stream source's write-side shuffle window: a power of two, at most ``WRITE_SHUFFLE_BYTES``.
+
+    A function of the row's width only (never of the chunk size), so a store's bytes do not
+    depend on how it is chunked.
+    """
+    row_bytes = d_in * (4 if dtype == "float32" else 2) * (2 if grads else 1)
+    rows = 2 ** int(math.floor(math.log2(max(1, WRITE_SHUFFLE_BYTES // row_bytes))))
+    return int(min(WRITE_SHUFFLE_MAX_ROWS, max(WRITE_SHUFFLE_MIN_ROWS, rows)))
+
+
 @dataclass(frozen=True)
 class ChunkRef:
     """A committed chunk: its index and how many of its rows hold data."""

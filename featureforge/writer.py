@@ -3,6 +3,14 @@
 A writer of rank ``r`` among ``W`` owns chunks ``r, r+W, r+2W, ...``. Random-access sources
 produce each chunk's rows directly, so any writer count gives the same bytes; streaming sources
 fill the writer's chunks in order from its own shard of the data.
+
+Streaming sources emit the rows of one sequence one after another; a reader that mixes a window
+of chunks would then draw whole runs of each sequence into one batch. So a store may have a
+write-side shuffle window (``write_shuffle_rows`` W, recorded in the store): each writer cuts its
+own row stream into windows of W rows, counted in rows (not chunks, so the bytes do not depend on
+the chunk size), and stores each window's rows in a permutation seeded by (rank, window index).
+A resumed writer asks the source again from the start of the window holding its commit marker
+and recomputes that window's permutation, so the bytes are those of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -182,7 +190,13 @@ class StoreWriter:
         if i >= len(self.my_chunks):  # a writer that owns no (more) chunks
             self._commit(i, last_chunk_rows=None, done=True)
             return 0
-        batches: Iterator[Any] = self._open_stream(done_rows)
+        shuffle = self.store.write_shuffle_rows
+        if shuffle:
+            first = done_rows // shuffle  # recompute the window the marker is in, from its start
+            raw = self._open_stream(first * shuffle)
+            batches: Iterator[Any] = shuffled_windows(raw, shuffle, self.rank, first, self.rows_to_write(), drop=done_rows - first * shuffle)
+        else:
+            batches = self._open_stream(done_rows)
         try:
             for batch in batches:
                 batch = {k: as_numpy(v) for k, v in batch.items() if v is not None}
@@ -210,16 +224,16 @@ class StoreWriter:
                 self._commit(i, last_chunk_rows=None, done=True)
         return written
 
-    def _open_stream(self, done_rows: int) -> Iterator[Any]:
-        """The source's stream; told how many rows are still wanted when it accepts ``max_rows``."""
+    def _open_stream(self, skip_rows: int) -> Iterator[Any]:
+        """The source's stream from row ``skip_rows``; told how many rows are still wanted when it accepts ``max_rows``."""
         stream = self.source.stream
         try:
             takes_limit = "max_rows" in inspect.signature(stream).parameters
         except (TypeError, ValueError):  # a callable without a signature: pass nothing extra
             takes_limit = False
         if takes_limit:
-            return stream(self.rank, self.world_size, skip_rows=done_rows, max_rows=self.rows_to_write() - done_rows)
-        return stream(self.rank, self.world_size, skip_rows=done_rows)
+            return stream(self.rank, self.world_size, skip_rows=skip_rows, max_rows=self.rows_to_write() - skip_rows)
+        return stream(self.rank, self.world_size, skip_rows=skip_rows)
 
     # -- one chunk ----------------------------------------------------------------------------
     def _write_and_commit(self, chunk: int, batch: dict[str, Any], n_rows: int, chunks: int, last_chunk_rows: int | None, done: bool) -> int:
@@ -308,6 +322,55 @@ def _chunk_stats(stored: np.ndarray, logical: str) -> np.ndarray:
         np.multiply(wide, wide, out=wide)
         squares += wide.sum(0)
     return np.concatenate([sums, squares, [squares.sum()]])
+
+
+_WRITE_SHUFFLE_SEED = 0x5F_F1E5
+
+
+def window_permutation(rank: int, window: int, rows: int) -> np.ndarray:
+    """The order in which writer ``rank`` stores the rows of its window ``window`` (``rows`` long)."""
+    return np.random.Generator(np.random.PCG64([_WRITE_SHUFFLE_SEED, rank, window])).permutation(rows)
+
+
+def shuffled_windows(
+    batches: Iterator[Any], window_rows: int, rank: int, first: int, total: int, drop: int = 0
+) -> Iterator[dict[str, np.ndarray]]:
+    """Permute a row stream window by window (all columns alike), the first window being ``first``.
+
+    ``batches`` starts at that window's first row; ``total`` is the writer's row count, where the
+    last window ends (so a short store never asks the source for a whole window more). The first
+    ``drop`` rows of the permuted stream (rows already committed) are not yielded. A window the
+    source cannot fill is permuted over the rows it has.
+    """
+    pending: list[dict[str, np.ndarray]] = []
+    have, window = 0, first
+
+    def size() -> int:
+        return min(window_rows, total - window * window_rows)
+
+    def permuted(n: int) -> dict[str, np.ndarray]:
+        nonlocal pending, have, window, drop
+        rows, pending = _take_rows(pending, n)
+        have -= n
+        order = window_permutation(rank, window, n)[drop:]
+        window, drop = window + 1, max(0, drop - n)
+        return {key: np.take(value, order, axis=0) for key, value in rows.items()}
+
+    try:
+        for batch in batches:
+            if size() <= 0:
+                break
+            batch = {k: as_numpy(v) for k, v in batch.items() if v is not None}
+            pending.append(batch)
+            have += len(batch["acts"])
+            while size() > 0 and have >= size():
+                yield permuted(size())
+        if have and size() > 0:
+            yield permuted(min(have, size()))
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
 
 
 def _take_rows(pending: list[dict[str, np.ndarray]], n: int) -> tuple[dict[str, np.ndarray], list[dict[str, np.ndarray]]]:

@@ -5,8 +5,11 @@ Needs the featureforge-hf and featureforge-sae plugins (``make test`` installs t
 
 from __future__ import annotations
 
+import html
 import json
+import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,10 +20,10 @@ pytest.importorskip("featureforge_hf")
 pytest.importorskip("featureforge_sae")
 
 
-def _demo(out: Path, **env: str) -> subprocess.CompletedProcess:
+def _demo(out: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
     environment = {**os.environ, "FEATUREFORGE_PROGRESS": "0", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **env}
     environment.pop("FEATUREFORGE_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "featureforge.cli", "demo", "--quick", "--out", str(out)], env=environment,
+    return subprocess.run([sys.executable, "-m", "featureforge.cli", "demo", "--quick", "--out", str(out), *args], env=environment,
                           capture_output=True, text=True, timeout=600)
 
 
@@ -46,7 +49,7 @@ def test_quick_demo_writes_report_plots_and_html_and_reruns(tmp_path):
     assert features and all(f["contexts"] for f in features)
     context = features[0]["contexts"][0]
     assert len(context["tokens"]) == len(context["activations"]) and context["activations"][context["max_index"]] > 0
-    assert all(isinstance(t, str) for t in context["tokens"]) and not any(t.startswith(" #") for t in context["tokens"]), "decoded text"
+    assert all(isinstance(t, str) for t in context["tokens"]) and not any(re.fullmatch(r" #\d+", t) for t in context["tokens"]), "decoded text, not #id"
     lines = [json.loads(line) for line in (out / "run-quick" / "metrics.jsonl").read_text().splitlines()]
     assert any("downstream/score" in line for line in lines), "downstream evaluated during training"
 
@@ -75,3 +78,68 @@ def test_demo_without_plugins_names_make_demo_in_one_line(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: the demo needs")
     assert "make demo" in lines[0] and "pip install -e plugins/featureforge-hf" in lines[0] and "featureforge-sae" in lines[0]
+
+
+@pytest.fixture(scope="module")
+def random_gpt2(tmp_path_factory) -> str:
+    """A randomly initialised 2-layer GPT-2 with a BPE tokenizer trained here on stdlib text (seconds)."""
+    import itertools
+
+    from featureforge_hf import stdlib_documents
+    from featureforge_hf.tiny import make_gpt2
+
+    folder = tmp_path_factory.mktemp("gpt2")
+    make_gpt2(folder, list(itertools.islice(stdlib_documents(), 300)), vocab_size=400)
+    return str(folder)
+
+
+def test_causal_quick_demo_shows_ce_loss_score_and_steering(tmp_path, random_gpt2):
+    out = tmp_path / "causal"
+    proc = _demo(out, "--causal", "--model", random_gpt2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for stage in ("[1/7 model]", "[2/7 cache]", "[4/7 evaluate]", "[6/7 steering]", "[7/7 report]"):
+        assert stage in proc.stdout
+    report = json.loads((out / "report.json").read_text())
+    down = report["evaluators"]["downstream"]["metrics"]
+    assert down["kind"] == "causal-lm" and math.isfinite(down["ce_loss_score"]) and down["kl_dictionary"] >= 0
+    assert report["demo"]["causal"] and report["demo"]["provenance"]["hook"] == "transformer.h.1"
+    assert set(report["demo"]["stage_seconds"]) == {"model", "cache", "train", "evaluate", "features", "steering", "report", "total"}
+    features = report["features"]["features"]
+    assert features and all("steering" in f for f in features), "every shown (live) feature has a steering section"
+    section = features[0]["steering"]
+    assert [s["alpha"] for s in section["steps"]] == [4.0, 8.0, 16.0] and section["typical"] > 0
+    assert all(s["text"] and s["promoted"] and s["suppressed"] and s["kl"] >= 0 for s in section["steps"])
+    assert section["steps"][-1]["kl"] > 0, "adding 16x a firing latent's typical value moves the next-token distribution"
+
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert "<script" not in page and 'src="http' not in page, "static and self-contained"
+    assert page.count("class='steer'") == len(features) and page.count("class='gen steered'") == 3 * len(features)
+    assert "CE-loss score" in page and "promoted" in page and "suppressed" in page
+    first_continuation = html.escape(section["steps"][0]["text"].replace("\n", "↵"))
+    assert first_continuation in page
+
+
+def test_demo_model_errors_are_one_line(tmp_path, random_gpt2):
+    proc = _demo(tmp_path / "a", "--model", random_gpt2)
+    assert proc.returncode == 1 and proc.stderr.strip() == "Error: --model needs --causal (the default demo runs all-MiniLM-L6-v2)"
+    proc = _demo(tmp_path / "b", "--causal", "--model", str(tmp_path / "nowhere"))
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and "no config.json" in lines[0] and "--model" in lines[0]
+
+
+@pytest.mark.slow
+def test_causal_demo_trains_the_tiny_lm_on_first_use_then_reuses_it(tmp_path):
+    """A clean checkout: no stores/models/stdlib-gpt2 yet, so the demo trains it (here for 3 s) and caches it."""
+    env = {**os.environ, "FEATUREFORGE_PROGRESS": "0", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    command = [sys.executable, "-m", "featureforge.cli", "demo", "--causal", "--quick", "--lm-minutes", "0.05"]
+    first = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "no trained tiny LM in stores/models/stdlib-gpt2 yet: training it" in first.stdout
+    model = tmp_path / "stores" / "models" / "stdlib-gpt2"
+    assert (model / "train_report.json").exists() and (model / "model.safetensors").exists()
+    report = json.loads((tmp_path / "stores" / "demo-causal" / "report.json").read_text())
+    assert report["demo"]["language_model"]["steps"] > 0 and report["demo"]["provenance"]["model"] == str(model.resolve())
+    weights = (model / "model.safetensors").stat().st_mtime_ns
+    second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "training it" not in second.stdout and (model / "model.safetensors").stat().st_mtime_ns == weights, "cached after the first run"

@@ -42,6 +42,7 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4096)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, help="Adam's peak learning rate (default: the library's own default)")
     p.add_argument("--out", required=True)
     return p
 

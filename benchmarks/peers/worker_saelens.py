@@ -33,8 +33,9 @@ def main() -> None:
     sae_cfg = TopKTrainingSAEConfig(d_in=rows.d, d_sae=args.d_sae, k=args.k, dtype="float32", device="cpu",
                                     normalize_activations="none")
     sae = TopKTrainingSAE(sae_cfg)
+    lr = args.lr or 3e-4  # SAELens' default
     trainer_cfg = SAETrainerConfig(total_training_samples=steps * args.batch_size, train_batch_size_samples=args.batch_size,
-                                   lr_end=3e-4 / 10, lr_warm_up_steps=warmup, lr_decay_steps=decay, device="cpu",
+                                   lr=lr, lr_end=lr / 10, lr_warm_up_steps=warmup, lr_decay_steps=decay, device="cpu",
                                    autocast=False)
     trainer = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=iter(()))
     timer = common.StepTimer()

@@ -41,7 +41,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     cfg = SparseCoderConfig(activation="topk", num_latents=args.d_sae, k=args.k, normalize_decoder=True)
     sae = SparseCoder(rows.d, cfg, device="cpu", dtype=torch.float32)
-    lr = 2e-4 / (sae.num_latents / 2**14) ** 0.5
+    lr = args.lr or 2e-4 / (sae.num_latents / 2**14) ** 0.5
     adam = torch.optim.Adam(sae.parameters(), lr=lr)
     sched = get_linear_schedule_with_warmup(adam, warmup, steps)
     since_fired = torch.zeros(sae.num_latents, dtype=torch.long)

@@ -57,6 +57,11 @@ class HFOptions:
     """Use only the first N documents (after shuffling); none uses all."""
 
 
+#: ``seq_ids`` of a document's pieces are ``doc_id * SEQS_PER_DOC + piece``: unique per sequence, the
+#: same whatever the writer count, and the document recoverable (``seq_ids // SEQS_PER_DOC``).
+SEQS_PER_DOC = 2**24
+
+
 @dataclasses.dataclass
 class Window:
     """One sequence the model sees: a piece of a document, framed by the tokenizer's special tokens."""
@@ -65,6 +70,12 @@ class Window:
     ids: list[int]
     #: Which positions become stored rows (not padding; not special unless asked).
     keep: list[bool]
+    #: Which piece of its document (0, 1, ...): the stored ``seq_ids`` is ``doc_id * SEQS_PER_DOC + piece``.
+    piece: int = 0
+
+    @property
+    def seq_id(self) -> int:
+        return self.doc_id * SEQS_PER_DOC + self.piece
 
     @property
     def rows(self) -> int:
@@ -180,7 +191,7 @@ class HFSource(ActivationSource):
 
     @property
     def columns(self) -> dict[str, str]:
-        cols = {"token_ids": "int32", "doc_ids": "int64", "positions": "int32"}
+        cols = {"token_ids": "int32", "doc_ids": "int64", "seq_ids": "int64", "positions": "int32"}
         if self.options.grads:
             cols["grads"] = "float32"
         return cols
@@ -281,10 +292,10 @@ class HFSource(ActivationSource):
             if not block:
                 return
             for (doc_id, _), ids in zip(block, loaded.encode([text for _, text in block])):
-                for start in range(0, len(ids), length):
+                for n, start in enumerate(range(0, len(ids), length)):
                     piece = ids[start : start + length]
                     keep = [keep_special] * len(prefix) + [keep_special or t not in special for t in piece] + [keep_special] * len(suffix)
-                    yield Window(doc_id, prefix + piece + suffix, keep)
+                    yield Window(doc_id, prefix + piece + suffix, keep, n)
 
     def _groups(self, docs: Iterable[tuple[int, str]]) -> Iterator[list[Window]]:
         size = self.options.batch_size * GROUP_BATCHES
@@ -316,10 +327,12 @@ class HFSource(ActivationSource):
         keep_dev = keep.to(acts.device)
         positions = torch.arange(input_ids.shape[1], dtype=torch.int32).expand(input_ids.shape)
         doc_ids = torch.as_tensor([w.doc_id for w in batch], dtype=torch.int64)[:, None].expand(input_ids.shape)
+        seq_ids = torch.as_tensor([w.seq_id for w in batch], dtype=torch.int64)[:, None].expand(input_ids.shape)
         rows = {
             "acts": acts[keep_dev].cpu(),
             "token_ids": input_ids.cpu()[keep].to(torch.int32),
             "doc_ids": doc_ids[keep],
+            "seq_ids": seq_ids[keep],
             "positions": positions[keep],
         }
         if grads is not None:

@@ -130,6 +130,20 @@ def train_gpt2(out: str | Path, cfg: TinyLMConfig, progress: Any = None) -> dict
     return report
 
 
+def train_with_bar(out: str | Path, cfg: TinyLMConfig, enabled: bool | None = None) -> dict[str, Any]:
+    """:func:`train_gpt2` with a progress bar over its time budget (``featureforge tiny-lm``, the causal demo)."""
+    from featureforge import progress_bar
+
+    with progress_bar(int(cfg.minutes * 60), "tiny-lm", unit="s", enabled=enabled) as bar:
+        seen = [0]
+
+        def tick(elapsed: float) -> None:
+            bar.update(int(elapsed) - seen[0])
+            seen[0] = int(elapsed)
+
+        return train_gpt2(out, cfg, progress=tick)
+
+
 def register_command(cli: Any) -> None:
     import click
 
@@ -142,7 +156,7 @@ def register_command(cli: Any) -> None:
     @click.option("--json", "as_json", is_flag=True, help="Print the training report as one JSON object.")
     def tiny_lm(out: str, minutes: float, threads: int, seed: int, retrain: bool, as_json: bool) -> None:
         """Train the small GPT-2 on standard-library text (CPU, minutes; cached after the first run)."""
-        from featureforge import BadInputError, progress_bar
+        from featureforge import BadInputError
 
         if minutes <= 0:
             raise BadInputError(f"--minutes {minutes} must be positive")
@@ -151,14 +165,7 @@ def register_command(cli: Any) -> None:
         if report is None:
             if (Path(out) / "config.json").exists() and not retrain:
                 raise BadInputError(f"{out} holds a model that tiny-lm did not train (no {REPORT}); pass another --out, or --retrain to replace it")
-            with progress_bar(int(minutes * 60), "tiny-lm", unit="s") as bar:
-                seen = [0]
-
-                def tick(elapsed: float) -> None:
-                    bar.update(int(elapsed) - seen[0])
-                    seen[0] = int(elapsed)
-
-                report = train_gpt2(out, TinyLMConfig(minutes=minutes, threads=threads, seed=seed), progress=tick)
+            report = train_with_bar(out, TinyLMConfig(minutes=minutes, threads=threads, seed=seed))
         if as_json:
             click.echo(json.dumps({**report, "cached": cached}, indent=2))
         else:

@@ -10,6 +10,12 @@ minutes on 2 CPU cores.
    features are shown with their contexts rebuilt from the stored token ids;
 5. **report**: ``report.json``, PNG plots and a self-contained ``index.html`` in ``--out``.
 
+``--causal`` does the same on a causal LM: the small stdlib-text GPT-2 of ``featureforge tiny-lm``
+(trained into ``stores/models/stdlib-gpt2`` on first use, minutes; reused afterwards), or
+``--model FOLDER``; downstream is then the CE-loss score and KL, and each shown feature gets a
+precomputed steering section (``featureforge.steering.feature_sections``: promoted/suppressed
+next tokens and greedy continuations with the latent added at 4, 8, 16 × its typical value).
+
 The command lives here, not in the core, because it needs this plugin's source and evaluator and
 featureforge-sae's ``topk`` trainer (looked up by registered name); it uses only the public API.
 A second run reuses the cached store (a complete store is a no-op, a partial one resumes) and
@@ -38,6 +44,7 @@ from featureforge.dictionary import atomic_write, write_json
 #: Registered names the demo needs, and the distribution that provides each.
 NEEDED = {("source", "hf"): "featureforge-hf", ("evaluator", "downstream"): "featureforge-hf", ("trainer", "topk"): "featureforge-sae"}
 DEFAULT_DEMO_DIR = "stores/demo"
+DEFAULT_CAUSAL_DIR = "stores/demo-causal"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +65,8 @@ class DemoSettings:
     #: Tokens of context shown before and after the top-activating token.
     before: int = 12
     after: int = 4
+    #: Causal LMs: tokens of each precomputed steered continuation (0: no steering sections).
+    steer_tokens: int = 0
 
 
 FULL = DemoSettings(
@@ -85,6 +94,42 @@ QUICK = DemoSettings(
 )
 
 
+#: ``--causal``: the tiny stdlib GPT-2 (4 blocks of width 128) cached at its middle block.
+CAUSAL_FULL = DemoSettings(
+    store_name="stdlib-gpt2-mid.zarr",
+    rows=400_000,
+    rows_per_chunk=8192,
+    source_options={},
+    # dead_after: AuxK revives silent latents within this short run (the loop's default is 10M rows).
+    trainer_options={"d_dict": 1024, "k": 16, "dead_after": 50_000},
+    train={"batch_size": 1024, "epochs": 3.0, "log_every": 10, "warmup_steps": 20, "eval_every": 100,
+           "eval_options": ["downstream.max_sequences=16"]},
+    downstream={"max_sequences": 128},
+    features=8,
+    contexts=6,
+    steer_tokens=16,
+)
+
+CAUSAL_QUICK = DemoSettings(
+    store_name="causal-mid-quick.zarr",
+    rows=4096,
+    rows_per_chunk=512,
+    source_options={"context_size": 32},
+    trainer_options={"d_dict": 256, "k": 8},
+    train={"batch_size": 256, "epochs": 2.0, "log_every": 4, "warmup_steps": 4, "eval_every": 16,
+           "eval_options": ["downstream.max_sequences=4"]},
+    downstream={"max_sequences": 8, "batch_size": 8},
+    features=4,
+    contexts=3,
+    steer_tokens=6,
+)
+
+#: Prompt the steered continuations start from (the model knows Python source) and the strengths
+#: (× each latent's typical value): the small GPT-2's continuations move visibly only past about 8.
+STEER_PROMPT = "    def __init__(self"
+STEER_ALPHAS = (4.0, 8.0, 16.0)
+
+
 def check_plugins() -> None:
     """One-line error naming ``make demo`` when a plugin the demo needs is not installed."""
     registry = ff.get_registry()
@@ -97,23 +142,56 @@ def check_plugins() -> None:
         )
 
 
-def run_demo(out: str | os.PathLike = "stores/demo", *, quick: bool = False, progress: bool = True,
-             echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the demo into ``out``; returns the report (also written to ``out/report.json``)."""
+def causal_model(model: str | None, lm_minutes: float, echo: Callable[[str], None], progress: bool) -> tuple[str, dict[str, Any] | None]:
+    """The causal LM's folder (absolute: the store records it) and its tiny-lm training report.
+
+    ``model`` None: the tiny stdlib GPT-2 in ``stores/models/stdlib-gpt2``, trained there first
+    (``lm_minutes``) when ``featureforge tiny-lm`` has not done so yet.
+    """
+    from featureforge import BadInputError
+
+    from ._train_lm import DEFAULT_OUT, TinyLMConfig, cached_report, train_with_bar
+
+    if model is not None:
+        if not (Path(model) / "config.json").exists():
+            raise BadInputError(f"--model {model} is not a Hugging Face model folder (no config.json); pass a folder, or drop --model to use featureforge tiny-lm's")
+        return str(Path(model).resolve()), cached_report(model)
+    report = cached_report(DEFAULT_OUT)
+    if report is None:
+        if (Path(DEFAULT_OUT) / "config.json").exists():
+            raise BadInputError(f"{DEFAULT_OUT} holds a model that tiny-lm did not train; pass --model {DEFAULT_OUT} to use it, or run featureforge tiny-lm --retrain")
+        echo(f"      no trained tiny LM in {DEFAULT_OUT} yet: training it ({lm_minutes:g} minutes, once; featureforge tiny-lm does the same)")
+        report = train_with_bar(DEFAULT_OUT, TinyLMConfig(minutes=lm_minutes), enabled=None if progress else False)
+    return str(Path(DEFAULT_OUT).resolve()), report
+
+
+def run_demo(out: str | os.PathLike = "stores/demo", *, quick: bool = False, causal: bool = False, model: str | None = None,
+             lm_minutes: float = 5.0, progress: bool = True, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the demo into ``out``; returns the report (also written to ``out/report.json``).
+
+    ``causal``: on a causal LM (``model``, or the tiny stdlib GPT-2, trained for ``lm_minutes``
+    on first use) with steering sections on the feature pages.
+    """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything the demo uses is local
     check_plugins()
-    settings = QUICK if quick else FULL
+    if causal:
+        settings = CAUSAL_QUICK if quick else CAUSAL_FULL
+    elif model is not None:
+        raise FeatureforgeError("--model needs --causal (the default demo runs all-MiniLM-L6-v2)")
+    else:
+        settings = QUICK if quick else FULL
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     store_path = out_dir / settings.store_name
-    run_dir = out_dir / ("run-quick" if quick else "run")
+    run_dir = out_dir / (("causal-" if causal else "") + ("run-quick" if quick else "run"))
+    stages = 7 if causal else 5
     times: dict[str, float] = {}
     cpu: dict[str, float] = {}
     started = time.perf_counter()
     clock: dict[str, float] = {}
 
     def stage(name: str, line: str) -> float:
-        echo(f"[{len(times) + 1}/5 {name}] {line}")
+        echo(f"[{len(times) + 1}/{stages} {name}] {line}")
         clock["cpu"] = time.process_time()
         return time.perf_counter()
 
@@ -121,8 +199,18 @@ def run_demo(out: str | os.PathLike = "stores/demo", *, quick: bool = False, pro
         times[name] = time.perf_counter() - t
         cpu[name] = time.process_time() - clock["cpu"]
 
-    t = stage("cache", f"all-MiniLM-L6-v2 over standard-library text, {settings.rows:,} tokens -> {store_path}")
-    store = ff.cache("hf", settings.source_options, store=str(store_path), rows=settings.rows,
+    source_options = dict(settings.source_options)
+    lm_report = None
+    model_name = "all-MiniLM-L6-v2"
+    if causal:
+        t = stage("model", "the causal LM: " + (model or "featureforge tiny-lm's stdlib GPT-2"))
+        source_options["model"], lm_report = causal_model(model, lm_minutes, echo, progress)
+        model_name = source_options["model"]
+        done("model", t)
+        if lm_report:
+            echo(f"      {lm_report['params']:,} parameters, validation loss {lm_report['val_loss']} nats")
+    t = stage("cache", f"{model_name} over standard-library text, {settings.rows:,} tokens -> {store_path}")
+    store = ff.cache("hf", source_options, store=str(store_path), rows=settings.rows,
                       rows_per_chunk=settings.rows_per_chunk, progress=progress)
     done("cache", t)
     echo(f"      {store.rows:,} rows x {store.d_in} at {store.provenance.get('hook')} in {times['cache']:.1f}s")
@@ -148,6 +236,21 @@ def run_demo(out: str | os.PathLike = "stores/demo", *, quick: bool = False, pro
     done("features", t)
     echo(f"      {len(features['features'])} features from {features['live']:,} live latents in {times['features']:.1f}s")
 
+    if causal and settings.steer_tokens:
+        from featureforge.steering import feature_sections
+
+        alphas = ", ".join(f"{a:g}" for a in STEER_ALPHAS)
+        t = stage("steering", f"each shown feature added at {alphas} x its typical value, {settings.steer_tokens} tokens after {STEER_PROMPT!r}")
+        source = ff.EvaluationContext(store, ".").source
+        latents = [f["feature"] for f in features["features"]]
+        sections = feature_sections(source, dictionary, store, latents, prompt=STEER_PROMPT, max_new_tokens=settings.steer_tokens,
+                                    alphas=STEER_ALPHAS)
+        for feat in features["features"]:
+            if feat["feature"] in sections:
+                feat["steering"] = sections[feat["feature"]]
+        done("steering", t)
+        echo(f"      steering sections of {len(sections)} features in {times['steering']:.1f}s")
+
     t = stage("report", f"report.json, plots and index.html -> {out_dir}")
     plots = out_dir / "plots"
     training_png = Path(run) / "plots" / "training.png"
@@ -156,6 +259,8 @@ def run_demo(out: str | os.PathLike = "stores/demo", *, quick: bool = False, pro
         shutil.copyfile(training_png, plots / "training.png")
     report["demo"] = {
         "mode": "quick" if quick else "full",
+        "causal": causal,
+        "language_model": lm_report,
         "store": str(store_path),
         "run": str(run),
         "rows": store.rows,
@@ -179,12 +284,19 @@ def run_demo(out: str | os.PathLike = "stores/demo", *, quick: bool = False, pro
 
 
 @click.command(name="demo")
-@click.option("--out", default=DEFAULT_DEMO_DIR, show_default=True, help="Folder for the demo's store, run and report.")
+@click.option("--out", default=None, help=f"Folder for the demo's store, run and report  [default: {DEFAULT_DEMO_DIR}, with --causal {DEFAULT_CAUSAL_DIR}]")
 @click.option("--quick", is_flag=True, help="A few thousand tokens, a tiny dictionary and a small evaluation (seconds; used by the tests).")
-def demo_command(out: str, quick: bool) -> None:
+@click.option("--causal", is_flag=True, help="On a causal LM (the tiny stdlib GPT-2 of featureforge tiny-lm, trained on first use): CE-loss score and steering sections.")
+@click.option("--model", default=None, help="With --causal: a Hugging Face causal-LM folder instead of the tiny stdlib GPT-2.")
+@click.option("--lm-minutes", type=float, default=5.0, show_default=True, help="With --causal: training time of the tiny GPT-2 when it is not cached yet.")
+def demo_command(out: str | None, quick: bool, causal: bool, model: str | None, lm_minutes: float) -> None:
     """The whole pipeline on embedded defaults: cache MiniLM activations of standard-library text,
-    train a TopK dictionary, evaluate it (reconstruction + downstream) and write OUT/index.html."""
-    run_demo(out, quick=quick, echo=click.echo)
+    train a TopK dictionary, evaluate it (reconstruction + downstream) and write OUT/index.html.
+    --causal does it on a small GPT-2 and adds steering to the feature pages."""
+    if lm_minutes <= 0:
+        raise click.BadParameter(f"{lm_minutes} must be positive", param_hint="--lm-minutes")
+    out = out or (DEFAULT_CAUSAL_DIR if causal else DEFAULT_DEMO_DIR)
+    run_demo(out, quick=quick, causal=causal, model=model, lm_minutes=lm_minutes, echo=click.echo)
 
 
 # ================================================================================================
@@ -325,6 +437,8 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}.grid{display:flex;fle
 .ctx .v{color:#999;display:inline-block;min-width:4.5em}.tok{border-radius:2px}
 .tok.max{outline:2px solid #c44e52;font-weight:bold}
 .note{color:#666;font-size:.9em}
+.steer{margin:.5em 0 .2em 0}.steer td{vertical-align:top;font-size:.85em}.steer .gen{font-family:SFMono-Regular,Menlo,Consolas,monospace;white-space:pre-wrap}
+.steer .up{color:#2a7a2a}.steer .down{color:#b03030}
 """
 
 
@@ -357,6 +471,25 @@ def _token_spans(context: dict[str, Any], top: float) -> str:
         lead, text = piece[: len(piece) - len(body)], html.escape((body or piece).replace("\n", "↵"))
         spans.append(f'{lead if body else ""}<span class="{cls}"{style} title="{act:.3g}">{text}</span>')
     return "".join(spans)
+
+
+def _steering_table(section: dict[str, Any]) -> str:
+    """One feature's precomputed steering (``featureforge.steering.feature_sections``) as a table."""
+
+    def text(value: str | None) -> str:
+        return html.escape((value or "").replace("\n", "↵"))
+
+    def tokens(items: list[dict[str, Any]], cls: str) -> str:
+        return ", ".join(f"<span class='{cls}'>{text(repr(t['token']))} {t['gain']:+.2f}</span>" for t in items[:5])
+
+    prompt = text(section["prompt"])
+    rows = [f"<tr><td>clean</td><td class='gen'><b>{prompt}</b>{text(section['clean'])}</td><td></td></tr>"]
+    for step in section["steps"]:
+        rows.append(f"<tr><td>α = {step['alpha']:g}</td><td class='gen steered'><b>{prompt}</b>{text(step['text'])}</td>"
+                    f"<td>KL {_fmt(step['kl'], 3)} nats<br>promoted {tokens(step['promoted'], 'up')}<br>"
+                    f"suppressed {tokens(step['suppressed'], 'down')}</td></tr>")
+    return (f"<table class='steer'><tr><th colspan='3'>steering: the latent added at α × its typical value ({section['typical']:.3g}) "
+            f"at every position; greedy continuations and the next-token log-probability shift after the prompt</th></tr>{''.join(rows)}</table>")
 
 
 def write_html(out_dir: Path, report: dict[str, Any]) -> Path:
@@ -440,6 +573,8 @@ def write_html(out_dir: Path, report: dict[str, Any]) -> Path:
         for ctx in feat["contexts"]:
             value = ctx["activations"][ctx["max_index"]]
             parts.append(f"<div class='ctx'><span class='v'>{value:.3g}</span>{_token_spans(ctx, top)}</div>")
+        if feat.get("steering"):
+            parts.append(_steering_table(feat["steering"]))
         parts.append("</div>")
     parts.append("<p class='note'>Written by <code>featureforge demo</code>; report.json holds every number shown here.</p>")
     parts.append("</body></html>")

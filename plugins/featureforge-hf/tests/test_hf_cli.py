@@ -59,7 +59,7 @@ def test_cache_writes_acts_and_token_columns_without_special_or_padding_tokens(c
 
     store = ff.open_store(cached)
     assert store.complete and store.d_in == 384
-    assert set(store.columns) == {"acts", "token_ids", "doc_ids", "positions"}
+    assert set(store.columns) == {"acts", "token_ids", "doc_ids", "seq_ids", "positions"}
     n = store.rows
     tokens = store.read(0, n, "token_ids")
     positions = store.read(0, n, "positions")

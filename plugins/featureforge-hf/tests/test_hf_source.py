@@ -138,8 +138,11 @@ def test_cache_asks_the_source_for_no_more_rows_than_it_stores(tiny_gpt2, short_
     cut = ff.cache("hf", opts, store=tmp_path / "cut.zarr", rows=50, rows_per_chunk=16, progress=False)
     whole = collect(HFSource(**opts).stream())
     assert cut.rows == 50
-    np.testing.assert_array_equal(cut.read(0, 50, "acts"), whole["acts"][:50])
-    np.testing.assert_array_equal(cut.read(0, 50, "token_ids"), whole["token_ids"][:50])
+    # The stored rows are the stream's first 50 in the write-shuffled order: match them by their values.
+    stored = np.lexsort(cut.read(0, 50, "acts").T)
+    first = np.lexsort(whole["acts"][:50].T)
+    np.testing.assert_array_equal(cut.read(0, 50, "acts")[stored], whole["acts"][:50][first])
+    np.testing.assert_array_equal(cut.read(0, 50, "token_ids")[stored], whole["token_ids"][:50][first])
 
 
 def test_documents_are_sharded_round_robin_across_writers(tiny_gpt2, short_docs_jsonl):
@@ -153,7 +156,7 @@ def test_documents_are_sharded_round_robin_across_writers(tiny_gpt2, short_docs_
 def test_cache_api_writes_grads_with_the_token_columns(tiny_gpt2, short_docs_jsonl, tmp_path):
     opts = {"model": tiny_gpt2, "data": short_docs_jsonl, "grads": True, "context_size": 32, "batch_size": 4}
     store = ff.cache("hf", opts, store=tmp_path / "s.zarr", rows=400, rows_per_chunk=64, progress=False)
-    assert set(store.columns) == {"acts", "grads", "token_ids", "doc_ids", "positions"}
+    assert set(store.columns) == {"acts", "grads", "token_ids", "doc_ids", "seq_ids", "positions"}
     assert store.rows == 400
     np.testing.assert_array_equal(store.read(0, 400, "grads").shape, (400, 32))
 
@@ -233,7 +236,8 @@ def test_datasets_saved_to_disk_and_an_unreachable_dataset_name(tmp_path):
 def test_interrupted_cache_resumes_to_the_same_store(tiny_gpt2, short_docs_jsonl, tmp_path, monkeypatch):
     """A writer killed after some chunks continues at its marker; the result equals an uninterrupted run."""
     opts = {"model": tiny_gpt2, "data": short_docs_jsonl, "context_size": 24, "batch_size": 2}
-    whole = ff.cache("hf", opts, store=tmp_path / "whole.zarr", rows=600, rows_per_chunk=64, progress=False)
+    # write-shuffle windows of 160 rows: 2.5 chunks, so windows and chunks cross
+    whole = ff.cache("hf", opts, store=tmp_path / "whole.zarr", rows=600, rows_per_chunk=64, write_shuffle_rows=160, progress=False)
     calls = {"n": 0}
     real = HFSource._run_batch
 
@@ -245,11 +249,11 @@ def test_interrupted_cache_resumes_to_the_same_store(tiny_gpt2, short_docs_jsonl
 
     monkeypatch.setattr(HFSource, "_run_batch", crash_after_some_batches)
     with pytest.raises(KeyboardInterrupt):
-        ff.cache("hf", opts, store=tmp_path / "resumed.zarr", rows=600, rows_per_chunk=64, progress=False)
+        ff.cache("hf", opts, store=tmp_path / "resumed.zarr", rows=600, rows_per_chunk=64, write_shuffle_rows=160, progress=False)
     partial = ff.open_store(tmp_path / "resumed.zarr")
     assert 0 < partial.rows < 600
     monkeypatch.setattr(HFSource, "_run_batch", real)
-    resumed = ff.cache("hf", opts, store=tmp_path / "resumed.zarr", rows=600, rows_per_chunk=64, progress=False)
+    resumed = ff.cache("hf", opts, store=tmp_path / "resumed.zarr", rows=600, rows_per_chunk=64, write_shuffle_rows=160, progress=False)
     assert resumed.rows == whole.rows == 600
-    for column in ("acts", "token_ids", "doc_ids", "positions"):
+    for column in ("acts", "token_ids", "doc_ids", "seq_ids", "positions"):
         np.testing.assert_array_equal(resumed.read(0, 600, column), whole.read(0, 600, column))

@@ -98,7 +98,7 @@ class ChessLMSource(ActivationSource):
 
     @property
     def columns(self) -> dict[str, str]:
-        return {"token_ids": "int32", "doc_ids": "int64", "positions": "int32"}
+        return {"token_ids": "int32", "doc_ids": "int64", "seq_ids": "int64", "positions": "int32"}  # one game is one sequence
 
     def provenance(self) -> dict[str, Any]:
         o = self.options
@@ -141,6 +141,7 @@ class ChessLMSource(ActivationSource):
                 "acts": torch.cat(rows).float().numpy(),
                 "token_ids": torch.cat(tokens).numpy().astype(np.int32),
                 "doc_ids": torch.cat(docs).numpy(),
+                "seq_ids": torch.cat(docs).numpy(),
                 "positions": torch.cat(positions).numpy().astype(np.int32),
             }
             if skip_rows:

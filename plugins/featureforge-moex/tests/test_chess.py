@@ -101,8 +101,12 @@ def test_chess_lm_source_caches_trains_and_evaluates_through_the_cli(tmp_path):
     assert info["d_in"] == 8 * 64  # M * D of the MoE-X layer: the wide sparse hidden layer
     assert info["provenance"]["hook"] == "blocks.1.mlp.hidden" and info["provenance"]["mlp"] == "moex"
     opened = featureforge.open_store(str(store))
-    tokens = np.asarray(opened.group["token_ids"][:40])
-    positions = np.asarray(opened.group["positions"][:40])
+    # rows are stored shuffled within write windows: game 0 is its rows (seq_ids) in position order
+    assert opened.write_shuffle_rows > 0
+    seq, pos = np.asarray(opened.group["seq_ids"][:]), np.asarray(opened.group["positions"][:])
+    game0 = np.flatnonzero(seq == 0)
+    game0 = game0[np.argsort(pos[game0])][:40]
+    tokens, positions = np.asarray(opened.group["token_ids"][:])[game0], pos[game0]
     src = featureforge.make_source("chess-lm", {"model": str(tmp_path / "lm"), "games": 24})
     text = "".join(src.decode_tokens(tokens))
     assert text == chess_games.make_games(1, 1, 128)[0].text[:40] and positions[0] == 0

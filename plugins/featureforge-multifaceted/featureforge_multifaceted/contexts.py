@@ -1,8 +1,11 @@
 """Token contexts of activating rows: the tokens around a row and the latent's activation on each.
 
 A context is the run of rows around the wanted row that belong to the same stored sequence (same
-``doc_ids``, consecutive ``positions``, same chunk), clipped to ``before``/``after`` tokens. Stores
-without token ids have no text; asking for text contexts there is refused in one line.
+``doc_ids``, consecutive ``positions``, same chunk), clipped to ``before``/``after`` tokens. In a
+store written with a write-side shuffle (``store.write_shuffle_rows``) a sequence's rows are spread
+over its write window, so the context is found there instead: rows of the same sequence
+(``seq_ids``, else ``doc_ids``) at positions around the row's, in position order, within that window.
+Stores without token ids have no text; asking for text contexts there is refused in one line.
 """
 
 from __future__ import annotations
@@ -26,6 +29,42 @@ def require_tokens(store: Any) -> None:
             f"store {store.url} has no token_ids column, so it has no text contexts; cache it with a text source "
             "(--source hf) or pass -o contexts=off"
         )
+
+
+def _context_rows(store: Any, rows: np.ndarray, before: int, after: int) -> list[np.ndarray]:
+    """Each row's context: the store rows of its sequence around it, in token order."""
+    if getattr(store, "write_shuffle_rows", 0):
+        return _shuffled_contexts(store, rows, before, after)
+    return [np.arange(a, b) for a, b in _windows(store, rows, before, after)]
+
+
+def _shuffled_contexts(store: Any, rows: np.ndarray, before: int, after: int) -> list[np.ndarray]:
+    key = next((c for c in ("seq_ids", "doc_ids") if c in store.columns), None)
+    if key is None or "positions" not in store.columns:  # nothing names a row's neighbours
+        return [np.array([r], dtype=np.int64) for r in rows.tolist()]
+    windows: dict[int, dict[str, np.ndarray]] = {}
+    committed = store.committed_chunks()
+    out = []
+    for r in rows.tolist():
+        where = store.write_window(r, committed)
+        if int(where[0]) not in windows:  # each window's sequence ids and positions are read once
+            windows[int(where[0])] = read_rows(store, where, (key, "positions"))
+        meta = windows[int(where[0])]
+        i = int(np.searchsorted(where, r))
+        pos = meta["positions"].astype(np.int64)
+        p = int(pos[i])
+        near = np.flatnonzero((meta[key] == meta[key][i]) & (pos >= p - before) & (pos <= p + after))
+        near = near[np.argsort(pos[near], kind="stable")]
+        at = int(np.flatnonzero(near == i)[0])
+        steps = np.diff(pos[near]) == 1  # keep the unbroken run of positions around the row
+        first = at
+        while first > 0 and steps[first - 1]:
+            first -= 1
+        last = at
+        while last < len(steps) and steps[last]:
+            last += 1
+        out.append(where[near[first : last + 1]])
+    return out
 
 
 def _windows(store: Any, rows: np.ndarray, before: int, after: int) -> list[tuple[int, int]]:
@@ -70,11 +109,11 @@ def contexts(dictionary: Any, store: Any, requests: Sequence[tuple[int, int]], d
     for block in range(0, len(requests), BLOCK_REQUESTS):
         part = requests[block : block + BLOCK_REQUESTS]
         rows = np.array([r for _, r in part], dtype=np.int64)
-        spans = _windows(store, rows, before, after)
-        flat = np.concatenate([np.arange(a, b) for a, b in spans]) if spans else np.zeros(0, np.int64)
+        spans = _context_rows(store, rows, before, after)
+        flat = np.concatenate(spans) if spans else np.zeros(0, np.int64)
         uniq, back = np.unique(flat, return_inverse=True)
         data = read_rows(store, uniq, ("acts", "token_ids"))
-        latents = np.repeat([lat for lat, _ in part], [b - a for a, b in spans])
+        latents = np.repeat([lat for lat, _ in part], [len(span) for span in spans])
         acts = np.zeros(len(flat), dtype=np.float32)
         for s in range(0, len(uniq), batch_rows):
             codes = dictionary.encode(torch.from_numpy(data["acts"][s : s + batch_rows]).to(device)).float().cpu().numpy()
@@ -82,11 +121,11 @@ def contexts(dictionary: Any, store: Any, requests: Sequence[tuple[int, int]], d
             acts[hit] = codes[back[hit] - s, latents[hit]]
         ids = data["token_ids"][back]
         at = 0
-        for (lat, row), (a, b) in zip(part, spans):
-            n = b - a
+        for (lat, row), span in zip(part, spans):
+            n = len(span)
             tok = [int(t) for t in ids[at : at + n]]
             results.append({"latent": int(lat), "row": int(row), "tokens": decode(tok), "token_ids": tok,
-                            "activations": [round(float(v), 4) for v in acts[at : at + n]], "index": int(row - a)})
+                            "activations": [round(float(v), 4) for v in acts[at : at + n]], "index": int(np.flatnonzero(span == row)[0])})
             at += n
     return results
 

@@ -44,7 +44,7 @@ from typing import Any
 import torch
 
 from featureforge import BadInputError, OptionError
-from featureforge.dictionary import atomic_write, safetensors_bytes, write_json
+from featureforge.dictionary import atomic_write, safetensors_bytes, weights_units, write_json
 
 from ._models import BatchTopKSAE, JumpReLUSAE, MatryoshkaSAE, ReLUSAE, TopKSAE
 
@@ -59,12 +59,9 @@ SAELENS_FORMAT_VERSION = "6.0.0"
 # -- export ----------------------------------------------------------------------------------
 def _folded(dictionary: Any) -> dict[str, torch.Tensor]:
     """Weights in original units (see module docstring), fp32, contiguous, on the CPU."""
-    s = float(dictionary.input_scale)
-    W_enc = dictionary.encoder.weight.detach().float().cpu() * s
-    b_enc = dictionary.encoder.bias.detach().float().cpu().clone()
-    W_dec = dictionary.W_dec.detach().float().cpu() / s
-    b_dec = dictionary.b_dec.detach().float().cpu() / s
-    return {"W_enc": W_enc.contiguous(), "b_enc": b_enc, "W_dec": W_dec.contiguous(), "b_dec": b_dec}
+    state = dictionary.fold_input_scale()
+    names = {"W_enc": "encoder.weight", "b_enc": "encoder.bias", "W_dec": "W_dec", "b_dec": "b_dec"}
+    return {new: state[old].float().cpu().contiguous() for new, old in names.items()}
 
 
 def _provenance(dictionary: Any) -> dict[str, Any]:
@@ -106,7 +103,7 @@ def _featureforge_block(trainer: Any, dictionary: Any, note: dict[str, Any] | No
         "trainer": trainer.name,
         "dictionary": _recorded_class(type(dictionary)).__name__,
         "options": trainer.options_dict(),
-        "input_scale_folded": float(dictionary.input_scale),
+        "input_scale_folded": weights_units(dictionary, True)["input_scale_folded"],
         "trainer_version": cfg.get("trainer_version"),
         "store": (cfg.get("store") or {}).get("url"),
     }

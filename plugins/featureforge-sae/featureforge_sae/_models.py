@@ -35,6 +35,20 @@ class _LinearSAE(Dictionary):
         return codes.to(self.W_dec.dtype) @ self.W_dec + self.b_dec
 
     @torch.no_grad()
+    def fold_input_scale(self) -> dict[str, Tensor]:
+        """Tensors for raw rows: with s = input_scale, W_enc (s x) = (s W_enc) x and
+        (z W_dec + b_dec) / s = z (W_dec / s) + b_dec / s, so the codes (and every threshold, which
+        compares codes or pre-activations) are unchanged; input_scale becomes 1. One place for the
+        fold: the run folder's weights and the SAELens/sparsify exports both use it."""
+        s = self.input_scale
+        state = {k: v.detach().clone() for k, v in self.state_dict().items()}
+        state["encoder.weight"] = state["encoder.weight"] * s.to(state["encoder.weight"].dtype)
+        state["W_dec"] = state["W_dec"] / s.to(state["W_dec"].dtype)
+        state["b_dec"] = state["b_dec"] / s.to(state["b_dec"].dtype)
+        state["input_scale"] = torch.ones_like(state["input_scale"])
+        return state
+
+    @torch.no_grad()
     def normalise_decoder(self) -> None:
         """Scale every decoder row to unit norm (rows of norm 0 stay 0)."""
         norms = self.W_dec.norm(dim=1, keepdim=True)

@@ -164,8 +164,9 @@ def test_save_and_load_round_trip(tmp_path, cls, options):
     assert type(loaded) is type(d)
     x = _rows(64, seed=9) * 3
     with torch.no_grad():
-        assert torch.equal(loaded.encode(x), d.encode(x))
-        assert torch.allclose(loaded(x).x_hat, d(x).x_hat)
+        # the file holds the weights with input_scale folded in (raw units): equal up to rounding
+        torch.testing.assert_close(loaded.encode(x), d.encode(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(loaded(x).x_hat, d(x).x_hat, rtol=1e-5, atol=1e-4)
     if cls is BatchTopKTrainer:
         assert float(loaded.threshold) == float(d.threshold) > 0
 
