@@ -88,7 +88,12 @@ class ActivationSource(Plugin):
         return type(self).rows is not ActivationSource.rows
 
     def stream(self, rank: int = 0, world_size: int = 1, skip_rows: int = 0) -> Iterator[Batch]:
-        """Batches of writer ``rank``'s share of the data, after skipping ``skip_rows`` rows of it."""
+        """Batches of writer ``rank``'s share of the data, after skipping ``skip_rows`` rows of it.
+
+        A source may also accept a keyword ``max_rows``: the writer then passes how many rows (after
+        ``skip_rows``) it will store, so an expensive source need not compute a last batch's unused
+        rows. Rows it does yield must be the same whatever ``max_rows`` is.
+        """
         raise NotImplementedError(f"source {self.name!r} implements neither rows() nor stream()")
 
     def ground_truth(self) -> dict[str, np.ndarray] | None:

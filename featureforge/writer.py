@@ -15,6 +15,7 @@ and recomputes that window's permutation, so the bytes are those of an uninterru
 
 from __future__ import annotations
 
+import inspect
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Iterator
@@ -192,10 +193,10 @@ class StoreWriter:
         shuffle = self.store.write_shuffle_rows
         if shuffle:
             first = done_rows // shuffle  # recompute the window the marker is in, from its start
-            raw = self.source.stream(self.rank, self.world_size, skip_rows=first * shuffle)
+            raw = self._open_stream(first * shuffle)
             batches: Iterator[Any] = shuffled_windows(raw, shuffle, self.rank, first, self.rows_to_write(), drop=done_rows - first * shuffle)
         else:
-            batches = self.source.stream(self.rank, self.world_size, skip_rows=done_rows)
+            batches = self._open_stream(done_rows)
         try:
             for batch in batches:
                 batch = {k: as_numpy(v) for k, v in batch.items() if v is not None}
@@ -222,6 +223,17 @@ class StoreWriter:
                 self._drain()
                 self._commit(i, last_chunk_rows=None, done=True)
         return written
+
+    def _open_stream(self, skip_rows: int) -> Iterator[Any]:
+        """The source's stream from row ``skip_rows``; told how many rows are still wanted when it accepts ``max_rows``."""
+        stream = self.source.stream
+        try:
+            takes_limit = "max_rows" in inspect.signature(stream).parameters
+        except (TypeError, ValueError):  # a callable without a signature: pass nothing extra
+            takes_limit = False
+        if takes_limit:
+            return stream(self.rank, self.world_size, skip_rows=skip_rows, max_rows=self.rows_to_write() - skip_rows)
+        return stream(self.rank, self.world_size, skip_rows=skip_rows)
 
     # -- one chunk ----------------------------------------------------------------------------
     def _write_and_commit(self, chunk: int, batch: dict[str, Any], n_rows: int, chunks: int, last_chunk_rows: int | None, done: bool) -> int:

@@ -82,6 +82,16 @@ class Window:
         return sum(self.keep)
 
 
+def _windows_for(batch: list[Window], rows: int) -> list[Window]:
+    """The shortest prefix of ``batch`` holding at least ``rows`` stored rows."""
+    total = 0
+    for n, window in enumerate(batch, 1):
+        total += window.rows
+        if total >= rows:
+            return batch[:n]
+    return batch
+
+
 class HFSource(ActivationSource):
     name = "hf"
     description = "Hugging Face transformers model over text: activations (and optionally gradients) at one module"
@@ -217,15 +227,22 @@ class HFSource(ActivationSource):
             "python": sys.version.split()[0],
         }
 
-    def stream(self, rank: int = 0, world_size: int = 1, skip_rows: int = 0) -> Iterator[dict[str, Any]]:
+    def stream(self, rank: int = 0, world_size: int = 1, skip_rows: int = 0, max_rows: int | None = None) -> Iterator[dict[str, Any]]:
         """Rows of documents ``rank, rank + world_size, ...``; the first ``skip_rows`` are skipped.
 
         Skipped documents are only tokenized (their rows counted), not run through the model;
-        at most one batch is recomputed to drop the rows of a partly committed one.
+        at most one batch is recomputed to drop the rows of a partly committed one. With
+        ``max_rows`` (the rows the writer will store) the stream ends there, and its last forward
+        pass runs only the windows those rows need: a whole batch of 32 can be ~10% of a short
+        cache. The batch is cut at its end, so its longest window (first: batches are sorted by
+        length) and padded width stay (kept rows came out bit-identical to the whole batch's on CPU).
         """
         self.loaded
         o = self.options
         drop = int(skip_rows)
+        left = None if max_rows is None else int(max_rows)
+        if left is not None and left <= 0:
+            return
         for group in self._groups(self.documents(keep=lambda i: i % world_size == rank)):
             group_rows = sum(w.rows for w in group)
             if drop >= group_rows:
@@ -239,11 +256,17 @@ class HFSource(ActivationSource):
                     continue
                 if batch_rows == 0:
                     continue
+                if left is not None and batch_rows - drop > left:
+                    batch = _windows_for(batch, drop + left)
                 rows = self._run_batch(batch)
                 if drop:
                     rows = {k: v[drop:] for k, v in rows.items()}
                     drop = 0
                 yield rows
+                if left is not None:
+                    left -= len(rows["acts"])
+                    if left <= 0:
+                        return
 
     # -- documents -> windows -> batches ------------------------------------------------------
     def documents(self, keep: Any = lambda i: True, limit: bool = True) -> Iterator[tuple[int, str]]:

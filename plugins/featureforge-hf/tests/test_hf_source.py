@@ -114,6 +114,37 @@ def test_skip_rows_resumes_exactly_where_the_rows_left_off(tiny_gpt2, short_docs
             np.testing.assert_array_equal(rest[key], full[key][skip:], err_msg=f"{key} after skipping {skip}")
 
 
+def test_max_rows_stops_the_stream_and_cuts_its_last_forward_pass(tiny_gpt2, short_docs_jsonl):
+    source = HFSource(model=tiny_gpt2, data=short_docs_jsonl, context_size=24, batch_size=8)
+    full = collect(source.stream())
+    seen: list[int] = []
+    handle = source.loaded.model.register_forward_pre_hook(lambda m, a, k: seen.append(k["input_ids"].shape[0]), with_kwargs=True)
+    try:
+        for skip, limit in ((0, 9), (0, 100), (37, 50), (5, len(full["acts"]))):
+            seen.clear()
+            part = collect(source.stream(skip_rows=skip, max_rows=limit))
+            assert len(part["acts"]) >= min(limit, len(full["acts"]) - skip)
+            assert len(part["acts"]) < limit + 24  # at most one window past the limit
+            for key in full:  # the same values as the uncut stream's, bit for bit
+                np.testing.assert_array_equal(part[key], full[key][skip : skip + len(part[key])], err_msg=f"{key} skip {skip} max {limit}")
+            if limit == 9:
+                assert seen == [1], seen  # one window of the first batch of 8, not the whole batch
+    finally:
+        handle.remove()
+
+
+def test_cache_asks_the_source_for_no_more_rows_than_it_stores(tiny_gpt2, short_docs_jsonl, tmp_path):
+    opts = {"model": tiny_gpt2, "data": short_docs_jsonl, "context_size": 24, "batch_size": 8}
+    cut = ff.cache("hf", opts, store=tmp_path / "cut.zarr", rows=50, rows_per_chunk=16, progress=False)
+    whole = collect(HFSource(**opts).stream())
+    assert cut.rows == 50
+    # The stored rows are the stream's first 50 in the write-shuffled order: match them by their values.
+    stored = np.lexsort(cut.read(0, 50, "acts").T)
+    first = np.lexsort(whole["acts"][:50].T)
+    np.testing.assert_array_equal(cut.read(0, 50, "acts")[stored], whole["acts"][:50][first])
+    np.testing.assert_array_equal(cut.read(0, 50, "token_ids")[stored], whole["token_ids"][:50][first])
+
+
 def test_documents_are_sharded_round_robin_across_writers(tiny_gpt2, short_docs_jsonl):
     source = HFSource(model=tiny_gpt2, data=short_docs_jsonl, context_size=32)
     shards = [collect(source.stream(rank, 3)) for rank in range(3)]
