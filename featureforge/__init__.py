@@ -9,7 +9,18 @@ The library API has the CLI's verbs: ``cache``, ``open_store``, ``train``, ``eva
 too (see docs/plugins.md). Everything else may change.
 """
 
+import os as _os
+import sys as _sys
 from typing import Any
+
+# torch's OpenMP (libgomp) workers spin for ~300,000 iterations (several ms) after every parallel
+# region; the sparse kernels then run work on plain Python threads (row-parallel top-k) that
+# those spinning workers starve on a 2-core machine (small-shape step 31-36 -> 24-29 ms with a
+# short spin, docs/benchmarks.md). libgomp reads the setting once, when torch loads, so it is
+# set only if torch is not imported yet and the user chose no OpenMP wait policy of their own.
+if "torch" not in _sys.modules and not {"GOMP_SPINCOUNT", "OMP_WAIT_POLICY"} & set(_os.environ):
+    _os.environ["GOMP_SPINCOUNT"] = "10000"
+    _os.environ["FEATUREFORGE_SET_GOMP_SPINCOUNT"] = "1"
 
 from .api import cache, evaluate, export, import_run, load, open_store, steer, steered, train
 from .context import EvaluationContext

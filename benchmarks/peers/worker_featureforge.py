@@ -30,8 +30,9 @@ def main() -> None:
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    import featureforge  # before torch, as the CLI does: it sets OpenMP's spin (featureforge/__init__.py)
+
     torch = common.setup_torch(args.threads)
-    import featureforge
 
     options = {args.size_option: args.d_sae, "k": args.k}
     for pair in args.option:
