@@ -232,7 +232,8 @@ def reuse_worker(out: Path) -> dict | None:
 
 
 # -- evaluation -------------------------------------------------------------------------------------
-def evaluate(out: Path, x: np.ndarray, true_codes: np.ndarray, features: np.ndarray, d_sae: int) -> dict:
+def evaluate(out: Path, x: np.ndarray, true_codes: np.ndarray | None, features: np.ndarray | None, d_sae: int) -> dict:
+    """FVU, L0 and dead latents on the eval rows; with ground truth (synthetic stores) also MMCS, MCC, recovered@0.9."""
     import torch
 
     from featureforge import evaluation as ev
@@ -243,28 +244,28 @@ def evaluate(out: Path, x: np.ndarray, true_codes: np.ndarray, features: np.ndar
     decoder = np.load(out / "decoder.npy")
     active = val != 0
     counts = np.bincount(idx[active].ravel(), minlength=d_sae)
-    stats = ev.CodeMatchStats(true_codes.shape[1], d_sae)
+    stats = ev.CodeMatchStats(true_codes.shape[1], d_sae) if true_codes is not None else None
     sse, n = 0.0, x.shape[0]
     for s in range(0, n, 4096):
         e = min(n, s + 4096)
         codes = torch.zeros(e - s, d_sae)
         codes.scatter_(1, torch.from_numpy(idx[s:e].astype(np.int64)), torch.from_numpy(val[s:e]))
-        stats.update(torch.from_numpy(true_codes[s:e]), codes)
+        if stats is not None:
+            stats.update(torch.from_numpy(true_codes[s:e]), codes)
         sse += float(((x[s:e].astype(np.float64) - np.asarray(xhat[s:e], dtype=np.float64)) ** 2).sum())
     xd = x.astype(np.float64)
     sst = float(((xd - xd.mean(0)) ** 2).sum())
+    base = {"fvu": sse / sst, "l0": float(active.sum(1).mean()), "dead": int((counts == 0).sum()),
+            "dead_fraction": float((counts == 0).mean()), "eval_rows": n}
+    if stats is None:
+        return base | {"mmcs": None, "mcc": None, "recovered_best_0.9": None}
     match, corr = stats.match()
     present = (stats.fire_t > 0).cpu().numpy()
     matched = np.array([float(corr[i, j]) if j >= 0 else 0.0 for i, j in enumerate(match)])
-    return {
-        "fvu": sse / sst,
-        "l0": float(active.sum(1).mean()),
-        "dead": int((counts == 0).sum()),
-        "dead_fraction": float((counts == 0).mean()),
+    return base | {
         "mmcs": ev.mmcs(features, decoder),
         "mcc": float(matched[present].mean()),
         "recovered_best_0.9": ev.recovered_fraction(features, decoder, threshold=0.9),
-        "eval_rows": n,
     }
 
 
@@ -285,13 +286,13 @@ def compute_targets(summary: dict, bound: dict, machine: dict, settings: dict | 
     ff32, ff16, sp = summary.get("featureforge-fp32", {}), summary.get("featureforge-bf16", {}), summary.get("sparsify", {})
     if ff32.get("rows_per_s") and sp.get("rows_per_s"):
         r = ratio("featureforge-fp32", "sparsify")
-        ok_q = ff32["fvu"] <= sp["fvu"] and ff32["mmcs"] >= sp["mmcs"]
+        ok_q = ff32["fvu"] <= sp["fvu"] and (ff32["mmcs"] is None or ff32["mmcs"] >= sp["mmcs"])
         goal = speed_target(settings)
         targets["fp32_vs_sparsify"] = {"speedup": r, "target": goal, "quality_equal_or_better": ok_q, "met": r >= goal and ok_q}
     if ff16.get("rows_per_s") and sp.get("rows_per_s"):
         r = ratio("featureforge-bf16", "sparsify")
         ref = ff32 if ff32.get("fvu") is not None else sp
-        ok_q = ff16["fvu"] <= ref["fvu"] * 1.02 and ff16["mmcs"] >= ref["mmcs"] - 0.005
+        ok_q = ff16["fvu"] <= ref["fvu"] * 1.02 and (ff16["mmcs"] is None or ff16["mmcs"] >= ref["mmcs"] - 0.005)
         targets["bf16_vs_sparsify"] = {"speedup": r, "target": 2.5, "no_quality_loss_vs_fp32": ok_q, "met": r >= 2.5 and ok_q,
                                        "quality_rule": "bf16 FVU <= 1.02 x fp32 FVU and MMCS >= fp32 MMCS - 0.005"}
     for name, key in (("featureforge-fp32", "fp32"), ("featureforge-bf16", "bf16")):
@@ -310,6 +311,10 @@ def compute_targets(summary: dict, bound: dict, machine: dict, settings: dict | 
 
 
 # -- report -----------------------------------------------------------------------------------------
+def _num(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4f}"
+
+
 def markdown_table(report: dict) -> str:
     """The summary and targets as Markdown (``--markdown RESULTS.json`` prints them)."""
     bound = report["matmul_bound"]["fp32"]["rows_per_s_bound"]
@@ -324,7 +329,7 @@ def markdown_table(report: dict) -> str:
         vs = f"{r['rows_per_s'] / sp:.2f}x" if sp else "–"
         lines.append(
             f"| {name} | {r['train_rows']:,} | {r['rows_per_s']:,.0f} | {r['rows_per_s_incl_read']:,.0f} | {vs} | {r['rows_per_s'] / bound:.2f} | "
-            f"{r['peak_rss_mib']:,.0f} | {r['fvu']:.4f} | {r['l0']:.1f} | {r['dead']} | {r['mmcs']:.4f} | {r['mcc']:.4f} | {r['recovered_best_0.9']:.4f} |")
+            f"{r['peak_rss_mib']:,.0f} | {r['fvu']:.4f} | {r['l0']:.1f} | {r['dead']} | {_num(r['mmcs'])} | {_num(r['mcc'])} | {_num(r['recovered_best_0.9'])} |")
     lines += ["", "| target | measured | met |", "|---|---|---|"]
     for key, t in compute_targets(summary, report["matmul_bound"], report["machine"], report.get("settings")).items():
         if "speedup" in t:
@@ -369,6 +374,9 @@ def main() -> None:
     p.add_argument("--peer-lrs", metavar="LR,LR,...",
                    help="train sparsify and SAELens once per learning rate (named SYSTEM@lr=LR); featureforge keeps its default")
     p.add_argument("--no-bound", action="store_true", help="skip the matmul FLOP bound (quality-only runs)")
+    p.add_argument("--real-store", metavar="PATH",
+                   help="train on an existing store of real activations (e.g. `featureforge cache --source hf`) instead of "
+                        "the synthetic one: no ground truth, so MMCS/MCC/recovered are not reported; --workdir is required")
     p.add_argument("--markdown", metavar="RESULTS_JSON", help="only print the Markdown table of an earlier run's results.json")
     args = p.parse_args()
     if args.markdown:
@@ -412,7 +420,17 @@ def main() -> None:
 
     from featureforge.holdout import split_chunks
 
-    store, cache_s = ensure_store(store_path, store_rows)
+    if args.real_store:
+        import featureforge
+
+        if not args.workdir:
+            p.error("--real-store needs --workdir (outputs of different stores must not mix)")
+        store_path = Path(args.real_store)
+        store, cache_s = featureforge.open_store(str(store_path)), None
+        if not store.complete:
+            p.error(f"{store_path} is not a complete store; finish it with `featureforge cache ... --resume`")
+    else:
+        store, cache_s = ensure_store(store_path, store_rows)
     train_chunks, held = split_chunks(store, eval_request)
     eval_start = held[0].index * store.rows_per_chunk
     eval_stop = eval_start + sum(c.rows for c in held)
@@ -484,9 +502,12 @@ def main() -> None:
     x = np.ascontiguousarray(x, dtype=np.float32)
     from featureforge.api import make_source
 
-    synthetic = make_source("synthetic", dict(store.source.get("options") or SOURCE_OPTIONS))
-    true_codes = synthetic.codes(eval_start, eval_stop)
-    features = store.ground_truth()["features"]
+    if args.real_store:
+        true_codes = features = None
+    else:
+        synthetic = make_source("synthetic", dict(store.source.get("options") or SOURCE_OPTIONS))
+        true_codes = synthetic.codes(eval_start, eval_stop)
+        features = store.ground_truth()["features"]
     for name, r in results.items():
         if r["status"] != "ok":
             continue
@@ -527,7 +548,8 @@ def main() -> None:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": machine,
         "featureforge_source": source,
-        "data": {"source": "synthetic", "options": SOURCE_OPTIONS, "store": str(store_path), "store_rows": store.rows,
+        "data": {"source": store.source.get("name") if args.real_store else "synthetic",
+                 "options": store.source.get("options") if args.real_store else SOURCE_OPTIONS, "store": str(store_path), "store_rows": store.rows,
                  "cache_s": cache_s, "eval_rows": [eval_start, eval_stop], "train_rows": train_rows, "scale": scale,
                  "npy": str(npy)},
         "settings": settings,
