@@ -173,7 +173,7 @@ def train(
     holdout_rows: int | None = None,
     log_every: int = 50,
     checkpoint_every: int = 2_000_000,
-    dead_after: int = 10_000_000,
+    dead_after: int | None = None,
     buffer_rows: int | None = None,
     data_shards: int | None = None,
     eval_every: int = 0,

@@ -212,6 +212,11 @@ class DictionaryTrainer(Plugin):
         """
         return None
 
+    def default_dead_after(self, dictionary: Any) -> int | None:
+        """The horizon for ``dictionary`` when neither ``dead_after_rows()`` nor the loop's
+        ``-t dead_after`` sets one; ``None`` (the default): 10M rows (Gao et al. 2024)."""
+        return None
+
     def before_step(self, dictionary: Any, state: TrainState) -> None:
         """After backward, before the optimiser step (e.g. remove gradient parallel to decoder rows)."""
 

@@ -56,8 +56,8 @@ class TrainConfig:
     """Steps between metrics.jsonl lines."""
     checkpoint_every: int = 2_000_000
     """Rows between checkpoints (one is always written at the end)."""
-    dead_after: int = 10_000_000
-    """Rows without firing after which a latent counts as dead: in the log and in the AuxK loss of trainers without their own setting (Gao et al.'s and sparsify's 10M)."""
+    dead_after: int | None = None
+    """Rows without firing after which a latent counts as dead: in the log and in the AuxK loss of trainers without their own setting; default: the trainer's horizon for this dictionary (topk: 1,000 mean firing intervals, at most 10M rows), else 10M (Gao et al.'s and sparsify's)."""
     buffer_rows: int | None = None
     """Rows mixed in the reader's shuffle buffer (default: 8 chunks, at least 65536 rows)."""
     data_shards: int | None = None
@@ -83,7 +83,7 @@ def resolve_config(config: Mapping[str, Any]) -> TrainConfig:
                           f"(e.g. -t lr_search_factors=1,3,10,30), got {cfg.lr_search_fraction} and {cfg.lr_search_factors}")
     if len(cfg.adam_betas) < 2 or not all(0 <= b < 1 for b in cfg.adam_betas[:2]):
         raise OptionError(f"adam_betas must be two numbers in [0, 1) (e.g. -t adam_betas=0.9,0.999), got {cfg.adam_betas}")
-    if cfg.dead_after <= 0:
+    if cfg.dead_after is not None and cfg.dead_after <= 0:
         raise OptionError(f"dead_after must be a positive number of rows (e.g. -t dead_after=1000000), got {cfg.dead_after}")
     if cfg.eval_every < 0:
         raise OptionError(f"eval_every must be 0 (no evaluation during training) or a number of steps, got {cfg.eval_every}")
@@ -133,6 +133,17 @@ def expand_sweep(options_cls: type, options: Mapping[str, Any] | Sequence[str] |
         out.append((label, chosen))
     return out
 
+
+
+# -- dead latents ----------------------------------------------------------------------------------
+#: Gao et al.'s (2024) and sparsify's horizon: rows without firing after which a latent is dead.
+DEFAULT_DEAD_AFTER = 10_000_000
+
+
+def dead_after_for(trainer: DictionaryTrainer, dictionary: Any, cfg: TrainConfig) -> int:
+    """The run's dead-latent horizon in rows: the trainer's own option, else the loop's ``-t
+    dead_after``, else the trainer's default for this dictionary, else ``DEFAULT_DEAD_AFTER``."""
+    return int(trainer.dead_after_rows() or cfg.dead_after or trainer.default_dead_after(dictionary) or DEFAULT_DEAD_AFTER)
 
 
 # -- schedule ---------------------------------------------------------------------------------------

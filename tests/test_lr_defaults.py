@@ -25,12 +25,20 @@ def test_topk_default_rate_grows_for_short_runs_and_is_the_width_rule_for_long_o
     from featureforge_sae.trainers import TopKTrainer
     from featureforge_sae.options import TopKOptions
 
-    trainer = TopKTrainer(TopKOptions(d_dict=1024, k=8))
-    d = trainer.build(64)
-    rule = trainer.learning_rate(d)
-    assert trainer.learning_rate_for_run(d, 100) == pytest.approx(10 * rule)
-    assert trainer.learning_rate_for_run(d, 1_000_000) == pytest.approx(rule)
-    assert trainer.learning_rate_for_run(d, 1) == pytest.approx(16 * rule)
+    def rates(d_dict, steps):
+        trainer = TopKTrainer(TopKOptions(d_dict=d_dict, k=8))
+        d = trainer.build(64)
+        return trainer.learning_rate(d), trainer.learning_rate_for_run(d, steps)
+
+    rule, short = rates(1024, 100)
+    assert short == pytest.approx(0.5 / (1024 ** 0.25 * 10))  # 8.8e-3, 11x the width rule
+    assert rates(1024, 1_000_000)[1] == pytest.approx(rule)
+    assert rates(1024, 1)[1] == pytest.approx(32 * rule)
+    assert rates(1024, 400)[1] == pytest.approx(short / 2)  # 1/sqrt(steps)
+    # short runs: the rate falls as d_dict^(-1/4) with the width, not as the rule's d_dict^(-1/2)
+    wide_rule, wide = rates(4096, 73)
+    assert wide / rates(1024, 73)[1] == pytest.approx(0.25 ** 0.25)
+    assert wide_rule / rule == pytest.approx(0.5) and wide > 16 * wide_rule
 
 
 def test_default_rate_beats_the_width_rule_on_a_short_run(short_store, tmp_path):

@@ -479,10 +479,32 @@ def test_the_loops_dead_after_reaches_auxk_of_a_trainer_without_its_own(store, t
     [default] = ff.train("topk", {"d_dict": 128, "k": 2}, store=store.url, out=str(tmp_path / "default"), **kw)
     [short] = ff.train("topk", {"d_dict": 128, "k": 2}, store=store.url, out=str(tmp_path / "short"), dead_after=1024, **kw)
     assert json.loads((short / "config.json").read_text())["training"]["dead_after"] == 1024
+    assert json.loads((short / "config.json").read_text())["dead_after_rows"] == 1024
+    # default: the trainer's horizon for this dictionary, 1,000 mean firing intervals (128 / 2 rows each)
+    assert json.loads((default / "config.json").read_text())["dead_after_rows"] == 64_000
     auxk = {run.name: [line["auxk_loss"] for line in _lines(run)] for run in (default, short)}
-    assert not any(auxk["default"]), "a 10M-row horizon is never reached by a run of ~20k rows"
+    assert not any(auxk["default"]), "a 64k-row horizon is never reached by a run of ~20k rows"
     assert any(v > 0 for v in auxk["short"]), "-t dead_after=1024 turns AuxK on"
     assert max(line["dead_fraction"] for line in _lines(short)) > 0, "the log counts dead latents by the same horizon"
     [own] = ff.train("topk", {"d_dict": 128, "k": 2, "dead_after": 10_000_000}, store=store.url, out=str(tmp_path / "own"),
                      dead_after=1024, **kw)
     assert not any(line["auxk_loss"] for line in _lines(own)), "the trainer's own setting wins"
+
+
+def test_dead_after_precedence_trainer_option_then_loop_then_trainer_default_then_10M():
+    from featureforge.train_config import DEFAULT_DEAD_AFTER, TrainConfig, dead_after_for
+
+    class Trainer:
+        def __init__(self, own, default):
+            self.own, self.default = own, default
+
+        def dead_after_rows(self):
+            return self.own
+
+        def default_dead_after(self, dictionary):
+            return self.default
+
+    assert dead_after_for(Trainer(5, 7), None, TrainConfig(dead_after=6)) == 5
+    assert dead_after_for(Trainer(None, 7), None, TrainConfig(dead_after=6)) == 6
+    assert dead_after_for(Trainer(None, 7), None, TrainConfig()) == 7
+    assert dead_after_for(Trainer(None, None), None, TrainConfig()) == DEFAULT_DEAD_AFTER == 10_000_000

@@ -43,7 +43,7 @@ class TopKOptions:
     k: int = 32
     """Active latents per row."""
     dead_after: int | None = None
-    """Rows without firing after which a latent counts as dead and joins the AuxK loss; default: the loop's `-t dead_after` (10M rows, Gao et al.'s and sparsify's value)."""
+    """Rows without firing after which a latent counts as dead and joins the AuxK loss; default: the loop's `-t dead_after`, else 1,000 mean firing intervals (1000 * d_dict / k rows, at most Gao et al.'s 10M)."""
     k_aux: int | None = None
     """Dead latents per row that reconstruct the residual in the AuxK loss; default d_in // 2 (Gao et al. appendix B.1)."""
     aux_coef: float = 1 / 32

@@ -156,13 +156,20 @@ class TopKTrainer(UnitDecoder, SAETrainer):
         return 2e-4 / math.sqrt(dictionary.d_dict / 2**14)
 
     def learning_rate_for_run(self, dictionary: Any, steps: int) -> float:
-        """The width rule times sqrt(10,000 / steps), between 1x and 16x.
+        """0.5 / (d_dict^(1/4) sqrt(steps)), never below the width rule nor above 32x it.
 
-        The width rule is tuned for runs of many thousands of steps. Measured on synthetic stores
-        (docs/benchmarks.md, "Default learning rate"), the best rate of runs of 70-300 steps was
-        7-13x the rule, about sqrt(10,000 / steps); beyond 10,000 steps the rule stands.
+        The width rule (2e-4 at 2^14 latents, times (2^14 / d_dict)^0.5) is tuned for runs of many
+        thousands of steps; short runs want far more, and their best rate depends less on the
+        width. Measured on synthetic stores at 73-292 steps (docs/benchmarks.md, "Default learning
+        rate"): the best rates fall as 1/sqrt(steps) and as about d_dict^(-1/4) (1.3e-2 at 512
+        latents, ~1e-2 at 1,024, 7e-3 at 4,096 for 73 steps, where 1e-2 already leaves 45% of the
+        latents silent on held-out rows and 1.5e-2 70%). A run reaches the width rule after
+        ~12k steps at 1,024 latents, ~24k at 4,096, ~49k at 2^14; the cap only binds on runs of a
+        handful of steps.
         """
-        return self.learning_rate(dictionary) * min(16.0, max(1.0, math.sqrt(10_000 / max(1, steps))))
+        rule = self.learning_rate(dictionary)
+        short = 0.5 / (dictionary.d_dict ** 0.25 * math.sqrt(max(1, steps)))
+        return min(32.0 * rule, max(rule, short))
 
     def k_aux(self, d_in: int) -> int:
         return self.options.k_aux if self.options.k_aux is not None else max(1, d_in // 2)
@@ -170,6 +177,20 @@ class TopKTrainer(UnitDecoder, SAETrainer):
     def dead_after_rows(self) -> int | None:
         """AuxK's horizon when set (the loop logs dead latents by the same rule); None: the loop's ``dead_after``."""
         return self.options.dead_after
+
+    def default_dead_after(self, dictionary: Any) -> int:
+        """1,000 mean firing intervals (``d_dict / k`` rows each), at most Gao et al.'s 10M rows.
+
+        Gao et al.'s 10M rows (AuxK, arXiv 2406.04093, section A.2) is never reached on a CPU-sized
+        run. A horizon of a few dozen to a few hundred intervals is too short: it flags latents
+        that are rare but alive, and AuxK's gradient into their encoder rows leaves more of them
+        dead on held-out rows (d384/4096/k32, lr 1e-2, 73 steps, horizon 160 intervals: 53% dead
+        against 46% without AuxK; 45% with AuxK's encoder gradient removed, 51% with only its
+        b_dec part removed; docs/benchmarks.md, "AuxK horizon"). At 1,000 intervals AuxK only
+        meets latents silent in earnest (64k rows at 1,024 latents and k 16, as in the causal demo,
+        where a 50k horizon cut held-out dead latents from 755 to 99).
+        """
+        return min(DEFAULT_DEAD_AFTER, 1000 * math.ceil(dictionary.d_dict / max(1, dictionary.k)))
 
     def _horizon(self, state: TrainState) -> int:
         return self.options.dead_after or getattr(state, "dead_after", None) or DEFAULT_DEAD_AFTER

@@ -1,0 +1,134 @@
+"""Ablations of the topk trainer on a synthetic store: one JSON line per run (issue 14, dead latents at high lr).
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/topk_ablations.py --store STORE --rows 300000 --lr 1e-2 \
+        [--warmup 7 --decay 0.9] [--bdec mean] [--nogate] [--dead-after 20480] [--aux-enc-off | --aux-part no_bdec]
+
+Trains ``topk`` through ``featureforge.train`` (1 thread, held-out rows as train_vs_peers.py holds
+them out) and evaluates reconstruction and ground truth on the held-out rows: FVU, MMCS, dead
+(never active there), plus the share of latents silent in training for a quarter / half of the
+run at its end (from the checkpoint). Switches that change the step itself patch the plugin's
+encoder backward in this process only:
+
+* ``--nogate``: the top-k picks with a non-positive pre-activation also pass gradient (what
+  sparsify's fused encoder does: its backward has no ReLU gate);
+* ``--aux-enc-off``: AuxK trains the decoder only (sparsify's encoder ignores the gradient of its
+  pre-activations, so its AuxK never reaches the encoder);
+* ``--aux-part no_bdec`` / ``bdec_only``: AuxK's encoder gradient without / with only its b_dec part.
+
+Results of the 2026-12-03 session: benchmarks/results_topk_ablations.jsonl.
+"""
+import argparse
+import json
+import os
+import time
+
+import torch
+
+torch.set_num_threads(1)
+
+
+def patch_backward(nogate: bool, aux_enc_off: bool, aux_part: str | None) -> None:
+    """Replace TopKEncode._backward by a variant (linear in the two gradients, so parts can be split)."""
+    from featureforge_sae import _kernels as K
+
+    orig = K.TopKEncode._backward
+
+    def ungated(ctx, g_values, g_aux):
+        x, W_enc, b_dec, values, aux_values = ctx.saved_tensors
+        main, aux = ctx.patterns
+        has_aux = aux.indices.shape[1] > 0
+        g = g_values.to(W_enc.dtype)
+        g_a = g_aux.to(W_enc.dtype) if has_aux else None
+        grad_c = torch.zeros(W_enc.shape[0], dtype=W_enc.dtype).index_add_(0, main.indices.reshape(-1), g.reshape(-1))
+        if has_aux:
+            grad_c.index_add_(0, aux.indices.reshape(-1), g_a.reshape(-1))
+        grad_W = main.t_matmul(g, x)
+        if has_aux:
+            grad_W += aux.t_matmul(g_a, x)
+        grad_W.addr_(grad_c, b_dec, alpha=-1)
+        return None, grad_W, grad_c, -(grad_c @ W_enc), None, None, None, None
+
+    base = ungated if nogate else orig
+
+    def patched(ctx, g_values, g_aux):
+        if g_aux is None or g_aux.shape[1] == 0:
+            return base(ctx, g_values, g_aux)
+        if aux_enc_off:
+            return base(ctx, g_values, torch.zeros_like(g_aux))
+        if aux_part is None:
+            return base(ctx, g_values, g_aux)
+        m = base(ctx, g_values, torch.zeros_like(g_aux))
+        a = base(ctx, torch.zeros_like(g_values), g_aux)
+        out = [u if v is None else v if u is None else u + v for u, v in zip(m, a)]
+        if aux_part == "no_bdec":
+            out[3] = m[3]
+        else:  # bdec_only
+            out[1], out[2] = m[1], m[2]
+        return tuple(out)
+
+    K.TopKEncode._backward = staticmethod(patched)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--store", required=True)
+    p.add_argument("--rows", type=int, default=300_000)
+    p.add_argument("--bs", type=int, default=4096)
+    p.add_argument("--lr", default="default", help="a rate, or `default` (no --lr: the trainer's rate for the run)")
+    p.add_argument("--d-dict", type=int, default=4096)
+    p.add_argument("--k", type=int, default=32)
+    p.add_argument("--warmup", type=int)
+    p.add_argument("--decay", type=float)
+    p.add_argument("--bdec", choices=["geometric_median", "mean", "zeros"])
+    p.add_argument("--nogate", action="store_true")
+    p.add_argument("--aux-enc-off", action="store_true")
+    p.add_argument("--aux-part", choices=["no_bdec", "bdec_only"])
+    p.add_argument("--dead-after", type=int, help="the trainer's -o dead_after")
+    p.add_argument("--loop-dead-after", type=int, help="the loop's -t dead_after (e.g. 10000000: the old default)")
+    p.add_argument("--k-aux", type=int)
+    p.add_argument("--holdout", type=int, default=16384)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tag", default="")
+    p.add_argument("--out", default="/tmp/featureforge-topk-ablations/run")
+    p.add_argument("--log", help="also append the JSON line to this file")
+    a = p.parse_args()
+    import featureforge as ff
+    from safetensors.torch import load_file
+
+    if a.nogate or a.aux_enc_off or a.aux_part:
+        patch_backward(a.nogate, a.aux_enc_off, a.aux_part)
+    opts = {"d_dict": a.d_dict, "k": a.k}
+    for key, value in (("b_dec_init", a.bdec), ("dead_after", a.dead_after), ("k_aux", a.k_aux)):
+        if value is not None:
+            opts[key] = value
+    kw = dict(batch_size=a.bs, rows=a.rows, threads=1, holdout_rows=a.holdout, progress=False, overwrite=True, log_every=5, seed=a.seed)
+    for key, value in (("warmup_steps", a.warmup), ("decay_fraction", a.decay), ("dead_after", a.loop_dead_after)):
+        if value is not None:
+            kw[key] = value
+    if a.lr != "default":
+        kw["lr"] = float(a.lr)
+    t = time.time()
+    [run] = ff.train("topk", opts, store=a.store, out=a.out, **kw)
+    train_s = time.time() - t
+    rep = ff.evaluate(run, a.store, ["reconstruction", "ground-truth"])
+    rec = rep["evaluators"]["reconstruction"]["metrics"]
+    gt = rep["evaluators"]["ground-truth"]["metrics"]
+    cfg = json.loads((run / "config.json").read_text())
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    silent = load_file(str(run / "checkpoint" / "tensors.safetensors"))["m0.rows_since_fired"].float()
+    run_rows = cfg["training_result"]["rows"]
+    res = {"tag": a.tag, "store": os.path.basename(a.store.rstrip("/")), "rows": a.rows, "bs": a.bs, "steps": cfg["training_result"]["steps"],
+           "lr": max(line["lr"] for line in lines), "fvu": round(rec["fvu"], 4), "mmcs": round(gt.get("mmcs", float("nan")), 4),
+           "dead": rec.get("dead"), "dead_fraction": round(rec.get("dead_fraction"), 4), "l0": round(rec.get("l0", 0), 2),
+           "dead_after_rows": cfg.get("dead_after_rows"), "auxk_lines": sum(1 for line in lines if (line.get("auxk_loss") or 0) > 0),
+           "silent_quarter": round(float((silent >= run_rows / 4).float().mean()), 4),
+           "silent_half": round(float((silent >= run_rows / 2).float().mean()), 4),
+           "args": {k: v for k, v in vars(a).items() if v not in (None, False) and k not in ("store", "out", "log")}, "train_s": round(train_s)}
+    print(json.dumps(res), flush=True)
+    if a.log:
+        with open(a.log, "a") as f:
+            f.write(json.dumps(res) + "\n")
+
+
+if __name__ == "__main__":
+    main()
