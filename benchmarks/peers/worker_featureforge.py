@@ -80,13 +80,19 @@ def main() -> None:
     dictionary.eval()
     rows = common.NpyRows(args.data)
 
+    # Eval rows arrive as raw rows times the store's scale (the peers' units). The loaded
+    # dictionary's training units are raw rows times its input_scale, which is 1 once the run
+    # folder's weights are folded to raw units (config.json weights_units): convert both ways.
+    to_dict = float(dictionary.input_scale) / args.scale
+
     def encode_decode(x):
+        x = x * to_dict
         if hasattr(dictionary, "sparse_encode"):  # the topk dictionary's own sparse path
             values, indices = dictionary.sparse_encode(x)
-            return values, indices, dictionary.sparse_decode(values, indices)
+            return values, indices, dictionary.sparse_decode(values, indices) / to_dict
         codes = dictionary.encode_normalised(x)
         top = codes.abs().topk(args.k, dim=1)
-        return codes.gather(1, top.indices), top.indices, dictionary.decode_normalised(codes)
+        return codes.gather(1, top.indices), top.indices, dictionary.decode_normalised(codes) / to_dict
 
     common.write_eval(out, rows, args, encode_decode, dictionary.decoder_directions, torch)
     cfg = json.loads((run_dir / "config.json").read_text())
