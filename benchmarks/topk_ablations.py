@@ -74,6 +74,7 @@ def main() -> None:
     p.add_argument("--store", required=True)
     p.add_argument("--rows", type=int, default=300_000)
     p.add_argument("--bs", type=int, default=4096)
+    p.add_argument("--epochs", type=float, help="passes over the training chunks instead of --rows")
     p.add_argument("--lr", default="default", help="a rate, or `default` (no --lr: the trainer's rate for the run)")
     p.add_argument("--d-dict", type=int, default=4096)
     p.add_argument("--k", type=int, default=32)
@@ -102,6 +103,9 @@ def main() -> None:
         if value is not None:
             opts[key] = value
     kw = dict(batch_size=a.bs, rows=a.rows, threads=1, holdout_rows=a.holdout, progress=False, overwrite=True, log_every=5, seed=a.seed)
+    if a.epochs:
+        kw.pop("rows")
+        kw["epochs"] = a.epochs
     for key, value in (("warmup_steps", a.warmup), ("decay_fraction", a.decay), ("dead_after", a.loop_dead_after)):
         if value is not None:
             kw[key] = value
