@@ -217,6 +217,20 @@ class _Run:
     def _check_out_dir(self) -> None:
         prepare_out_dir(self.out, resume=self.resume, overwrite=self.overwrite, delete=self.rank == 0)
 
+    def _keep_old_dead_after(self) -> None:
+        """A run saved before trainers chose the dead-latent horizon (no ``dead_after_rows`` in its
+        config.json) recorded the loop's old default, 10M rows, as ``training.dead_after``: resume
+        it with that horizon rather than refuse it as "other settings"."""
+        if self.cfg.dead_after is not None:
+            return
+        config_file = self._run_dirs()[0] / CONFIG_FILE
+        if not config_file.exists():
+            return
+        old = RunConfig.read(config_file.parent)
+        recorded = (old.training or {}).get("dead_after")
+        if recorded is not None and "dead_after_rows" not in old.extra:
+            self.cfg = dataclasses.replace(self.cfg, dead_after=int(recorded))
+
     def _check_resumable(self, configs: list[RunConfig]) -> None:
         ignore = {"threads", "log_every", "checkpoint_every", "device", "eval_every", "eval_evaluators", "eval_options"}
         for run_dir, new in zip(self._run_dirs(), configs):
@@ -328,6 +342,8 @@ class _Run:
         norm = self.store.normalisation()
         scale = float(norm.get("scale", 1.0)) if self.cfg.normalise else 1.0
         has_checkpoint = self.resume and load_checkpoint(self.out) is not None
+        if self.resume:
+            self._keep_old_dead_after()
         race_steps = 0
         if self.cfg.lr is None and not has_checkpoint:
             race_steps = probe_steps(total_steps, self.cfg.lr_search_fraction, len(self.cfg.lr_search_factors))

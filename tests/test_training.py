@@ -189,6 +189,25 @@ def test_resume_with_other_options_is_refused(tiny_trainer, store, tmp_path):
         _train(tiny_trainer, store, tmp_path / "run", epochs=1, options={"k": 8}, resume=True)
 
 
+def test_a_crashed_run_from_before_trainer_chosen_horizons_resumes_with_its_10m_horizon(tiny_trainer, store, tmp_path):
+    """Runs saved before dead_after defaulted per trainer recorded training.dead_after = 10M and no
+    dead_after_rows: --resume keeps that horizon instead of refusing the run as "other settings"."""
+    with pytest.raises(Crash):
+        _train(tiny_trainer, store, tmp_path / "old", options={"fail_at_step": 70})
+    cfg_path = tmp_path / "old" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["options"]["fail_at_step"] = -1
+    cfg["training"]["dead_after"] = 10_000_000
+    cfg.pop("dead_after_rows", None)
+    cfg_path.write_text(json.dumps(cfg))
+    [resumed] = _train(tiny_trainer, store, tmp_path / "old", resume=True)
+    done = json.loads((resumed / "config.json").read_text())
+    assert done["training"]["dead_after"] == 10_000_000 and done["dead_after_rows"] == 10_000_000
+    # A run that recorded the new key is compared as it is: another horizon is refused.
+    with pytest.raises(ff.FeatureforgeError, match="cannot --resume .*dead_after"):
+        _train(tiny_trainer, store, tmp_path / "old", resume=True, dead_after=5000)
+
+
 def test_single_process_replays_two_data_shards(tiny_trainer, store, tmp_path):
     """--data-shards 2 in one process reads what two DDP ranks read: both shards, concatenated."""
     [one] = _train(tiny_trainer, store, tmp_path / "one", epochs=1, data_shards=2)
