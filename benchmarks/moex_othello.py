@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from moex_chess import log, probe_layers, sae_baseline  # noqa: E402
 from moex_text import spread  # noqa: E402
 
-FULL = dict(size=4, n_layer=3, d_model=64, n_head=4, steps=600, batch_size=32, lr=3e-3, train_games=20000, val_games=200,
-            eval_games=300, sae_games=3000, sae_width=1024, sae_k=16, sae_batch=256, sae_epochs=5.0, upcycle_steps=300, upcycle_noise=0.01)
+FULL = dict(size=4, n_layer=3, d_model=64, n_head=4, steps=3000, batch_size=32, lr=3e-3, train_games=50000, val_games=200,
+            eval_games=300, sae_games=3000, sae_width=1024, sae_k=16, sae_batch=256, sae_epochs=5.0, upcycle_steps=1500, upcycle_noise=0.01)
 QUICK = dict(size=4, n_layer=2, d_model=16, n_head=2, steps=6, batch_size=8, lr=3e-3, train_games=64, val_games=8,
              eval_games=24, sae_games=16, sae_width=64, sae_k=4, sae_batch=32, sae_epochs=1.0, upcycle_steps=3, upcycle_noise=0.01)
 KINDS = ("gelu", "switch", "moex", "router_only", "relu_only")
