@@ -42,6 +42,16 @@ METRICS = ("val_loss", "legal_top1", "coverage", "reconstruction", "linear_probe
 COLOUR = (1, 2)  # mover's / opponent's disc: the part of the board that flips
 
 
+def apply_sets(s: dict, items: list[str], prog: str) -> dict:
+    """Apply ``--set KEY=VALUE`` overrides to the settings ``s`` (each value cast to the setting's type)."""
+    for item in items:
+        key, _, value = item.partition("=")
+        if key not in s or not value:
+            raise SystemExit(f"{prog} --set {item!r}: use KEY=VALUE with KEY one of {', '.join(s)}")
+        s[key] = type(s[key])(value)
+    return s
+
+
 def model_config(s: dict, mlp: str):
     from featureforge_moex import chess_lm, othello
 
@@ -183,11 +193,7 @@ def main(argv=None) -> dict:
         s["steps"] = args.steps
     if args.size:
         s["size"] = args.size
-    for item in args.set:
-        key, _, value = item.partition("=")
-        if key not in s or not value:
-            raise SystemExit(f"moex_othello --set {item!r}: use KEY=VALUE with KEY one of {', '.join(s)}")
-        s[key] = type(s[key])(value)
+    apply_sets(s, args.set, "moex_othello")
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="moex-othello-"))
     workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from moex_othello import COLOUR, FULL, model_config  # noqa: E402
+from moex_othello import COLOUR, FULL, apply_sets, model_config  # noqa: E402
 
 
 def probe(model, games, n_layer: int) -> dict:
@@ -53,12 +53,7 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    s = dict(FULL, size=args.size, steps=args.steps)
-    for item in args.set:
-        key, _, value = item.partition("=")
-        if key not in s or not value:
-            raise SystemExit(f"moex_othello_curve --set {item!r}: use KEY=VALUE with KEY one of {', '.join(s)}")
-        s[key] = type(s[key])(value)
+    s = apply_sets(dict(FULL, size=args.size, steps=args.steps), args.set, "moex_othello_curve")
     t0 = time.perf_counter()
     train, val, test = (othello.make_games(s[f"{name}_games"], seed=1000 + i, size=s["size"]) for i, name in enumerate(("train", "val", "eval")))
     ctx = othello.context_for(s["size"])
