@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
         r = json.loads(Path(path).read_text())
         print(f"<!-- {path} -->")
         if r["benchmark"] == "moex_othello":
-            print(criteria_table(r) + "\n" if "criteria" in r else "", end="")
+            print(criteria_table(r) + "\n\n" if "criteria" in r else "", end="")
             print(othello_tables(r))
         else:
             print(text_table(r))
