@@ -425,7 +425,7 @@ def main() -> None:
 
         if not args.workdir:
             p.error("--real-store needs --workdir (outputs of different stores must not mix)")
-        store_path = Path(args.real_store)
+        store_path = Path(args.real_store).resolve()  # workers run in benchmarks/peers
         store, cache_s = featureforge.open_store(str(store_path)), None
         if not store.complete:
             p.error(f"{store_path} is not a complete store; finish it with `featureforge cache ... --resume`")
