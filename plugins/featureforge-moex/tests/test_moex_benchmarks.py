@@ -80,6 +80,10 @@ def test_moex_othello_quick_resumes_and_merges(tmp_path):
     assert crit["gap_colour_best_layer"] == pytest.approx(row[best]["linear_probe_f1_colour"] - base[best]["linear_probe_f1_colour"])
     assert crit["gap_colour_best_layer"] >= max(crit["gap_colour_last_layer"], crit["gap_colour_mean_layers"] - 1e-12)
     assert crit["a_met"] == (crit["legal_top1"] >= 0.95) and "sae_topk_on_gelu" not in merged["criteria"]
+    tables = subprocess.run([sys.executable, str(BENCHMARKS / "moex_tables.py"), str(tmp_path / "m.json")], capture_output=True, text=True, timeout=60)
+    assert tables.returncode == 0, tables.stderr[-2000:]
+    assert "| GELU MLP (dense) | " in tables.stdout and "seeds meeting (a) and (b, colour)" in tables.stdout
+    assert "Residual probe F1 per layer" in tables.stdout and "| moex-gelu | " in tables.stdout
 
 
 @pytest.mark.slow
