@@ -72,6 +72,28 @@ def test_moex_othello_quick_resumes_and_merges(tmp_path):
     assert merged["table"]["moex"]["coverage"]["n"] == 2 and merged["table"]["switch"]["coverage"]["n"] == 1
     assert merged["table"]["gelu"]["probe_gap_residual"]["n"] == 2
     assert merged["verdict_inputs"]["moex-gelu"]["coverage"]["n"] == 2
+    # Issue #16's bar: per layer gaps paired by seed, and per trained model and seed the criteria with their layer.
+    assert merged["table"]["gelu"]["probe_gap_colour_layer1"]["n"] == 2
+    crit = merged["criteria"]["gelu"]["1"]
+    base, row = merged["runs"]["untrained"]["1"]["layers"], merged["runs"]["gelu"]["1"]["layers"]
+    best = str(crit["best_layer_colour"])
+    assert crit["gap_colour_best_layer"] == pytest.approx(row[best]["linear_probe_f1_colour"] - base[best]["linear_probe_f1_colour"])
+    assert crit["gap_colour_best_layer"] >= max(crit["gap_colour_last_layer"], crit["gap_colour_mean_layers"] - 1e-12)
+    assert crit["a_met"] == (crit["legal_top1"] >= 0.95) and "sae_topk_on_gelu" not in merged["criteria"]
+    tables = subprocess.run([sys.executable, str(BENCHMARKS / "moex_tables.py"), str(tmp_path / "m.json")], capture_output=True, text=True, timeout=60)
+    assert tables.returncode == 0, tables.stderr[-2000:]
+    assert "| GELU MLP (dense) | " in tables.stdout and "seeds meeting (a) and (b, colour)" in tables.stdout
+    assert "Residual probe F1 per layer" in tables.stdout and "| moex-gelu | " in tables.stdout
+
+
+@pytest.mark.slow
+def test_moex_othello_curve_tiny(tmp_path):
+    sets = ["--set", "n_layer=2", "--set", "d_model=16", "--set", "n_head=2", "--set", "train_games=64", "--set", "val_games=8", "--set", "eval_games=24"]
+    r = _script([BENCHMARKS / "moex_othello_curve.py", "--steps", "100", "--checks", "0.5,1.0", *sets], tmp_path / "c.json")
+    assert [p["step"] for p in r["points"]] == [51, 100] and r["settings"]["d_model"] == 16
+    last = r["points"][-1]
+    assert last["gap_colour_layer1"] == pytest.approx(last["layers"]["1"]["colour"] - r["untrained"]["layers"]["1"]["colour"])
+    assert 0 < last["train_seconds"] <= r["train_seconds"] + 1e-6 and 0 <= r["untrained"]["legal_top1"] <= 1
 
 
 @pytest.mark.slow

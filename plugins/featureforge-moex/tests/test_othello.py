@@ -28,6 +28,8 @@ def _replay(game: othello.Game, size: int) -> None:
         assert np.array_equal(mine, np.asarray(board) == player)
         assert np.array_equal(game.boards[i] == 2, np.asarray(board) == -player)
         assert game.legal[i, token]
+        legal = othello.legal_moves(board, player, size) or ([size * size] if othello.legal_moves(board, -player, size) else [])
+        assert sorted(np.flatnonzero(game.legal[i])) == legal  # the whole legal set, PASS included
         if token == size * size:  # PASS
             assert othello.legal_moves(board, player, size) == []
         else:
@@ -51,6 +53,13 @@ def test_games_replay_and_are_deterministic(size):
         assert np.array_equal(game.dots, np.arange(len(game.ids)))
         _replay(game, size)
     assert any((g.ids == 16).any() for g in othello.make_games(300, seed=1, size=4))  # passes happen
+
+
+def test_moves_are_uniform_among_the_legal_ones():
+    """Random legal play: each of the four openings about equally often (2000 games, bounds ~5 sigma)."""
+    first = np.array([g.ids[1] for g in othello.make_games(2000, seed=9, size=4)])
+    counts = np.bincount(first, minlength=16)[[1, 4, 11, 14]]
+    assert counts.sum() == 2000 and counts.min() > 400 and counts.max() < 600, counts
 
 
 class _Oracle(torch.nn.Module):
