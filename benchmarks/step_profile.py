@@ -32,14 +32,14 @@ PARTS = [
     ("before_step", "trainers.py", "before_step"),
     ("after_step", "trainers.py", "after_step"),
     ("zero_grad", "optimizer.py", "zero_grad"),
-    ("step_total", "training.py", "_step"),
-    ("to_device", "training.py", "_to_device"),
-    ("reader_next", "training.py", "_shard_batches"),
-    ("log", "training.py", "_log"),
-    ("checkpoint", "training.py", "_checkpoint"),
-    ("init_sample", "training.py", "_init_sample"),
-    ("build", "training.py", "_build_members"),
-    ("finish", "training.py", "_finish"),
+    ("step_total", "_loop.py", "_step"),
+    ("to_device", "_loop.py", "_to_device"),
+    ("reader_next", "_loop.py", "_shard_batches"),
+    ("log", "_loop.py", "_log"),
+    ("checkpoint", "_loop.py", "_checkpoint"),
+    ("init_sample", "_loop.py", "_init_sample"),
+    ("build", "_loop.py", "_build_members"),
+    ("finish", "_loop.py", "_finish"),
 ]
 
 

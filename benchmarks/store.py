@@ -137,7 +137,7 @@ def read_epoch(store: Any, epoch: int, batch_size: int, verify_all: bool = False
     The reader checks a chunk's crc32c the first time the process reads that file (and after it
     changes); ``verify_all`` forgets earlier checks first, so every chunk's checksum is computed.
     """
-    from featureforge.storeformat import VERIFIED
+    from featureforge.store import VERIFIED
 
     if verify_all:
         VERIFIED.__init__()
@@ -216,7 +216,7 @@ def bench_checksum_cost(npy: Path, workdir: Path, rows: int, repeats: int, batch
     and with them, read in interleaved epochs: format 1, format 2 (each chunk checked once per
     process), format 2 checking every chunk every epoch."""
     import featureforge
-    import featureforge.creation as creation
+    import featureforge.store._creation as creation
 
     plain, summed = workdir / "cost-v1", workdir / "cost-v2"
     original = creation.array_codecs

@@ -263,9 +263,9 @@ def evaluate(out: Path, x: np.ndarray, true_codes: np.ndarray | None, features: 
     present = (stats.fire_t > 0).cpu().numpy()
     matched = np.array([float(corr[i, j]) if j >= 0 else 0.0 for i, j in enumerate(match)])
     return base | {
-        "mmcs": ev.mmcs(features, decoder),
+        "mmcs": ev.metrics.mmcs(features, decoder),
         "mcc": float(matched[present].mean()),
-        "recovered_best_0.9": ev.recovered_fraction(features, decoder, threshold=0.9),
+        "recovered_best_0.9": ev.metrics.recovered_fraction(features, decoder, threshold=0.9),
     }
 
 
@@ -418,7 +418,7 @@ def main() -> None:
     log(f"machine: {machine['cpu']}, {machine['cpus_visible']} cpus, avx512_bf16={machine['avx512_bf16']}, "
         f"OPENBLAS_CORETYPE={machine['OPENBLAS_CORETYPE']!r}, load {machine['loadavg_start']}")
 
-    from featureforge.holdout import split_chunks
+    from featureforge.store import split_chunks
 
     if args.real_store:
         import featureforge

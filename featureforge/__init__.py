@@ -4,7 +4,7 @@ The library API has the CLI's verbs: ``cache``, ``open_store``, ``train``, ``eva
 ``export`` and ``import_run``. Plugins subclass the role classes (``ActivationSource``,
 ``DictionaryTrainer``, ``Evaluator``; trainers build a ``Dictionary``) and register them with
 ``hookimpl``. ``__all__`` is the public API, pinned by ``tests/test_public_api.py``; the modules
-``featureforge.metrics``, ``featureforge.plots``, ``featureforge.dictionary``,
+``featureforge.evaluation.metrics``, ``featureforge.plots``, ``featureforge.dictionary``,
 ``featureforge.testing``, ``featureforge.interventions`` and ``featureforge.steering`` are public
 too (see docs/plugins.md). Everything else may change.
 """
@@ -22,8 +22,8 @@ if "torch" not in _sys.modules and not {"GOMP_SPINCOUNT", "OMP_WAIT_POLICY"} & s
     _os.environ["GOMP_SPINCOUNT"] = "10000"
     _os.environ["FEATUREFORGE_SET_GOMP_SPINCOUNT"] = "1"
 
-from .api import cache, evaluate, export, import_run, load, open_store, steer, steered, train
-from .context import EvaluationContext
+from .api import cache, evaluate, export, import_run, load, make_source, open_store, steer, steered, train
+from .evaluation import EvaluationContext
 from .errors import (
     BadInputError,
     CorruptStoreError,
@@ -34,6 +34,7 @@ from .errors import (
     StoreMismatchError,
 )
 from .hookspecs import hookimpl
+from .plugins import get_registry
 from .progress import progress_bar
 from .roles import (
     ActivationSource,
@@ -44,13 +45,6 @@ from .roles import (
     TrainState,
 )
 from .store import ActivationStore
-
-# Importable for older code, not part of the public API (not in __all__): the plugin registry,
-# option parsing, building a source by name, the batch type and the roles' common base.
-from .api import make_source  # noqa: E402,F401
-from .options import parse_options  # noqa: E402,F401
-from .plugins import get_registry  # noqa: E402,F401
-from .roles import Batch, Plugin  # noqa: E402,F401
 
 __version__ = "0.1.0"
 
@@ -74,9 +68,11 @@ __all__ = [
     "cache",
     "evaluate",
     "export",
+    "get_registry",
     "hookimpl",
     "import_run",
     "load",
+    "make_source",
     "open_store",
     "progress_bar",
     "steer",

@@ -6,14 +6,14 @@ import os
 from typing import Any, Literal, Mapping, Sequence
 
 from .errors import OptionError
-from .evaluation import evaluate
+from .evaluation._evaluate import evaluate
 from .plugins import get_registry
 from .roles import ActivationSource
-from .storage import Location
-from .creation import StoreSpec, prepare_store, writer_lock
-from .store import ActivationStore, open_store
-from .storeformat import STORAGE_DTYPES, default_rows_per_chunk, default_write_shuffle_rows
-from .writer import StoreWriter
+from .store._location import Location
+from .store._creation import StoreSpec, prepare_store, writer_lock
+from .store._view import ActivationStore, open_store
+from .store._format import STORAGE_DTYPES, default_rows_per_chunk, default_write_shuffle_rows
+from .store._writer import StoreWriter
 
 __all__ = ["cache", "evaluate", "export", "import_run", "load", "make_source", "open_store", "steer", "steered", "train"]
 
@@ -194,7 +194,7 @@ def train(
     during training (every ``eval_every`` steps with ``eval_evaluators``, options as
     ``EVALUATOR.KEY=VALUE``).
     """
-    from .training import train as _train
+    from .training._loop import train as _train
 
     settings = {key: value for key, value in locals().items() if key not in _TRAIN_OWN}
     return _train(trainer, options, store=store, out=out, resume=resume, overwrite=overwrite, progress=progress,

@@ -132,7 +132,7 @@ def cache(source_name: str, options: tuple[str, ...], store: str, rows: int | No
 @click.option("--verify", is_flag=True, help="Read every committed chunk and check its size and checksum.")
 def info(store: str, as_json: bool, verify: bool) -> None:
     """Describe a store: rows, width, dtype, chunks, provenance and normalisation."""
-    from .store import open_store
+    from .store._view import open_store
 
     opened = open_store(store)
     data = opened.info()
@@ -282,9 +282,9 @@ def evaluate_command(run: str, store: str, evaluators: tuple[str, ...], rows: in
     RUN may be a sweep's folder (the --out of a sweep): every member is evaluated, and
     RUN/sweep.json and RUN/sweep.png summarise them (L0 against FVU and the downstream score).
     """
-    from . import sweep
+    from .evaluation import _sweeps as sweep
     from .errors import OptionError
-    from .evaluation import evaluate, report_path, summary_lines
+    from .evaluation._evaluate import evaluate, report_path, summary_lines
 
     chosen: Any = list(evaluators) or None
     if options:

@@ -10,12 +10,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from pathlib import Path
-from typing import Any, ClassVar, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator
 
 import numpy as np
 
-from .context import EvaluationContext  # defined in context.py; importable from here as before
 from .options import NoOptions, options_to_dict, parse_options
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .evaluation import EvaluationContext
 
 #: A batch of activations: ``acts [n, d]`` and optionally ``grads [n, d]``, ``token_ids [n]``,
 #: ``doc_ids [n]``, ``seq_ids [n]``, ``positions [n]``, as numpy arrays or torch tensors.

@@ -29,7 +29,7 @@ from .errors import CorruptStoreError, FeatureforgeError
 from .files import write_json
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .store import ActivationStore
+    from .store._view import ActivationStore
 
 #: Version of the run-folder layout this featureforge writes and the newest it reads.
 RUN_FORMAT_VERSION = 1
@@ -75,7 +75,7 @@ class RunConfig:
     imported_from: dict[str, Any] | None = None
     status: str = STATUS_TRAINING
     training_result: dict[str, Any] | None = None
-    #: Without --lr: the race that chose the learning rate (see featureforge.lr_search.record).
+    #: Without --lr: the race that chose the learning rate (see featureforge.training._lr_search.record).
     lr_search: dict[str, Any] | None = None
     #: Units of weights.safetensors: ``{"units": "raw", "input_scale_folded": s}`` or ``"training"`` (see Dictionary.fold_input_scale).
     weights_units: dict[str, Any] | None = None
@@ -173,7 +173,7 @@ def store_identity(store: "ActivationStore") -> dict[str, Any]:
 
 
 def _normalised_url(url: str) -> str:
-    from .storage import Location
+    from .store._location import Location
 
     loc = Location(url)
     return loc.root if not loc.remote else loc.text.rstrip("/")

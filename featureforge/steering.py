@@ -83,7 +83,7 @@ class SteerResult:
 # -- the live model --------------------------------------------------------------------------
 def live_source(store: Any, device: str = "") -> Any:
     """The store's recorded source rebuilt (its live model), refusing sources that cannot splice."""
-    from .context import rebuild_source
+    from .evaluation._context import rebuild_source
 
     source = rebuild_source(store, {"device": device} if device else None)
     if not source.can_splice:
@@ -100,7 +100,7 @@ def store_typical(dictionary: Any, store: Any, rows: int = TYPICAL_ROWS) -> torc
 
 def _resolve(run: Any, store: Any) -> tuple[Any, Any]:
     from .dictionary import Dictionary, load
-    from .store import ActivationStore, open_store
+    from .store._view import ActivationStore, open_store
 
     dictionary = run if isinstance(run, Dictionary) else load(run)
     opened = store if isinstance(store, ActivationStore) else open_store(store)

@@ -413,7 +413,7 @@ def test_a_store_without_checksums_still_opens_and_verify_says_so(tmp_path, monk
     """Format-1 stores (written before checksums) are read as before; verify checks their sizes."""
     import zarr
 
-    import featureforge.creation as creation
+    import featureforge.store._creation as creation
 
     path = tmp_path / "v1.zarr"
     monkeypatch.setattr(creation, "array_codecs", lambda checksum: {"compressors": None})
@@ -577,7 +577,7 @@ def test_repair_of_a_stream_source_rewrites_from_the_first_damaged_chunk(tmp_pat
 
 
 def test_a_second_process_for_a_writer_rank_being_written_is_refused(small_store, tmp_path):
-    from featureforge.creation import writer_lock
+    from featureforge.store import writer_lock
 
     path = copy_store(small_store, tmp_path / "s.zarr")
     with writer_lock(ff.open_store(path), 0):

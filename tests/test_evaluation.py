@@ -23,8 +23,9 @@ import pytest
 import torch
 
 import featureforge as ff
-from featureforge import accumulators, evalrows
-from featureforge import metrics as ev
+from featureforge.evaluation import _accumulators as accumulators
+from featureforge.store import _holdout as evalrows
+from featureforge.evaluation import metrics as ev
 from featureforge.api import make_source
 from featureforge.plugins import get_registry
 
@@ -540,7 +541,7 @@ def test_report_keeps_earlier_evaluators_of_the_same_weights_and_rows(plugin, st
 
 
 def test_pareto_front_keeps_the_members_no_other_beats_on_both_axes():
-    from featureforge.sweep import pareto_front
+    from featureforge.evaluation import pareto_front
 
     points = [(4.0, 0.5), (8.0, 0.3), (8.0, 0.6), (16.0, 0.35), (32.0, 0.1), (None, 0.0)]
     assert pareto_front(points) == [0, 1, 4]

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_featureforge_worker_reports_the_fvu_that_featureforge_evaluate_reports(tmp_path):
     pytest.importorskip("featureforge_sae")
-    from featureforge.holdout import split_chunks
+    from featureforge.store import split_chunks
 
     store = ff.cache("synthetic", {"d_in": 16, "n_features": 32, "mean_active": 3, "seed": 2}, store=str(tmp_path / "s.zarr"),
                      rows=6144, rows_per_chunk=1024, progress=False)

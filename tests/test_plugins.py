@@ -28,7 +28,8 @@ import featureforge
 from featureforge.errors import OptionError, PluginError
 from featureforge.plugins import PluginRegistry
 from storehelpers import pip_install_target
-from featureforge.roles import EvaluationContext, EvaluationResult, StepOutput
+from featureforge import EvaluationContext
+from featureforge.roles import EvaluationResult, StepOutput
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "docs" / "example-plugin"

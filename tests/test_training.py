@@ -380,7 +380,7 @@ def _weights_from_bytes(data):
 
 
 def test_a_kill_during_the_final_plots_leaves_a_run_that_resume_completes(tiny_trainer, store, tmp_path, monkeypatch):
-    import featureforge.training as training
+    import featureforge.training._loop as training
 
     def killed(run_dir):
         raise Crash("killed while plotting")
@@ -400,7 +400,7 @@ def test_a_kill_during_the_final_plots_leaves_a_run_that_resume_completes(tiny_t
 def test_a_checkpoint_that_fills_the_disk_leaves_no_temp_folder_and_one_line(tiny_trainer, store, tmp_path, monkeypatch):
     import errno
 
-    import featureforge.checkpoint as checkpoint
+    import featureforge.training._checkpoint as checkpoint
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -511,7 +511,7 @@ def test_the_loops_dead_after_reaches_auxk_of_a_trainer_without_its_own(store, t
 
 
 def test_dead_after_precedence_trainer_option_then_loop_then_trainer_default_then_10M():
-    from featureforge.train_config import DEFAULT_DEAD_AFTER, TrainConfig, dead_after_for
+    from featureforge.training import DEFAULT_DEAD_AFTER, TrainConfig, dead_after_for
 
     class Trainer:
         def __init__(self, own, default):

@@ -1,6 +1,6 @@
 """``reconstruction``: how well a dictionary reconstructs the eval rows, and how its latents fire.
 
-Metrics (formulas in ``featureforge/metrics.py``): FVU, explained variance, MSE, L0, dead and
+Metrics (formulas in ``featureforge.evaluation.metrics``): FVU, explained variance, MSE, L0, dead and
 dense latents (counts and fractions) and the log10 firing-frequency histogram, drawn to
 ``plots/latent_density.png``.
 
@@ -18,7 +18,8 @@ from typing import Any
 
 from ..errors import OptionError
 from ..hookspecs import hookimpl
-from ..roles import EvaluationContext, EvaluationResult, Evaluator
+from ..evaluation import EvaluationContext
+from ..roles import EvaluationResult, Evaluator
 
 
 @dataclasses.dataclass
@@ -46,8 +47,8 @@ class ReconstructionEvaluator(Evaluator):
     def evaluate(self, dictionary: Any, context: EvaluationContext) -> EvaluationResult:
         import torch
 
-        from ..accumulators import ReconstructionStats
-        from ..evalrows import auto_batch_size
+        from ..evaluation._accumulators import ReconstructionStats
+        from ..store._holdout import auto_batch_size
 
         rows = context.eval_rows
         device = torch.device(context.device)

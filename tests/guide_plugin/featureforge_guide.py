@@ -140,7 +140,7 @@ class MeanCodeEvaluator(featureforge.Evaluator):
     def evaluate(self, dictionary: Any, context: featureforge.EvaluationContext) -> featureforge.EvaluationResult:
         import torch
 
-        from featureforge.metrics import fvu
+        from featureforge.evaluation.metrics import fvu
         from featureforge.plots import new_figure, save_figure
 
         total, rows, xs, x_hats = torch.zeros(dictionary.d_dict), 0, [], []

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 import featureforge
+from featureforge.options import parse_options
 from featureforge import OptionError
 from featureforge_sae import BatchTopKTrainer, JumpReLUTrainer, MatryoshkaTrainer, ReLUTrainer, TopKTrainer
 
@@ -35,7 +36,7 @@ def test_registry_returns_the_classes():
 
 
 def test_options_parse_from_strings():
-    t = TopKTrainer(featureforge.parse_options(TopKTrainer.Options, ["k=16", "d_dict=512", "decoder_impl=dense", "aux_coef=0"]))
+    t = TopKTrainer(parse_options(TopKTrainer.Options, ["k=16", "d_dict=512", "decoder_impl=dense", "aux_coef=0"]))
     assert (t.options.k, t.options.d_dict, t.options.decoder_impl, t.options.aux_coef) == (16, 512, "dense", 0.0)
 
 
@@ -65,7 +66,7 @@ def test_options_parse_from_strings():
 )
 def test_bad_options_are_refused_in_one_line(cls, options, fragment):
     with pytest.raises(OptionError) as info:
-        cls(**options) if "decoder_impl" not in options else cls(featureforge.parse_options(cls.Options, [f"{k}={v}" for k, v in options.items()]))
+        cls(**options) if "decoder_impl" not in options else cls(parse_options(cls.Options, [f"{k}={v}" for k, v in options.items()]))
     message = str(info.value)
     assert fragment in message
     assert "\n" not in message

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import StoreError
-from .storeformat import CHECKSUM_BYTES, crc32c, read_only_bytes, stored_checksum
+from ..errors import StoreError
+from ._format import CHECKSUM_BYTES, crc32c, read_only_bytes, stored_checksum
 
 
 def is_url(location: str) -> bool:

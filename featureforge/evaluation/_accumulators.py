@@ -1,4 +1,4 @@
-"""Streaming versions of the metrics (``metrics.py``) for the built-in evaluators.
+"""Streaming versions of the metrics (``metrics``) for the built-in evaluators.
 
 They read the eval rows batch by batch, so memory is bounded whatever the row count:
 reconstruction statistics keep per-dimension sums, ground-truth statistics two [k, m] float64

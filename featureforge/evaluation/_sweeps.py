@@ -25,7 +25,7 @@ SWEEP_PLOT = "sweep.png"
 
 def sweep_members(folder: str | os.PathLike) -> list[Path]:
     """The member run folders of a sweep folder (sub-folders with a ``config.json``), by name."""
-    from .run import CONFIG_FILE
+    from ..run import CONFIG_FILE
 
     root = Path(folder)
     if not root.is_dir():
@@ -35,7 +35,7 @@ def sweep_members(folder: str | os.PathLike) -> list[Path]:
 
 def is_sweep(folder: str | os.PathLike) -> bool:
     """A folder that is not itself a run but holds member runs."""
-    from .run import CONFIG_FILE
+    from ..run import CONFIG_FILE
 
     return not (Path(folder) / CONFIG_FILE).exists() and bool(sweep_members(folder))
 
@@ -54,7 +54,7 @@ def pareto_front(points: Sequence[tuple[float, float]], maximise_y: bool = False
 
 
 def _member_row(member: Path, report: Mapping[str, Any]) -> dict[str, Any]:
-    from .run import RunConfig
+    from ..run import RunConfig
 
     config = RunConfig.read(member)
     metrics = {name: result.get("metrics", {}) for name, result in report.get("evaluators", {}).items()}
@@ -78,7 +78,7 @@ def evaluate_sweep(
     store_url: str,
 ) -> dict[str, Any]:
     """Evaluate each member with ``evaluate_member(member_folder) -> report``; write and return the summary."""
-    from .files import write_json
+    from ..files import write_json
 
     root = Path(folder)
     members = sweep_members(root)
@@ -100,7 +100,7 @@ def evaluate_sweep(
 
 
 def _plot(summary: Mapping[str, Any], path: Path) -> None:
-    from .plots import new_figure, save_figure
+    from ..plots import new_figure, save_figure
 
     rows = summary["members"]
     panels = [("fvu", "FVU (lower is better)", False)]

@@ -1,7 +1,7 @@
 """The store format's constants, its dtype codec and its chunk checksums (a leaf: imports no featureforge module).
 
-Both the read view (``store.py``, ``reader.py``) and the write side (``creation.py``,
-``writer.py``) need these; keeping them here lets those modules import each other one way only.
+Both the read view (``_view``, ``_reader``) and the write side (``_creation``,
+``_writer``) need these; keeping them here lets those modules import each other one way only.
 
 Chunk checksums (format version 2) are zarr v3's own ``crc32c`` codec, the last codec of every
 array: a chunk file holds the chunk's raw little-endian bytes followed by 4 bytes, the CRC-32C of

@@ -18,9 +18,9 @@ from typing import Any, Sequence
 import torch
 from safetensors.torch import save_file
 
-from .errors import CorruptStoreError, FeatureforgeError
-from .files import umask_mode
-from .run import CHECKPOINT_DIR, METRICS_FILE
+from ..errors import CorruptStoreError, FeatureforgeError
+from ..files import umask_mode
+from ..run import CHECKPOINT_DIR, METRICS_FILE
 
 
 class DiskFullError(FeatureforgeError, OSError):

@@ -13,8 +13,8 @@ Layout (a Zarr group; every array shares the row axis and is chunked by whole ro
 Chunk ``c`` (rows ``c*R .. (c+1)*R``) belongs to writer ``c % world_size``. A writer writes whole
 chunks it owns, then its chunk statistics, then advances its marker (an atomic file replace), so a
 killed writer resumes at its marker and readers only ever see committed chunks. Every chunk file
-ends in its crc32c (format 2, see ``storeformat.py``); creating a store is ``creation.py``'s job,
-filling it ``writer.py``'s.
+ends in its crc32c (format 2, see ``_format``); creating a store is ``_creation``'s job,
+filling it ``_writer``'s.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from .errors import BadInputError, CorruptStoreError, StoreError
-from .storage import Location
-from .storeformat import (  # noqa: F401  (re-exported: the store's public constants)
+from ..errors import BadInputError, CorruptStoreError, StoreError
+from ._location import Location
+from ._format import (  # noqa: F401  (re-exported: the store's public constants)
     ACT_COLUMNS,
     CHECKSUM_BYTES,
     FORMAT_NAME,
@@ -46,7 +46,7 @@ from .storeformat import (  # noqa: F401  (re-exported: the store's public const
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .reader import ShuffledReader
+    from ._reader import ShuffledReader
 
 
 class ActivationStore:
@@ -316,8 +316,8 @@ class ActivationStore:
 
     # -- reading ------------------------------------------------------------------------------
     def loader(self, batch_size: int = 4096, **kwargs: Any) -> "ShuffledReader":
-        """A chunk-shuffled, buffered, prefetching reader of committed rows (see ``reader.py``)."""
-        from .reader import ShuffledReader
+        """A chunk-shuffled, buffered, prefetching reader of committed rows (see ``_reader``)."""
+        from ._reader import ShuffledReader
 
         return ShuffledReader(self, batch_size=batch_size, **kwargs)
 

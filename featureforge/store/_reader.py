@@ -39,11 +39,11 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from .errors import BadInputError
-from .storeformat import ACT_COLUMNS, CHECKSUM_BYTES, STORAGE_DTYPES, VERIFIED, ChunkRef, chunk_checksum_ok, has_checksum, read_only_bytes
+from ..errors import BadInputError
+from ._format import ACT_COLUMNS, CHECKSUM_BYTES, STORAGE_DTYPES, VERIFIED, ChunkRef, chunk_checksum_ok, has_checksum, read_only_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .store import ActivationStore
+    from ._view import ActivationStore
 
 _TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _BATCH_QUEUE = 2  # finished batches waiting for the consumer

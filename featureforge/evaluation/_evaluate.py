@@ -1,10 +1,10 @@
 """``featureforge evaluate``: run evaluators on a trained run and write ``report.json``.
 
 ``evaluate(run, store=...)`` loads a run, picks the eval rows (the run's held-out chunks when the
-store is the one it was trained on, else the first ``rows`` committed rows, see ``evalrows.py``),
-fills an ``EvaluationContext`` (``context.py``), runs the evaluators and writes ``report.json``
+store is the one it was trained on, else the first ``rows`` committed rows, see ``featureforge.store._holdout``),
+fills an ``EvaluationContext`` (``_context``), runs the evaluators and writes ``report.json``
 into the run folder and their plots into ``RUN/plots/``. The metrics themselves are in
-``metrics.py`` (formulas) and ``accumulators.py`` (streaming over the eval rows).
+``metrics`` (formulas) and ``_accumulators`` (streaming over the eval rows).
 """
 
 from __future__ import annotations
@@ -15,38 +15,18 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from .errors import BadInputError, OptionError
+from ..errors import BadInputError, OptionError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .context import EvaluationContext
-    from .roles import Evaluator
-    from .store import ActivationStore
+    from ._context import EvaluationContext
+    from ..roles import Evaluator
+    from ..store._view import ActivationStore
 
 __all__ = ["REPORT_FILE", "default_evaluators", "evaluate", "report_path", "summary_lines"]
 
 REPORT_FORMAT_VERSION = 1
 REPORT_FILE = "report.json"
 PLOTS_DIR = "plots"
-
-# Names that lived here before the split; still importable from this module for old code, from
-# their one home (loaded on first use: importing this module stays free of torch).
-_MOVED = {
-    **dict.fromkeys(["CodeMatchStats", "ReconstructionStats"], "accumulators"),
-    **dict.fromkeys(["DEFAULT_EVAL_ROWS", "EvalRows", "auto_batch_size", "same_store", "select_eval_rows"], "evalrows"),
-    **dict.fromkeys(["new_figure", "save_figure"], "plots"),
-    **dict.fromkeys(["DEFAULT_DENSE_THRESHOLD", "DENSITY_BINS", "cosine_matrix", "dead_latents", "dense_latents",
-                     "density_histogram", "explained_variance", "firing_counts", "firing_f1", "fvu", "hungarian_match",
-                     "l0", "mcc", "mmcs", "mse", "pearson_matrix", "quantiles", "recovered_fraction"], "metrics"),
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_MOVED[name]}", __package__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 def _jsonable(value: Any) -> Any:
     """Plain JSON types; NaN and ±inf become null (strict JSON has no such numbers)."""
@@ -76,8 +56,8 @@ def default_evaluators(store: "ActivationStore") -> list[str]:
 
 
 def _instantiate(evaluators: Any, store: "ActivationStore") -> list["Evaluator"]:
-    from .plugins import get_registry
-    from .roles import Evaluator
+    from ..plugins import get_registry
+    from ..roles import Evaluator
 
     if evaluators is None:
         evaluators = default_evaluators(store)
@@ -118,7 +98,7 @@ def evaluate(
     run
         A run folder written by ``featureforge train`` (``config.json`` + ``weights.safetensors``),
         or a sweep's folder: then every member is evaluated and the summary ``sweep.json`` (and
-        ``sweep.png``) written into it and returned (see ``sweep.py``).
+        ``sweep.png``) written into it and returned (see ``_sweeps``).
     store
         Store path, fsspec URL or an opened ``ActivationStore``; its ``d_in`` must be the run's.
     evaluators
@@ -146,9 +126,9 @@ def evaluate(
     """
     import torch
 
-    from .context import EvaluationContext
-    from .store import ActivationStore, open_store
-    from .sweep import evaluate_sweep, is_sweep
+    from ._context import EvaluationContext
+    from ..store._view import ActivationStore, open_store
+    from ._sweeps import evaluate_sweep, is_sweep
 
     opened = store if isinstance(store, ActivationStore) else open_store(store, storage_options)
     instances = _instantiate(evaluators, opened)
@@ -165,10 +145,10 @@ def evaluate(
 def _evaluate_run(run_dir: Path, instances: list[Evaluator], base: EvaluationContext, out_dir: str | os.PathLike | None,
                   rows: int | None) -> dict[str, Any]:
     """``evaluate`` for one run folder, with the evaluators and the store's context already made."""
-    from .dictionary import load
-    from .evalrows import select_eval_rows
-    from .files import write_json
-    from .run import RunConfig
+    from ..dictionary import load
+    from ..store._holdout import select_eval_rows
+    from ..files import write_json
+    from ..run import RunConfig
 
     opened = base.store
     config = RunConfig.read(run_dir)
@@ -217,7 +197,7 @@ def _weights_digest(run_dir: Path) -> str:
     """SHA-256 of the run's weights file: what says an earlier report scored the same dictionary."""
     import hashlib
 
-    from .run import WEIGHTS_FILE
+    from ..run import WEIGHTS_FILE
 
     digest = hashlib.sha256()
     with open(run_dir / WEIGHTS_FILE, "rb") as f:

@@ -23,7 +23,7 @@ true feature directions [k, d] and ``c`` the true codes [n, k] of a synthetic st
 - **F1** per true feature after matching: firing of c_i (> 0) against firing of its matched latent
   (≠ 0): F1 = 2·TP / (#rows c_i fires + #rows z_j fires); its mean and quantiles are reported.
 
-The streaming versions the built-in evaluators use (bounded memory) are in ``accumulators.py``.
+The streaming versions the built-in evaluators use (bounded memory) are in ``featureforge.evaluation._accumulators``.
 """
 
 from __future__ import annotations

@@ -26,20 +26,22 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
-from .checkpoint import load_checkpoint, restore_training_state, save_training_state
-from .dictionary import Dictionary
-from .errors import BadInputError, FeatureforgeError, OptionError
-from .holdout import split_chunks
-from .lr_search import Candidate, probe_steps, record, scored, winner
-from .options import options_to_dict
-from .plots import plot_training
-from .plugins import get_registry
-from .reader import ShuffledReader
-from .roles import DictionaryTrainer, StepOutput, TrainState
-from .run import CONFIG_FILE, METRICS_FILE, STATUS_COMPLETE, RunConfig, is_complete, prepare_out_dir, store_identity
-from .store import ActivationStore, open_store
-from .train_config import TrainConfig, check_trainer_class, dead_after_for, expand_sweep, lr_at, resolve_config
-from .train_eval import default_eval_evaluators, eval_instances, evaluate_members
+from ._checkpoint import load_checkpoint, restore_training_state, save_training_state
+from ..dictionary import Dictionary
+from ..errors import BadInputError, FeatureforgeError, OptionError
+from ..store._holdout import split_chunks
+from ._lr_search import Candidate, probe_steps, record, scored, winner
+from ..options import options_to_dict
+from ..plots import plot_training
+from ..plugins import get_registry
+from ..store._reader import ShuffledReader
+from ..roles import DictionaryTrainer, StepOutput, TrainState
+from ..run import CONFIG_FILE, METRICS_FILE, STATUS_COMPLETE, RunConfig, is_complete, prepare_out_dir, store_identity
+from ..store._view import ActivationStore, open_store
+from ._schedule import dead_after_for, lr_at
+from ._settings import TrainConfig, check_trainer_class, resolve_config
+from ._sweep import expand_sweep
+from ._during import default_eval_evaluators, eval_instances, evaluate_members
 
 __all__ = ["METRICS_FILE", "TrainConfig", "check_gradient_store", "default_eval_evaluators", "expand_sweep", "is_complete", "lr_at", "train"]
 
@@ -264,7 +266,7 @@ class _Run:
     def _build_members(self, scale: float, sample: torch.Tensor, holdout: list[int], total_steps: int,
                        race: bool) -> tuple[list[Member], list[RunConfig]]:
         """One member per sweep variant, or (``race``) one per candidate learning rate of each variant,
-        every candidate from the same initialisation (see featureforge.lr_search)."""
+        every candidate from the same initialisation (see featureforge.training._lr_search)."""
         members, configs = [], []
         factors = self.cfg.lr_search_factors if race else (None,)
         for variant, ((label, trainer), run_dir) in enumerate(zip(self.trainers, self._run_dirs())):
@@ -334,7 +336,7 @@ class _Run:
 
     # -- main --------------------------------------------------------------------------------
     def execute(self) -> list[Path]:
-        from .progress import progress_bar
+        from ..progress import progress_bar
 
         self._check_out_dir()
         train_chunks, held = split_chunks(self.store, self.cfg.holdout_rows)
@@ -458,7 +460,7 @@ class _Run:
         """
         if self.rank == 0:
             if self._eval_context is None:  # one context per run: a live model is rebuilt once, not every evaluation
-                from .context import EvaluationContext
+                from ..evaluation._context import EvaluationContext
 
                 self._eval_context = EvaluationContext(self.store, self.out, device=str(self.device), progress=False)
             evaluate_members(members, configs, evaluators, metric_files, self._eval_context, step, rows_seen, announce)

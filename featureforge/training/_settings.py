@@ -1,4 +1,4 @@
-"""The loop's own settings (``TrainConfig``), their checks, the learning-rate schedule and sweeps.
+"""The loop's own settings (``TrainConfig``) and their checks.
 
 Kept apart from the loop so that a config file, the CLI and the API all resolve settings the same
 way before any data is read.
@@ -7,13 +7,11 @@ way before any data is read.
 from __future__ import annotations
 
 import dataclasses
-import itertools
-import typing
 from typing import Any, Literal, Mapping, Sequence
 
-from .errors import FeatureforgeError, OptionError
-from .options import parse_options, split_pairs
-from .roles import DictionaryTrainer
+from ..errors import FeatureforgeError, OptionError
+from ..options import parse_options
+from ..roles import DictionaryTrainer
 
 
 @dataclasses.dataclass
@@ -29,7 +27,7 @@ class TrainConfig:
     lr: float | None = None
     """Adam learning rate; default: the trainer's suggestion for this dictionary and run length (or a race, lr_search_fraction)."""
     lr_search_fraction: float = 0.0
-    """Without --lr: share of the steps (at least 8, at most a quarter) spent racing candidate rates (featureforge.lr_search); 0: no race."""
+    """Without --lr: share of the steps (at least 8, at most a quarter) spent racing candidate rates (featureforge.training._lr_search); 0: no race."""
     lr_search_factors: tuple[float, ...] = (1.0, 3.0, 10.0, 30.0)
     """Without --lr: candidate rates as multiples of the trainer's suggestion for this dictionary."""
     warmup_steps: int = 1000
@@ -102,57 +100,3 @@ def check_trainer_class(cls: type, name: str) -> None:
             f"trainer {name!r} ({cls.__module__}.{cls.__qualname__}) does not implement {' or '.join(missing)}; "
             f"a DictionaryTrainer must define {' and '.join(what[m] for m in missing)}"
         )
-
-
-# -- sweeps -----------------------------------------------------------------------------------------
-def expand_sweep(options_cls: type, options: Mapping[str, Any] | Sequence[str] | None) -> list[tuple[str, dict[str, Any]]]:
-    """Split ``k=16,32,64`` (or a list value in the API) on a scalar field into one config per value."""
-    if options is None:
-        items: list[tuple[str, Any]] = []
-    elif isinstance(options, Mapping):
-        items = list(options.items())
-    else:
-        items = split_pairs(options, "key=VALUE")
-    hints = typing.get_type_hints(options_cls)
-    axes: list[tuple[str, list[Any]]] = []
-    for key, value in items:
-        tp = hints.get(key)
-        is_list_field = tp is not None and (typing.get_origin(tp) in (list, tuple) or tp in (list, tuple))
-        if isinstance(value, str) and "," in value and not is_list_field:
-            axes.append((key, [v.strip() for v in value.split(",") if v.strip()]))
-        elif isinstance(value, (list, tuple)) and not is_list_field:
-            axes.append((key, list(value)))
-        else:
-            axes.append((key, [value]))
-    combos = list(itertools.product(*[values for _, values in axes])) or [()]
-    swept = [key for key, values in axes if len(values) > 1]
-    out = []
-    for combo in combos:
-        chosen = {key: value for (key, _), value in zip(axes, combo)}
-        label = ",".join(f"{key}={chosen[key]}" for key in swept)
-        out.append((label, chosen))
-    return out
-
-
-
-# -- dead latents ----------------------------------------------------------------------------------
-#: Gao et al.'s (2024) and sparsify's horizon: rows without firing after which a latent is dead.
-DEFAULT_DEAD_AFTER = 10_000_000
-
-
-def dead_after_for(trainer: DictionaryTrainer, dictionary: Any, cfg: TrainConfig) -> int:
-    """The run's dead-latent horizon in rows: the trainer's own option, else the loop's ``-t
-    dead_after``, else the trainer's default for this dictionary, else ``DEFAULT_DEAD_AFTER``."""
-    return int(trainer.dead_after_rows() or cfg.dead_after or trainer.default_dead_after(dictionary) or DEFAULT_DEAD_AFTER)
-
-
-# -- schedule ---------------------------------------------------------------------------------------
-def lr_at(step: int, total_steps: int, base: float, cfg: TrainConfig) -> float:
-    """Linear warm-up, constant, then linear decay to 0 over the last ``decay_fraction``."""
-    warmup = min(cfg.warmup_steps, max(1, total_steps // 10))
-    if step < warmup:
-        return base * (step + 1) / warmup
-    decay_steps = int(total_steps * cfg.decay_fraction)
-    if decay_steps > 0 and step >= total_steps - decay_steps:
-        return base * max(0.0, (total_steps - step) / decay_steps)
-    return base

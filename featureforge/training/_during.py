@@ -15,19 +15,19 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 
-from .errors import OptionError
-from .plugins import get_registry
-from .run import PLOTS_DIR, RunConfig
-from .store import ActivationStore
+from ..errors import OptionError
+from ..plugins import get_registry
+from ..run import PLOTS_DIR, RunConfig
+from ..store._view import ActivationStore
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .context import EvaluationContext
-    from .train_config import TrainConfig
+    from ..evaluation._context import EvaluationContext
+    from ._settings import TrainConfig
 
 
 def default_eval_evaluators(store: ActivationStore) -> list[str]:
     """``downstream`` when the store's source can splice a live model and it is installed, else ``reconstruction``."""
-    from .roles import ActivationSource
+    from ..roles import ActivationSource
 
     registry = get_registry()
     name = (store.source or {}).get("name")

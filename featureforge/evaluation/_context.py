@@ -14,13 +14,13 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from .errors import BadInputError, PluginError
-from .run import RunConfig
+from ..errors import BadInputError, PluginError
+from ..run import RunConfig
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .evalrows import EvalRows
-    from .roles import ActivationSource
-    from .store import ActivationStore
+    from ..store._holdout import EvalRows
+    from ..roles import ActivationSource
+    from ..store._view import ActivationStore
 
 __all__ = ["EvaluationContext", "rebuild_source"]
 
@@ -91,7 +91,7 @@ class EvaluationContext:
     def eval_rows(self) -> "EvalRows":
         """The held-out rows (chosen on first use when not given)."""
         if self._eval_rows is None:
-            from .evalrows import select_eval_rows
+            from ..store._holdout import select_eval_rows
 
             if self.store is None:
                 raise BadInputError("this evaluator needs an activation store; pass --store")
@@ -144,7 +144,7 @@ def rebuild_source(store: "ActivationStore", overrides: Mapping[str, Any] | None
     Raises ``BadInputError`` (one line) when the source is not installed or its recorded options
     no longer parse.
     """
-    from .plugins import get_registry
+    from ..plugins import get_registry
 
     recorded = store.source or {}
     name = recorded.get("name")

@@ -22,10 +22,10 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from .errors import BadInputError, StoreError
-from .roles import ActivationSource
-from .store import ActivationStore
-from .storeformat import ACT_COLUMNS, WRITE_CONFIG, to_float32, to_storage
+from ..errors import BadInputError, StoreError
+from ..roles import ActivationSource
+from ._view import ActivationStore
+from ._format import ACT_COLUMNS, WRITE_CONFIG, to_float32, to_storage
 
 
 def as_numpy(value: Any) -> np.ndarray:

@@ -24,10 +24,10 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from .errors import CorruptStoreError, StoreError, StoreMismatchError
-from .storage import Location
-from .store import ActivationStore, open_store
-from .storeformat import ACT_COLUMNS, FORMAT_NAME, FORMAT_VERSION, STORAGE_DTYPES, STORE_MEMBERS, WRITE_CONFIG, array_codecs
+from ..errors import CorruptStoreError, StoreError, StoreMismatchError
+from ._location import Location
+from ._view import ActivationStore, open_store
+from ._format import ACT_COLUMNS, FORMAT_NAME, FORMAT_VERSION, STORAGE_DTYPES, STORE_MEMBERS, WRITE_CONFIG, array_codecs
 
 LAYOUT_TEXT = (
     "rows are cut into chunks of rows_per_chunk; chunk c is written by writer c % writers, whose "
