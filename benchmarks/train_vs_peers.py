@@ -192,10 +192,6 @@ def run_worker(name: str, python: str, script: str, argv: list[str], out: Path, 
     log(f"{name}: {' '.join(cmd[:2])} ... (log: {logf})")
     env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_MODE="disabled", TOKENIZERS_PARALLELISM="false",
                OMP_NUM_THREADS=argv[argv.index("--threads") + 1], TQDM_DISABLE="1")
-    if env.pop("FEATUREFORGE_SET_GOMP_SPINCOUNT", None):
-        # importing featureforge here shortened OpenMP's spin (featureforge/__init__.py); every
-        # worker starts from the user's own environment and featureforge's worker sets it itself.
-        env.pop("GOMP_SPINCOUNT", None)
     t0 = time.perf_counter()
     load0 = os.getloadavg()
     (out / "result.json").unlink(missing_ok=True)

@@ -387,7 +387,10 @@ def build_cli() -> click.Group:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point."""
+    """Console-script entry point: the process settings first (before anything loads torch)."""
+    from .runtime import short_openmp_spin
+
+    short_openmp_spin()
     try:
         command = build_cli()
     except FeatureforgeError as exc:  # pragma: no cover - plugin loading reports its own problems

@@ -30,7 +30,10 @@ def main() -> None:
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    import featureforge  # before torch, as the CLI does: it sets OpenMP's spin (featureforge/__init__.py)
+    import featureforge
+    import featureforge.runtime
+
+    featureforge.runtime.short_openmp_spin()  # before torch, as the featureforge command does
 
     torch = common.setup_torch(args.threads)
 
