@@ -61,7 +61,7 @@ def trainer_options(name: str, s: dict) -> dict:
 
 def time_steps(trainers: dict, x: torch.Tensor, rounds: int) -> dict:
     """Median seconds of one training step and of the encoder alone, round-robin over trainers."""
-    from featureforge.roles import TrainState
+    from featureforge.training import apply_update, fresh_state
 
     setups = {}
     for name, trainer in trainers.items():
@@ -72,14 +72,12 @@ def time_steps(trainers: dict, x: torch.Tensor, rounds: int) -> dict:
     enc_t = {n: [] for n in trainers}
     for r in range(rounds + 1):
         for name, (trainer, d, opt) in setups.items():
-            state = TrainState(step=r, rows_seen=0, rows_since_fired=torch.zeros(d.d_dict, dtype=torch.long))
+            state = fresh_state(d.d_dict)
+            state.step = r
             t0 = time.perf_counter()
             out = trainer.loss(d, {"acts": x}, state)
             out.loss.backward()
-            trainer.before_step(d, state)
-            opt.step()
-            trainer.after_step(d, state)
-            opt.zero_grad(set_to_none=True)
+            apply_update(trainer, d, opt, state)
             t1 = time.perf_counter()
             with torch.no_grad():
                 d.sparse_encode(x)  # values + indices: no dense [n, d_dict] codes

@@ -103,7 +103,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    from featureforge.roles import TrainState
+    from featureforge.training import apply_update, fresh_state
     from featureforge_sae import TopKTrainer
     from featureforge_sae._kernels import _Pattern, compute_dtype, select_topk, sparse_decode
 
@@ -115,7 +115,7 @@ def main() -> None:
         torch.manual_seed(0)
         dictionary = trainer.build(d_in)
         trainer.initialize(dictionary, x[:4096])
-        state = TrainState(step=0, rows_seen=0, rows_since_fired=torch.zeros(d_dict, dtype=torch.long))
+        state = fresh_state(d_dict)
         if args.dead_fraction > 0:
             dead = torch.randperm(d_dict)[: int(args.dead_fraction * d_dict)]
             state.rows_since_fired[dead] = trainer._horizon(state)
@@ -143,10 +143,7 @@ def main() -> None:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
                 out = trainer.loss(dictionary, batch, state)
             out.loss.backward()
-            trainer.before_step(dictionary, state)
-            opt.step()
-            trainer.after_step(dictionary, state)
-            opt.zero_grad(set_to_none=True)
+            apply_update(trainer, dictionary, opt, state)
 
         return step
 

@@ -146,11 +146,12 @@ def finalize(store: ActivationStore) -> ActivationStore:
 
 
 def train(
-    trainer: str,
+    trainer: str | None = None,
     options: Mapping[str, Any] | Sequence[str] | None = None,
     *,
-    store: str | os.PathLike | ActivationStore,
-    out: str | os.PathLike,
+    store: str | os.PathLike | ActivationStore | None = None,
+    out: str | os.PathLike | None = None,
+    config: str | os.PathLike | None = None,
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
@@ -193,16 +194,46 @@ def train(
     dead-latent windows (in rows), the reader's shuffle buffer and data shards, and evaluation
     during training (every ``eval_every`` steps with ``eval_evaluators``, options as
     ``EVALUATOR.KEY=VALUE``).
+
+    ``config`` is a run file as for ``featureforge train --config run.toml``: its values fill in
+    the trainer, store, out, trainer options and every setting left at its default here.
     """
     from .training._loop import train as _train
 
     settings = {key: value for key, value in locals().items() if key not in _TRAIN_OWN}
+    if config is not None:
+        trainer, options, store, out, resume, overwrite = _apply_run_file(config, settings, trainer, options, store, out, resume, overwrite)
+    missing = [flag for flag, value in (("trainer", trainer), ("store", store), ("out", out)) if value is None]
+    if missing:
+        raise OptionError(f"train needs {' and '.join(missing)}; pass {', '.join(f'{m}=...' for m in missing)} or a run file with config=...")
     return _train(trainer, options, store=store, out=out, resume=resume, overwrite=overwrite, progress=progress,
                   storage_options=storage_options, **settings)
 
 
 # Arguments of ``train`` that are not loop settings (TrainConfig fields).
-_TRAIN_OWN = frozenset({"trainer", "options", "store", "out", "resume", "overwrite", "progress", "storage_options", "_train"})
+_TRAIN_OWN = frozenset({"trainer", "options", "store", "out", "config", "resume", "overwrite", "progress", "storage_options", "_train"})
+
+
+def _apply_run_file(config: str | os.PathLike, settings: dict[str, Any], trainer: Any, options: Any, store: Any, out: Any,
+                    resume: bool, overwrite: bool) -> tuple[Any, Any, Any, Any, bool, bool]:
+    """Fill in from a run file what the caller left unset (``settings`` in place); the caller's values win."""
+    import inspect
+
+    from .options import split_pairs
+    from .training._run_file import read_run_file
+
+    parsed = read_run_file(config, flag="config=")
+    defaults = {name: p.default for name, p in inspect.signature(train).parameters.items()}
+    for key, value in {**parsed.train_options, **parsed.top}.items():
+        if key in settings and settings[key] == defaults[key]:
+            settings[key] = value
+        elif key not in settings and key not in _TRAIN_OWN:
+            raise OptionError(f"config={config}: unknown loop setting {key!r}; see featureforge train --help")
+    given = dict(split_pairs(options, "k=32")) if isinstance(options, (list, tuple)) else dict(options or {})
+    top = parsed.top
+    return (trainer if trainer is not None else top.get("trainer"), {**parsed.options, **given},
+            store if store is not None else top.get("store"), out if out is not None else top.get("out"),
+            resume or bool(top.get("resume", False)), overwrite or bool(top.get("overwrite", False)))
 
 
 def steer(run: Any, **kwargs: Any) -> Any:

@@ -185,46 +185,17 @@ def _print_info(data: dict[str, Any]) -> None:
         click.echo(f"ground truth {', '.join(data['ground_truth'])}")
 
 
-#: ``train --config FILE``: a TOML top-level key -> the click parameter it sets (long flag, underscores).
-TRAIN_CONFIG_KEYS = {"trainer": "trainer_name", "store": "store", "out": "out", "rows": "rows", "epochs": "epochs",
-                     "batch_size": "batch_size", "lr": "lr", "dtype": "dtype", "threads": "threads", "seed": "seed",
-                     "resume": "resume", "overwrite": "overwrite"}
-
-
 def _load_train_config(ctx: click.Context, param: click.Parameter, path: str | None) -> str | None:
-    """Read ``--config run.toml`` before the other options, as their defaults (flags given still win).
-
-    Top-level keys are the long flags with underscores; ``[options]`` are ``-o`` and
-    ``[train_options]`` are ``-t`` (merged key by key, the command line winning).
-    """
+    """Read ``--config run.toml`` before the other options, as their defaults (flags given still win)."""
     if path is None:
         return None
-    import tomllib
+    from .training._run_file import read_run_file
 
-    from .errors import OptionError
-
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError:
-        raise OptionError(f"--config {path}: no such file; pass a TOML file with keys like trainer = \"topk\"") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise OptionError(f"--config {path} is not valid TOML ({exc}); fix the file") from None
-    tables = {"options": {}, "train_options": {}}
-    defaults: dict[str, Any] = {}
-    for key, value in data.items():
-        name = key.replace("-", "_")
-        if name in tables:
-            if not isinstance(value, dict):
-                raise OptionError(f"--config {path}: `{key}` must be a table ([{name}] with key = value lines)")
-            tables[name] = {k.replace("-", "_"): v for k, v in value.items()}
-        elif name in TRAIN_CONFIG_KEYS:
-            defaults[TRAIN_CONFIG_KEYS[name]] = value
-        else:
-            valid = ", ".join([*TRAIN_CONFIG_KEYS, "[options]", "[train_options]"])
-            raise OptionError(f"--config {path}: unknown key {key!r}; valid keys: {valid}")
+    parsed = read_run_file(path)
+    renamed = {"trainer": "trainer_name"}
+    defaults = {renamed.get(key, key): value for key, value in parsed.top.items()}
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
-    ctx.meta["train_config_tables"] = tables
+    ctx.meta["train_config_tables"] = {"options": parsed.options, "train_options": parsed.train_options}
     return path
 
 
@@ -283,18 +254,10 @@ def evaluate_command(run: str, store: str, evaluators: tuple[str, ...], rows: in
     RUN/sweep.json and RUN/sweep.png summarise them (L0 against FVU and the downstream score).
     """
     from .evaluation import _sweeps as sweep
-    from .errors import OptionError
     from .evaluation._evaluate import evaluate, report_path, summary_lines
+    from .options import evaluator_options
 
-    chosen: Any = list(evaluators) or None
-    if options:
-        per: dict[str, list[str]] = {name: [] for name in evaluators}
-        for pair in options:
-            name, dot, setting = pair.partition(".")
-            if not dot or "=" not in setting or "=" in name:
-                raise OptionError(f"-o {pair!r} is not EVALUATOR.KEY=VALUE; write e.g. -o downstream.max_sequences=64")
-            per.setdefault(name, []).append(setting)
-        chosen = per
+    chosen = evaluator_options(evaluators, options)
     is_sweep = sweep.is_sweep(run)
     report = evaluate(run, store=store, evaluators=chosen, rows=rows)
     if as_json:

@@ -17,7 +17,7 @@ import textwrap
 import types
 import typing
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping
+from typing import Any, Iterable, Literal, Mapping, Sequence
 
 from .errors import OptionError
 
@@ -231,3 +231,19 @@ def describe_options(cls: type) -> list[dict[str, Any]]:
             default = str(default)
         rows.append({"name": f.name, "type": _type_name(hints[f.name]), "default": default, "help": docs.get(f.name, "")})
     return rows
+
+
+def evaluator_options(names: Sequence[str] | None, pairs: Iterable[str] | None, *, flag: str = "-o") -> dict[str, list[str]] | None:
+    """``EVALUATOR.KEY=VALUE`` pairs grouped by evaluator: the one rule of ``featureforge evaluate -o``,
+    ``featureforge train -t eval_options=...`` and the API.
+
+    The result names every evaluator in ``names`` (in order) and every one an option names (an
+    option naming an evaluator adds it); ``None`` when neither is given (the caller's defaults).
+    """
+    chosen: dict[str, list[str]] = {str(name): [] for name in names or ()}
+    for pair in pairs or ():
+        name, dot, setting = str(pair).partition(".")
+        if not dot or "=" not in setting or "=" in name or not name:
+            raise OptionError(f"{flag} {pair!r} is not EVALUATOR.KEY=VALUE; write e.g. {flag} downstream.max_sequences=64")
+        chosen.setdefault(name, []).append(setting)
+    return chosen or None

@@ -17,8 +17,9 @@ Each suite runs the plugin through the public API exactly as a user would (real 
 disk under pytest's ``tmp_path``, real training, saving, loading and export). Options that need
 other fixtures (a model path, say) come from overriding the ``plugin_options`` fixture. The module
 is also a pytest plugin (entry point ``featureforge`` in group ``pytest11``): ``ff_synthetic_store``
-is available to every test suite where featureforge is installed. Nothing heavy is imported until
-a test runs.
+is available to every test suite where featureforge is installed, and ``synthetic_store``,
+``fresh_state`` and ``train_steps`` build a store or run a few steps of the loop's own step contract
+for a trainer's unit tests. Nothing heavy is imported until a test runs.
 """
 
 from __future__ import annotations
@@ -49,16 +50,48 @@ def _listed(kind: str, name: str, distribution: str | None) -> None:
     json.dumps(rows[0])
 
 
-def _make_store(path: Path, options: dict[str, Any], rows: int) -> Any:
+def synthetic_store(path: str | Path, rows: int = 16384, **options: Any) -> Any:
+    """A real synthetic store on disk (with ground truth) in eight or more chunks; options of ``synthetic``."""
     import featureforge
 
-    return featureforge.cache("synthetic", options, store=str(path), rows=rows, rows_per_chunk=max(rows // 8, 256), progress=False)
+    return featureforge.cache("synthetic", {**SYNTHETIC_OPTIONS, **options}, store=str(path), rows=rows,
+                              rows_per_chunk=max(rows // 8, 256), progress=False)
+
+
+def fresh_state(d_dict: int, rows_since_fired: int = 0, **fields: Any) -> Any:
+    """A ``TrainState`` at step 0 in which every latent last fired ``rows_since_fired`` rows ago."""
+    from featureforge.training import fresh_state as _fresh_state
+
+    return _fresh_state(d_dict, rows_since_fired, **fields)
+
+
+def train_steps(trainer: Any, dictionary: Any, batches: Any, lr: float | None = None, state: Any = None) -> tuple[Any, Any]:
+    """Train ``dictionary`` on ``batches`` (tensors of rows) with the loop's own step contract and Adam.
+
+    Returns the last ``StepOutput`` and the ``TrainState``: for trainer tests that need a few steps
+    without a store (the whole loop is ``featureforge.train``).
+    """
+    import torch
+
+    from featureforge.training import apply_update, mark_fired
+
+    optimizer = torch.optim.Adam(dictionary.parameters(), lr=lr or trainer.learning_rate(dictionary))
+    state = state or fresh_state(dictionary.d_dict)
+    out = None
+    for x in batches:
+        out = trainer.loss(dictionary, {"acts": x}, state)
+        out.loss.backward()
+        apply_update(trainer, dictionary, optimizer, state)
+        state.step += 1
+        state.rows_seen += len(x)
+        mark_fired(state, [out.active], len(x))
+    return out, state
 
 
 @pytest.fixture(scope="session")
 def ff_synthetic_store(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A 16k-row synthetic store (d_in 16) with ground truth, shared by a whole test session."""
-    return _make_store(tmp_path_factory.mktemp("ff-synthetic") / "store.zarr", SYNTHETIC_OPTIONS, 16384)
+    return synthetic_store(tmp_path_factory.mktemp("ff-synthetic") / "store.zarr")
 
 
 class _Suite:
@@ -153,7 +186,7 @@ class TrainerTests(_Suite):
 
         columns = _registry().get("trainer", cls.trainer).columns
         extra = {"downstream": True, "important_features": 8} if "grads" in columns else {}
-        return _make_store(tmp_path_factory.mktemp("ff-trainer") / "store.zarr", {**SYNTHETIC_OPTIONS, **extra, **cls.store_options}, 16384)
+        return synthetic_store(tmp_path_factory.mktemp("ff-trainer") / "store.zarr", **extra, **cls.store_options)
 
     @pytest.fixture(scope="class")
     @classmethod

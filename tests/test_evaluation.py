@@ -302,18 +302,6 @@ def test_trained_run_is_evaluated_on_its_held_out_chunks(plugin, store, tmp_path
     assert report["eval_rows"]["selection"] == "first_rows" and report["eval_rows"]["rows"] == 2048
 
 
-def test_a_real_topk_run_evaluates_when_featureforge_sae_is_installed(store, tmp_path):
-    if "topk" not in get_registry().names("trainer"):
-        pytest.skip("featureforge-sae is not installed")
-    [run] = ff.train("topk", {"d_dict": 32, "k": 3}, store=store.url, out=str(tmp_path / "topk"), batch_size=256, epochs=2,
-                     holdout_rows=1024, progress=False)
-    report = ff.evaluate(run, store=store.url)
-    assert report["eval_rows"]["selection"] == "holdout"
-    rec, gt = report["evaluators"]["reconstruction"]["metrics"], report["evaluators"]["ground-truth"]["metrics"]
-    assert 2.5 < rec["l0"] <= 3.0 and 0 < rec["fvu"] < 1  # TopK then ReLU: at most k active
-    assert 0.3 < gt["mmcs"] <= 1 and 0 <= gt["recovered"] <= 1 and 0 < gt["mcc"] <= 1
-
-
 def test_same_store_compares_url_then_source_and_layout(store):
     source = store.source
     assert evalrows.same_store({"store": {"url": store.url, "source": source}}, store)

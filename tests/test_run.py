@@ -57,29 +57,3 @@ def test_existing_folder_policy(tmp_path):
     assert not run.exists()
 
 
-def test_import_into_an_existing_run_needs_overwrite(tmp_path):
-    """`featureforge import SRC --out EXISTING_RUN` refuses (nothing changed) unless --overwrite, as train does."""
-    pytest.importorskip("featureforge_sae")
-    from click.testing import CliRunner
-
-    import featureforge as ff
-    from featureforge.cli import build_cli
-    from featureforge.plugins import get_registry
-
-    trainer = get_registry().get("trainer", "topk")({"d_dict": 32, "k": 4})
-    trainer.build(8).save(tmp_path / "a", {"trainer": "topk", "options": trainer.options_dict()})
-    ff.export(tmp_path / "a", "saelens", tmp_path / "exported")
-    existing = tmp_path / "existing"
-    other = get_registry().get("trainer", "topk")({"d_dict": 16, "k": 2})
-    other.build(8).save(existing, {"trainer": "topk", "options": other.options_dict()})
-    before = {p.name: p.read_bytes() for p in existing.iterdir()}
-
-    cli = build_cli()
-    refused = CliRunner().invoke(cli, ["import", str(tmp_path / "exported"), "--format", "saelens", "--out", str(existing)])
-    assert refused.exit_code == 1 and refused.output.strip().count("\n") == 0
-    assert "already exists; pass --overwrite to replace it" in refused.output
-    assert {p.name: p.read_bytes() for p in existing.iterdir()} == before, "the existing run is untouched"
-
-    done = CliRunner().invoke(cli, ["import", str(tmp_path / "exported"), "--format", "saelens", "--out", str(existing), "--overwrite"])
-    assert done.exit_code == 0, done.output
-    assert RunConfig.read(existing).d_dict == 32 and RunConfig.read(existing).imported_from["format"] == "saelens"

@@ -492,22 +492,23 @@ def test_train_reads_a_toml_config_and_flags_override_it(tiny_trainer, store, tm
     assert code == 1 and output.count("\n") == 0 and "unknown key 'batchsize'" in output
 
 
-def test_the_loops_dead_after_reaches_auxk_of_a_trainer_without_its_own(store, tmp_path):
-    pytest.importorskip("featureforge_sae")
-    kw = dict(batch_size=256, epochs=2, log_every=5, progress=False)
-    [default] = ff.train("topk", {"d_dict": 128, "k": 2}, store=store.url, out=str(tmp_path / "default"), **kw)
-    [short] = ff.train("topk", {"d_dict": 128, "k": 2}, store=store.url, out=str(tmp_path / "short"), dead_after=1024, **kw)
-    assert json.loads((short / "config.json").read_text())["training"]["dead_after"] == 1024
-    assert json.loads((short / "config.json").read_text())["dead_after_rows"] == 1024
-    # default: the trainer's horizon for this dictionary, 1,000 mean firing intervals (128 / 2 rows each)
-    assert json.loads((default / "config.json").read_text())["dead_after_rows"] == 64_000
-    auxk = {run.name: [line["auxk_loss"] for line in _lines(run)] for run in (default, short)}
-    assert not any(auxk["default"]), "a 64k-row horizon is never reached by a run of ~20k rows"
-    assert any(v > 0 for v in auxk["short"]), "-t dead_after=1024 turns AuxK on"
-    assert max(line["dead_fraction"] for line in _lines(short)) > 0, "the log counts dead latents by the same horizon"
-    [own] = ff.train("topk", {"d_dict": 128, "k": 2, "dead_after": 10_000_000}, store=store.url, out=str(tmp_path / "own"),
-                     dead_after=1024, **kw)
-    assert not any(line["auxk_loss"] for line in _lines(own)), "the trainer's own setting wins"
+def test_the_api_reads_the_same_run_file_and_its_arguments_override_it(tiny_trainer, store, tmp_path):
+    out = tmp_path / "run"
+    (tmp_path / "run.toml").write_text(
+        f'trainer = "{tiny_trainer}"\nstore = "{store.url}"\nout = "{out}"\nbatch_size = 256\nepochs = 1\nseed = 1\n'
+        '[options]\nk = 2\nd_dict = 32\n[train_options]\nlog_every = 5\ncheckpoint_every = 2048\n'
+    )
+    [run] = ff.train(config=tmp_path / "run.toml", options={"k": 4}, seed=3, log_every=7, progress=False)
+    assert run == out
+    config = json.loads((out / "config.json").read_text())
+    assert config["options"]["k"] == 4 and config["options"]["d_dict"] == 32
+    training = config["training"]
+    assert (training["batch_size"], training["seed"], training["log_every"], training["checkpoint_every"]) == (256, 3, 7, 2048)
+    (tmp_path / "bad.toml").write_text('trainer = "x"\nbatchsize = 3\n')
+    with pytest.raises(ff.OptionError, match="unknown key 'batchsize'"):
+        ff.train(config=tmp_path / "bad.toml", store=store, out=tmp_path / "bad")
+    with pytest.raises(ff.OptionError, match="train needs out"):
+        ff.train(tiny_trainer, store=store)
 
 
 def test_dead_after_precedence_trainer_option_then_loop_then_trainer_default_then_10M():

@@ -3,7 +3,7 @@ evaluation during training.
 
 Modules, one job each: ``_settings`` (``TrainConfig`` and its checks), ``_schedule`` (the
 learning rate per step and the dead-latent horizon), ``_sweep`` (one member config per swept
-value), ``_loop`` (``train``: one pass over the store feeding every member), ``_checkpoint``
+value), ``_step`` (the optimiser step's contract with a trainer), ``_loop`` (``train``: one pass over the store feeding every member), ``_checkpoint``
 (atomic checkpoints and resume), ``_lr_search`` (the optional learning-rate race) and
 ``_during`` (evaluators run every ``eval_every`` steps).
 """
@@ -17,17 +17,21 @@ from ._sweep import expand_sweep
 __all__ = [
     "DEFAULT_DEAD_AFTER",
     "TrainConfig",
+    "apply_update",
     "check_gradient_store",
     "check_trainer_class",
     "dead_after_for",
     "default_eval_evaluators",
     "expand_sweep",
+    "fresh_state",
     "lr_at",
+    "mark_fired",
     "resolve_config",
     "train",
 ]
 
-_NEEDS_TORCH = {"train": "._loop", "check_gradient_store": "._loop", "default_eval_evaluators": "._during"}
+_NEEDS_TORCH = {"train": "._loop", "check_gradient_store": "._loop", "default_eval_evaluators": "._during",
+                "apply_update": "._step", "fresh_state": "._step", "mark_fired": "._step"}
 
 
 def __getattr__(name: str) -> Any:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 
-from ..errors import OptionError
+from ..options import evaluator_options
 from ..plugins import get_registry
 from ..run import PLOTS_DIR, RunConfig
 from ..store._view import ActivationStore
@@ -39,17 +39,11 @@ def default_eval_evaluators(store: ActivationStore) -> list[str]:
 
 def eval_instances(cfg: TrainConfig, store: ActivationStore) -> list[Any]:
     """The evaluators to run during training, with their options (validated before training starts)."""
-    names = list(cfg.eval_evaluators) if cfg.eval_evaluators else default_eval_evaluators(store)
-    settings: dict[str, list[str]] = {name: [] for name in names}
-    for pair in cfg.eval_options or []:
-        name, dot, setting = str(pair).partition(".")
-        if not dot or "=" not in setting or "=" in name:
-            raise OptionError(f"eval_options entry {pair!r} is not EVALUATOR.KEY=VALUE; write e.g. downstream.max_sequences=64")
-        if name not in settings:
-            raise OptionError(f"eval_options names evaluator {name!r}, which is not among eval_evaluators ({', '.join(names)})")
-        settings[name].append(setting)
+    chosen = evaluator_options(cfg.eval_evaluators, cfg.eval_options, flag="-t eval_options=")
+    if chosen is None:
+        chosen = {name: [] for name in default_eval_evaluators(store)}
     registry = get_registry()
-    return [registry.get("evaluator", name)(settings[name]) for name in names]
+    return [registry.get("evaluator", name)(settings) for name, settings in chosen.items()]
 
 
 @contextlib.contextmanager

@@ -40,6 +40,7 @@ from ..run import CONFIG_FILE, METRICS_FILE, STATUS_COMPLETE, RunConfig, is_comp
 from ..store._view import ActivationStore, open_store
 from ._schedule import dead_after_for, lr_at
 from ._settings import TrainConfig, check_trainer_class, resolve_config
+from ._step import apply_update, mark_fired
 from ._sweep import expand_sweep
 from ._during import default_eval_evaluators, eval_instances, evaluate_members
 
@@ -512,19 +513,11 @@ class _Run:
         if self.cfg.grad_clip:
             norm = torch.nn.utils.clip_grad_norm_([p for p in m.dictionary.parameters() if p.grad is not None], self.cfg.grad_clip)
             _add(m.window, "grad_norm", norm.detach())  # before clipping, logged as a mean
-        m.trainer.before_step(m.dictionary, m.state)
-        m.optimizer.step()
-        m.trainer.after_step(m.dictionary, m.state)
-        m.optimizer.zero_grad(set_to_none=True)
+        apply_update(m.trainer, m.dictionary, m.optimizer, m.state)
+        mark_fired(m.state, [out.active for out in outs], self.cfg.batch_size)
         num_before, den_before = m.window.get("fvu_num", 0.0), m.window.get("fvu_den", 0.0)
         dens = dens if dens is not None else [None] * len(batches)
         with torch.no_grad():
-            m.state.rows_since_fired.add_(self.cfg.batch_size)
-            fired = [out.active for out in outs if out.active is not None]
-            if fired:
-                active = torch.stack([f.to(torch.int32) for f in fired]).amax(0)
-                m.state.all_reduce(active, "max")
-                m.state.rows_since_fired.masked_fill_(active.bool(), 0)
             for i, (batch, out) in enumerate(zip(batches, outs)):
                 x = batch["acts"]
                 x_hat = out.x_hat.detach().float()

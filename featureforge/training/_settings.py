@@ -65,7 +65,7 @@ class TrainConfig:
     eval_evaluators: list[str] | None = None
     """Evaluators run every eval_every steps; default: downstream when the store's source can splice a live model, else reconstruction."""
     eval_options: list[str] | None = None
-    """Options of those evaluators as EVALUATOR.KEY=VALUE (e.g. downstream.max_sequences=64)."""
+    """Options of those evaluators as EVALUATOR.KEY=VALUE (e.g. downstream.max_sequences=64); an option naming another evaluator adds it."""
 
 
 

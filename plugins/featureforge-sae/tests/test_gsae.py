@@ -14,7 +14,7 @@ from featureforge.builtin.synthetic import SyntheticSource
 from featureforge.errors import BadInputError
 from featureforge.training import check_gradient_store
 
-from ffsae_helpers import fresh_state
+from featureforge.testing import fresh_state
 
 DOWNSTREAM = {"d_in": 16, "n_features": 64, "mean_active": 4.0, "downstream": True, "important_features": 8, "seed": 3}
 

@@ -16,7 +16,7 @@ import featureforge
 from featureforge import BadInputError, OptionError
 from featureforge.dictionary import load as load_run
 from featureforge_sae import BatchTopKTrainer, JumpReLUTrainer, MatryoshkaTrainer, ReLUTrainer, TopKTrainer
-from ffsae_helpers import train_steps
+from featureforge.testing import train_steps
 
 REPO = Path(__file__).resolve().parents[3]
 

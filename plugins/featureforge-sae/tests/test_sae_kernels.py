@@ -184,12 +184,12 @@ def test_fused_reconstruction_loss_matches_dense_reference(with_bias):
 def test_encoding_under_inference_mode_does_not_break_later_training():
     """The reusable pre-activation buffer must not leak an inference tensor into training."""
     import featureforge as ff
-    from featureforge.roles import TrainState
+    from featureforge.testing import fresh_state
 
     trainer = ff.get_registry().get("trainer", "topk")({"d_dict": 64, "k": 4})
     dictionary = trainer.build(16)
     with torch.inference_mode():
         dictionary.encode(torch.randn(32, 16))
-    out = trainer.loss(dictionary, {"acts": torch.randn(32, 16)}, TrainState(0, 0, torch.zeros(64, dtype=torch.long)))
+    out = trainer.loss(dictionary, {"acts": torch.randn(32, 16)}, fresh_state(64))
     out.loss.backward()
     assert dictionary.W_dec.grad is not None

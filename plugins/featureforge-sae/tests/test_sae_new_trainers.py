@@ -9,7 +9,8 @@ import featureforge
 from featureforge.dictionary import load as load_run
 from featureforge_sae import JumpReLUTrainer, MatryoshkaTrainer
 from featureforge_sae._kernels import heaviside_step, jumprelu
-from ffsae_helpers import fresh_state, mmcs
+from featureforge.evaluation.metrics import mmcs
+from featureforge.testing import fresh_state
 
 
 def test_jumprelu_pseudo_derivatives_follow_eqs_11_and_12():
@@ -111,7 +112,7 @@ def test_jumprelu_recovers_synthetic_features_like_topk(synthetic_store, tmp_pat
     truth = synthetic_store.ground_truth()["features"]
     d, _, _, fvu, l0 = _quality(synthetic_store, tmp_path, "jumprelu", {"d_dict": 128}, 600_000)
     _, _, _, topk_fvu, topk_l0 = _quality(synthetic_store, tmp_path, "topk", {"d_dict": 128, "k": 4}, 600_000)
-    score = mmcs(d.decoder_directions, truth)
+    score = mmcs(truth, d.decoder_directions)
     print(f"jumprelu MMCS {score:.3f} FVU {fvu:.3f} L0 {l0:.2f}; topk FVU {topk_fvu:.3f} L0 {topk_l0:.2f}")
     assert score >= 0.95
     assert 2.0 <= l0 <= 5.0  # near the 3 true features per row
@@ -132,7 +133,7 @@ def test_matryoshka_prefix_is_a_working_dictionary(synthetic_store, tmp_path):
         b_half = b_codes.clone()
         b_half[:, 64:] = 0
         b_half_fvu = float((x - b.decode(b_half)).pow(2).sum() / total)
-    score = mmcs(d.decoder_directions, truth)
+    score = mmcs(truth, d.decoder_directions)
     print(f"matryoshka MMCS {score:.3f} FVU {fvu:.3f} (first 64: {half:.3f}) L0 {l0:.2f}; batchtopk FVU {b_fvu:.3f} (first 64: {b_half_fvu:.3f})")
     assert score >= 0.9
     assert 3.0 <= l0 <= 5.0

@@ -10,7 +10,8 @@ import torch
 import featureforge
 from featureforge.dictionary import load as load_run
 from featureforge_sae import BatchTopKTrainer, ReLUTrainer, TopKTrainer
-from ffsae_helpers import fresh_state, mmcs, train_steps
+from featureforge.evaluation.metrics import mmcs
+from featureforge.testing import fresh_state, train_steps
 
 
 def _rows(n=512, d=24, seed=0):
@@ -189,7 +190,7 @@ def test_topk_recovers_synthetic_features(synthetic_store, tmp_path):
     elapsed = time.perf_counter() - start
     torch.manual_seed(0)
     untrained = TopKTrainer(d_dict=128, k=4).build(32)
-    score, baseline = mmcs(trained.decoder_directions, truth), mmcs(untrained.decoder_directions, truth)
+    score, baseline = mmcs(truth, trained.decoder_directions), mmcs(truth, untrained.decoder_directions)
     print(f"MMCS trained {score:.3f} untrained {baseline:.3f} in {elapsed:.1f}s")
     assert baseline < 0.6
     assert score >= 0.9

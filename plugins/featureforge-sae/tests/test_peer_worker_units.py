@@ -13,7 +13,7 @@ import pytest
 
 import featureforge as ff
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_featureforge_worker_reports_the_fvu_that_featureforge_evaluate_reports(tmp_path):

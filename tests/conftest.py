@@ -1,0 +1,11 @@
+"""The core's tests run on the core alone: no entry-point plugin loads, whatever is installed.
+
+``FEATUREFORGE_PLUGINS=""`` limits the registry to the built-ins (featureforge/plugins.py), here and
+in every CLI the tests start. Tests of a plugin's behaviour live in that plugin's own tests/;
+the few core tests that are about discovery (tests/test_plugins.py, the guide plugin) set the
+variable themselves. So ``pip uninstall`` of every plugin leaves ``pytest tests/`` green.
+"""
+
+import os
+
+os.environ["FEATUREFORGE_PLUGINS"] = ""
