@@ -120,7 +120,7 @@ def source_state() -> dict:
 def ensure_store(path: Path, rows: int) -> tuple[object, float | None]:
     """The synthetic store at ``path`` (cached with two writer processes unless already complete)."""
     import featureforge
-    from featureforge.api import finalize
+    from featureforge.store import finalize
 
     if path.exists():
         try:

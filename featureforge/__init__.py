@@ -14,9 +14,10 @@ environment variable (``featureforge.runtime`` holds the CLI's opt-in process se
 from typing import Any
 
 from .api import cache, evaluate, export, import_run, load, make_source, open_store, steer, steered, train
-from .evaluation import EvaluationContext
+from .evaluation import EvaluationContext, rebuild_source
 from .errors import (
     BadInputError,
+    CorruptRunError,
     CorruptStoreError,
     FeatureforgeError,
     OptionError,
@@ -43,6 +44,7 @@ __all__ = [
     "ActivationSource",
     "ActivationStore",
     "BadInputError",
+    "CorruptRunError",
     "CorruptStoreError",
     "Dictionary",
     "DictionaryTrainer",
@@ -66,6 +68,7 @@ __all__ = [
     "make_source",
     "open_store",
     "progress_bar",
+    "rebuild_source",
     "steer",
     "steered",
     "train",

@@ -10,7 +10,7 @@ from .evaluation._evaluate import evaluate
 from .plugins import get_registry
 from .roles import ActivationSource
 from .store._location import Location
-from .store._creation import StoreSpec, prepare_store, writer_lock
+from .store._creation import StoreSpec, finalize, prepare_store, writer_lock
 from .store._view import ActivationStore, open_store
 from .store._format import STORAGE_DTYPES, default_rows_per_chunk, default_write_shuffle_rows
 from .store._writer import StoreWriter
@@ -132,17 +132,6 @@ def cache(
             writer.progress = bar.update
             writer.run()
     return finalize(opened)
-
-
-def finalize(store: ActivationStore) -> ActivationStore:
-    """Once every writer is done, record the row count and normalisation in the root attributes."""
-    store = store.refresh()
-    if store.complete and not (store.attrs.get("summary") or {}).get("complete"):
-        summary = {"complete": True, "rows": store.rows, "normalisation": store._compute_normalisation()}
-        store.group.attrs.update({"summary": summary})
-        store = store.refresh()
-    return store
-
 
 
 def train(

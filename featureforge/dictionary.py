@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from .errors import BadInputError, CorruptStoreError
+from .errors import BadInputError, CorruptRunError
 from .files import atomic_write, write_json
 from .run import CONFIG_FILE, RUN_FORMAT_VERSION, WEIGHTS_FILE, RunConfig, read_config
 
@@ -161,22 +161,22 @@ def load_weights(dictionary: Dictionary, path: str | os.PathLike) -> None:
 
     path = Path(path)
     if not path.exists():
-        raise CorruptStoreError(f"{path} is missing; the run has no trained weights yet (train it, or --resume)")
+        raise CorruptRunError(f"{path} is missing; the run has no trained weights yet (train it, or --resume)")
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CorruptStoreError(f"{path} is not a readable safetensors file ({exc}); it is corrupt or foreign") from None
+        raise CorruptRunError(f"{path} is not a readable safetensors file ({exc}); it is corrupt or foreign") from None
     expected = dictionary.state_dict()
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
     if missing or extra:
-        raise CorruptStoreError(
+        raise CorruptRunError(
             f"{path} does not match a {type(dictionary).__name__}: missing {missing or 'none'}, unexpected {extra or 'none'}; "
             "it belongs to another trainer or version"
         )
     for key, value in tensors.items():
         if value.shape != expected[key].shape:
-            raise CorruptStoreError(f"{path}: tensor {key} has shape {tuple(value.shape)}, expected {tuple(expected[key].shape)}; it belongs to another dictionary")
+            raise CorruptRunError(f"{path}: tensor {key} has shape {tuple(value.shape)}, expected {tuple(expected[key].shape)}; it belongs to another dictionary")
     dictionary.load_state_dict(tensors)
 
 

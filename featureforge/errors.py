@@ -33,3 +33,7 @@ class StoreMismatchError(StoreError):
 
 class CorruptStoreError(StoreError):
     """A store whose metadata or chunks are missing or damaged."""
+
+
+class CorruptRunError(FeatureforgeError, ValueError):
+    """A run folder whose config, weights or checkpoint are missing, damaged or not featureforge's."""

@@ -89,12 +89,12 @@ class ActivationSource(Plugin):
     def random_access(self) -> bool:
         return type(self).rows is not ActivationSource.rows
 
-    def stream(self, rank: int = 0, world_size: int = 1, skip_rows: int = 0) -> Iterator[Batch]:
+    def stream(self, rank: int = 0, world_size: int = 1, skip_rows: int = 0, max_rows: int | None = None) -> Iterator[Batch]:
         """Batches of writer ``rank``'s share of the data, after skipping ``skip_rows`` rows of it.
 
-        A source may also accept a keyword ``max_rows``: the writer then passes how many rows (after
-        ``skip_rows``) it will store, so an expensive source need not compute a last batch's unused
-        rows. Rows it does yield must be the same whatever ``max_rows`` is.
+        ``max_rows`` is how many rows (after ``skip_rows``) the writer will store, so an expensive
+        source need not compute a last batch's unused rows; a source may ignore it, but the rows it
+        does yield must be the same whatever ``max_rows`` is.
         """
         raise NotImplementedError(f"source {self.name!r} implements neither rows() nor stream()")
 
@@ -152,8 +152,8 @@ class TrainState:
     #: Int64 [d_dict]: rows since each latent last fired (identical on every rank).
     rows_since_fired: Any
     world_size: int = 1
-    #: Rows without firing after which a latent is dead in this run: the trainer's own
-    #: ``dead_after_rows()`` or else the loop's ``dead_after`` (``-t dead_after=N``).
+    #: Rows without firing after which a latent is dead in this run: what the trainer's
+    #: ``dead_after(dictionary, loop_setting)`` decided, else 10M rows.
     dead_after: int | None = None
 
     def all_reduce(self, tensor: Any, op: str = "sum") -> Any:
@@ -190,34 +190,27 @@ class DictionaryTrainer(Plugin):
     def initialize(self, dictionary: Any, sample: Any) -> None:
         """Data-dependent initialisation from a sample of training rows (e.g. ``b_dec``)."""
 
-    def learning_rate(self, dictionary: Any) -> float:
-        """Default Adam learning rate when the user gives none."""
-        return 2e-4
-
-    def learning_rate_for_run(self, dictionary: Any, steps: int) -> float:
-        """Default Adam learning rate for a run of ``steps`` optimiser steps (no ``--lr`` given).
+    def learning_rate(self, dictionary: Any, steps: int | None = None) -> float:
+        """Default Adam learning rate when the user gives none, for a run of ``steps`` optimiser steps.
 
         Short runs want larger rates than the long ones a fixed rule is tuned for; a trainer that
-        knows how its rate scales with the run's length says so here. Default: ``learning_rate``.
+        knows how its rate scales with the run's length uses ``steps`` (``None``: no run length known).
         """
-        return self.learning_rate(dictionary)
+        return 2e-4
 
     def loss(self, dictionary: Any, batch: Batch, state: TrainState) -> StepOutput:
         """Loss and reconstruction of one batch."""
         raise NotImplementedError(f"trainer {self.name!r} does not implement loss(self, dictionary, batch, state) returning a StepOutput")
 
-    def dead_after_rows(self) -> int | None:
-        """Rows without firing after which this trainer treats a latent as dead (e.g. for AuxK).
+    def dead_after(self, dictionary: Any, loop_setting: int | None) -> int | None:
+        """Rows without firing after which a latent of ``dictionary`` is dead in this run (AuxK, the log).
 
-        The loop's ``dead_fraction`` log uses it, so the log and the method agree; ``None`` (the
-        default) means the trainer has no such notion and the loop's ``dead_after`` applies.
+        ``loop_setting`` is the loop's ``-t dead_after`` (None when not given). A trainer with its own
+        option or a horizon for this dictionary decides here which wins; the default is the loop's
+        setting, and ``None`` means Gao et al.'s (2024) 10M rows. The loop's ``dead_fraction`` log
+        and ``TrainState.dead_after`` use the result, so the log and the method agree.
         """
-        return None
-
-    def default_dead_after(self, dictionary: Any) -> int | None:
-        """The horizon for ``dictionary`` when neither ``dead_after_rows()`` nor the loop's
-        ``-t dead_after`` sets one; ``None`` (the default): 10M rows (Gao et al. 2024)."""
-        return None
+        return loop_setting
 
     def before_step(self, dictionary: Any, state: TrainState) -> None:
         """After backward, before the optimiser step (e.g. remove gradient parallel to decoder rows)."""

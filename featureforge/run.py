@@ -25,7 +25,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from .errors import CorruptStoreError, FeatureforgeError
+from .errors import CorruptRunError, FeatureforgeError
 from .files import write_json
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -87,7 +87,7 @@ class RunConfig:
         """Check the format version and the keys that rebuild a dictionary; keep unknown keys in ``extra``."""
         version = data.get("format_version", RUN_FORMAT_VERSION)
         if not isinstance(version, int) or isinstance(version, bool):
-            raise CorruptStoreError(f"{where}: format_version {version!r} is not an integer; restore the file or retrain")
+            raise CorruptRunError(f"{where}: format_version {version!r} is not an integer; restore the file or retrain")
         if version > RUN_FORMAT_VERSION:
             raise RunFormatError(
                 f"{where} uses run format {version} but this featureforge reads up to {RUN_FORMAT_VERSION}; "
@@ -95,7 +95,7 @@ class RunConfig:
             )
         for key in ("trainer", "d_in", "d_dict"):
             if key not in data:
-                raise CorruptStoreError(f"{where} has no {key!r}; it was not written by featureforge train")
+                raise CorruptRunError(f"{where} has no {key!r}; it was not written by featureforge train")
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         known = {k: v for k, v in data.items() if k in names}
         known["format_version"] = version
@@ -126,9 +126,9 @@ class RunConfig:
         try:
             data = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CorruptStoreError(f"{path} is not valid JSON ({exc}); restore it or retrain") from None
+            raise CorruptRunError(f"{path} is not valid JSON ({exc}); restore it or retrain") from None
         if not isinstance(data, dict):
-            raise CorruptStoreError(f"{path} is not a JSON object; restore it or retrain")
+            raise CorruptRunError(f"{path} is not a JSON object; restore it or retrain")
         return cls.from_dict(data, path)
 
     def write(self, run_dir: str | os.PathLike) -> Path:

@@ -560,7 +560,7 @@ class _Sequence(ff.ActivationSource):
     def n_rows(self):
         return 2000
 
-    def stream(self, rank=0, world_size=1, skip_rows=0):
+    def stream(self, rank=0, world_size=1, skip_rows=0, max_rows=None):
         for start in range(skip_rows, 2000, 300):
             idx = np.arange(start, min(start + 300, 2000), dtype=np.float32)
             yield {"acts": np.repeat(idx[:, None], 4, axis=1)}

@@ -297,6 +297,8 @@ def test_trained_run_is_evaluated_on_its_held_out_chunks(plugin, store, tmp_path
     held = json.loads((run / "config.json").read_text())["holdout"]["chunks"]
     report = ff.evaluate(run, store=store.url, evaluators=["reconstruction"])
     assert report["eval_rows"]["selection"] == "holdout" and report["eval_rows"]["chunks"] == held
+    auto = ff.evaluate(run, store=store.url, evaluators=["reconstruction"], device="auto")  # the loop's default, one rule
+    assert auto["evaluators"]["reconstruction"]["metrics"]["fvu"] == report["evaluators"]["reconstruction"]["metrics"]["fvu"]
     other = ff.cache("synthetic", {**SYNTH, "seed": 4}, store=str(tmp_path / "other.zarr"), rows=2048, rows_per_chunk=RPC, progress=False)
     report = ff.evaluate(run, store=other.url, evaluators=["reconstruction"])
     assert report["eval_rows"]["selection"] == "first_rows" and report["eval_rows"]["rows"] == 2048

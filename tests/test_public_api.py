@@ -22,18 +22,20 @@ EXPECTED_EXPORTS = {
     "get_registry",
     # the verbs (the CLI's commands) and the store they open
     "cache", "train", "evaluate", "load", "export", "import_run", "open_store", "ActivationStore", "steer", "steered",
-    # building a registered source by name (what `--source NAME -o ...` does)
-    "make_source",
+    # building a registered source by name (what `--source NAME -o ...` does), or a store's own again
+    "make_source", "rebuild_source",
     # errors
     "FeatureforgeError", "BadInputError", "OptionError", "PluginError", "StoreError", "StoreMismatchError",
-    "CorruptStoreError",
+    "CorruptStoreError", "CorruptRunError",
 }
 
 #: Modules whose public names are part of the contract besides the top level (docs/plugins.md).
 PUBLIC_MODULES = {"featureforge", "featureforge.store", "featureforge.training", "featureforge.evaluation",
                   "featureforge.evaluation.metrics", "featureforge.plots", "featureforge.dictionary", "featureforge.testing",
                   # the one intervention model (add/clamp/ablate at a hook) that sources' splices and steering pages share
-                  "featureforge.interventions", "featureforge.steering"}
+                  "featureforge.interventions", "featureforge.steering",
+                  # process and device settings: the one device rule, the CLI's opt-in OpenMP spin
+                  "featureforge.runtime"}
 
 
 def test_default_exports():

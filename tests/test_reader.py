@@ -170,7 +170,7 @@ class _Stream(_Counting):
     name = "counting-stream"
     rows = ff.ActivationSource.rows  # no random access: the writer streams
 
-    def stream(self, rank=0, world_size=1, skip_rows=0):
+    def stream(self, rank=0, world_size=1, skip_rows=0, max_rows=None):
         assert world_size == 1
         for start in range(skip_rows, self._stream_rows, 300):
             yield self._make(start, min(start + 300, self._stream_rows))

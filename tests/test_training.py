@@ -66,7 +66,7 @@ class TinyTrainer(ff.DictionaryTrainer):
     def initialize(self, dictionary, sample):
         dictionary.b_dec.copy_(sample.mean(0))
 
-    def learning_rate(self, dictionary):
+    def learning_rate(self, dictionary, steps=None):
         return 1e-3
 
     def loss(self, dictionary, batch, state):
@@ -511,20 +511,22 @@ def test_the_api_reads_the_same_run_file_and_its_arguments_override_it(tiny_trai
         ff.train(tiny_trainer, store=store)
 
 
-def test_dead_after_precedence_trainer_option_then_loop_then_trainer_default_then_10M():
+def test_dead_after_the_trainer_decides_given_the_loops_setting_else_10M():
+    from featureforge import DictionaryTrainer
     from featureforge.training import DEFAULT_DEAD_AFTER, TrainConfig, dead_after_for
 
-    class Trainer:
+    class Trainer(DictionaryTrainer):
+        """Its own option wins over the loop's, which wins over its default for the dictionary."""
+
         def __init__(self, own, default):
             self.own, self.default = own, default
 
-        def dead_after_rows(self):
-            return self.own
-
-        def default_dead_after(self, dictionary):
-            return self.default
+        def dead_after(self, dictionary, loop_setting):
+            return self.own or loop_setting or self.default
 
     assert dead_after_for(Trainer(5, 7), None, TrainConfig(dead_after=6)) == 5
     assert dead_after_for(Trainer(None, 7), None, TrainConfig(dead_after=6)) == 6
     assert dead_after_for(Trainer(None, 7), None, TrainConfig()) == 7
     assert dead_after_for(Trainer(None, None), None, TrainConfig()) == DEFAULT_DEAD_AFTER == 10_000_000
+    base = DictionaryTrainer.__new__(DictionaryTrainer)
+    assert dead_after_for(base, None, TrainConfig(dead_after=6)) == 6 and dead_after_for(base, None, TrainConfig()) == 10_000_000

@@ -39,7 +39,7 @@ class Sequences(ff.ActivationSource):
     def columns(self) -> dict[str, str]:
         return {"seq_ids": "int64", "positions": "int32"}
 
-    def stream(self, rank: int = 0, world_size: int = 1, skip_rows: int = 0) -> Iterator[dict[str, Any]]:
+    def stream(self, rank: int = 0, world_size: int = 1, skip_rows: int = 0, max_rows: int | None = None) -> Iterator[dict[str, Any]]:
         o = self.options
         exit_after = int(os.environ.get("FF_TEST_EXIT_AFTER", "0"))
         mine = np.arange(rank, o.rows, world_size)  # this writer's shard: every world_size-th row

@@ -124,15 +124,14 @@ def evaluate(
         earlier report's evaluators that are not run again are kept when it scored the same
         weights on the same store and rows.
     """
-    import torch
-
+    from ..runtime import resolve_device
     from ._context import EvaluationContext
     from ..store._view import ActivationStore, open_store
     from ._sweeps import evaluate_sweep, is_sweep
 
     opened = store if isinstance(store, ActivationStore) else open_store(store, storage_options)
     instances = _instantiate(evaluators, opened)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = resolve_device(device)
     # One context for the whole call: a sweep's members share the store's rebuilt source.
     base = EvaluationContext(opened, Path(run), device=str(dev), progress=progress)
     if is_sweep(run):

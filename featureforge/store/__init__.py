@@ -9,7 +9,7 @@ read-only ``ActivationStore``), ``_reader`` (the chunk-shuffled, prefetching tra
 
 from typing import Any
 
-from ._creation import StoreSpec, prepare_store, writer_lock
+from ._creation import StoreSpec, finalize, prepare_store, writer_lock
 from ._format import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -40,6 +40,7 @@ __all__ = [
     "auto_batch_size",
     "default_rows_per_chunk",
     "default_write_shuffle_rows",
+    "finalize",
     "open_store",
     "prepare_store",
     "same_store",

@@ -178,6 +178,16 @@ def create_store(location: Location, spec: StoreSpec, ground_truth: dict[str, np
     return open_store(location)
 
 
+def finalize(store: ActivationStore) -> ActivationStore:
+    """Once every writer is done, record the row count and normalisation in the root attributes (once)."""
+    store = store.refresh()
+    if store.complete and not (store.attrs.get("summary") or {}).get("complete"):
+        summary = {"complete": True, "rows": store.rows, "normalisation": store._compute_normalisation()}
+        store.group.attrs.update({"summary": summary})
+        store = store.refresh()
+    return store
+
+
 def _remove_stale_staging(parent: str, name: str) -> None:
     """Staging folders of creations killed before their rename (their process is gone) hold no data."""
     prefix = f".{name}.creating-"

@@ -15,7 +15,6 @@ and recomputes that window's permutation, so the bytes are those of an uninterru
 
 from __future__ import annotations
 
-import inspect
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Iterator
@@ -225,15 +224,8 @@ class StoreWriter:
         return written
 
     def _open_stream(self, skip_rows: int) -> Iterator[Any]:
-        """The source's stream from row ``skip_rows``; told how many rows are still wanted when it accepts ``max_rows``."""
-        stream = self.source.stream
-        try:
-            takes_limit = "max_rows" in inspect.signature(stream).parameters
-        except (TypeError, ValueError):  # a callable without a signature: pass nothing extra
-            takes_limit = False
-        if takes_limit:
-            return stream(self.rank, self.world_size, skip_rows=skip_rows, max_rows=self.rows_to_write() - skip_rows)
-        return stream(self.rank, self.world_size, skip_rows=skip_rows)
+        """The source's stream from row ``skip_rows``, told how many rows are still wanted."""
+        return self.source.stream(self.rank, self.world_size, skip_rows=skip_rows, max_rows=self.rows_to_write() - skip_rows)
 
     # -- one chunk ----------------------------------------------------------------------------
     def _write_and_commit(self, chunk: int, batch: dict[str, Any], n_rows: int, chunks: int, last_chunk_rows: int | None, done: bool) -> int:

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import torch
 from safetensors.torch import save_file
 
-from ..errors import CorruptStoreError, FeatureforgeError
+from ..errors import CorruptRunError, FeatureforgeError
 from ..files import umask_mode
 from ..run import CHECKPOINT_DIR, METRICS_FILE
 
@@ -95,7 +95,7 @@ def load_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, A
             try:
                 return load_file(str(folder / "tensors.safetensors")), json.loads((folder / "state.json").read_text())
             except Exception as exc:
-                raise CorruptStoreError(f"checkpoint {folder} is damaged ({type(exc).__name__}: {exc}); delete it to restart the run with --overwrite") from None
+                raise CorruptRunError(f"checkpoint {folder} is damaged ({type(exc).__name__}: {exc}); delete it to restart the run with --overwrite") from None
     return None
 
 

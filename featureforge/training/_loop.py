@@ -36,6 +36,7 @@ from ..plots import plot_training
 from ..plugins import get_registry
 from ..store._reader import ShuffledReader
 from ..roles import DictionaryTrainer, StepOutput, TrainState
+from ..runtime import resolve_device
 from ..run import CONFIG_FILE, METRICS_FILE, STATUS_COMPLETE, RunConfig, is_complete, prepare_out_dir, store_identity
 from ..store._view import ActivationStore, open_store
 from ._schedule import dead_after_for, lr_at
@@ -71,12 +72,6 @@ class Member:
 
 
 # -- helpers ----------------------------------------------------------------------------------------
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def _distributed() -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
@@ -187,9 +182,9 @@ class _Run:
             raise OptionError(f"--data-shards {self.shards} must be a multiple of the world size {self.world}")
         if cfg.batch_size % self.shards:
             raise OptionError(f"--batch-size {cfg.batch_size} must be divisible by the number of data shards ({self.shards})")
-        self.device = _resolve_device(cfg.device)
+        self.device = resolve_device(cfg.device)
         # Columns every trainer asks for, acts first (trainers declare `columns`; see roles.DictionaryTrainer).
-        wanted = [c for _, t in trainers for c in getattr(t, "columns", ("acts",))]
+        wanted = [c for _, t in trainers for c in t.columns]
         self.columns = tuple(dict.fromkeys(["acts", *wanted]))
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -280,7 +275,7 @@ class _Run:
                 dictionary.input_scale.fill_(scale)
                 with torch.no_grad():
                     trainer.initialize(dictionary, sample)
-                base_lr = self.cfg.lr if self.cfg.lr is not None else float(trainer.learning_rate_for_run(dictionary, total_steps)) * (factor or 1.0)
+                base_lr = self.cfg.lr if self.cfg.lr is not None else float(trainer.learning_rate(dictionary, total_steps)) * (factor or 1.0)
                 params = [p for p in dictionary.parameters() if p.requires_grad]
                 # fused Adam: never slower than foreach here, up to 4x faster on busy cores (measured in featureforge-sae)
                 optimizer = torch.optim.Adam(params, lr=base_lr, betas=tuple(self.cfg.adam_betas)[:2], fused=True)

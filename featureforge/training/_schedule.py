@@ -14,9 +14,9 @@ DEFAULT_DEAD_AFTER = 10_000_000
 
 
 def dead_after_for(trainer: "DictionaryTrainer", dictionary: Any, cfg: "TrainConfig") -> int:
-    """The run's dead-latent horizon in rows: the trainer's own option, else the loop's ``-t
-    dead_after``, else the trainer's default for this dictionary, else ``DEFAULT_DEAD_AFTER``."""
-    return int(trainer.dead_after_rows() or cfg.dead_after or trainer.default_dead_after(dictionary) or DEFAULT_DEAD_AFTER)
+    """The run's dead-latent horizon in rows: the trainer's decision given the loop's ``-t
+    dead_after``, else ``DEFAULT_DEAD_AFTER``."""
+    return int(trainer.dead_after(dictionary, cfg.dead_after) or DEFAULT_DEAD_AFTER)
 
 
 # -- schedule ---------------------------------------------------------------------------------------

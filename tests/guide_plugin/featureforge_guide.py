@@ -109,7 +109,7 @@ class TiedTrainer(featureforge.DictionaryTrainer):
         rows = sample[:n] / sample[:n].norm(dim=1, keepdim=True).clamp_min(1e-6)
         dictionary.W.data[:n] = rows / dictionary.d_dict**0.5
 
-    def learning_rate(self, dictionary: Any) -> float:
+    def learning_rate(self, dictionary: Any, steps: int | None = None) -> float:
         return 3e-3
 
     def loss(self, dictionary: Any, batch: dict[str, Any], state: Any) -> featureforge.StepOutput:

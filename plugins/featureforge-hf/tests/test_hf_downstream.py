@@ -149,7 +149,7 @@ class LinearTrainer(ff.DictionaryTrainer):
     def build(self, d_in):
         return Linear(d_in, 64)
 
-    def learning_rate(self, dictionary):
+    def learning_rate(self, dictionary, steps=None):
         return 3e-3
 
     def loss(self, dictionary, batch, state):

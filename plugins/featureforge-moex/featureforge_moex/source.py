@@ -114,7 +114,7 @@ class ChessLMSource(ActivationSource):
             "config_sha256": hashlib.sha256((Path(o.model) / "config.json").read_bytes()).hexdigest(),
         }
 
-    def stream(self, rank: int = 0, world_size: int = 1, skip_rows: int = 0) -> Iterator[dict[str, Any]]:
+    def stream(self, rank: int = 0, world_size: int = 1, skip_rows: int = 0, max_rows: int | None = None) -> Iterator[dict[str, Any]]:
         import numpy as np
         import torch
 

@@ -34,7 +34,7 @@ class _RoutedTrainer(DictionaryTrainer):
             if hasattr(dictionary, "b_router"):
                 dictionary.b_router.copy_(dictionary.b_dec)
 
-    def learning_rate(self, dictionary: Any) -> float:
+    def learning_rate(self, dictionary: Any, steps: int | None = None) -> float:
         """The TopK trainer's rule (2e-4 at 2^14 latents, times (2^14 / d_dict)^0.5), so equal widths train alike."""
         return 2e-4 / (dictionary.d_dict / 2**14) ** 0.5
 

@@ -56,7 +56,7 @@ class JumpReLUTrainer(UnitDecoder, SAETrainer):
         with torch.no_grad():  # pi(x) = W_enc (x - b_dec) at the start
             dictionary.encoder.bias.copy_(-(dictionary.encoder.weight @ dictionary.b_dec))
 
-    def learning_rate(self, dictionary: Any) -> float:
+    def learning_rate(self, dictionary: Any, steps: int | None = None) -> float:
         """1e-3 at 2^14 latents, times (2^14 / d_dict)^0.5: topk's scaling rule at 5x its base,
         because thresholds move by Adam steps in log space (a threshold can change by a factor
         e only after ~1/lr steps) and the encoder learns only from latents above threshold.

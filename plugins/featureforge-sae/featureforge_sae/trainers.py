@@ -151,14 +151,11 @@ class TopKTrainer(UnitDecoder, SAETrainer):
     def initialize(self, dictionary: Any, sample: Any) -> None:
         init_b_dec(dictionary, sample, self.options.b_dec_init)
 
-    def learning_rate(self, dictionary: Any) -> float:
-        """Gao et al. / sparsify's scaling: 2e-4 at 2^14 latents, times (2^14 / d_dict)^0.5."""
-        return 2e-4 / math.sqrt(dictionary.d_dict / 2**14)
+    def learning_rate(self, dictionary: Any, steps: int | None = None) -> float:
+        """The width rule; for a run of ``steps``: 0.5 / (d_dict^(1/4) sqrt(steps)), never below the
+        width rule nor above 32x it.
 
-    def learning_rate_for_run(self, dictionary: Any, steps: int) -> float:
-        """0.5 / (d_dict^(1/4) sqrt(steps)), never below the width rule nor above 32x it.
-
-        The width rule (2e-4 at 2^14 latents, times (2^14 / d_dict)^0.5) is tuned for runs of many
+        The width rule (Gao et al. / sparsify's scaling) (2e-4 at 2^14 latents, times (2^14 / d_dict)^0.5) is tuned for runs of many
         thousands of steps; short runs want far more, and their best rate depends less on the
         width. Measured on synthetic stores at 73-292 steps (docs/benchmarks.md, "Default learning
         rate"): the best rates fall as 1/sqrt(steps) and as about d_dict^(-1/4) (1.3e-2 at 512
@@ -167,19 +164,18 @@ class TopKTrainer(UnitDecoder, SAETrainer):
         ~12k steps at 1,024 latents, ~24k at 4,096, ~49k at 2^14; the cap only binds on runs of a
         handful of steps.
         """
-        rule = self.learning_rate(dictionary)
+        rule = 2e-4 / math.sqrt(dictionary.d_dict / 2**14)
+        if steps is None:
+            return rule
         short = 0.5 / (dictionary.d_dict ** 0.25 * math.sqrt(max(1, steps)))
         return min(32.0 * rule, max(rule, short))
 
     def k_aux(self, d_in: int) -> int:
         return self.options.k_aux if self.options.k_aux is not None else max(1, d_in // 2)
 
-    def dead_after_rows(self) -> int | None:
-        """AuxK's horizon when set (the loop logs dead latents by the same rule); None: the loop's ``dead_after``."""
-        return self.options.dead_after
-
-    def default_dead_after(self, dictionary: Any) -> int:
-        """1,000 mean firing intervals (``d_dict / k`` rows each), at most Gao et al.'s 10M rows.
+    def dead_after(self, dictionary: Any, loop_setting: int | None) -> int:
+        """AuxK's horizon: ``-o dead_after`` when set, else the loop's ``-t dead_after``, else 1,000
+        mean firing intervals (``d_dict / k`` rows each), at most Gao et al.'s 10M rows.
 
         Gao et al.'s 10M rows (AuxK, arXiv 2406.04093, section A.2) is never reached on a CPU-sized
         run. On short runs a horizon of a few dozen to a few hundred intervals harms: it flags
@@ -190,10 +186,11 @@ class TopKTrainer(UnitDecoder, SAETrainer):
         320 steps: FVU 0.077 -> 0.063, MMCS 0.92 -> 0.97; the causal demo's 50k horizon cut
         held-out dead latents from 755 to 99). docs/benchmarks.md, "AuxK horizon".
         """
-        return min(DEFAULT_DEAD_AFTER, 1000 * math.ceil(dictionary.d_dict / max(1, dictionary.k)))
+        own = self.options.dead_after or loop_setting
+        return own or min(DEFAULT_DEAD_AFTER, 1000 * math.ceil(dictionary.d_dict / max(1, dictionary.k)))
 
     def _horizon(self, state: TrainState) -> int:
-        return self.options.dead_after or getattr(state, "dead_after", None) or DEFAULT_DEAD_AFTER
+        return self.options.dead_after or state.dead_after or DEFAULT_DEAD_AFTER
 
     # -- the step -----------------------------------------------------------------------------
     def _dead_latents(self, dictionary: Any, state: TrainState | None) -> "torch.Tensor | None":
@@ -338,7 +335,7 @@ class ReLUTrainer(SAETrainer):
     def build(self, d_in: int) -> "ReLUSAE":
         return self.dictionary_class()(d_in, self.options.check_for(d_in), self.options.init_decoder_norm)
 
-    def learning_rate(self, dictionary: Any) -> float:
+    def learning_rate(self, dictionary: Any, steps: int | None = None) -> float:
         """Anthropic's April 2024 update: 5e-5 with Adam."""
         return 5e-5
 

@@ -28,7 +28,7 @@ def test_topk_default_rate_grows_for_short_runs_and_is_the_width_rule_for_long_o
     def rates(d_dict, steps):
         trainer = TopKTrainer(TopKOptions(d_dict=d_dict, k=8))
         d = trainer.build(64)
-        return trainer.learning_rate(d), trainer.learning_rate_for_run(d, steps)
+        return trainer.learning_rate(d), trainer.learning_rate(d, steps)
 
     rule, short = rates(1024, 100)
     assert short == pytest.approx(0.5 / (1024 ** 0.25 * 10))  # 8.8e-3, 11x the width rule

@@ -82,10 +82,10 @@ def test_auxk_engages_only_with_dead_latents():
 
 def test_default_dead_after_is_1000_mean_firing_intervals_capped_at_10M():
     # d_dict / k rows between firings of an average latent; flagged after 1,000 of them
-    assert TopKTrainer(d_dict=4096, k=32).default_dead_after(TopKTrainer(d_dict=4096, k=32).build(24)) == 128_000
-    assert TopKTrainer(d_dict=96, k=5).default_dead_after(TopKTrainer(d_dict=96, k=5).build(24)) == 20_000  # ceil(96 / 5) = 20
+    assert TopKTrainer(d_dict=4096, k=32).dead_after(TopKTrainer(d_dict=4096, k=32).build(24), None) == 128_000
+    assert TopKTrainer(d_dict=96, k=5).dead_after(TopKTrainer(d_dict=96, k=5).build(24), None) == 20_000  # ceil(96 / 5) = 20
     wide = TopKTrainer(d_dict=2**17, k=8)
-    assert wide.default_dead_after(wide.build(24)) == 10_000_000  # Gao et al.'s horizon is the ceiling
+    assert wide.dead_after(wide.build(24), None) == 10_000_000  # Gao et al.'s horizon is the ceiling
 
 
 def test_dense_reference_path_gives_the_same_step():
