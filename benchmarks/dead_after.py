@@ -49,7 +49,8 @@ def main() -> None:
         [run] = ff.train("topk", {"d_dict": args.d_dict, "k": args.k, **options}, store=store, out=str(run_dir), batch_size=1024,
                          epochs=1, log_every=20, warmup_steps=20, progress=False, threads=1)
         config = json.loads((run / "config.json").read_text())
-        lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        from featureforge.run import read_metrics
+        lines = read_metrics(run)
         report = ff.evaluate(run, store, ["reconstruction", "ground-truth"])
         # One yardstick for every run: latents silent for a twentieth of the run at its end (from the checkpoint).
         if horizon is None:  # the first run tells the run's length; the scaled horizons follow from it

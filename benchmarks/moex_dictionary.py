@@ -116,7 +116,8 @@ def main(argv=None) -> dict:
         [run] = featureforge.train(name, trainer_options(name, s), store=store, out=work / name, progress=False, overwrite=True,
                                    batch_size=s["batch"], lr=None, warmup_steps=10)
         seconds = time.perf_counter() - t0
-        last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+        from featureforge.run import read_metrics
+        last = read_metrics(run)[-1]
         report = featureforge.evaluate(run, store=store, evaluators=["reconstruction"])
         metrics = report["evaluators"]["reconstruction"]["metrics"]
         f = flops(name, s, s["batch"])

@@ -68,7 +68,8 @@ def evaluate(run: Path, eval_store: ff.ActivationStore) -> dict[str, Any]:
         hit = (dictionary.encode(x[s : s + 4096]) > 0).any(0)
         fired = hit if fired is None else fired | hit
     var = float(((x - x.mean(0)) ** 2).sum())
-    last = [json.loads(line) for line in open(run / "metrics.jsonl") if line.strip()][-1]
+    from featureforge.run import read_metrics
+    last = read_metrics(run)[-1]
     return {"eval_fvu": round(sse / var, 4), "never_fire_on_eval": int((~fired).sum()), "d_dict": int(fired.numel()),
             "train_dead_fraction_last_log": last.get("dead_fraction"), "steps": last.get("step")}
 

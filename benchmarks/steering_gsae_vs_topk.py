@@ -80,7 +80,8 @@ def main() -> None:
                    "l0": rec["l0"], "fvu": rec["fvu"], "dead_fraction": rec.get("dead_fraction"),
                    **{k: v for k, v in steer.items() if k.split("_a")[0].removeprefix("control_") in KEYS}}
             # Per latent: does the latent beat its own random direction of equal norm?
-            table = json.loads((run_dir / "plots" / "steering.json").read_text())["latents"]
+            from featureforge.run import plots_dir
+            table = json.loads((plots_dir(run_dir) / "steering.json").read_text())["latents"]
             for alpha in a.alphas.split(","):
                 tag = f"_a{float(alpha):g}"
                 for name, key in (("beats_control", "output_score_gain"), ("stab_beats_control", "stability")):

@@ -118,7 +118,8 @@ def main() -> None:
     rec = rep["evaluators"]["reconstruction"]["metrics"]
     gt = rep["evaluators"]["ground-truth"]["metrics"]
     cfg = json.loads((run / "config.json").read_text())
-    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    from featureforge.run import read_metrics
+    lines = read_metrics(run)
     silent = load_file(str(run / "checkpoint" / "tensors.safetensors"))["m0.rows_since_fired"].float()
     run_rows = cfg["training_result"]["rows"]
     res = {"tag": a.tag, "store": os.path.basename(a.store.rstrip("/")), "rows": a.rows, "bs": a.bs, "steps": cfg["training_result"]["steps"],

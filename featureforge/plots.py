@@ -7,11 +7,10 @@ draws a run's ``plots/training.png`` from its ``metrics.jsonl``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from .run import METRICS_FILE, PLOTS_DIR, TRAINING_PLOT
+from .run import TRAINING_PLOT, plots_dir, read_metrics
 
 __all__ = ["new_figure", "save_figure"]
 
@@ -38,10 +37,7 @@ def save_figure(fig: Any, path: Path) -> Path:
 
 def plot_training(run_dir: Path) -> Path | None:
     """plots/training.png: loss, FVU, L0 and dead fraction against rows seen."""
-    path = run_dir / METRICS_FILE
-    if not path.exists():
-        return None
-    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = read_metrics(run_dir)
     if not lines:
         return None
     from matplotlib.ticker import EngFormatter, MaxNLocator
@@ -62,4 +58,4 @@ def plot_training(run_dir: Path) -> Path | None:
         ax.xaxis.set_major_locator(MaxNLocator(4))
         if key in ("loss", "fvu") and points and all(p[1] > 0 for p in points):
             ax.set_yscale("log")
-    return save_figure(fig, run_dir / PLOTS_DIR / TRAINING_PLOT)
+    return save_figure(fig, plots_dir(run_dir) / TRAINING_PLOT)

@@ -8,6 +8,7 @@ is the run's own lives here too. A run folder holds::
     config.json            RunConfig: what rebuilds the dictionary and how it was trained
     weights.safetensors    the dictionary's tensors
     metrics.jsonl          one JSON line per logging step (and per evaluation during training)
+    report.json            what ``featureforge evaluate`` measured (``read_report``)
     plots/                 training.png, evaluators' plots
     checkpoint/            model + optimiser state and data cursors for --resume
 
@@ -36,9 +37,15 @@ RUN_FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
 METRICS_FILE = "metrics.jsonl"
+REPORT_FILE = "report.json"
 PLOTS_DIR = "plots"
 TRAINING_PLOT = "training.png"
 CHECKPOINT_DIR = "checkpoint"
+
+__all__ = [
+    "CHECKPOINT_DIR", "CONFIG_FILE", "METRICS_FILE", "PLOTS_DIR", "REPORT_FILE", "RUN_FORMAT_VERSION", "TRAINING_PLOT",
+    "WEIGHTS_FILE", "RunConfig", "RunFormatError", "is_complete", "plots_dir", "read_metrics", "read_report",
+]
 
 STATUS_TRAINING = "training"
 STATUS_COMPLETE = "complete"
@@ -258,3 +265,39 @@ def prepare_out_dir(out: str | os.PathLike, *, resume: bool = False, overwrite: 
         raise FeatureforgeError(f"{out} exists and is not a featureforge run; choose another --out (nothing was deleted)")
     if delete:
         shutil.rmtree(out)
+
+
+# -- what a run's other files hold --------------------------------------------------------------
+def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every line of ``metrics.jsonl`` (training log, then evaluations during training); [] if none yet.
+
+    A line cut short by a kill (the last one) is skipped: ``--resume`` rewrites it.
+    """
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    lines = []
+    for text in path.read_text().splitlines():
+        if text.strip():
+            try:
+                lines.append(json.loads(text))
+            except json.JSONDecodeError:
+                continue
+    return lines
+
+
+def read_report(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The run's ``report.json`` (``featureforge evaluate``), or None before it is evaluated."""
+    path = Path(run_dir) / REPORT_FILE
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CorruptRunError(f"{path} is not valid JSON ({exc}); evaluate the run again to rewrite it") from None
+    return data
+
+
+def plots_dir(run_dir: str | os.PathLike) -> Path:
+    """Where a run's plots go (``RUN/plots``): training.png and each evaluator's figures."""
+    return Path(run_dir) / PLOTS_DIR

@@ -35,7 +35,9 @@ PUBLIC_MODULES = {"featureforge", "featureforge.store", "featureforge.training",
                   # the one intervention model (add/clamp/ablate at a hook) that sources' splices and steering pages share
                   "featureforge.interventions", "featureforge.steering",
                   # process and device settings: the one device rule, the CLI's opt-in OpenMP spin
-                  "featureforge.runtime"}
+                  "featureforge.runtime",
+                  # the run folder: its file names, RunConfig and the readers of metrics.jsonl and report.json
+                  "featureforge.run"}
 
 
 def test_default_exports():

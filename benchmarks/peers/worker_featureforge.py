@@ -61,7 +61,8 @@ def main() -> None:
     featureforge.train("topk", options, store=args.store, out=run_dir, overwrite=True, progress=False,
                        rows=steps * args.batch_size, **config)
     wall = time.perf_counter() - t0
-    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    from featureforge.run import read_metrics
+    lines = read_metrics(run_dir)
     windows, prev = [], 0
     for line in lines:  # (rows, seconds) per logging window
         n = line["rows"] - prev

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from ..errors import BadInputError, OptionError
+from ..run import REPORT_FILE, plots_dir
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._context import EvaluationContext
@@ -25,8 +26,6 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["REPORT_FILE", "default_evaluators", "evaluate", "report_path", "summary_lines"]
 
 REPORT_FORMAT_VERSION = 1
-REPORT_FILE = "report.json"
-PLOTS_DIR = "plots"
 
 def _jsonable(value: Any) -> Any:
     """Plain JSON types; NaN and ±inf become null (strict JSON has no such numbers)."""
@@ -161,7 +160,7 @@ def _evaluate_run(run_dir: Path, instances: list[Evaluator], base: EvaluationCon
     dictionary.to(base.device)
     out = Path(out_dir) if out_dir is not None else run_dir
     out.mkdir(parents=True, exist_ok=True)
-    context = base.derive(out_dir=out / PLOTS_DIR, run_dir=run_dir, run_config=config, eval_rows=chosen)
+    context = base.derive(out_dir=plots_dir(out), run_dir=run_dir, run_config=config, eval_rows=chosen)
     results: dict[str, Any] = {}
     for evaluator in instances:
         result = evaluator.evaluate(dictionary, context)

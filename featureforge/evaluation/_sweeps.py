@@ -16,6 +16,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from ..run import REPORT_FILE
+
 __all__ = ["SWEEP_FILE", "SWEEP_PLOT", "evaluate_sweep", "is_sweep", "pareto_front", "summary_lines", "sweep_members"]
 
 SWEEP_FORMAT_VERSION = 1
@@ -68,7 +70,7 @@ def _member_row(member: Path, report: Mapping[str, Any]) -> dict[str, Any]:
         "dead_fraction": rec.get("dead_fraction"),
         "score": down.get("score"),
         "mmcs": truth.get("mmcs"),
-        "report": str(Path(member.name) / "report.json"),
+        "report": str(Path(member.name) / REPORT_FILE),
     }
 
 

@@ -17,7 +17,7 @@ import torch
 
 from ..options import evaluator_options
 from ..plugins import get_registry
-from ..run import PLOTS_DIR, RunConfig
+from ..run import RunConfig, plots_dir
 from ..store._view import ActivationStore
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -81,7 +81,7 @@ def evaluate_members(members: Sequence[Any], configs: Sequence[RunConfig], evalu
             copy = m.trainer.build(base.store.d_in)
             copy.load_state_dict(m.dictionary.state_dict())
             copy.to(base.device).eval()
-            context = base.derive(out_dir=Path(m.run_dir) / PLOTS_DIR / "during_training", run_dir=Path(m.run_dir), run_config=config)
+            context = base.derive(out_dir=plots_dir(m.run_dir) / "during_training", run_dir=Path(m.run_dir), run_config=config)
             line: dict[str, Any] = {"step": step, "rows": rows_seen}
             for evaluator in evaluators:
                 if announce is not None:

@@ -40,6 +40,7 @@ import click
 import featureforge as ff
 from featureforge import FeatureforgeError
 from featureforge.dictionary import atomic_write, write_json
+from featureforge.run import REPORT_FILE, TRAINING_PLOT, plots_dir
 
 #: Registered names the demo needs, and the distribution that provides each.
 NEEDED = {("source", "hf"): "featureforge-hf", ("evaluator", "downstream"): "featureforge-hf", ("trainer", "topk"): "featureforge-sae"}
@@ -253,8 +254,8 @@ def run_demo(out: str | os.PathLike = "stores/demo", *, quick: bool = False, cau
         echo(f"      steering sections of {len(sections)} features in {times['steering']:.1f}s")
 
     t = stage("report", f"report.json, plots and index.html -> {out_dir}")
-    plots = out_dir / "plots"
-    training_png = Path(run) / "plots" / "training.png"
+    plots = plots_dir(out_dir)
+    training_png = plots_dir(run) / TRAINING_PLOT
     if training_png.exists():
         plots.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(training_png, plots / "training.png")
@@ -278,7 +279,7 @@ def run_demo(out: str | os.PathLike = "stores/demo", *, quick: bool = False, cau
     done("report", t)
     times["total"] = time.perf_counter() - started
     cpu["total"] = sum(cpu.values())
-    write_json(out_dir / "report.json", report)
+    write_json(out_dir / REPORT_FILE, report)
     echo("      stage times (wall / process CPU): " + ", ".join(f"{k} {v:.1f}s/{cpu.get(k, 0):.1f}s" for k, v in times.items()))
     echo(f"Wrote the demo report to {index} (report.json and plots/ beside it; store {store_path}, run {run})")
     return report
@@ -551,7 +552,7 @@ def write_html(out_dir: Path, report: dict[str, Any]) -> Path:
                  "1 means the reconstruction preserves the embedding, 0 means it is as bad as zeroing the layer. "
                  "CE-loss score is the same with next-token cross-entropy for causal LMs.</p>")
     # Plots
-    plots = out_dir / "plots"
+    plots = plots_dir(out_dir)
     captions = {"training.png": "Training curves (downstream score evaluated during training on held-out text)",
                 "latent_density.png": "Latent firing frequencies on held-out rows",
                 "downstream.png": "Downstream: the dictionary against mean and zero ablation"}
