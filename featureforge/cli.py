@@ -38,6 +38,13 @@ class FeatureforgeGroup(click.Group):
             click.echo(f"Error: {message}", err=True)
             ctx.exit(1)
 
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+        """An unknown command may be a plugin's that is not installed: say where commands come from."""
+        if args and not args[0].startswith("-") and self.get_command(ctx, args[0]) is None:
+            raise click.UsageError(f"no command {args[0]!r}; plugins add commands once their distribution is installed "
+                                   "(`featureforge plugins` lists what is, `featureforge --help` every command)")
+        return super().resolve_command(ctx, args)
+
 
 def _debug(ctx: click.Context) -> bool:
     root = ctx.find_root()
@@ -331,21 +338,10 @@ def steer_command(run: str, store: str, latents: tuple[int, ...], alpha: str, mo
         click.echo(line)
 
 
-@click.command(name="demo", context_settings={"ignore_unknown_options": True, "allow_extra_args": True}, add_help_option=False)
-def _demo_missing() -> None:
-    """Run the demo (provided by the featureforge-hf plugin, which is not installed)."""
-    raise FeatureforgeError(
-        "the demo needs the featureforge-hf plugin (it provides `featureforge demo`) and featureforge-sae, not installed; "
-        "run `make demo`, or pip install -e plugins/featureforge-hf -e plugins/featureforge-sae"
-    )
-
-
 def build_cli() -> click.Group:
     from .plugins import get_registry
 
     get_registry().add_commands(cli)
-    if "demo" not in cli.commands:  # `make demo` names the command even where its plugin is missing
-        cli.add_command(_demo_missing)
     return cli
 
 

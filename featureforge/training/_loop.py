@@ -143,8 +143,8 @@ def train(
     return run.execute()
 
 
-GRADS_HOW = ("cache them with a source that writes gradients, e.g. `featureforge cache --source hf -o grads=true ...` "
-             "or `featureforge cache --source synthetic -o downstream=true ...`")
+GRADS_HOW = ("cache them with a source that writes a grads column (`featureforge plugins` lists each source's options; "
+             "the built-in one: `featureforge cache --source synthetic -o downstream=true ...`)")
 
 
 def check_gradient_store(store: ActivationStore, trainer: str = "this trainer") -> None:
