@@ -94,12 +94,13 @@ def source_state() -> dict[str, Any]:
     """The checkout being measured: HEAD, its subject, and whether tracked files differ from it."""
     def git(*argv: str) -> str:
         try:
-            return subprocess.run(["git", "-C", str(ROOT), *argv], capture_output=True, text=True, timeout=30).stdout.strip()
+            return subprocess.run(["git", "-C", str(ROOT), *argv], capture_output=True, text=True, timeout=30).stdout
         except (OSError, subprocess.SubprocessError):
             return ""
 
-    changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()]
-    return {"commit": git("rev-parse", "HEAD") or None, "subject": git("log", "-1", "--format=%s"),
+    # porcelain lines are "XY PATH": keep the leading status column (no strip before slicing)
+    changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines() if line.strip()]
+    return {"commit": git("rev-parse", "HEAD").strip() or None, "subject": git("log", "-1", "--format=%s").strip(),
             "dirty": bool(changed), "dirty_paths": changed[:50]}
 
 
