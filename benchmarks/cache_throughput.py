@@ -1,6 +1,6 @@
 """Throughput of `featureforge cache --source hf` against a bare forward pass to the same layer.
 
-Prints one JSON object:
+Prints one JSON object (also written to ``--out``, with the run's provenance):
 
 - ``bare_to_hook``: tokens/s of the model truncated after the hook's block (embeddings + blocks
   0..k), on full [batch, context] batches of the same text: the best a cache can hope for.
@@ -29,9 +29,7 @@ import argparse
 import copy
 import functools
 import itertools
-import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -47,6 +45,8 @@ import torch  # noqa: E402
 
 import featureforge as ff  # noqa: E402
 from featureforge_hf import HFSource  # noqa: E402
+
+import provenance  # noqa: E402
 
 
 def truncated_after(model: torch.nn.Module, blocks_name: str, index: int) -> torch.nn.Module:
@@ -114,6 +114,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--no-cli", action="store_true", help="skip the end-to-end command-line run")
+    provenance.add_out_argument(parser, "cache_throughput")
     args = parser.parse_args()
 
     options = {"model": args.model, "hook": args.hook, "context_size": args.context_size, "batch_size": args.batch_size, "device": "cpu"}
@@ -176,7 +177,7 @@ def main() -> None:
         ratios = [a / b for a, b in zip(results[num], results[den])]
         return {"median": round(statistics.median(ratios), 3), "min": round(min(ratios), 3), "max": round(max(ratios), 3), "runs": [round(r, 3) for r in ratios]}
 
-    print(json.dumps({
+    provenance.emit({
         "model": source.provenance()["model"],
         "hook": source.hook_name,
         "context_size": args.context_size,
@@ -201,8 +202,7 @@ def main() -> None:
         "ratio_cache_vs_bare_cpu_paired": paired("cache_cpu", "bare_cpu"),
         "ratio_bare_vs_full": round(best["bare"] / best["full"], 3),
         "ratio_bare_vs_full_cpu": round(best["bare_cpu"] / best["full_cpu"], 3),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg_1m": round(os.getloadavg()[0], 2)},
-    }, indent=2))
+    }, provenance.out_path(args.out, "cache_throughput"))
 
 
 if __name__ == "__main__":

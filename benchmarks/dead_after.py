@@ -23,6 +23,8 @@ from pathlib import Path
 import featureforge as ff
 from safetensors.torch import load_file
 
+import provenance
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -31,10 +33,10 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--n-features", type=int, default=1024)
     parser.add_argument("--fractions", type=float, nargs="*", default=[1 / 20, 1 / 8, 1 / 4], help="Horizons as fractions of the run's rows.")
-    parser.add_argument("--out", default="stores/bench-dead-after")
-    parser.add_argument("--save", default="benchmarks/results_dead_after.json")
+    parser.add_argument("--workdir", default="stores/bench-dead-after", help="the store and the runs")
+    provenance.add_out_argument(parser, "dead_after")
     args = parser.parse_args()
-    out = Path(args.out)
+    out = Path(args.workdir)
     store = ff.cache("synthetic", {"d_in": 64, "n_features": args.n_features, "mean_active": 5, "seed": 3}, store=str(out / f"store-{args.n_features}.zarr"),
                      rows=args.rows, rows_per_chunk=8192, progress=False)
 
@@ -71,9 +73,7 @@ def main() -> None:
             "eval_fvu": rec["fvu"],
             "mmcs": gt.get("mmcs"),
         }
-    text = json.dumps(results, indent=2)
-    print(text)
-    Path(args.save).write_text(text + "\n")
+    provenance.emit(results, provenance.out_path(args.out, "dead_after"))
 
 
 if __name__ == "__main__":

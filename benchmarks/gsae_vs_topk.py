@@ -2,7 +2,8 @@
 
 Caches ``synthetic -o downstream=true`` (important features are quiet: coefficients x quiet_scale,
 but weigh important_weight in the readout loss), trains ``topk`` and ``gsae`` (one or more betas /
-gradient normalisations) with the same seed, data and k, and prints one JSON object:
+gradient normalisations) with the same seed, data and k, and prints one JSON object (also written
+to ``--out``, with the run's provenance):
 
 * mmcs_important / mmcs_other: mean over true features (that subset) of the best cosine with a decoder row,
 * recovered_important / recovered_other: fraction of that subset with best cosine > 0.9,
@@ -260,6 +261,9 @@ def main() -> None:
     p.add_argument("--eval-sequences", type=int, default=256)
     p.add_argument("--lm-minutes", type=float, default=5.0, help="real: training time of the tiny LM when it is missing")
     p.add_argument("--plot", default=str(Path(__file__).resolve().parents[1] / "docs" / "methods" / "gsae_real_pareto.png"))
+    import provenance  # here, not at the top: tests load this file as a module from outside benchmarks/
+
+    provenance.add_out_argument(p, "gsae_vs_topk")
     a = p.parse_args()
     if a.real:
         res = run_real(a.workdir or tempfile.mkdtemp(prefix="gsae_real_"), a.model, a.hook, a.rows or 600_000,
@@ -271,7 +275,7 @@ def main() -> None:
         res = run(rows=a.rows or 600_000, k=a.k, betas=tuple(float(b) for b in (a.betas or "4,16").split(",")), batch_size=a.batch_size or 256,
                   norms=tuple(a.norms.split(",")), seed=a.seed, threads=a.threads, workdir=a.workdir,
                   source_options={kv.split("=", 1)[0]: json.loads(kv.split("=", 1)[1]) for kv in a.source_option})
-    print(json.dumps(res, indent=1))
+    provenance.emit(res, provenance.out_path(a.out, "gsae_vs_topk"))
 
 
 if __name__ == "__main__":

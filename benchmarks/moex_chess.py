@@ -7,7 +7,7 @@ same at a scale that fits a 2-core CPU: games from ``featureforge_moex.chess_gam
 ``chess_lm`` at equal active MLP parameters, metrics from ``board_probe`` on every layer's
 ``blocks.i.mlp.hidden``, the SAE trained through featureforge (cache -> train topk -> load).
 
-Prints one JSON object and writes it to ``--out`` after every model, so a cut-off run still leaves
+Prints one JSON object and writes it (with the run's provenance) to ``--out`` after every model, so a cut-off run still leaves
 its finished models' numbers. Models are saved under ``--workdir/models/KIND`` (safetensors +
 JSON, loadable by the ``chess-lm`` activation source) and reused when their config matches.
 
@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+import provenance
 
 PAPER_TABLE1 = {"gelu": {"coverage": 0.356, "reconstruction": 0.608},
                 "sae_topk_on_gelu": None,
@@ -179,7 +181,7 @@ def main(argv=None) -> dict:
     p.add_argument("--untrained", action="store_true", help="also probe an untrained GELU model (chance level of the metrics)")
     p.add_argument("--steps", type=int, default=None, help="training steps per model (overrides the mode's)")
     p.add_argument("--workdir", default=None, help="models, stores and SAE runs (default: a temporary folder)")
-    p.add_argument("--out", default=None, help="write the JSON here too (after every model)")
+    provenance.add_out_argument(p, "moex_chess", help="rewritten after every model")
     p.add_argument("--threads", type=int, default=None, help="torch threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--preset", choices=("cpu", "paper"), default="cpu",
@@ -188,6 +190,7 @@ def main(argv=None) -> dict:
     p.add_argument("--upcycle", action="store_true", help="also fine-tune MoE-X upcycled from the GELU model for --steps/2 (paper Table 4)")
     p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE", help="device=cpu|cuda, bf16=true|false (default: true on a bf16 GPU)")
     args = p.parse_args(argv)
+    out = provenance.out_path(args.out, "moex_chess")
     if args.threads:
         torch.set_num_threads(args.threads)
     opts = parse_options(args.option)
@@ -212,8 +215,7 @@ def main(argv=None) -> dict:
 
     def flush() -> None:
         result["seconds"] = round(time.perf_counter() - t0, 1)
-        if args.out:
-            Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        provenance.save(result, out)
 
     gelu_model = None
     for kind in kinds:
@@ -248,8 +250,8 @@ def main(argv=None) -> dict:
     result["table"] = {k: {"val_loss": v.get("val_loss"), "coverage": round(v["coverage"], 3), "reconstruction": round(v["reconstruction"], 3),
                            "linear_probe_f1_residual": round(v["linear_probe_f1_residual"], 3) if "linear_probe_f1_residual" in v else None,
                            "paper": PAPER_TABLE1.get(k)} for k, v in result["models"].items()}
-    flush()
-    print(json.dumps(result, indent=2))
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    provenance.emit(result, out)
     return result
 
 

@@ -12,7 +12,7 @@ store made with ``featureforge cache --source synthetic``. For each trainer:
 * ``flops_per_row``: analytic multiply-adds x 2 of the forward pass (see ``flops``).
 * ``fvu`` / ``l0``: the reconstruction evaluator on the store's held-out rows.
 
-    python benchmarks/moex_dictionary.py [--quick] [--out benchmarks/results_moex_dictionary.json]
+    python benchmarks/moex_dictionary.py [--quick] [--out benchmarks/results/moex_dictionary/moex_dictionary.json]
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 
 import torch
+
+import provenance
 
 FULL = dict(d_in=128, n_features=2048, mean_active=8.0, rows=262144, d_dict=4096, n_experts=8, top_k=2, k=32, batch=4096, rounds=7)
 QUICK = dict(d_in=32, n_features=128, mean_active=4.0, rows=16384, d_dict=256, n_experts=8, top_k=2, k=8, batch=1024, rounds=2)
@@ -95,7 +97,7 @@ def main(argv=None) -> dict:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--workdir", default=None)
-    p.add_argument("--out", default=None)
+    provenance.add_out_argument(p, "moex_dictionary")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -131,9 +133,7 @@ def main(argv=None) -> dict:
             "flops_per_row": f, "encoder_flops_vs_topk": f["encoder"] / flops("topk", s, s["batch"])["encoder"],
         }
         print(name, json.dumps(result["trainers"][name]), file=sys.stderr, flush=True)
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    provenance.emit(result, provenance.out_path(args.out, "moex_dictionary"))
     return result
 
 

@@ -13,7 +13,7 @@ featureforge) and, with ``--upcycle``, fine-tunes MoE-X upcycled from that seed'
 Prints one JSON object; writes it to ``--out`` after every model, and a rerun with the same
 ``--out`` and settings skips the runs already there (so a killed grid resumes).
 
-    python benchmarks/moex_othello.py --upcycle --out benchmarks/results_moex_othello.json
+    python benchmarks/moex_othello.py --upcycle --out benchmarks/results/moex_othello/moex_othello.json
     python benchmarks/moex_othello.py --quick        # seconds: the test's smoke run
 """
 
@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+import provenance
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from moex_chess import log, probe_layers, sae_baseline  # noqa: E402
@@ -151,20 +153,19 @@ def finish(result: dict) -> dict:
     return result
 
 
-def merge(paths: list[str], out: str | None) -> dict:
+def merge(paths: list[str], out: Path) -> dict:
     """Combine per-seed result files with identical settings into one result."""
     parts = [json.loads(Path(x).read_text()) for x in paths]
     if any(part["settings"] != parts[0]["settings"] for part in parts):
         raise SystemExit("moex_othello --merge: the files were run with different settings; merge only runs of one grid")
-    result = {k: v for k, v in parts[0].items() if k not in ("runs", "table", "verdict_inputs", "criteria")}
+    result = {k: v for k, v in parts[0].items() if k not in ("runs", "table", "verdict_inputs", "criteria", "provenance")}
     result["runs"], result["merged_from"], result["seconds"] = {}, paths, sum(part.get("seconds", 0) for part in parts)
+    result["merged_provenance"] = [part.get("provenance") for part in parts]
     for part in parts:
         for name, per_seed in part["runs"].items():
             result["runs"].setdefault(name, {}).update(per_seed)
     finish(result)
-    if out:
-        Path(out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    provenance.emit(result, out)
     return result
 
 
@@ -181,12 +182,13 @@ def main(argv=None) -> dict:
     p.add_argument("--no-sae", action="store_true", help="skip the TopK SAE on the GELU MLP")
     p.add_argument("--upcycle", action="store_true", help="also fine-tune MoE-X upcycled from each seed's GELU model (paper Table 4)")
     p.add_argument("--workdir", default=None, help="SAE stores and runs (default: a temporary folder)")
-    p.add_argument("--out", default=None, help="write the JSON here after every model; resume from it")
+    provenance.add_out_argument(p, "moex_othello", help="rewritten after every model; a rerun with the same --out resumes from it")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--merge", default=None, help="comma list of result files (e.g. one per seed, run in parallel) to combine into --out; trains nothing")
     args = p.parse_args(argv)
+    out = provenance.out_path(args.out, "moex_othello")
     if args.merge:
-        return merge(args.merge.split(","), args.out)
+        return merge(args.merge.split(","), out)
     torch.set_num_threads(args.threads)
     s = dict(QUICK if args.quick else FULL)
     if args.steps:
@@ -202,16 +204,15 @@ def main(argv=None) -> dict:
     tensors = {"train": chess_lm.pad_games(split["train"], ctx), "val": chess_lm.pad_games(split["val"], ctx)}
     log("games ready", {k: len(v) for k, v in split.items()}, f"{time.perf_counter() - t0:.0f}s")
     result: dict = {"benchmark": "moex_othello", "quick": args.quick, "settings": s, "torch_threads": torch.get_num_threads(), "runs": {}}
-    if args.out and Path(args.out).exists():
-        old = json.loads(Path(args.out).read_text())
+    if out.exists():
+        old = json.loads(out.read_text())
         if old.get("settings") == s:
             result["runs"] = old.get("runs", {})
 
     def flush() -> None:
         result["seconds"] = round(time.perf_counter() - t0, 1)
         finish(result)
-        if args.out:
-            Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        provenance.save(result, out)
 
     def record(name: str, seed: int, row: dict) -> None:
         result["runs"].setdefault(name, {})[str(seed)] = row
@@ -247,8 +248,9 @@ def main(argv=None) -> dict:
             before = chess_lm.validation_loss(model, tensors["val"])
             info = train(model, s, tensors, seed, s["upcycle_steps"])
             record("moex_upcycled", seed, info | {"val_loss_at_upcycling": before, "dense_steps": s["steps"]} | timed_evaluate(model, split, s, tensors))
-    flush()
-    print(json.dumps(result, indent=2))
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    finish(result)
+    provenance.emit(result, out)
     return result
 
 

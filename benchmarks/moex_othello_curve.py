@@ -6,7 +6,7 @@ the bar's two measures at fractions of the run. The run keeps one cosine schedul
 early checkpoint is a model at a high learning rate, not a shorter run. Prints one JSON object and
 writes it to ``--out`` after every checkpoint.
 
-    python benchmarks/moex_othello_curve.py --steps 3000 --out benchmarks/results_moex_othello_curve_4x4.json
+    python benchmarks/moex_othello_curve.py --steps 3000 --out benchmarks/results/moex_othello_curve/4x4.json
     python benchmarks/moex_othello_curve.py --size 6 --steps 5000 --set batch_size=64 --set train_games=60000
 """
 
@@ -22,6 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from moex_othello import COLOUR, FULL, apply_sets, model_config  # noqa: E402
+
+import provenance  # noqa: E402
 
 
 def probe(model, games, n_layer: int) -> dict:
@@ -50,8 +52,9 @@ def main(argv=None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checks", default="0.2,0.4,0.6,0.8,1.0", help="fractions of --steps at which to measure")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a moex_othello setting (batch_size, lr, d_model, ...)")
-    p.add_argument("--out", default=None)
+    provenance.add_out_argument(p, "moex_othello_curve", help="rewritten after every checkpoint")
     args = p.parse_args(argv)
+    out = provenance.out_path(args.out, "moex_othello_curve")
     torch.set_num_threads(1)
     s = apply_sets(dict(FULL, size=args.size, steps=args.steps), args.set, "moex_othello_curve")
     t0 = time.perf_counter()
@@ -79,15 +82,12 @@ def main(argv=None) -> dict:
         clock["eval"] += time.perf_counter() - start
         result["points"].append(point)
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in point.items() if k != "layers"}), file=sys.stderr, flush=True)
-        if args.out:
-            Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        provenance.save(result, out)
 
     r = chess_lm.train_lm(model, chess_lm.pad_games(train, ctx), chess_lm.pad_games(val, ctx), steps=args.steps,
                           batch_size=s["batch_size"], lr=s["lr"], seed=args.seed, log=log)
     result |= {"val_loss": r.val_loss, "train_seconds": r.seconds - clock["eval"], "eval_seconds": clock["eval"]}
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    provenance.emit(result, out)
     return result
 
 

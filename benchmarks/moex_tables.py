@@ -2,7 +2,7 @@
 
 Written from the result files so the docs carry the measured numbers, not hand copies:
 
-    python benchmarks/moex_tables.py benchmarks/results_moex_othello.json benchmarks/results_moex_text.json
+    python benchmarks/moex_tables.py benchmarks/results/moex_othello/moex_othello.json benchmarks/results/moex_text/moex_text.json
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ every 20th document held out for validation; dense GELU, Switch and MoE-X MLPs a
 parameters (8 experts, top-2, width 2 d_model), same steps, batch, learning rate and data order
 per seed, several seeds. Prints one JSON object (also written to ``--out`` after every model).
 
-    python benchmarks/moex_text.py --out benchmarks/results_moex_text.json   # ~10 CPU-minutes per seed
+    python benchmarks/moex_text.py --out benchmarks/results/moex_text/moex_text.json   # ~10 CPU-minutes per seed
     python benchmarks/moex_text.py --quick                                   # seconds
 """
 
@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+import provenance
 
 FULL = dict(n_layer=3, d_model=64, n_head=4, context=64, steps=300, batch_size=16, max_chars=2_000_000, val_rows=256, lr=3e-3)
 QUICK = dict(n_layer=1, d_model=16, n_head=2, context=32, steps=4, batch_size=4, max_chars=60_000, val_rows=8, lr=3e-3)
@@ -65,19 +67,21 @@ def main(argv=None) -> dict:
     p.add_argument("--kinds", default="gelu,switch,moex")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--out", default=None)
+    provenance.add_out_argument(p, "moex_text", help="rewritten after every model")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--merge", default=None, help="comma list of result files (e.g. one per seed) to combine into --out; trains nothing")
     args = p.parse_args(argv)
+    out = provenance.out_path(args.out, "moex_text")
     if args.merge:
         parts = [json.loads(Path(x).read_text()) for x in args.merge.split(",")]
         if any(part["settings"] != parts[0]["settings"] for part in parts):
             raise SystemExit("moex_text --merge: the files were run with different settings; merge only runs of one grid")
-        result = parts[0] | {"runs": {}, "merged_from": args.merge.split(","), "seconds": sum(part["seconds"] for part in parts)}
+        result = parts[0] | {"runs": {}, "merged_from": args.merge.split(","), "seconds": sum(part["seconds"] for part in parts),
+                             "merged_provenance": [part.get("provenance") for part in parts]}
         for part in parts:
             for kind, per_seed in part["runs"].items():
                 result["runs"].setdefault(kind, {}).update(per_seed)
-        return emit(result, args.out)
+        return emit(result, out)
     torch.set_num_threads(args.threads)
     s = dict(QUICK if args.quick else FULL)
     if args.steps:
@@ -89,8 +93,7 @@ def main(argv=None) -> dict:
 
     def flush() -> None:
         result["seconds"] = round(time.perf_counter() - t0, 1)
-        if args.out:
-            Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        provenance.save(result, out)
 
     seeds = [int(x) for x in args.seeds.split(",")]
     kinds = args.kinds.split(",")
@@ -105,10 +108,10 @@ def main(argv=None) -> dict:
                                                                "params": sum(p.numel() for p in model.parameters())}
             log(kind, "seed", seed, "val loss", round(r.val_loss, 4), f"{r.seconds:.0f}s")
             flush()
-    return emit(result, args.out)
+    return emit(result, out)
 
 
-def emit(result: dict, out: str | None) -> dict:
+def emit(result: dict, out: Path) -> dict:
     """Add the over-seeds table and paired differences, write ``out``, print the JSON."""
     runs = result["runs"]
     result["table"] = {kind: {"val_loss": spread([v["val_loss"] for v in per_seed.values()]),
@@ -120,9 +123,7 @@ def emit(result: dict, out: str | None) -> dict:
         seeds = sorted(set(runs.get(a, {})) & set(runs.get(b, {})))
         if seeds:
             result["paired_val_loss"][f"{a}-{b}"] = spread([runs[a][sd]["val_loss"] - runs[b][sd]["val_loss"] for sd in seeds])
-    if out:
-        Path(out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    provenance.emit(result, out)
     return result
 
 

@@ -21,7 +21,7 @@ import torch
 
 import featureforge as ff
 from featureforge_multifaceted.collect import HIST_BINS, collect
-from multifaceted_common import emit
+import provenance
 
 
 def main() -> None:
@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workdir", default=None)
-    parser.add_argument("--json", default=None, help="Also write the JSON object here.")
+    provenance.add_out_argument(parser, "multifaceted_collect")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -62,7 +62,7 @@ def main() -> None:
         "encode_only_rows_per_second": round(found.rows / encode_s), "kept_state_mib": round(kept / 2**20, 1),
         "histogram_bins": HIST_BINS, "cache_seconds": round(cache_s, 1),
     }
-    emit(out, args.json)
+    provenance.emit(out, provenance.out_path(args.out, "multifaceted_collect"))
 
 
 if __name__ == "__main__":

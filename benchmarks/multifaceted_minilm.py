@@ -26,7 +26,7 @@ import torch  # noqa: E402
 
 import featureforge as ff  # noqa: E402
 from featureforge_multifaceted.cli import dashboard  # noqa: E402
-from multifaceted_common import emit  # noqa: E402
+import provenance  # noqa: E402
 
 
 def _records(site: Path) -> dict[int, dict]:
@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--features", type=int, default=200)
     parser.add_argument("--d-dict", type=int, default=2048)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--json", default=None)
+    provenance.add_out_argument(parser, "multifaceted_minilm")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(args.workdir)
@@ -84,7 +84,7 @@ def main() -> None:
         "output_effects_note": ma["output_effects_note"],
         "examples": examples,
     }
-    emit(out, args.json)
+    provenance.emit(out, provenance.out_path(args.out, "multifaceted_minilm"))
 
 
 if __name__ == "__main__":

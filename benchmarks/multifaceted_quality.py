@@ -1,6 +1,6 @@
 """Multifaceted feature visualization on planted truth: facets vs. true features, feature splitting, vision.
 
-Three experiments, each printed as one part of a JSON object (and written to ``--json``):
+Three experiments, each printed as one part of a JSON object (and written to ``--out``):
 
 * ``planted``: union latents ``ReLU(sum_{i in S} f_i . x - b)`` over 2-3 true features of a
   synthetic store; adjusted Rand index of the facets of their top examples vs. the true member,
@@ -12,7 +12,7 @@ Three experiments, each printed as one part of a JSON object (and written to ``-
   for each class unit, facets of its top images, one synthetic image per facet, its activation vs.
   the best real image, distances between facets and the purity of each facet's digits.
 
-    python benchmarks/multifaceted_quality.py [--workdir DIR] [--json benchmarks/results_multifaceted_quality.json]
+    python benchmarks/multifaceted_quality.py [--workdir DIR] [--out benchmarks/results/multifaceted_quality/multifaceted_quality.json]
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import torch
 import featureforge as ff
 from featureforge_multifaceted.planted import planted_ari
 from featureforge_multifaceted.splitting import facet_splitting
-from multifaceted_common import emit
+import provenance
 
 UNIONS = [[0, 1], [2, 3, 4], [5, 6], [7, 8, 9], [10, 11], [12, 13, 14], [15, 16], [17], [18]]
 
@@ -92,7 +92,7 @@ def vision() -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default=None, help="Folder for stores and runs (default: a temporary one).")
-    parser.add_argument("--json", default=None, help="Also write the JSON object here.")
+    provenance.add_out_argument(parser, "multifaceted_quality")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared machine).")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -102,7 +102,7 @@ def main() -> None:
         t0 = time.perf_counter()
         out = {"planted": planted(workdir), "splitting": splitting(workdir), "vision": vision()}
         out["seconds"] = round(time.perf_counter() - t0, 1)
-    emit(out, args.json)
+    provenance.emit(out, provenance.out_path(args.out, "multifaceted_quality"))
 
 
 if __name__ == "__main__":

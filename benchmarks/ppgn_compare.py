@@ -19,7 +19,7 @@ images; ``ppgn_facets.facet_membership``), digits of the merged class covered (i
 confident), realism (its max softmax confidence) and a Fréchet distance of its features against
 all real images, at equal sample counts.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ppgn_compare.py --json benchmarks/results_ppgn_compare.json
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ppgn_compare.py --out benchmarks/results/ppgn_compare/ppgn_compare.json
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from multifaceted_common import emit  # noqa: E402
+import provenance  # noqa: E402
 
 
 def independent_classifier(x: torch.Tensor, digit: torch.Tensor, seed: int = 11) -> tuple[nn.Module, float]:
@@ -93,7 +93,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--init", default="random", choices=["random", "mean", "data", "top"],
                     help="Where PPGN chains start (top: codes of the unit's top real images, one per chain).")
-    ap.add_argument("--json", default=None)
+    provenance.add_out_argument(ap, "ppgn_compare")
     args = ap.parse_args()
     torch.set_num_threads(1)
 
@@ -199,11 +199,11 @@ def main() -> None:
             "facets_per_chain_multi_facet_units": mean(m, "facets_per_chain", lambda r: r["real_facets"] > 1),
             "samples_per_unit_seed": round(float(np.mean([r["samples"] for r in rows if r["method"] == m])), 2),
         }
-    emit({"setting": {"images": len(x), "condition_cnn_accuracy": round(cnn_acc, 4), "judge_accuracy": round(judge_acc, 4),
+    provenance.emit({"setting": {"images": len(x), "condition_cnn_accuracy": round(cnn_acc, 4), "judge_accuracy": round(judge_acc, 4),
                       "units": [u[0] for u in units], "seeds": args.seeds, "generators": args.generators, "ppgn_epochs": args.ppgn_epochs,
                       "chains": args.chains, "steps": args.steps, "init": args.init, "kept_after_step": args.steps // 2, "frechet_matched_n": n_match,
                       "ppgn_training": [p.info for p in ppgns], "seconds": round(time.time() - t0, 1)},
-          "summary": summary, "rows": rows}, args.json)
+          "summary": summary, "rows": rows}, provenance.out_path(args.out, "ppgn_compare"))
 
 
 if __name__ == "__main__":

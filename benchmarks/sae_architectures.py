@@ -2,7 +2,8 @@
 
 Caches the synthetic source (known unit features; default: d_in 32, 64 features, ~3 active per
 row, 1% noise, as the plugin's quality tests), trains each requested trainer with the same data,
-seed and steps through ``featureforge.train``, and prints one JSON object with, per trainer:
+seed and steps through ``featureforge.train``, and prints one JSON object (also written to ``--out``,
+with the run's provenance) with, per trainer:
 
 * mmcs: mean over true features of the best cosine with a decoder row,
 * recovered: fraction of true features whose best cosine exceeds 0.9,
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +29,8 @@ from typing import Any
 import torch
 
 import featureforge
+
+import provenance
 
 STORE = {"d_in": 32, "n_features": 64, "mean_active": 3.0, "zipf_exponent": 0.0, "noise_std": 0.01, "seed": 1}
 BASE = {"topk": {"k": 4}, "batchtopk": {"k": 4}, "matryoshka": {"k": 4}, "jumprelu": {}, "relu": {}}
@@ -63,7 +67,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lr", type=float, default=None, help="learning rate for every trainer (default: each trainer's own)")
     ap.add_argument("--workdir", default=None)
-    ap.add_argument("--compact", action="store_true", help="one line of JSON")
+    ap.add_argument("--compact", action="store_true", help="print one line of JSON (the --out file is indented either way)")
+    provenance.add_out_argument(ap, "sae_architectures")
     args = ap.parse_args()
     torch.set_num_threads(1)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="sae-arch-"))
@@ -85,7 +90,10 @@ def main() -> None:
         seconds = time.perf_counter() - start
         d = featureforge.load(run)
         results["trainers"][name] = {"options": options, **_scores(d, truth, x), "seconds": round(seconds, 1)}
-    print(json.dumps(results, indent=None if args.compact else 1))
+    out = provenance.out_path(args.out, "sae_architectures")
+    text = provenance.save(results, out)
+    print(json.dumps(results) if args.compact else text)
+    print(f"wrote {out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Effect of the write-side shuffle on a small MiniLM dictionary (issue #14). Prints one JSON object.
+"""Effect of the write-side shuffle on a small MiniLM dictionary (issue #14). Prints one JSON object
+(also written to ``--out``, with the run's provenance).
 
     python benchmarks/shuffle_minilm.py --off stores/mini/off --eval stores/mini/eval [--steps-epochs 4]
 
@@ -23,6 +24,8 @@ import numpy as np
 import torch
 
 import featureforge as ff
+
+import provenance
 
 
 class StoreInOrder(ff.ActivationSource):
@@ -83,6 +86,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=16)
     ap.add_argument("--d-dict", type=int, default=3072)
     ap.add_argument("--seed", type=int, default=0)
+    provenance.add_out_argument(ap, "shuffle_minilm")
     args = ap.parse_args()
     torch.set_num_threads(1)
     work = Path(args.work)
@@ -103,7 +107,7 @@ def main() -> None:
                  batch_size=4096, holdout_rows=0, seed=args.seed, threads=1, progress=False)
         result[label] = {"write_shuffle_rows": store.write_shuffle_rows, "distinct_sequences_per_batch": round(distinct_per_batch(store, 4096), 1),
                          **evaluate(run, eval_store)}
-    print(json.dumps(result, indent=2))
+    provenance.emit(result, provenance.out_path(args.out, "shuffle_minilm"))
 
 
 if __name__ == "__main__":

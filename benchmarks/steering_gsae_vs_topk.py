@@ -5,7 +5,8 @@ if ``--model`` is missing), residual stream after ``--hook`` cached with ``grads
 ``gsae`` (beta=4) trained at equal width (``--d-dict``) and L0 (``--k``) for each seed, then the
 ``steering`` evaluator (latents amplified where they are silent; random direction of equal norm as
 the control) and ``reconstruction`` (L0, FVU); per run the medians over latents and the fraction of latents beating their own
-control, then mean ± sd over seeds. Prints one JSON object (``benchmarks/results_steering_gsae_vs_topk.json``); runs already complete in
+control, then mean ± sd over seeds. Prints one JSON object (also written to ``--out``; the
+reported run: ``benchmarks/results/steering_gsae_vs_topk/steering_gsae_vs_topk.json``); runs already complete in
 ``--workdir`` are reused, so an interrupted run resumes.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/steering_gsae_vs_topk.py --workdir /tmp/steer_bench [--seeds 0,1,2]
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import featureforge as ff
+
+import provenance
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = ("output_score", "output_score_gain", "stability", "kl_rest", "ce_increase", "push_norm")
@@ -46,6 +49,7 @@ def main() -> None:
     p.add_argument("--contexts", type=int, default=32)
     p.add_argument("--alphas", default="2,4,8")
     p.add_argument("--threads", type=int, default=1)
+    provenance.add_out_argument(p, "steering_gsae_vs_topk")
     a = p.parse_args()
     work = Path(a.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -89,7 +93,8 @@ def main() -> None:
             runs.append(row)
             done.write_text(json.dumps(row))
             print(json.dumps(row), file=sys.stderr, flush=True)
-    print(json.dumps({"setup": {**vars(a), "store_rows": store.rows}, "summary": summarize(runs), "runs": runs}, indent=1))
+    provenance.emit({"setup": {**vars(a), "store_rows": store.rows}, "summary": summarize(runs), "runs": runs},
+                    provenance.out_path(a.out, "steering_gsae_vs_topk"))
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 Runs ``featureforge.train("topk", ...)`` under cProfile at a shape and thread count and prints one
 JSON object: rows/s of the whole call, and the share of the time spent in each part of the loop
 (the trainer's loss, backward, Adam, the loop's metric bookkeeping, the reader, ...), from the
-profile's cumulative times. A second, unprofiled run gives the rows/s without profiler overhead.
+profile's cumulative times (also written to ``--out``, with the run's provenance). A second, unprofiled run gives the rows/s without profiler overhead.
 
     python benchmarks/step_profile.py --d-in 128 --d-dict 1024 --k 16 --threads 1
     python benchmarks/step_profile.py --d-in 384 --d-dict 4096 --k 32 --threads 2
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import json
 import os
 import pstats
 import tempfile
@@ -23,6 +22,8 @@ from pathlib import Path
 import torch
 
 import featureforge
+
+import provenance
 
 # (label, file suffix, function name) of the loop's parts; cumulative time of each.
 PARTS = [
@@ -69,6 +70,7 @@ def main() -> None:
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--dir", default=os.environ.get("STEP_PROFILE_DIR", "stores/step_profile"))
     p.add_argument("--no-profile", action="store_true")
+    provenance.add_out_argument(p, "step_profile")
     args = p.parse_args()
     root = Path(args.dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -94,7 +96,7 @@ def main() -> None:
             top = sorted(stats.items(), key=lambda kv: -kv[1][2])[:15]
             report["top_self_time"] = [{"fn": f"{Path(f).name}:{line}:{name}", "tottime_share": round(v[2] / total, 4), "calls": v[1]}
                                        for (f, line, name), v in top]
-    print(json.dumps(report, indent=1))
+    provenance.emit(report, provenance.out_path(args.out, "step_profile"))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Store benchmark: cache write speed, shuffled-read speed against the sequential ceiling, and the
 reading process's peak memory as the store grows. Prints one JSON object on stdout (progress on
-stderr).
+stderr), also written to ``--out`` with the run's provenance.
 
     python benchmarks/store.py            # full run: 1 GiB read stores, RSS at 1/2/4/8 GiB
     python benchmarks/store.py --quick    # a couple of minutes: 0.5 GiB read stores, RSS at 0.25/0.5/1 GiB
@@ -40,7 +40,6 @@ import argparse
 import glob
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -51,6 +50,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+import provenance
 
 GIB = 2**30
 REPO = Path(__file__).resolve().parent.parent
@@ -77,23 +78,15 @@ def load_average() -> list[float]:
 
 
 def environment() -> dict[str, Any]:
-    import torch
+    """The libraries the store's figures depend on and the load at the start (CPU, torch, threads: ``provenance``)."""
     import zarr
 
     import featureforge
 
     return {
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
         "numpy": np.__version__,
         "zarr": zarr.__version__,
         "featureforge": featureforge.__version__,
-        "python": platform.python_version(),
-        "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
-        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB, 1),
-        "machine": platform.machine(),
-        "kernel": platform.release(),
         "load_average_at_start": load_average(),
     }
 
@@ -367,6 +360,7 @@ def main() -> None:
     parser.add_argument("--skip-rss", action="store_true")
     parser.add_argument("--checksum-cost-only", action="store_true", help="only the with/without-checksums read comparison")
     parser.add_argument("--rss-child", type=str, default=None, help=argparse.SUPPRESS)
+    provenance.add_out_argument(parser, "store")
     args = parser.parse_args()
     if args.rss_child:
         rss_child(args.rss_child, args.batch_size)
@@ -380,10 +374,9 @@ def main() -> None:
     parent.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="bench-store-", dir=parent))
     log(f"working in {workdir}")
+    out = provenance.out_path(args.out, "store")
     result: dict[str, Any] = {
         "benchmark": "store",
-        "command": "python benchmarks/store.py" + (" --quick" if args.quick else ""),
-        "argv": sys.argv[1:],
         "environment": environment(),
         "settings": {"read_store_gib_fp32": read_gib, "rss_store_gib": rss_sizes, "repeats": repeats, "batch_size": args.batch_size},
         "write_source": "array (.npy float32, memory-mapped, warm page cache)",
@@ -438,7 +431,7 @@ def main() -> None:
         result["shuffle_quality"] = bench_shuffle_quality(workdir, 1 << 20, 128, args.batch_size)
         log(f"shuffle quality: {json.dumps(result['shuffle_quality'])}")
         if args.checksum_cost_only:
-            print(json.dumps(result, indent=2))
+            provenance.emit(result, out)
             return
         if not args.skip_rss:
             result["memory"] = bench_rss(npys[768], workdir, rss_sizes, 768, args.batch_size)
@@ -460,7 +453,7 @@ def main() -> None:
             log(f"kept {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-    print(json.dumps(result, indent=2))
+    provenance.emit(result, out)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ Synthetic rows are computed without order-dependent BLAS reductions (issue #12: 
 must not depend on threads, chunk size, writer count or BLAS kernel); this measures what that
 costs. Prints one JSON object: for each configuration, ``source_rows_per_s`` (``rows()`` over
 whole 4096-row blocks) and ``cache_rows_per_s`` (``featureforge.cache`` to a local store, float32),
-each the best of ``--repeats`` runs, plus the thread count used.
+each the best of ``--repeats`` runs; also written to ``--out`` with the run's provenance (thread settings
+included).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/synthetic_throughput.py [--rows 32768] [--repeats 3]
 """
@@ -12,7 +13,6 @@ each the best of ``--repeats`` runs, plus the thread count used.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -20,6 +20,8 @@ import time
 os.environ.setdefault("FEATUREFORGE_PROGRESS", "0")
 
 import featureforge as ff  # noqa: E402
+
+import provenance  # noqa: E402
 
 CONFIGS = {
     "default_d64": {"d_in": 64, "n_features": 512},
@@ -44,9 +46,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=32768)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", default="", help="comma list of configurations")
+    provenance.add_out_argument(parser, "synthetic_throughput")
     args = parser.parse_args()
-    out: dict = {"rows": args.rows, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-                 "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE")}
+    out: dict = {"rows": args.rows}
     names = [n for n in CONFIGS if not args.only or n in args.only.split(",")]
     for name in names:
         options = CONFIGS[name]
@@ -57,7 +59,7 @@ def main() -> None:
             cache_s = best(lambda: ff.cache("synthetic", options, store=os.path.join(tmp, "s.zarr"), rows=args.rows,
                                             overwrite=True, progress=False), args.repeats)
         out[name] = {"source_rows_per_s": round(args.rows / source_s), "cache_rows_per_s": round(args.rows / cache_s)}
-    print(json.dumps(out))
+    provenance.emit(out, provenance.out_path(args.out, "synthetic_throughput"))
 
 
 if __name__ == "__main__":

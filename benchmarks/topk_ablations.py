@@ -15,7 +15,9 @@ encoder backward in this process only:
   pre-activations, so its AuxK never reaches the encoder);
 * ``--aux-part no_bdec`` / ``bdec_only``: AuxK's encoder gradient without / with only its b_dec part.
 
-Results of the 2026-12-03 session: benchmarks/results_topk_ablations.jsonl.
+One JSON line on stdout, also appended to ``--out`` with the run's provenance (pass the same ``--out``
+to collect a grid in one file). Results of the 2026-12-03 session:
+benchmarks/results/topk_ablations/topk_ablations.jsonl.
 """
 import argparse
 import json
@@ -23,6 +25,8 @@ import os
 import time
 
 import torch
+
+import provenance
 
 torch.set_num_threads(1)
 
@@ -90,8 +94,8 @@ def main() -> None:
     p.add_argument("--holdout", type=int, default=16384)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tag", default="")
-    p.add_argument("--out", default="/tmp/featureforge-topk-ablations/run")
-    p.add_argument("--log", help="also append the JSON line to this file")
+    p.add_argument("--workdir", default="/tmp/featureforge-topk-ablations/run", help="the run folder (replaced)")
+    provenance.add_out_argument(p, "topk_ablations", ".jsonl")
     a = p.parse_args()
     import featureforge as ff
     from safetensors.torch import load_file
@@ -112,7 +116,7 @@ def main() -> None:
     if a.lr != "default":
         kw["lr"] = float(a.lr)
     t = time.time()
-    [run] = ff.train("topk", opts, store=a.store, out=a.out, **kw)
+    [run] = ff.train("topk", opts, store=a.store, out=a.workdir, **kw)
     train_s = time.time() - t
     rep = ff.evaluate(run, a.store, ["reconstruction", "ground-truth"])
     rec = rep["evaluators"]["reconstruction"]["metrics"]
@@ -128,11 +132,8 @@ def main() -> None:
            "dead_after_rows": cfg.get("dead_after_rows"), "auxk_lines": sum(1 for line in lines if (line.get("auxk_loss") or 0) > 0),
            "silent_quarter": round(float((silent >= run_rows / 4).float().mean()), 4),
            "silent_half": round(float((silent >= run_rows / 2).float().mean()), 4),
-           "args": {k: v for k, v in vars(a).items() if v not in (None, False) and k not in ("store", "out", "log")}, "train_s": round(train_s)}
-    print(json.dumps(res), flush=True)
-    if a.log:
-        with open(a.log, "a") as f:
-            f.write(json.dumps(res) + "\n")
+           "args": {k: v for k, v in vars(a).items() if v not in (None, False) and k not in ("store", "workdir", "out")}, "train_s": round(train_s)}
+    print(provenance.append_line(res, provenance.out_path(a.out, "topk_ablations", ".jsonl")), flush=True)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ the fraction of it that the whole step reaches. All contenders run round-robin (
 step in four variants, and a baseline step implementing sparsify's published algorithm: dense
 ``relu(linear)`` + ``topk``, index_add backward, embedding_bag decoder), so a busy machine slows
 them alike; times are medians over ``--steps`` rounds, minima in ``*_best``. The split then
-times each kernel and each phase of a step on its own.
+times each kernel and each phase of a step on its own. The JSON is also written to ``--out`` with the
+run's provenance (torch threads, CPU flags: what decides the bf16 path).
 
     python benchmarks/topk_step.py [--steps 10] [--threads 2] [--d-in 384 --d-dict 4096 --k 32 --batch 4096]
 """
@@ -20,12 +21,12 @@ times each kernel and each phase of a step on its own.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import time
 
 import torch
+
+import provenance
 
 
 class _IndexAddEncoder(torch.autograd.Function):
@@ -99,6 +100,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dead-fraction", type=float, default=0.0, help="fraction of latents marked dead (engages AuxK)")
+    provenance.add_out_argument(parser, "topk_step")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -124,9 +126,6 @@ def main() -> None:
     results: dict[str, object] = {
         "benchmark": "topk_step",
         "shape": {"batch": n, "d_in": d_in, "d_dict": d_dict, "k": k, "dead_fraction": args.dead_fraction},
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(),
     }
 
     # -- everything round-robin, so that a busy machine slows all contenders alike ---------------
@@ -226,7 +225,7 @@ def main() -> None:
         **{f"kernel_{k_}": 1e3 * min(v) for k_, v in split.items()},
         **{f"step_{k_}": 1e3 * min(v) for k_, v in phases.items()},
     }
-    print(json.dumps(results, indent=2))
+    provenance.emit(results, provenance.out_path(args.out, "topk_step"))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/train_vs_peers.py            # full: 2M-row store, 1M training rows (~25 min, 2 cores)
     .venv/bin/python benchmarks/train_vs_peers.py --quick    # smoke: 200k-row store, 100k training rows
 
-Prints one JSON object on stdout (progress goes to stderr); also written to WORKDIR/results.json.
+Prints one JSON object on stdout (progress goes to stderr); also written to ``--out`` with the run's
+provenance (default: a new file under benchmarks/results/train_vs_peers/).
 
 Data: featureforge's ``synthetic`` source (d_in 384, 2048 true features, mean_active 20, the
 source's other defaults) cached once into a Zarr store (two writer processes), reused by later
@@ -34,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -42,6 +42,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+import provenance
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS_DIR = Path(__file__).resolve().parent / "peers"
@@ -51,35 +53,6 @@ SOURCE_OPTIONS = {"d_in": 384, "n_features": 2048, "mean_active": 20.0, "seed": 
 
 def log(msg: str) -> None:
     print(f"[train_vs_peers {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-# -- machine ----------------------------------------------------------------------------------------
-def machine_notes() -> dict:
-    flags, model = set(), None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-            if line.startswith("model name") and model is None:
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import torch
-
-    return {
-        "cpu": model,
-        "cpus_visible": os.cpu_count(),
-        "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "avx512f": "avx512f" in flags,
-        "avx512_bf16": "avx512_bf16" in flags,
-        "amx_bf16": "amx_bf16" in flags,
-        "torch": torch.__version__,
-        "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "loadavg_start": os.getloadavg(),
-    }
 
 
 def matmul_bound(threads: int, batch: int, d_in: int, d_sae: int, repeats: int = 15) -> dict:
@@ -101,19 +74,6 @@ def matmul_bound(threads: int, batch: int, d_in: int, d_sae: int, repeats: int =
         out[name] = {"matmul_s_best": best, "matmul_s_median": med, "gflops_best": 2 * batch * d_in * d_sae / best / 1e9,
                      "rows_per_s_bound": batch / best, "rows_per_s_bound_median": batch / med}
     return out
-
-
-def source_state() -> dict:
-    """The featureforge checkout being measured: HEAD and any uncommitted changes to the measured code."""
-    def git(*argv: str) -> str:
-        try:
-            return subprocess.run(["git", "-C", str(ROOT), *argv], capture_output=True, text=True, timeout=30).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    dirty = git("status", "--porcelain", "--", "featureforge", "plugins/featureforge-sae")
-    return {"head": git("rev-parse", "HEAD"), "head_subject": git("log", "-1", "--format=%s"),
-            "uncommitted_changes": dirty.splitlines()}
 
 
 # -- data -------------------------------------------------------------------------------------------
@@ -373,7 +333,8 @@ def main() -> None:
     p.add_argument("--real-store", metavar="PATH",
                    help="train on an existing store of real activations (e.g. `featureforge cache --source hf`) instead of "
                         "the synthetic one: no ground truth, so MMCS/MCC/recovered are not reported; --workdir is required")
-    p.add_argument("--markdown", metavar="RESULTS_JSON", help="only print the Markdown table of an earlier run's results.json")
+    p.add_argument("--markdown", metavar="RESULTS_JSON", help="only print the Markdown table of an earlier run's results file")
+    provenance.add_out_argument(p, "train_vs_peers")
     args = p.parse_args()
     if args.markdown:
         print(markdown_table(json.loads(Path(args.markdown).read_text())))
@@ -407,12 +368,12 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    machine = machine_notes()
-    source = source_state()
+    machine = provenance.machine()
+    source = provenance.source_state()
     if args.reuse:
         source["note"] = "recorded when re-evaluating (--reuse); reused workers may have trained on an earlier tree"
     log(f"machine: {machine['cpu']}, {machine['cpus_visible']} cpus, avx512_bf16={machine['avx512_bf16']}, "
-        f"OPENBLAS_CORETYPE={machine['OPENBLAS_CORETYPE']!r}, load {machine['loadavg_start']}")
+        f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')!r}, load {machine['load_average']}")
 
     from featureforge.store import split_chunks
 
@@ -541,7 +502,6 @@ def main() -> None:
     report = {
         "benchmark": "train_vs_peers",
         "mode": "quick" if quick else "full",
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": machine,
         "featureforge_source": source,
         "data": {"source": store.source.get("name") if args.real_store else "synthetic",
@@ -558,9 +518,7 @@ def main() -> None:
         "details": results,
         "parent_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
-    text = json.dumps(report, indent=2, default=float)
-    (work / "results.json").write_text(text)
-    print(text)
+    provenance.emit(report, provenance.out_path(args.out, "train_vs_peers"))
 
 
 if __name__ == "__main__":
