@@ -256,7 +256,7 @@ def test_empty_FEATUREFORGE_PLUGINS_loads_no_entry_point_plugins(example_site, t
     assert data["commands"] == [] and data["problems"] == []
     assert {d["distribution"] for d in data["distributions"]} == {"featureforge"}
     result = run_cli("sine-peek", path=(example_site, site), env={"FEATUREFORGE_PLUGINS": ""})
-    assert result.returncode == 2 and "No such command 'sine-peek'" in result.stderr
+    assert result.returncode == 2 and "no command 'sine-peek'; plugins add commands" in result.stderr
 
 
 def test_FEATUREFORGE_PLUGINS_loads_only_the_named_distribution(example_site, tmp_path):
