@@ -49,7 +49,7 @@ class StoreInOrder(ff.ActivationSource):
     def columns(self) -> dict[str, str]:
         return {k: v for k, v in self.store.columns.items() if k != "acts"}
 
-    def stream(self, rank: int = 0, world_size: int = 1, skip_rows: int = 0) -> Iterator[dict[str, Any]]:
+    def stream(self, rank: int = 0, world_size: int = 1, skip_rows: int = 0, max_rows: int | None = None) -> Iterator[dict[str, Any]]:
         for start in range(skip_rows, self.store.rows, 8192):
             stop = min(self.store.rows, start + 8192)
             yield {c: self.store.read(start, stop, c) for c in self.store.columns}

@@ -272,7 +272,7 @@ def bench_shuffle_quality(workdir: Path, rows: int, seq_len: int, batch_size: in
         def columns(self) -> dict[str, str]:
             return {"seq_ids": "int64"}
 
-        def stream(self, rank: int = 0, world_size: int = 1, skip_rows: int = 0):  # noqa: ANN201
+        def stream(self, rank: int = 0, world_size: int = 1, skip_rows: int = 0, max_rows: int | None = None):  # noqa: ANN201
             for start in range(skip_rows, rows, 8192):
                 idx = np.arange(start, min(rows, start + 8192))
                 yield {"acts": np.repeat(idx[:, None], 8, axis=1).astype(np.float32), "seq_ids": idx // seq_len}

@@ -35,7 +35,7 @@ class TokenSequences(ff.ActivationSource):
     def columns(self) -> dict[str, str]:
         return {"token_ids": "int32", "seq_ids": "int64", "positions": "int32"}
 
-    def stream(self, rank: int = 0, world_size: int = 1, skip_rows: int = 0) -> Iterator[dict[str, Any]]:
+    def stream(self, rank: int = 0, world_size: int = 1, skip_rows: int = 0, max_rows: int | None = None) -> Iterator[dict[str, Any]]:
         mine = np.arange(rank, self.options.rows, world_size)
         for start in range(skip_rows, len(mine), 100):
             idx = mine[start : start + 100]

@@ -43,7 +43,8 @@ from featureforge.dictionary import atomic_write, write_json
 from featureforge.run import REPORT_FILE, TRAINING_PLOT, plots_dir
 
 #: Registered names the demo needs, and the distribution that provides each.
-NEEDED = {("source", "hf"): "featureforge-hf", ("evaluator", "downstream"): "featureforge-hf", ("trainer", "topk"): "featureforge-sae"}
+NEEDED = {("source", "hf"): "featureforge-hf", ("evaluator", "downstream"): "featureforge-hf", ("trainer", "topk"): "featureforge-sae",
+          ("evaluator", "facets"): "featureforge-multifaceted"}
 DEFAULT_DEMO_DIR = "stores/demo"
 DEFAULT_CAUSAL_DIR = "stores/demo-causal"
 
@@ -140,7 +141,7 @@ def check_plugins() -> None:
         dists = sorted({dist for (kind, name), dist in NEEDED.items() if name not in registry.names(kind)})
         raise FeatureforgeError(
             f"the demo needs {', '.join(missing)}, not installed; run `make demo`, or "
-            f"{' '.join(f'pip install -e plugins/{d}' for d in dists)}"
+            f"pip install {' '.join(dists)}"
         )
 
 
@@ -152,7 +153,7 @@ def causal_model(model: str | None, lm_minutes: float, echo: Callable[[str], Non
     """
     from featureforge import BadInputError
 
-    from ._train_lm import DEFAULT_OUT, TinyLMConfig, cached_report, train_with_bar
+    from featureforge_hf import TINY_LM_DIR as DEFAULT_OUT, TinyLMConfig, cached_report, train_with_bar
 
     if model is not None:
         if not (Path(model) / "config.json").exists():
@@ -174,7 +175,6 @@ def run_demo(out: str | os.PathLike = "stores/demo", *, quick: bool = False, cau
     ``causal``: on a causal LM (``model``, or the tiny stdlib GPT-2, trained for ``lm_minutes``
     on first use) with steering sections on the feature pages.
     """
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything the demo uses is local
     check_plugins()
     if causal:
         settings = CAUSAL_QUICK if quick else CAUSAL_FULL
@@ -297,6 +297,7 @@ def demo_command(out: str | None, quick: bool, causal: bool, model: str | None, 
     --causal does it on a small GPT-2 and adds steering to the feature pages."""
     if lm_minutes <= 0:
         raise click.BadParameter(f"{lm_minutes} must be positive", param_hint="--lm-minutes")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the command only: everything the demo uses is local
     out = out or (DEFAULT_CAUSAL_DIR if causal else DEFAULT_DEMO_DIR)
     run_demo(out, quick=quick, causal=causal, model=model, lm_minutes=lm_minutes, echo=click.echo)
 
@@ -363,7 +364,7 @@ def top_features(dictionary: Any, store: Any, settings: DemoSettings, *, progres
                 break
             if (value, row) not in picks:
                 picks.append((value, row))
-        contexts = [_context(dictionary, store, row, f, settings, decode) for _, row in sorted(picks, reverse=True)]
+        contexts = _contexts(dictionary, store, [(f, row) for _, row in sorted(picks, reverse=True)], settings, decode)
         shown.append({"feature": f, "frequency": float(freq[f]), "count": int(counts[f]), "max_activation": float(best_val[f, 0]),
                       "contexts": contexts})
     hist = np.histogram(np.log10(freq[counts > 0].numpy()), bins=30)
@@ -385,43 +386,23 @@ def _decoder(store: Any) -> Callable[[list[int]], list[str]]:
     return source.decode_tokens
 
 
-def _context(dictionary: Any, store: Any, row: int, feature: int, settings: DemoSettings, decode: Callable) -> dict[str, Any]:
-    """Tokens around ``row`` from the same stored sequence, with the feature's activation on each."""
-    import torch
+def _contexts(dictionary: Any, store: Any, requests: list[tuple[int, int]], settings: DemoSettings,
+              decode: Callable) -> list[dict[str, Any]]:
+    """Tokens around each (feature, row) from the row's own stored sequence, with the feature's activation
+    on each: featureforge-multifaceted's context collection, which follows sequence ids and positions,
+    so contexts stay whole on a write-shuffled store (neighbouring rows on disk are other sequences)."""
+    from featureforge_multifaceted.contexts import contexts
 
-    rpc = store.rows_per_chunk
-    chunk = row // rpc
-    chunk_end = chunk * rpc + store.chunk_rows(chunk)
-    lo, hi = max(chunk * rpc, row - settings.before), min(chunk_end, row + settings.after + 1)
+    found = contexts(dictionary, store, requests, decode, before=settings.before, after=settings.after)
     cols = store.columns
-    positions = store.read(lo, hi, "positions") if "positions" in cols else None
-    docs = store.read(lo, hi, "doc_ids") if "doc_ids" in cols else None
-    i = row - lo
-
-    def same(a: int, b: int) -> bool:  # rows a < b adjacent in one sequence
-        if docs is not None and docs[a] != docs[b]:
-            return False
-        return positions is None or int(positions[b]) == int(positions[a]) + 1
-
-    first = i
-    while first > 0 and same(first - 1, first):
-        first -= 1
-    last = i
-    while last + 1 < hi - lo and same(last, last + 1):
-        last += 1
-    a, b = lo + first, lo + last + 1
-    with torch.no_grad():
-        acts = dictionary.encode(torch.from_numpy(store.read(a, b)))[:, feature]
-    ids = [int(t) for t in store.read(a, b, "token_ids")] if "token_ids" in cols else list(range(a, b))
-    pieces = decode(ids)
-    return {
-        "row": row,
-        "doc_id": int(docs[i]) if docs is not None else None,
-        "position": int(positions[i]) if positions is not None else None,
-        "tokens": pieces,
-        "activations": [round(float(v), 4) for v in acts],
-        "max_index": row - a,
-    }
+    out = []
+    for ctx in found:
+        row = ctx["row"]
+        doc = int(store.read(row, row + 1, "doc_ids")[0]) if "doc_ids" in cols else None
+        pos = int(store.read(row, row + 1, "positions")[0]) if "positions" in cols else None
+        out.append({"row": row, "doc_id": doc, "position": pos, "tokens": ctx["tokens"], "activations": ctx["activations"],
+                    "max_index": ctx["index"]})
+    return out
 
 
 # ================================================================================================

@@ -1,6 +1,6 @@
 """``featureforge demo --quick`` end to end, as a user runs it: a subprocess over a fresh folder, then again.
 
-Needs the featureforge-hf and featureforge-sae plugins (``make test`` installs them); skipped without.
+Needs the featureforge-hf, featureforge-sae and featureforge-multifaceted plugins (``make test`` installs them); skipped without.
 """
 
 from __future__ import annotations
@@ -50,6 +50,13 @@ def test_quick_demo_writes_report_plots_and_html_and_reruns(tmp_path):
     context = features[0]["contexts"][0]
     assert len(context["tokens"]) == len(context["activations"]) and context["activations"][context["max_index"]] > 0
     assert all(isinstance(t, str) for t in context["tokens"]) and not any(re.fullmatch(r" #\d+", t) for t in context["tokens"]), "decoded text, not #id"
+    # The demo's store is write-shuffled (neighbouring rows on disk are other sequences): contexts follow
+    # each row's own sequence, so they are many tokens wide, as the settings ask, not one.
+    import featureforge as ff
+
+    assert ff.open_store(out / "minilm-l3-quick.zarr").write_shuffle_rows > 0
+    widths = [len(c["tokens"]) for f in features for c in f["contexts"]]
+    assert min(widths) > 1 and sum(widths) / len(widths) > 6, widths
     lines = [json.loads(line) for line in (out / "run-quick" / "metrics.jsonl").read_text().splitlines()]
     assert any("downstream/score" in line for line in lines), "downstream evaluated during training"
 
@@ -73,11 +80,15 @@ def test_quick_demo_writes_report_plots_and_html_and_reruns(tmp_path):
 
 
 def test_demo_without_plugins_names_make_demo_in_one_line(tmp_path):
-    proc = _demo(tmp_path / "demo", FEATUREFORGE_PLUGINS="")
+    proc = _demo(tmp_path / "demo", FEATUREFORGE_PLUGINS="demo")  # the demo itself, none of what it needs
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: the demo needs")
-    assert "make demo" in lines[0] and "pip install -e plugins/featureforge-hf" in lines[0] and "featureforge-sae" in lines[0]
+    assert "make demo" in lines[0] and "pip install featureforge-" in lines[0] and "featureforge-sae" in lines[0] and "plugins/" not in lines[0]
+    assert not (tmp_path / "demo").exists() or not any((tmp_path / "demo").iterdir()), "nothing written before the check"
+
+    proc = _demo(tmp_path / "demo", FEATUREFORGE_PLUGINS="")  # no demo distribution: the CLI says plugins add commands
+    assert proc.returncode == 2 and "no command 'demo'" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
 @pytest.fixture(scope="module")
