@@ -36,13 +36,10 @@ PUBLIC_MODULES = {"featureforge", "featureforge.store", "featureforge.training",
                   "featureforge.evaluation.metrics", "featureforge.plots", "featureforge.dictionary", "featureforge.testing",
                   # the one intervention model (add/clamp/ablate at a hook) that sources' splices and steering pages share
                   "featureforge.interventions", "featureforge.steering",
-<<<<<<< HEAD
                   # process and device settings: the one device rule, the CLI's opt-in OpenMP spin
-                  "featureforge.runtime"}
-=======
+                  "featureforge.runtime",
                   # the live model a source's splice yields, and the torch hook sites sources and visualisers hook
                   "featureforge.live", "featureforge.sites"}
->>>>>>> d508204 (featureforge.live (LiveModel) and featureforge.sites (HookSite): the declared live-model seam and one hook-site helper; hf, moex, multifaceted use them; can_splice declared)
 
 
 def test_default_exports():
