@@ -6,9 +6,11 @@ The library API has the CLI's verbs: ``cache``, ``open_store``, ``train``, ``eva
 ``hookimpl``. ``__all__`` is the public API, pinned by ``tests/test_public_api.py``; the packages'
 faces ``featureforge.store``, ``featureforge.training`` and ``featureforge.evaluation`` and the modules
 ``featureforge.evaluation.metrics``, ``featureforge.plots``, ``featureforge.dictionary``,
-``featureforge.testing``, ``featureforge.interventions``, ``featureforge.steering`` and
-``featureforge.runtime`` are public too (see docs/plugins.md). Everything else may change. Importing the package changes no
-environment variable (``featureforge.runtime`` holds the CLI's opt-in process settings).
+``featureforge.testing``, ``featureforge.interventions``, ``featureforge.steering``,
+``featureforge.live`` (the live model a source's splice yields), ``featureforge.sites`` (torch hook
+sites) and ``featureforge.runtime`` are public too (see docs/plugins.md). Everything else may change.
+Importing the package changes no environment variable (``featureforge.runtime`` holds the CLI's
+opt-in process settings).
 """
 
 from typing import Any

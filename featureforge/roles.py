@@ -18,6 +18,7 @@ from .options import NoOptions, options_to_dict, parse_options
 
 if TYPE_CHECKING:  # pragma: no cover
     from .evaluation import EvaluationContext
+    from .live import LiveModel
 
 #: A batch of activations: ``acts [n, d]`` and optionally ``grads [n, d]``, ``token_ids [n]``,
 #: ``doc_ids [n]``, ``seq_ids [n]``, ``positions [n]``, as numpy arrays or torch tensors.
@@ -110,18 +111,17 @@ class ActivationSource(Plugin):
         """
         raise NotImplementedError(f"source {self.name!r} cannot turn token ids back into text")
 
-    @property
-    def can_splice(self) -> bool:
-        """Whether ``splice`` is implemented (a live model evaluators can run), declared by overriding it."""
-        return type(self).splice is not ActivationSource.splice
+    #: Whether ``splice`` is implemented (a live model evaluators and ``steer`` can run): a source
+    #: that overrides ``splice`` sets it True.
+    can_splice: ClassVar[bool] = False
 
     @contextlib.contextmanager
-    def splice(self, dictionary: Any) -> Iterator[Any]:
+    def splice(self, dictionary: Any) -> Iterator[LiveModel]:
         """Run the live model with the hook point replaced by ``dictionary``'s reconstruction.
 
-        The yielded live model is also the seam for interventions (``featureforge.interventions``):
-        ``live(input_ids, attention_mask, replace=fn, token_mask=...)`` replaces the rows at the
-        masked positions by ``fn(rows)``; ``featureforge.steering`` lists what ``steer`` needs besides.
+        Yields a ``featureforge.live.LiveModel``, also the seam for interventions
+        (``featureforge.interventions``): ``live(input_ids, attention_mask, replace=fn, token_mask=...)``
+        replaces the rows at the masked positions by ``fn(rows)``. Declare ``can_splice = True``.
         """
         raise NotImplementedError(f"source {self.name!r} cannot run a live model with a dictionary spliced in")
         yield

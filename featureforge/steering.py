@@ -1,15 +1,10 @@
 """Steering a live model with a dictionary's latents: ``featureforge steer`` and ``featureforge.steer``.
 
 The intervention (``interventions.py``) is applied through the store's source's splice seam: the
-source rebuilds its live model, ``source.splice(dictionary)`` yields a live model, and a row
-replacement edits the hook point at the chosen positions. What the core needs from that live
-model (the hf source's ``SplicedModel`` offers all of it):
-
-* ``kind`` ("causal-lm" or "encoder"), ``device``;
-* ``live(input_ids, attention_mask, replace=fn, token_mask=bool[b, t])`` -> logits or hidden states;
-* ``token_mask(input_ids, attention_mask)``: the positions the store holds as rows;
-* ``prompt_ids(text)``, ``decode(ids)``, ``token_texts(ids)``; ``pooled(hidden, mask)`` (encoders);
-* ``patch(fn)``: a context in which every forward of ``live.model`` is replaced (for :func:`steered`).
+source rebuilds its live model, ``source.splice(dictionary)`` yields a
+:class:`featureforge.live.LiveModel`, and a row replacement edits the hook point at the chosen
+positions. Steering checks up front (:func:`steerable`) that the live model reads text
+(``prompt_ids``, ``decode``, ``token_texts``) and is a causal LM or an encoder.
 
 Causal LMs: greedy (or seeded sampling) continuations with and without the intervention, and the
 next-token distribution shift at the prompt's end (KL(clean ‖ steered), most promoted and
@@ -27,6 +22,7 @@ import torch
 
 from .errors import BadInputError
 from .interventions import Intervention, position_mask, replacement, typical_values
+from .live import KINDS, LiveModel
 
 #: Store rows encoded to find each latent's typical firing value (the unit of α).
 TYPICAL_ROWS = 16_384
@@ -91,6 +87,18 @@ def live_source(store: Any, device: str = "") -> Any:
     return source
 
 
+def steerable(live: Any, *, text: bool = True) -> LiveModel:
+    """``live`` when steering can run it (from a text prompt unless ``text=False``); otherwise one line saying what it lacks."""
+    if not isinstance(live, LiveModel):
+        raise BadInputError(f"the source's splice gave a {type(live).__name__}, not a featureforge.live.LiveModel; "
+                            "steer needs one (its source must yield a LiveModel subclass)")
+    if live.kind not in KINDS:
+        raise BadInputError(f"live model kind {live.kind!r} is not one of {', '.join(KINDS)}; steer runs causal LMs and encoders")
+    if text and not live.reads_text:
+        raise live.lacks("prompt_ids", "read a text prompt")
+    return live
+
+
 def store_typical(dictionary: Any, store: Any, rows: int = TYPICAL_ROWS) -> torch.Tensor:
     """Each latent's mean non-zero code over the store's first ``rows`` rows."""
     rpc = store.rows_per_chunk
@@ -122,7 +130,7 @@ def distribution_shift(clean_logits: torch.Tensor, steered_logits: torch.Tensor,
     return kl, promoted, suppressed, lp, lq
 
 
-def generate(live: Any, ids: list[int], replace: Any, positions: Sequence[int] | None, max_new_tokens: int,
+def generate(live: LiveModel, ids: list[int], replace: Any, positions: Sequence[int] | None, max_new_tokens: int,
              temperature: float = 0.0, seed: int = 0) -> list[int]:
     """New token ids after ``ids``: greedy (temperature 0) or seeded sampling, the whole sequence
     re-run each step (no KV cache) so the intervention sees every position it covers.
@@ -187,11 +195,11 @@ def steer(
                           temperature=temperature, seed=seed, top=top)
 
 
-def steer_live(live: Any, dictionary: Any, typical: torch.Tensor, plans: Sequence[Intervention], prompt: str, *,
+def steer_live(live: LiveModel, dictionary: Any, typical: torch.Tensor, plans: Sequence[Intervention], prompt: str, *,
                positions: Sequence[int] | None = None, max_new_tokens: int = 20, temperature: float = 0.0, seed: int = 0,
                top: int = 10) -> SteerResult:
     """:func:`steer` on a live model already open (``source.splice(dictionary)``), one outcome per plan."""
-    ids = live.prompt_ids(prompt)
+    ids = steerable(live).prompt_ids(prompt)
     if len(ids) < 1:
         raise BadInputError(f"prompt {prompt!r} has no tokens; pass some text")
     input_ids = torch.tensor([ids], device=live.device)
@@ -220,7 +228,7 @@ def steer_live(live: Any, dictionary: Any, typical: torch.Tensor, plans: Sequenc
             outcomes.append(SteerOutcome(plan.value, embedding_distance=dist))
     latents = list(dict.fromkeys(i for p in plans for i in p.latents))
     return SteerResult(
-        prompt=prompt, kind=live.kind, hook=getattr(live, "hook", ""), latents=latents, mode=plans[0].mode if plans else "add",
+        prompt=prompt, kind=live.kind, hook=live.hook, latents=latents, mode=plans[0].mode if plans else "add",
         units=plans[0].units if plans else "typical", positions=list(positions) if positions is not None else None,
         typical=[float(typical[i]) for i in latents], clean_text=clean_text, outcomes=outcomes,
     )
@@ -260,7 +268,7 @@ def feature_sections(source: Any, dictionary: Any, store: Any, latents: Sequence
 
 @contextlib.contextmanager
 def steered(run: str | os.PathLike | Any, *, store: Any, latents: Sequence[int], alpha: float = 4.0, mode: str = "add",
-            units: str = "typical", device: str = "") -> Iterator[Any]:
+            units: str = "typical", device: str = "") -> Iterator[LiveModel]:
     """The store's live model, patched with the intervention at every position inside the block only.
 
     Yields the live model (``.model`` is the framework model, e.g. a transformers model whose own
@@ -271,9 +279,7 @@ def steered(run: str | os.PathLike | Any, *, store: Any, latents: Sequence[int],
     fn = replacement(dictionary, [Intervention(tuple(latents), mode, float(alpha), units)], typical)  # type: ignore[arg-type]
     source = live_source(opened, device)
     with source.splice(dictionary) as live:
-        if not hasattr(live, "patch"):
-            raise BadInputError(f"source {source.name!r}'s live model cannot be patched for a block; use featureforge.steer")
-        with live.patch(fn):
+        with steerable(live, text=False).patch(fn):
             yield live
 
 

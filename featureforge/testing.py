@@ -106,7 +106,8 @@ class _Suite:
 
 class SourceTests(_Suite):
     """An activation source: listed, rows of the declared shape and columns, deterministic
-    row ranges (random-access sources), JSON provenance, a cache round trip, unknown options refused."""
+    row ranges (random-access sources), JSON provenance, a cache round trip, unknown options
+    refused, and (sources declaring ``can_splice``) a live model that replaces its hook point."""
 
     source: ClassVar[str] = ""
     #: Rows read by each test (keep small: the source may run a model).
@@ -164,6 +165,51 @@ class SourceTests(_Suite):
 
         with pytest.raises(OptionError, match="no_such_option"):
             self._make({**plugin_options, "no_such_option": 1})
+
+    def test_splice_yields_a_live_model_that_replaces_the_hook(self, plugin_options: dict[str, Any]) -> None:
+        """Sources declaring ``can_splice``: the live model is a ``LiveModel``; without replacement
+        (and with an identity dictionary) it is the plain forward; a replacement changes it."""
+        import torch
+
+        from featureforge.live import KINDS, LiveModel
+
+        src = self._make(plugin_options)
+        if not src.can_splice:
+            pytest.skip(f"source {self.source!r} does not declare can_splice")
+        seen: list[tuple[int, ...]] = []
+
+        def zero(rows: Any) -> Any:
+            seen.append(tuple(rows.shape))
+            return torch.zeros_like(rows)
+
+        with src.splice(_identity(src.d_in)) as live:
+            assert isinstance(live, LiveModel), f"splice() yielded {type(live).__name__}, not a featureforge.live.LiveModel"
+            assert live.kind in KINDS, f"live model kind {live.kind!r} is not one of {KINDS}"
+            batch = next(iter(live.batches(max_sequences=2, batch_size=2)))
+            ids, mask, keep = batch.input_ids.to(live.device), batch.attention_mask.to(live.device), batch.token_mask.to(live.device)
+            clean = live(ids, mask, replace="none", token_mask=keep)
+            identity = live(ids, mask, token_mask=keep)
+            zeroed = live(ids, mask, replace=zero, token_mask=keep)
+        with torch.no_grad():
+            plain = live.forward(ids, mask)  # the splice has closed: its hook must be gone
+        torch.testing.assert_close(clean, plain, msg="live(..., replace='none') differs from the model's plain forward")
+        torch.testing.assert_close(identity, plain, rtol=1e-4, atol=1e-4, msg="splicing an identity dictionary changed the output")
+        assert seen == [(int(keep.sum()), src.d_in)], f"the replacement saw rows {seen}, not the {int(keep.sum())} kept rows of width {src.d_in}"
+        assert not torch.allclose(zeroed, plain, atol=1e-4), "zeroing the hook point's rows did not change the output"
+
+
+def _identity(d_in: int) -> Any:
+    """A dictionary whose reconstruction is its input (codes = rows)."""
+    from featureforge.dictionary import Dictionary
+
+    class _Identity(Dictionary):
+        def encode_normalised(self, x: Any) -> Any:
+            return x
+
+        def decode_normalised(self, codes: Any) -> Any:
+            return codes
+
+    return _Identity(d_in, d_in)
 
 
 class TrainerTests(_Suite):

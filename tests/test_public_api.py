@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import featureforge
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +39,9 @@ PUBLIC_MODULES = {"featureforge", "featureforge.store", "featureforge.training",
                   # process and device settings: the one device rule, the CLI's opt-in OpenMP spin
                   "featureforge.runtime",
                   # the run folder: its file names, RunConfig and the readers of metrics.jsonl and report.json
-                  "featureforge.run"}
+                  "featureforge.run",
+                  # the live model a source's splice yields, and the torch hook sites sources and visualisers hook
+                  "featureforge.live", "featureforge.sites"}
 
 
 def test_default_exports():
@@ -55,6 +59,33 @@ def test_public_modules_list_their_names():
         for name in module.__all__:
             assert name.isupper() or getattr(module, name).__module__ == module.__name__, f"{module.__name__}.{name}"
     assert {"fvu", "mmcs", "mcc", "l0", "explained_variance"} <= set(featureforge.evaluation.metrics.__all__)
+
+
+def test_the_live_model_seam_is_declared():
+    """What ``splice`` yields is one public class; a member a model lacks is a one-line error, not AttributeError."""
+    import torch
+
+    from featureforge.live import LiveModel
+    from featureforge.sites import HookSite
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 2))
+
+    class Bare(LiveModel):
+        def forward(self, input_ids, attention_mask):
+            return self.model(input_ids)
+
+    live = Bare(model, HookSite.find(model, "0"), None)
+    x = torch.randn(1, 4, 3)
+    assert torch.equal(live(x, torch.ones(1, 4), replace="none"), model(x).detach())
+    assert not torch.allclose(live(x, torch.ones(1, 4), replace="zero"), model(x))
+    for member, args in (("prompt_ids", ("hi",)), ("decode", ([1],)), ("token_texts", ([1],)), ("batches", ())):
+        with pytest.raises(featureforge.BadInputError, match=rf"Bare \(the store's live model\) cannot .*: it has no {member}\(\)") as info:
+            getattr(live, member)(*args)
+        assert "\n" not in str(info.value)
+    live.close()
+    assert not featureforge.ActivationSource.can_splice
+    with pytest.raises(featureforge.OptionError, match=r"^hook '2' is not a module of the model; nearest: .*; pass -o hook=NAME"):
+        HookSite.find(model, "2")
 
 
 def test_import_featureforge_does_not_import_torch():

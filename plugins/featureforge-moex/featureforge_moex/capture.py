@@ -1,27 +1,16 @@
-"""Read one module's output from a chess model by name, with a forward hook."""
+"""Read one module's output from a chess model by name, at a ``featureforge.sites`` hook site."""
 
 from __future__ import annotations
 
 import torch
 
-from featureforge import OptionError
+from featureforge.sites import HookSite
 
 
-def resolve(model: torch.nn.Module, hook: str) -> torch.nn.Module:
-    """The module named ``hook``; one-line error listing valid names otherwise."""
-    modules = dict(model.named_modules())
-    if hook not in modules:
-        names = [n for n in modules if n.endswith((".hidden", ".out")) or n.count(".") == 1 and n.startswith("blocks.")]
-        raise OptionError(f"hook {hook!r} is not a module of this model; use one of {', '.join(names)}")
-    return modules[hook]
-
-
-class _Recorder:
-    def __init__(self) -> None:
-        self.value: torch.Tensor | None = None
-
-    def __call__(self, module, args, output) -> None:
-        self.value = output.detach()
+def site(model: torch.nn.Module, hook: str) -> HookSite:
+    """The output of module ``hook``; one-line error naming the nearest names and the model's hook points."""
+    points = [n for n in dict(model.named_modules()) if n.endswith((".hidden", ".out")) or n.count(".") == 1 and n.startswith("blocks.")]
+    return HookSite.find(model, hook, of="this chess model", hint=f"; hook points are {', '.join(points)}")
 
 
 @torch.no_grad()
@@ -30,11 +19,11 @@ def capture(model: torch.nn.Module, ids: torch.Tensor, hook: str) -> torch.Tenso
 
     ``ids`` go to the model's device (a GPU-trained model is probed where it lives).
     """
-    recorder = _Recorder()
-    handle = resolve(model, hook).register_forward_hook(recorder)
-    try:
+    seen: list[torch.Tensor] = []
+
+    def keep(x: torch.Tensor) -> None:
+        seen.append(x.detach())
+
+    with site(model, hook).attached(keep):
         model(ids.to(next(model.parameters()).device))
-    finally:
-        handle.remove()
-    assert recorder.value is not None
-    return recorder.value.float().cpu()
+    return seen[-1].float().cpu()

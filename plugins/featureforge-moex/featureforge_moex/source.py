@@ -40,6 +40,7 @@ class ChessLMSource(ActivationSource):
     name = "chess-lm"
     description = "Character-level chess model (GELU, Switch MoE or MoE-X MLPs) over generated games, cached at one module"
     Options = ChessLMOptions
+    can_splice = True
 
     def __post_init__(self) -> None:
         o = self.options
@@ -55,11 +56,11 @@ class ChessLMSource(ActivationSource):
     @property
     def model(self):
         if self._model is None:
-            from .capture import resolve
+            from .capture import site
             from .chess_lm import load_lm
 
             model = load_lm(self.options.model)
-            resolve(model, self.hook_name_for(model))
+            site(model, self.hook_name_for(model))
             self._model = model
         return self._model
 

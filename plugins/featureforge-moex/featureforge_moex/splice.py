@@ -1,58 +1,78 @@
-"""A chess model with its hook point replaced, for downstream-loss evaluators.
+"""A chess model with its hook point replaced: the live model of the ``chess-lm`` source.
 
-``ChessLMSource.splice(dictionary)`` yields a ``SplicedChessLM``. It offers what the ``downstream``
-evaluator of featureforge-hf uses from a spliced model: ``kind`` ("causal-lm"), ``batches(...)``
-of held-out games (games after the store's last one, same seed and policy), and ``compare(batch,
-replacements)`` returning summed next-character CE and KL (clean vs each replacement). The
-replacement happens in a forward hook on the source's hook module at every real character.
+``ChessLMSource.splice(dictionary)`` yields a ``SplicedChessLM``, a ``featureforge.live.LiveModel``
+(the replacement at the hook site, ``patch`` and the call are the base's). Its tokens are PGN
+characters, so it reads text: ``prompt_ids`` (a prompt framed as a game, ``;`` first), ``decode``
+and ``token_texts`` come from the chess vocabulary, which is what ``featureforge steer`` needs. For
+the ``downstream`` evaluator of featureforge-hf it gives ``batches(...)`` of held-out games (games
+after the store's last one, same seed and policy) and ``compare(batch, replacements)``: summed
+next-character CE and KL, clean vs each replacement, at every real character.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Callable, Iterable, Iterator, Mapping, Union
+from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
 
 from featureforge import BadInputError
+from featureforge.live import LiveModel, Replacement, TokenBatch
 
-from .capture import resolve
+from .capture import site
+from .chess_games import CHAR_TO_ID, VOCAB, make_games
 
-Replacement = Union[str, Callable[[torch.Tensor], torch.Tensor]]
-
-
-@dataclasses.dataclass
-class GameBatch:
-    """Games as the source feeds them: ids (padding 0), mask of real characters, game ids."""
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    token_mask: torch.Tensor
-    doc_ids: torch.Tensor
+#: Games as the source feeds them: ids (padding 0), mask of real characters, game ids.
+GameBatch = TokenBatch
+#: The character that starts every game (Karvonen's chess-GPT convention, see chess_games).
+GAME_START = ";"
 
 
-class SplicedChessLM:
+class SplicedChessLM(LiveModel):
     kind = "causal-lm"
+    reads_text = True
 
     def __init__(self, source: Any, dictionary: Any):
         self.source = source
-        self.model = source.model
-        self.dictionary = dictionary
-        if isinstance(dictionary, torch.nn.Module):
-            dictionary.eval()
-        self._replace: Replacement = "none"
-        self._mask: torch.Tensor | None = None
-        self._handle = resolve(self.model, source.hook_name).register_forward_hook(self._hook)
+        super().__init__(source.model, site(source.model, source.hook_name), dictionary)
 
-    def close(self) -> None:
-        self._handle.remove()
+    # -- text: one token per PGN character ---------------------------------------------------------
+    def _ids(self, text: str) -> list[int]:
+        bad = sorted({c for c in text if c not in CHAR_TO_ID})
+        if bad:
+            raise BadInputError(f"text contains characters outside the chess vocabulary ({''.join(bad)!r}); pass PGN like ';1.e4 e5 2.Nf3'")
+        return [CHAR_TO_ID[c] for c in text]
 
+    def prompt_ids(self, text: str) -> list[int]:
+        """The prompt's characters, ``;`` first as every game starts (added when missing)."""
+        ids = self._ids(text if text.startswith(GAME_START) else GAME_START + text)
+        context = self.model.cfg.context
+        if len(ids) > context:
+            raise BadInputError(f"prompt of {len(ids)} characters exceeds the chess model's context of {context}; pass a shorter game")
+        return ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return "".join(self.token_texts(ids))
+
+    def token_texts(self, ids: Iterable[int]) -> list[str]:
+        return [VOCAB[int(i)] for i in ids]
+
+    def token_mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Stored-row positions: every real character, or only the '.' after move numbers (``positions=dots``)."""
+        mask = attention_mask.bool()
+        if self.source.options.positions == "dots":
+            mask = mask & (input_ids == CHAR_TO_ID["."])
+        return mask
+
+    # -- running ---------------------------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Logits ``[b, t, vocab]`` (the model reads every position; padding is masked by callers)."""
+        return self.model(input_ids)
+
+    # -- held-out data and downstream sums ---------------------------------------------------------
     def batches(self, texts: Iterable[str] | None = None, *, start_doc: int = 0, max_sequences: int | None = None,
-                batch_size: int | None = None) -> Iterator[GameBatch]:
+                batch_size: int | None = None) -> Iterator[TokenBatch]:
         """Batches of held-out games (from game ``start_doc`` on), or of ``texts`` (PGN lines)."""
-        from .chess_games import CHAR_TO_ID, make_games
-
         o = self.source.options
         context = self.model.cfg.context
         if texts is None:
@@ -63,54 +83,20 @@ class SplicedChessLM:
             docs = [(i, t[:context]) for i, t in enumerate(texts) if t.strip()]
             if max_sequences is not None:
                 docs = docs[:max_sequences]
-            bad = sorted({c for _, t in docs for c in t if c not in CHAR_TO_ID})
-            if bad:
-                raise BadInputError(f"texts contain characters outside the chess vocabulary ({''.join(bad)!r}); pass PGN lines like ';1.e4 e5 2.Nf3'")
         size = batch_size or o.batch_size
         for start in range(0, len(docs), size):
             chunk = docs[start : start + size]
             ids = torch.zeros(len(chunk), max(len(t) for _, t in chunk), dtype=torch.long)
             mask = torch.zeros_like(ids, dtype=torch.bool)
             for i, (_, text) in enumerate(chunk):
-                ids[i, : len(text)] = torch.as_tensor([CHAR_TO_ID[c] for c in text])
+                ids[i, : len(text)] = torch.as_tensor(self._ids(text))
                 mask[i, : len(text)] = True
-            yield GameBatch(ids, mask.long(), mask, torch.as_tensor([d for d, _ in chunk]))
+            yield TokenBatch(ids, mask.long(), mask, torch.as_tensor([d for d, _ in chunk]))
 
-    def _replacement(self, rows: torch.Tensor) -> torch.Tensor:
-        """What stands in for ``rows`` under the current ``replace`` setting."""
-        how = self._replace
-        if callable(how):
-            return how(rows)
-        fixed = {
-            "dictionary": lambda: self.dictionary(rows.float()).x_hat,
-            "zero": lambda: torch.zeros_like(rows),
-            "mean": lambda: rows.float().mean(0, keepdim=True).expand_as(rows),
-        }
-        if how not in fixed:
-            raise BadInputError(f"replace={how!r} is not one of dictionary, none, zero, mean or a function")
-        return fixed[how]()
-
-    def _hook(self, module: Any, args: Any, output: torch.Tensor) -> torch.Tensor | None:
-        if self._replace == "none" or self._mask is None:
-            return None
-        out = output.clone()
-        out[self._mask] = self._replacement(output[self._mask]).to(out.dtype)
-        return out
-
-    @torch.no_grad()
-    def __call__(self, input_ids: torch.Tensor, *, replace: Replacement = "dictionary", token_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits ``[b, t, vocab]`` with the hook point replaced at ``token_mask`` (default: every position)."""
-        self._replace = replace
-        self._mask = token_mask if token_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
-        try:
-            return self.model(input_ids)
-        finally:
-            self._replace, self._mask = "none", None
-
-    def compare(self, batch: GameBatch, replacements: Iterable[str] | Mapping[str, Replacement] = ("dictionary", "zero")) -> dict[str, float]:
+    def compare(self, batch: TokenBatch, replacements: Iterable[str] | Mapping[str, Replacement] = ("dictionary", "zero")) -> dict[str, float]:
         """Summed ``tokens``, ``ce_clean``, ``ce_<r>``, ``kl_<r>`` over predicted characters."""
         chosen = dict(replacements) if isinstance(replacements, Mapping) else {r: r for r in replacements}
-        ids, real = batch.input_ids, batch.token_mask
+        ids, real = batch.input_ids.to(self.device), batch.token_mask.to(self.device)
         valid = real[:, 1:] & real[:, :-1]
         targets = ids[:, 1:].masked_fill(~valid, -1)
 

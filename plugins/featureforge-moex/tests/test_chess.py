@@ -122,6 +122,37 @@ def test_chess_lm_source_caches_trains_and_evaluates_through_the_cli(tmp_path):
         assert down["kl_dictionary"] >= 0 and down["ce_zero"] != down["ce_clean"]
 
 
+@pytest.fixture(scope="module")
+def chess_run(tmp_path_factory):
+    """(store, run) of a tiny MoE-X chess model cached at blocks.1.mlp.hidden, a switch dictionary trained on it."""
+    tmp = tmp_path_factory.mktemp("chess-steer")
+    torch.manual_seed(5)
+    chess_lm.save_lm(chess_lm.ChessLM(chess_lm.LMConfig(mlp="moex", n_layer=2, d_model=32, n_head=2, context=128)), tmp / "lm")
+    store = featureforge.cache("chess-lm", {"model": str(tmp / "lm"), "hook": "blocks.1.mlp.hidden", "games": 16}, store=str(tmp / "s.zarr"),
+                               rows_per_chunk=512, progress=False)
+    [run] = featureforge.train("switch", {"d_dict": 128, "k": 8}, store=store, out=str(tmp / "run"), batch_size=256, threads=1, progress=False)
+    return store, run
+
+
+def test_steer_on_a_chess_lm_store_continues_a_game_through_the_cli(chess_run):
+    store, run = chess_run
+    runner = CliRunner()
+    args = ["steer", str(run), "--store", store.url, "--latent", "3", "--units", "absolute", "--alpha", "0,8",
+            "--prompt", "1.e4 e5 2.", "--max-new-tokens", "6"]
+    result = runner.invoke(cli, [*args, "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["kind"] == "causal-lm" and out["hook"] == "blocks.1.mlp.hidden"
+    assert len(out["clean_text"]) == 6 and set(out["clean_text"]) <= set(chess_games.VOCAB)
+    zero, eight = out["outcomes"]
+    assert zero["text"] == out["clean_text"] and zero["kl"] == pytest.approx(0, abs=1e-9)  # α = 0 changes no code
+    assert eight["kl"] > 0 and all(len(t["token"]) == 1 for t in eight["promoted"])
+    lines = runner.invoke(cli, args, catch_exceptions=False).stdout.splitlines()
+    assert lines[0].startswith("add latent(s) 3 at blocks.1.mlp.hidden") and lines[1].startswith("clean")
+    bad = runner.invoke(cli, [*args[:-4], "--prompt", "1.e4 Z?"])
+    assert bad.exit_code != 0 and "outside the chess vocabulary" in bad.output and bad.output.count("\n") == 1
+
+
 class _Identity(torch.nn.Module):
     def forward(self, rows):
         return type("Out", (), {"x_hat": rows})()

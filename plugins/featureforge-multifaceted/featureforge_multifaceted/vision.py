@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from featureforge import BadInputError
+from featureforge.sites import HookSite
 
 from .facets import FacetSettings, find_facets
 from .synthesis import SynthesisSettings, synthesise
@@ -35,18 +36,19 @@ class Unit:
     dictionary: Any = None
 
 
-def _module(model: torch.nn.Module, name: str) -> torch.nn.Module:
-    modules = dict(model.named_modules())
-    if name not in modules:
-        raise BadInputError(f"model has no module {name!r}; pick one of: {', '.join(n for n in modules if n)[:400]}")
-    return modules[name]
-
-
 @contextlib.contextmanager
 def _capture(model: torch.nn.Module, names: Sequence[str]) -> Iterator[dict[str, torch.Tensor]]:
     """Outputs of the named modules during forward passes, kept with their graphs."""
     seen: dict[str, torch.Tensor] = {}
-    handles = [_module(model, n).register_forward_hook(lambda m, a, out, n=n: seen.__setitem__(n, out)) for n in names]
+    sites = [HookSite.find(model, n, error=BadInputError, fix="pick a layer by its name") for n in names]
+
+    def keeper(name: str) -> Any:
+        def keep(x: torch.Tensor) -> None:
+            seen[name] = x
+
+        return keep
+
+    handles = [site.attach(keeper(n)) for n, site in zip(names, sites)]
     try:
         yield seen
     finally:

@@ -63,7 +63,7 @@ def test_unit_out_of_range_is_one_line(digits_cnn):
     model, x, _ = digits_cnn
     with pytest.raises(featureforge.BadInputError, match=r"unit index 5 is out of range: there are 5 units in 'head'; pick 0..4"):
         top_images(model, x[:4], Unit("head", 5), "fc")
-    with pytest.raises(featureforge.BadInputError, match="model has no module 'fc9'"):
+    with pytest.raises(featureforge.BadInputError, match="hook 'fc9' is not a module of the model; nearest: fc"):
         top_images(model, x[:4], Unit("fc9", 0), "fc")
 
 

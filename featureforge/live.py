@@ -1,0 +1,183 @@
+"""The live model ``ActivationSource.splice(dictionary)`` yields: a model whose hook point can be replaced.
+
+One class so that evaluators (``downstream``), ``featureforge steer`` and dashboards can rely on
+its members, and a source that cannot offer one says so in one line instead of an AttributeError.
+A subclass sets ``kind``, implements :meth:`LiveModel.forward` (the plain model call) and, where
+its model has them, the text members (``reads_text = True``) and :meth:`LiveModel.batches` /
+:meth:`LiveModel.compare`; the base owns the replacement at the hook site, so "dictionary",
+"zero", "mean", an intervention's row function and :meth:`LiveModel.patch` mean one thing everywhere.
+
+=====================  ============================================================================
+``kind``, ``hook``     "causal-lm" (logits) or "encoder" (hidden states); the hook point's name
+``device``             where inputs go (default: the device of ``model``'s parameters)
+``live(ids, mask,      the model with the hook site's rows at ``token_mask`` replaced by
+replace=, token_mask=)`` ``replace`` (``"dictionary"``, ``"none"``, ``"zero"``, ``"mean"`` or rows -> rows)
+``token_mask(ids, m)`` the positions the store holds as rows (default: every real token)
+``prompt_ids``,        text -> framed ids, ids -> text, ids -> one display string each
+``decode``,
+``token_texts``
+``pooled(hidden, m)``  sentence embedding of an encoder's hidden states (mean over ``m``)
+``patch(fn)``          a block in which every forward of ``model`` is replaced at every position
+``batches``,           held-out data as :class:`TokenBatch` and the summed downstream quantities
+``compare``            of one batch (what the ``downstream`` evaluator adds up)
+=====================  ============================================================================
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping, Union
+
+import torch
+
+from .errors import BadInputError
+from .sites import HookSite
+
+__all__ = ["KINDS", "LiveModel", "Replacement", "TokenBatch"]
+
+#: ``replace`` values: a fixed rule or a function of the rows ``[n, d] -> [n, d]``.
+Replacement = Union[str, Callable[[torch.Tensor], torch.Tensor]]
+KINDS = ("causal-lm", "encoder")
+
+
+@dataclasses.dataclass
+class TokenBatch:
+    """Sequences prepared exactly as the source prepares them for caching."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    #: Positions the store would hold as rows (the replaced ones).
+    token_mask: torch.Tensor
+    doc_ids: torch.Tensor
+
+
+class LiveModel:
+    """A model run with its hook site replaceable; see the module docstring for the members."""
+
+    #: "causal-lm" (``live(...)`` gives logits) or "encoder" (last hidden states).
+    kind: str = "causal-lm"
+    #: Whether ``prompt_ids``, ``decode`` and ``token_texts`` are implemented (what steering from text needs).
+    reads_text: ClassVar[bool] = False
+
+    def __init__(self, model: Any, site: HookSite, dictionary: Any):
+        self.model = model
+        self.site = site
+        #: The hook point's name (shown by ``featureforge steer``).
+        self.hook = site.name
+        self.dictionary = dictionary
+        if isinstance(dictionary, torch.nn.Module):
+            dictionary.to(self.device)
+            dictionary.eval()
+        self._replace: Replacement = "none"
+        self._mask: torch.Tensor | None = None
+        #: Replacement at every position of forward passes not started by ``__call__`` (set by :meth:`patch`).
+        self._patch: Replacement | None = None
+        self._handle: Any = site.attach(self._at_site)
+
+    def close(self) -> None:
+        """Remove the hook: the model runs as before the splice."""
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    # -- what a subclass implements ----------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """One plain forward pass of ``model``: logits [b, t, vocab] or hidden states [b, t, d]."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement forward(input_ids, attention_mask)")
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's inputs go."""
+        first = next(iter(self.model.parameters()), None) if isinstance(self.model, torch.nn.Module) else None
+        return first.device if first is not None else torch.device("cpu")
+
+    def token_mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Stored-row positions of arbitrary input ids (default: every position the mask keeps)."""
+        return attention_mask.bool()
+
+    def prompt_ids(self, text: str) -> list[int]:
+        """A prompt's ids, framed as the source frames a sequence."""
+        raise self.lacks("prompt_ids", "read a text prompt")
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """The text of some ids."""
+        raise self.lacks("decode", "turn ids into text")
+
+    def token_texts(self, ids: Iterable[int]) -> list[str]:
+        """Display text of single tokens (for promoted/suppressed token lists)."""
+        raise self.lacks("token_texts", "show single tokens as text")
+
+    def pooled(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Sentence embeddings [b, d]: the mean of the hidden states over the mask."""
+        m = attention_mask.to(hidden.device).unsqueeze(-1).float()
+        return (hidden.float() * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+    def batches(self, texts: Iterable[str] | None = None, *, start_doc: int = 0, max_sequences: int | None = None,
+                batch_size: int | None = None) -> Iterator[TokenBatch]:
+        """Batches of ``texts``, or of the source's own data from document ``start_doc`` on (held out)."""
+        raise self.lacks("batches", "give held-out data")
+
+    def compare(self, batch: TokenBatch, replacements: Iterable[str] | Mapping[str, Replacement] = ("dictionary", "zero")) -> dict[str, float]:
+        """Summed downstream quantities of one batch, clean vs each replacement (see featureforge-hf's)."""
+        raise self.lacks("compare", "sum downstream metrics")
+
+    def lacks(self, member: str, what: str) -> BadInputError:
+        """The one-line error for a member this kind of model cannot offer (``what`` it would do)."""
+        return BadInputError(f"{type(self).__name__} (the store's live model) cannot {what}: it has no {member}(); "
+                             f"use a source whose live model can (such as hf), or call live(input_ids, ...) directly")
+
+    # -- running, owned by the base ---------------------------------------------------------------
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *, replace: Replacement = "dictionary",
+                 token_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """:meth:`forward` with the site's rows at ``token_mask`` (default :meth:`token_mask`) replaced by ``replace``."""
+        input_ids = input_ids.to(self.device)
+        attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(self.device)
+        if replace == "dictionary" and self.dictionary is None:
+            raise BadInputError("splice(None) has no dictionary to splice in; pass replace='none', 'zero', 'mean' or a function")
+        self._replace = replace
+        self._mask = (token_mask if token_mask is not None else self.token_mask(input_ids, attention_mask)).to(self.device)
+        try:
+            # no_grad, not inference_mode: the dictionary runs inside, and tensors it caches across
+            # calls (kernel workspaces) must stay usable by training afterwards.
+            with torch.no_grad():
+                return self.forward(input_ids, attention_mask)
+        finally:
+            self._replace, self._mask = "none", None
+
+    @contextlib.contextmanager
+    def patch(self, replace: Replacement) -> Iterator["LiveModel"]:
+        """Inside the block every forward pass of ``self.model`` is replaced at every position
+        (padding and special tokens included), e.g. a transformers ``model.generate(...)``."""
+        self._patch = replace
+        try:
+            yield self
+        finally:
+            self._patch = None
+
+    def replacement(self, rows: torch.Tensor, replace: Replacement) -> torch.Tensor:
+        """What stands in for the site's ``rows [n, d]`` under ``replace``."""
+        if callable(replace):
+            return replace(rows)
+        if replace == "dictionary":
+            out = self.dictionary(rows.float())
+            return out.x_hat if hasattr(out, "x_hat") else out
+        if replace == "zero":
+            return torch.zeros_like(rows)
+        if replace == "mean":
+            return rows.float().mean(0, keepdim=True).expand_as(rows)
+        raise BadInputError(f"replace={replace!r} is not one of dictionary, none, zero, mean or a function")
+
+    def _at_site(self, x: torch.Tensor) -> torch.Tensor | None:
+        replace, mask = self._replace, self._mask
+        if mask is None and self._patch is not None:
+            replace, mask = self._patch, torch.ones(x.shape[:-1], dtype=torch.bool, device=x.device)
+        if replace == "none" or mask is None:
+            return None
+        rows = x[mask]
+        new = self.replacement(rows, replace)
+        if tuple(new.shape) != tuple(rows.shape):
+            raise BadInputError(f"the replacement gives shape {tuple(new.shape)} for rows of shape {tuple(rows.shape)}; it must keep the shape")
+        x = x.clone()
+        x[mask] = new.to(x.dtype)
+        return x
