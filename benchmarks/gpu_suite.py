@@ -15,8 +15,9 @@ Prints one JSON object (and writes it with ``--out FILE``):
     CUDA, so its ``float32`` cell calls the undecorated ``forward.__wrapped__``. "sparsify not
     installed" where ``import sparsify`` gives no ``SparseCoder``;
   * ``featureforge_loop``: ``featureforge.train`` end to end on the on-disk synthetic store
-    (shuffled reader, host-to-device copies, logging), steady state = median ``rows_per_s`` of
-    the metrics.jsonl windows after the first two;
+    (shuffled reader, host-to-device copies, logging, the final checkpoint), sized to about
+    ``loop_seconds`` at the slower of the step and reader rates; steady state = median
+    ``rows_per_s`` of the metrics.jsonl windows after the first two;
   * ``reader``: rows/s the store's shuffled reader delivers to the device alone;
   * ``vs_sparsify``: featureforge step rows/s over sparsify's, per dtype.
 
@@ -430,11 +431,11 @@ def loop_cell(store: Any, d_dict: int, k: int, dtype: str, device: str, rows: in
             "train_call_s": round(wall, 2), "final_train_fvu": round(lines[-1]["fvu"], 4), "run": str(out)}
 
 
-def featureforge_loop_cell(store: Any, shape: Shape, dtype: str, prof: Profile, step_rate: float | None, work: Path) -> dict[str, Any]:
-    """The loop cell sized to ``loop_seconds`` at the step cell's rate (bounded), its run folder removed after."""
+def featureforge_loop_cell(store: Any, shape: Shape, dtype: str, prof: Profile, rate: float | None, work: Path) -> dict[str, Any]:
+    """The loop cell sized to ``loop_seconds`` at ``rate`` rows/s (bounded), its run folder removed after."""
     import shutil
 
-    rows = int((step_rate or 0) * prof.loop_seconds)
+    rows = int((rate or 0) * prof.loop_seconds)
     rows = max(prof.loop_min_steps * prof.batch_size, min(rows, shape.loop_max_rows))
     rows -= rows % prof.batch_size
     out = work / f"run-{shape.d_in}-{dtype}"
@@ -552,7 +553,9 @@ def topk_shape(suite: Suite, name: str, shape: Shape, prof: Profile, sparsify: A
     del batches
     out["reader"] = suite.cell(f"{name}: reader", lambda: reader_cell(box["store"], prof))
     for dtype in DTYPES:
-        rate = out["featureforge_step"][dtype].get("rows_per_s")
+        # Sized by the slower of the step and the reader: the loop cannot beat either.
+        rates = [c.get("rows_per_s") for c in (out["featureforge_step"][dtype], out["reader"])]
+        rate = min((r for r in rates if r), default=None)
         out["featureforge_loop"][dtype] = suite.cell(f"{name}: featureforge loop {dtype}",
                                                      lambda: featureforge_loop_cell(box["store"], shape, dtype, prof, rate, work))
     return out
