@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import shutil
 import statistics
@@ -32,7 +31,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_suite import ROOT, cpu_info, loop_cell, source_state, synthetic_store  # noqa: E402
+import provenance  # noqa: E402
+from gpu_suite import ROOT, loop_cell, synthetic_store  # noqa: E402
 
 SHAPES = {  # (d_in, d_dict, k) and the synthetic features, as benchmarks/train_vs_peers.py sizes them
     "d128_1024_k16": ((128, 1024, 16), {"d_in": 128, "n_features": 512, "mean_active": 10.0, "seed": 0}),
@@ -120,7 +120,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=1, help="interleaved repeats of the three modes")
     p.add_argument("--only", default="", help="comma list of shapes (default both)")
     p.add_argument("--stores", type=Path, default=ROOT / "stores", help="where the synthetic stores are kept (reused)")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "bf16_cpu" / "bf16_cpu.json")
+    provenance.add_out_argument(p, "bf16_cpu")
     args = p.parse_args()
     os.environ.setdefault("FEATUREFORGE_PROGRESS", "0")
     import torch
@@ -128,8 +128,7 @@ def main() -> None:
     from featureforge_sae import _kernels
 
     result: dict[str, Any] = {
-        "benchmark": "bf16_cpu", "commit": source_state(), "command": [sys.executable, *sys.argv], "cpu": cpu_info(),
-        "torch": torch.__version__, "featureforge_sae_sees_fast_bf16": _kernels._cpu_has_fast_bf16(),
+        "benchmark": "bf16_cpu", "featureforge_sae_sees_fast_bf16": _kernels._cpu_has_fast_bf16(),
         "note": "shared machine (other workers' jobs ran alongside): the load averages are recorded; speed ratios within one "
                 "shape are interleaved runs, absolute rows/s are not a quiet machine's",
         "settings": {"store_rows": args.rows, "train_rows": args.train_rows, "batch_size": args.batch_size, "seed": args.seed,
@@ -151,11 +150,8 @@ def main() -> None:
                                       "options": options, "made_in_s": round(seconds, 1)},
                                       "matmul": matmul(args.batch_size, shape[0], shape[1]), "runs": runs, **summary(runs)}
     result["wall_s"] = round(time.perf_counter() - start, 1)
-    result["cpu"]["loadavg_end"] = list(os.getloadavg())
-    text = json.dumps(result, indent=1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
-    print(text)
+    result["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    provenance.emit(result, provenance.out_path(args.out, "bf16_cpu"))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The GPU suite: TopK training and HF caching throughput on one CUDA device, in under 8 minutes.
 
-Prints one JSON object (and writes it with ``--out FILE``):
+Prints one JSON object and writes it, with its provenance, to ``--out`` (default
+``benchmarks/results/gpu_suite/<UTC time>.json``):
 
 - ``topk.<shape>`` for d 768 / 24,576 latents / k 32 (``small``) and d 4096 / 65,536 / k 64
   (``large``), batch 4096, each in ``float32`` and ``bfloat16`` (the loop's ``dtype=bfloat16``:
@@ -31,7 +32,7 @@ cell that fails records its one-line error and the suite goes on; ``--budget-s``
 once the suite has run that long. Without CUDA the suite refuses in one line (exit code 2);
 ``--fake-tiny`` runs every code path on the CPU at tiny shapes (the tests use it).
 
-    python benchmarks/gpu_suite.py --out gpu_suite.json          # on a CUDA machine
+    python benchmarks/gpu_suite.py                               # on a CUDA machine
     python benchmarks/gpu_suite.py --fake-tiny --out /tmp/x.json  # the CPU check
 """
 
@@ -43,9 +44,7 @@ import dataclasses
 import gc
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -53,6 +52,9 @@ import traceback
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import provenance  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("FEATUREFORGE_PROGRESS", "0")
@@ -123,43 +125,6 @@ def log(msg: str) -> None:
 
 
 # -- where and what -------------------------------------------------------------------------------
-def source_state() -> dict[str, Any]:
-    """The checkout measured: HEAD, its subject and uncommitted changes to the measured code."""
-    def git(*argv: str) -> str:
-        try:
-            return subprocess.run(["git", "-C", str(ROOT), *argv], capture_output=True, text=True, timeout=30).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    dirty = git("status", "--porcelain", "--", "featureforge", "plugins", "benchmarks")
-    return {"head": git("rev-parse", "HEAD"), "subject": git("log", "-1", "--format=%s"), "uncommitted": dirty.splitlines()}
-
-
-def cpu_info() -> dict[str, Any]:
-    """CPU model, its flags (as lscpu shows them), what torch dispatches to, threads and load."""
-    import torch
-
-    model, flags = None, ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model is None:
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                flags = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    names = set(flags.split())
-    return {
-        "model": model or platform.processor(),
-        "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "vector_flags": sorted(f for f in names if f.startswith(("avx", "amx", "fma", "f16c"))),
-        "flags": flags,
-        "loadavg": list(os.getloadavg()),
-    }
-
-
 def device_info(device: str) -> dict[str, Any]:
     """torch/CUDA versions and the GPU (name, capability, memory), or the CPU in fake mode."""
     import torch
@@ -572,7 +537,7 @@ def hf_section(suite: Suite, prof: Profile, work: Path) -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, help="also write the JSON object to this file")
+    provenance.add_out_argument(p, "gpu_suite")
     p.add_argument("--fake-tiny", action="store_true", help="run every code path on the CPU at tiny shapes (the tests' check)")
     p.add_argument("--budget-s", type=float, default=420.0, help="skip the cells that would start after this many seconds")
     p.add_argument("--work", type=Path, help="folder for the stores and runs (default: a temporary folder, removed after)")
@@ -591,8 +556,7 @@ def main(argv: list[str] | None = None) -> int:
     suite = Suite(args.budget_s)
     only = set(filter(None, args.only.split(",")))
     result: dict[str, Any] = {"suite": "gpu_suite", "mode": "fake-tiny" if args.fake_tiny else "cuda",
-                              "commit": source_state(), "command": [sys.executable, *sys.argv],
-                              "device": device_info(prof.device), "cpu": cpu_info(),
+                              "device": device_info(prof.device),
                               "settings": {"batch_size": prof.batch_size, "step_seconds": prof.step_seconds,
                                            "loop_seconds": prof.loop_seconds, "budget_s": args.budget_s}}
     sparsify = import_sparsify()
@@ -605,12 +569,8 @@ def main(argv: list[str] | None = None) -> int:
         if not only or "hf" in only:
             result["hf_cache"] = hf_section(suite, prof, work)
     result["wall_s"] = round(time.perf_counter() - suite.start, 1)
-    result["cpu"]["loadavg_end"] = list(os.getloadavg())
-    text = json.dumps(result, indent=1)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    print(text)
+    result["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    provenance.emit(result, provenance.out_path(args.out, "gpu_suite"))
     return 0
 
 
