@@ -19,6 +19,7 @@ from .options import NoOptions, options_to_dict, parse_options
 if TYPE_CHECKING:  # pragma: no cover
     from .evaluation import EvaluationContext
     from .live import LiveModel
+    from .store import ActivationStore
 
 #: A batch of activations: ``acts [n, d]`` and optionally ``grads [n, d]``, ``token_ids [n]``,
 #: ``doc_ids [n]``, ``seq_ids [n]``, ``positions [n]``, as numpy arrays or torch tensors.
@@ -244,6 +245,17 @@ class Evaluator(Plugin):
     """
 
     kind: ClassVar[str] = "evaluator"
+
+    @classmethod
+    def default_for(cls, store: ActivationStore, occasion: str) -> bool:
+        """Whether this evaluator runs on ``store`` when the user names none.
+
+        ``occasion`` is ``"evaluate"`` (``featureforge evaluate``, and the report at the end of
+        training) or ``"training"`` (every ``eval_every`` steps, where it should be cheap). The
+        core asks every installed evaluator, so a plugin makes itself a default without the core
+        knowing its name; during training ``reconstruction`` runs when none claims the store.
+        """
+        return False
 
     def evaluate(self, dictionary: Any, context: EvaluationContext) -> EvaluationResult:
         """Metrics and artifacts of ``dictionary`` (on ``context.device``, in eval mode) on

@@ -303,10 +303,12 @@ def _lines(run):
 
 
 def test_evaluation_during_training_is_off_by_default_and_logs_prefixed_metrics(tiny_trainer, store, tmp_path):
-    from featureforge.training import TrainConfig, default_eval_evaluators
+    from featureforge.evaluation import default_evaluators
+    from featureforge.training import TrainConfig
 
     assert TrainConfig().eval_every == 0
-    assert default_eval_evaluators(store) == ["reconstruction"], "a synthetic store has no live model"
+    assert default_evaluators(store, "training") == ["reconstruction"], "a synthetic store has no live model"
+    assert default_evaluators(store) == ["reconstruction", "ground-truth"], "evaluate: each evaluator that claims the store"
     [plain] = _train(tiny_trainer, store, tmp_path / "plain", epochs=1)
     assert not any("eval_seconds" in line for line in _lines(plain))
     [run] = _train(tiny_trainer, store, tmp_path / "eval", epochs=1, eval_every=10)
@@ -530,3 +532,38 @@ def test_dead_after_the_trainer_decides_given_the_loops_setting_else_10M():
     assert dead_after_for(Trainer(None, None), None, TrainConfig()) == DEFAULT_DEAD_AFTER == 10_000_000
     base = DictionaryTrainer.__new__(DictionaryTrainer)
     assert dead_after_for(base, None, TrainConfig(dead_after=6)) == 6 and dead_after_for(base, None, TrainConfig()) == 10_000_000
+
+
+class _ClaimsTraining(ff.Evaluator):
+    """A plugin evaluator that declares itself the training default on stores of 16-wide activations."""
+
+    name = "claims-training"
+    description = "test-only: the training default on d_in=16 stores"
+
+    @classmethod
+    def default_for(cls, store, occasion):
+        return occasion == "training" and store.d_in == 16
+
+    def evaluate(self, dictionary, context):
+        return ff.EvaluationResult(metrics={"rows": context.eval_rows.rows})
+
+
+class _ClaimsPlugin:
+    @ff.hookimpl
+    def featureforge_register_evaluators(self, register):
+        register(_ClaimsTraining)
+
+
+def test_an_installed_evaluator_makes_itself_a_default_without_the_core_naming_it(tiny_trainer, store, tmp_path):
+    from featureforge.evaluation import default_evaluators
+
+    plugin = _ClaimsPlugin()
+    get_registry().register_plugin(plugin, "test-claims-plugin", "0")
+    try:
+        assert default_evaluators(store, "training") == ["claims-training"], "it replaces the reconstruction fallback"
+        assert "claims-training" not in default_evaluators(store), "it claims training only"
+        [run] = _train(tiny_trainer, store, tmp_path / "run", epochs=1, eval_every=10)
+        evals = [line for line in _lines(run) if "eval_seconds" in line]
+        assert evals and all("claims-training/rows" in line and "reconstruction/fvu" not in line for line in evals)
+    finally:
+        get_registry().unregister_plugin(plugin)

@@ -32,6 +32,11 @@ class GroundTruthEvaluator(Evaluator):
     description = "MMCS, MCC (Hungarian-matched), recovered@0.9 and firing F1 against a synthetic store's true features"
     Options = GroundTruthOptions
 
+    @classmethod
+    def default_for(cls, store: Any, occasion: str) -> bool:
+        """Stores that hold their true features (synthetic ones), in ``evaluate``."""
+        return occasion == "evaluate" and "ground_truth" in store.group
+
     def __post_init__(self) -> None:
         o = self.options
         if not -1 <= o.cos_threshold < 1:

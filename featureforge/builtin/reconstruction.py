@@ -37,6 +37,11 @@ class ReconstructionEvaluator(Evaluator):
     description = "FVU, explained variance, MSE, L0, dead/dense latents and a latent-density histogram"
     Options = ReconstructionOptions
 
+    @classmethod
+    def default_for(cls, store: Any, occasion: str) -> bool:
+        """Every store, in ``evaluate`` (during training it is the fallback the core picks)."""
+        return occasion == "evaluate"
+
     def __post_init__(self) -> None:
         o = self.options
         if not 0 < o.dense_threshold <= 1:

@@ -9,7 +9,7 @@ store's hold-out split (``featureforge.store``).
 
 from typing import Any
 
-from ._context import EvaluationContext, rebuild_source
+from ._context import EvaluationContext, rebuild_source, recorded_source_class
 from ._evaluate import default_evaluators, evaluate, summary_lines
 from ._sweeps import evaluate_sweep, is_sweep, pareto_front
 
@@ -24,6 +24,7 @@ __all__ = [
     "metrics",
     "pareto_front",
     "rebuild_source",
+    "recorded_source_class",
     "summary_lines",
 ]
 

@@ -137,6 +137,16 @@ class EvaluationContext:
         return f"EvaluationContext(store={url!r}, out_dir={str(self.out_dir)!r}, run_dir={self.run_dir!r}, device={self.device!r})"
 
 
+def recorded_source_class(store: "ActivationStore") -> "type[ActivationSource] | None":
+    """The installed class of the source ``store`` records (``None`` when none is installed):
+    what an evaluator's ``default_for`` asks about a store without rebuilding its model."""
+    from ..plugins import get_registry
+
+    name = (store.source or {}).get("name")
+    table = get_registry().tables()["source"]
+    return table[name].cls if name in table else None  # type: ignore[return-value]
+
+
 def rebuild_source(store: "ActivationStore", overrides: Mapping[str, Any] | None = None) -> "ActivationSource":
     """The source a store was cached from, rebuilt from its recorded name and options.
 

@@ -46,12 +46,16 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def default_evaluators(store: "ActivationStore") -> list[str]:
-    """``reconstruction`` always; ``ground-truth`` when the store holds ground truth."""
-    names = ["reconstruction"]
-    if "ground_truth" in store.group:
-        names.append("ground-truth")
-    return names
+def default_evaluators(store: "ActivationStore", occasion: str = "evaluate") -> list[str]:
+    """The installed evaluators that declare themselves a default for ``store`` on ``occasion``
+    (``Evaluator.default_for``), ``reconstruction`` first; during training, ``reconstruction``
+    when none does."""
+    from ..plugins import get_registry
+
+    registry = get_registry()
+    names = [name for name in registry.names("evaluator") if registry.get("evaluator", name).default_for(store, occasion)]
+    names.sort(key=lambda name: name != "reconstruction")
+    return names or (["reconstruction"] if occasion == "training" else [])
 
 
 def _instantiate(evaluators: Any, store: "ActivationStore") -> list["Evaluator"]:

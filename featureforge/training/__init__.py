@@ -21,7 +21,6 @@ __all__ = [
     "check_gradient_store",
     "check_trainer_class",
     "dead_after_for",
-    "default_eval_evaluators",
     "expand_sweep",
     "fresh_state",
     "lr_at",
@@ -30,7 +29,7 @@ __all__ = [
     "train",
 ]
 
-_NEEDS_TORCH = {"train": "._loop", "check_gradient_store": "._loop", "default_eval_evaluators": "._during",
+_NEEDS_TORCH = {"train": "._loop", "check_gradient_store": "._loop",
                 "apply_update": "._step", "fresh_state": "._step", "mark_fired": "._step"}
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 
+from ..evaluation._evaluate import default_evaluators
 from ..options import evaluator_options
 from ..plugins import get_registry
 from ..run import RunConfig, plots_dir
@@ -25,21 +26,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from ._settings import TrainConfig
 
 
-def default_eval_evaluators(store: ActivationStore) -> list[str]:
-    """``downstream`` when the store's source can splice a live model and it is installed, else ``reconstruction``."""
-    registry = get_registry()
-    name = (store.source or {}).get("name")
-    cls = registry.tables()["source"].get(name).cls if name in registry.tables()["source"] else None
-    if cls is not None and cls.can_splice and "downstream" in registry.names("evaluator"):
-        return ["downstream"]
-    return ["reconstruction"]
-
-
 def eval_instances(cfg: TrainConfig, store: ActivationStore) -> list[Any]:
     """The evaluators to run during training, with their options (validated before training starts)."""
     chosen = evaluator_options(cfg.eval_evaluators, cfg.eval_options, flag="-t eval_options=")
     if chosen is None:
-        chosen = {name: [] for name in default_eval_evaluators(store)}
+        chosen = {name: [] for name in default_evaluators(store, "training")}
     registry = get_registry()
     return [registry.get("evaluator", name)(settings) for name, settings in chosen.items()]
 

@@ -43,9 +43,9 @@ from ._schedule import dead_after_for, lr_at
 from ._settings import TrainConfig, check_trainer_class, resolve_config
 from ._step import apply_update, mark_fired
 from ._sweep import expand_sweep
-from ._during import default_eval_evaluators, eval_instances, evaluate_members
+from ._during import eval_instances, evaluate_members
 
-__all__ = ["METRICS_FILE", "TrainConfig", "check_gradient_store", "default_eval_evaluators", "expand_sweep", "is_complete", "lr_at", "train"]
+__all__ = ["METRICS_FILE", "TrainConfig", "check_gradient_store", "expand_sweep", "is_complete", "lr_at", "train"]
 
 INIT_SAMPLE_ROWS = 16384
 

@@ -63,7 +63,7 @@ class TrainConfig:
     eval_every: int = 0
     """Steps between evaluations of the current dictionary during training (rank 0; metrics.jsonl lines with keys like downstream/ce_loss_score); 0: never."""
     eval_evaluators: list[str] | None = None
-    """Evaluators run every eval_every steps; default: downstream when the store's source can splice a live model, else reconstruction."""
+    """Evaluators run every eval_every steps; default: those that declare themselves defaults for the store (Evaluator.default_for; featureforge-hf: downstream when the source can splice), else reconstruction."""
     eval_options: list[str] | None = None
     """Options of those evaluators as EVALUATOR.KEY=VALUE (e.g. downstream.max_sequences=64); an option naming another evaluator adds it."""
 

@@ -35,6 +35,7 @@ import math
 from typing import Any
 
 from featureforge import ActivationSource, BadInputError, EvaluationContext, EvaluationResult, Evaluator, OptionError
+from featureforge.evaluation import recorded_source_class
 
 
 @dataclasses.dataclass
@@ -57,6 +58,12 @@ class DownstreamEvaluator(Evaluator):
     name = "downstream"
     description = "Live model with the hook point spliced: CE-loss score and KL (causal LMs), pooled-embedding score (encoders)"
     Options = DownstreamOptions
+
+    @classmethod
+    def default_for(cls, store: Any, occasion: str) -> bool:
+        """During training, on stores whose recorded source can splice a live model (installed)."""
+        source = recorded_source_class(store)
+        return occasion == "training" and source is not None and source.can_splice
 
     def __post_init__(self) -> None:
         o = self.options

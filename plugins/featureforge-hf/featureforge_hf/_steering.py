@@ -67,6 +67,11 @@ class SteeringEvaluator(DownstreamEvaluator):
     description = "Amplify single latents in contexts where they are silent: output score (Arad et al. 2025), stability, collateral KL/CE"
     Options = SteeringOptions  # type: ignore[assignment]
 
+    @classmethod
+    def default_for(cls, store: Any, occasion: str) -> bool:
+        """Never: steering many latents is far too slow to run unasked (downstream's default is not inherited)."""
+        return False
+
     def __post_init__(self) -> None:
         o = self.options
         if o.latents < 1 or o.contexts < 2 or o.context_tokens < 2 or o.top_tokens < 1:

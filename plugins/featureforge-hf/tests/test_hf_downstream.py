@@ -169,9 +169,10 @@ class _TrainerPlugin:
 
 def test_training_on_an_hf_store_evaluates_downstream_by_default(gpt2_store, tmp_path):
     from featureforge.plugins import get_registry
-    from featureforge.training import default_eval_evaluators
+    from featureforge.evaluation import default_evaluators
 
-    assert default_eval_evaluators(gpt2_store) == ["downstream"]
+    assert default_evaluators(gpt2_store, "training") == ["downstream"], "the hf plugin declares itself the training default"
+    assert default_evaluators(gpt2_store) == ["reconstruction"], "evaluate: the live model is not spliced unless asked"
     plugin = _TrainerPlugin()
     get_registry().register_plugin(plugin, "test-hf-trainer", "0")
     try:
