@@ -146,7 +146,7 @@ def load_lm(folder: str | Path) -> ChessLM:
 
     folder = Path(folder)
     if not (folder / CONFIG_FILE).exists() or not (folder / WEIGHTS_FILE).exists():
-        raise BadInputError(f"{folder} is not a chess model folder (needs {CONFIG_FILE} and {WEIGHTS_FILE}); train one with benchmarks/moex_chess.py or featureforge_moex.train_chess_lm")
+        raise BadInputError(f"{folder} is not a chess model folder (needs {CONFIG_FILE} and {WEIGHTS_FILE}); train one with featureforge_moex.train_lm and save it with featureforge_moex.save_lm")
     raw = json.loads((folder / CONFIG_FILE).read_text())
     fields = {f.name for f in dataclasses.fields(LMConfig)}
     cfg = LMConfig(**{k: v for k, v in raw.items() if k in fields})

@@ -45,7 +45,7 @@ class ChessLMSource(ActivationSource):
     def __post_init__(self) -> None:
         o = self.options
         if not o.model:
-            raise OptionError("chess-lm needs -o model=FOLDER (a model saved by benchmarks/moex_chess.py or featureforge_moex.save_lm)")
+            raise OptionError("chess-lm needs -o model=FOLDER (a chess model trained with featureforge_moex.train_lm and saved with featureforge_moex.save_lm)")
         if o.games < 1:
             raise OptionError(f"games={o.games} must be at least 1; use e.g. -o games=1000")
         if o.batch_size < 1:
