@@ -32,6 +32,7 @@ from typing import Any, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import provenance  # noqa: E402
+import timing  # noqa: E402
 from gpu_suite import ROOT, loop_cell, synthetic_store  # noqa: E402
 
 SHAPES = {  # (d_in, d_dict, k) and the synthetic features, as benchmarks/train_vs_peers.py sizes them
@@ -61,13 +62,7 @@ def matmul(batch: int, d_in: int, d_dict: int, repeats: int = 7) -> dict[str, An
 
     out = {}
     for name, dt in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
-        a, b = torch.randn(batch, d_in, dtype=dt), torch.randn(d_in, d_dict, dtype=dt)
-        a @ b
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            a @ b
-            times.append(time.perf_counter() - t)
+        times = timing.matmul_seconds(batch, d_in, d_dict, dt, repeats)
         out[name] = {"best_ms": round(1000 * min(times), 2), "median_ms": round(1000 * statistics.median(times), 2),
                      "gflops_best": round(2 * batch * d_in * d_dict / min(times) / 1e9, 1)}
     out["bf16_over_fp32_time"] = round(out["bfloat16"]["best_ms"] / out["float32"]["best_ms"], 2)

@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 import provenance
+import timing
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS_DIR = Path(__file__).resolve().parent / "peers"
@@ -62,14 +63,7 @@ def matmul_bound(threads: int, batch: int, d_in: int, d_sae: int, repeats: int =
     torch.set_num_threads(threads)
     out = {}
     for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        a, b = torch.randn(batch, d_in, dtype=dt), torch.randn(d_in, d_sae, dtype=dt)
-        for _ in range(3):
-            a @ b
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            a @ b
-            times.append(time.perf_counter() - t)
+        times = timing.matmul_seconds(batch, d_in, d_sae, dt, repeats, warmup=3)
         best, med = min(times), float(np.median(times))
         out[name] = {"matmul_s_best": best, "matmul_s_median": med, "gflops_best": 2 * batch * d_in * d_sae / best / 1e9,
                      "rows_per_s_bound": batch / best, "rows_per_s_bound_median": batch / med}
