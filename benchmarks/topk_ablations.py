@@ -15,6 +15,18 @@ encoder backward in this process only:
   pre-activations, so its AuxK never reaches the encoder);
 * ``--aux-part no_bdec`` / ``bdec_only``: AuxK's encoder gradient without / with only its b_dec part.
 
+Switches for issue 22 (what SAELens's TopK does differently), patched the same way:
+
+* ``--init-enc-norm N``: encoder rows rescaled to norm N at initialisation (the decoder stays the
+  encoder's rows at unit norm); SAELens starts both at 0.1 (``decoder_init_norm``);
+* ``--free-decoder``: decoder rows not held at unit norm (no gradient projection, no renormalising);
+  ``--init-dec-norm N`` sets their starting norm;
+* ``--mse``: the loss is the summed squared error per row (SAELens) instead of the batch FVU;
+* ``--grad-clip G``: the loop's ``-t grad_clip`` (SAELens clips at 1.0);
+* ``--rescale`` (with ``--free-decoder``): pre-activations are multiplied by their decoder row's
+  norm and the decoder reconstructs with unit rows (SAELens's ``rescale_acts_by_decoder_norm``),
+  in training and in evaluation.
+
 One JSON line on stdout, also appended to ``--out`` with the run's provenance (pass the same ``--out``
 to collect a grid in one file). Results of the 2026-12-03 session:
 benchmarks/results/topk_ablations/topk_ablations.jsonl.
@@ -28,7 +40,6 @@ import torch
 
 import provenance
 
-torch.set_num_threads(1)
 
 
 def patch_backward(nogate: bool, aux_enc_off: bool, aux_part: str | None) -> None:
@@ -73,6 +84,65 @@ def patch_backward(nogate: bool, aux_enc_off: bool, aux_part: str | None) -> Non
     K.TopKEncode._backward = staticmethod(patched)
 
 
+def patch_rescale() -> None:
+    """Select and decode through unit decoder rows, the norms folded into the pre-activations."""
+    from featureforge_sae import _models as M
+    from featureforge_sae import trainers as T
+
+    def effective(d):
+        norms = d.W_dec.norm(dim=1)
+        return d.encoder.weight * norms[:, None], d.encoder.bias * norms, d.W_dec / norms[:, None]
+
+    def _encode(self, dictionary, x, dead, k_aux):
+        from featureforge_sae._kernels import topk_encode
+        W, b, _ = effective(dictionary)
+        return topk_encode(x, W, b, dictionary.b_dec, dictionary.k, dead, k_aux)
+
+    def _reconstruction(self, dictionary, values, indices, bias, target, denominator):
+        from featureforge_sae._kernels import sparse_reconstruction_loss
+        return sparse_reconstruction_loss(values, indices, effective(dictionary)[2], bias, target, denominator)
+
+    def sparse_encode(self, x):
+        W, b, _ = effective(self)
+        values, indices, _, _ = M.topk_encode(x, W, b, self.b_dec, self.k)
+        return values, indices
+
+    T.TopKTrainer._encode = _encode
+    T.TopKTrainer._reconstruction = _reconstruction
+    M.TopKSAE.sparse_encode = sparse_encode
+    M.TopKSAE.sparse_decode = lambda self, values, indices: M.sparse_decode(values, indices, effective(self)[2]) + self.b_dec
+    M.TopKSAE.decode_normalised = lambda self, codes: codes.to(self.W_dec.dtype) @ effective(self)[2] + self.b_dec
+
+
+def patch_trainer(init_enc_norm: float | None, free_decoder: bool, init_dec_norm: float | None, mse: bool) -> None:
+    """Replace parts of TopKTrainer in this process (initialisation, decoder constraint, loss)."""
+    from featureforge_sae import trainers as T
+
+    orig_init = T.TopKTrainer.initialize
+
+    def initialize(self, dictionary, sample):
+        orig_init(self, dictionary, sample)
+        with torch.no_grad():
+            if init_enc_norm is not None:
+                W = dictionary.encoder.weight
+                W.mul_(init_enc_norm / W.norm(dim=1, keepdim=True))
+            if init_dec_norm is not None:
+                dictionary.W_dec.mul_(init_dec_norm / dictionary.W_dec.norm(dim=1, keepdim=True))
+
+    T.TopKTrainer.initialize = initialize
+    if free_decoder:
+        T.TopKTrainer.before_step = lambda self, dictionary, state: None
+        T.TopKTrainer.after_step = lambda self, dictionary, state: None
+    if mse:
+        orig_loss = T.TopKTrainer._reconstruction_loss
+
+        def reconstruction_loss(self, dictionary, values, indices, x, total_variance):
+            fvu, metrics, x_hat = orig_loss(self, dictionary, values, indices, x, total_variance)
+            return fvu * (total_variance / x.shape[0]), metrics, x_hat
+
+        T.TopKTrainer._reconstruction_loss = reconstruction_loss
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--store", required=True)
@@ -91,26 +161,39 @@ def main() -> None:
     p.add_argument("--dead-after", type=int, help="the trainer's -o dead_after")
     p.add_argument("--loop-dead-after", type=int, help="the loop's -t dead_after (e.g. 10000000: the old default)")
     p.add_argument("--k-aux", type=int)
+    p.add_argument("--init-enc-norm", type=float)
+    p.add_argument("--init-dec-norm", type=float)
+    p.add_argument("--free-decoder", action="store_true")
+    p.add_argument("--mse", action="store_true")
+    p.add_argument("--rescale", action="store_true")
+    p.add_argument("--grad-clip", type=float)
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--holdout", type=int, default=16384)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tag", default="")
     p.add_argument("--workdir", default="/tmp/featureforge-topk-ablations/run", help="the run folder (replaced)")
     provenance.add_out_argument(p, "topk_ablations", ".jsonl")
     a = p.parse_args()
+    torch.set_num_threads(a.threads)
     import featureforge as ff
     from safetensors.torch import load_file
 
     if a.nogate or a.aux_enc_off or a.aux_part:
         patch_backward(a.nogate, a.aux_enc_off, a.aux_part)
+    if a.init_enc_norm or a.init_dec_norm or a.free_decoder or a.mse:
+        patch_trainer(a.init_enc_norm, a.free_decoder, a.init_dec_norm, a.mse)
+    if a.rescale:
+        patch_rescale()
     opts = {"d_dict": a.d_dict, "k": a.k}
     for key, value in (("b_dec_init", a.bdec), ("dead_after", a.dead_after), ("k_aux", a.k_aux)):
         if value is not None:
             opts[key] = value
-    kw = dict(batch_size=a.bs, rows=a.rows, threads=1, holdout_rows=a.holdout, progress=False, overwrite=True, log_every=5, seed=a.seed)
+    kw = dict(batch_size=a.bs, rows=a.rows, threads=a.threads, holdout_rows=a.holdout, progress=False, overwrite=True, log_every=5, seed=a.seed)
     if a.epochs:
         kw.pop("rows")
         kw["epochs"] = a.epochs
-    for key, value in (("warmup_steps", a.warmup), ("decay_fraction", a.decay), ("dead_after", a.loop_dead_after)):
+    for key, value in (("warmup_steps", a.warmup), ("decay_fraction", a.decay), ("dead_after", a.loop_dead_after),
+                         ("grad_clip", a.grad_clip)):
         if value is not None:
             kw[key] = value
     if a.lr != "default":

@@ -267,7 +267,7 @@ def _num(value: float | None) -> str:
 
 def markdown_table(report: dict) -> str:
     """The summary and targets as Markdown (``--markdown RESULTS.json`` prints them)."""
-    bound = report["matmul_bound"]["fp32"]["rows_per_s_bound"]
+    bound = report["matmul_bound"]["fp32"]["rows_per_s_bound"]  # None after --no-bound
     summary = report["summary"]
     sp = summary.get("sparsify", {}).get("rows_per_s")
     lines = ["| system | train rows | rows/s | rows/s incl. reading | vs sparsify | of fp32 matmul bound | peak RSS MiB | FVU | L0 | dead | MMCS | MCC | recovered@0.9 |",
@@ -277,11 +277,12 @@ def markdown_table(report: dict) -> str:
             lines.append(f"| {name} | – | {r['status']}: {r.get('reason')} |" + " |" * 10)
             continue
         vs = f"{r['rows_per_s'] / sp:.2f}x" if sp else "–"
+        of_bound = f"{r['rows_per_s'] / bound:.2f}" if bound else "–"
         lines.append(
-            f"| {name} | {r['train_rows']:,} | {r['rows_per_s']:,.0f} | {r['rows_per_s_incl_read']:,.0f} | {vs} | {r['rows_per_s'] / bound:.2f} | "
+            f"| {name} | {r['train_rows']:,} | {r['rows_per_s']:,.0f} | {r['rows_per_s_incl_read']:,.0f} | {vs} | {of_bound} | "
             f"{r['peak_rss_mib']:,.0f} | {r['fvu']:.4f} | {r['l0']:.1f} | {r['dead']} | {_num(r['mmcs'])} | {_num(r['mcc'])} | {_num(r['recovered_best_0.9'])} |")
     lines += ["", "| target | measured | met |", "|---|---|---|"]
-    for key, t in compute_targets(summary, report["matmul_bound"], report["machine"], report.get("settings")).items():
+    for key, t in (report.get("targets") or {}).items():
         if "speedup" in t:
             q = t.get("quality_equal_or_better", t.get("no_quality_loss_vs_fp32"))
             lines.append(f"| {key}: >= {t['target']}x sparsify rows/s, quality {'>= sparsify' if 'fp32' in key else 'as fp32'} | "
@@ -314,6 +315,8 @@ def main() -> None:
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=4096)
     p.add_argument("--ff-option", action="append", default=[], metavar="KEY=VALUE", help="extra featureforge topk option")
+    p.add_argument("--saelens-arg", action="append", default=[], metavar="ARG",
+                   help="extra argument of the SAELens worker, e.g. --saelens-arg=--schedule=constant (see peers/worker_saelens.py)")
     p.add_argument("--ff-size-option", default="d_dict", help="featureforge topk option naming the dictionary width")
     p.add_argument("--profile-steps", type=int, default=0, help="also profile featureforge fp32 for this many steps (WORKDIR/profile-fp32/profile.txt)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per worker")
@@ -412,7 +415,7 @@ def main() -> None:
         "featureforge-fp32": (ff_python, "worker_featureforge.py", ff_extra + ["--dtype", "float32"]),
         "featureforge-bf16": (ff_python, "worker_featureforge.py", ff_extra + ["--dtype", "bfloat16"]),
         "sparsify": (f"{args.peers_venv}/bin/python", "worker_sparsify.py", []),
-        "saelens": (f"{args.peers_venv}/bin/python", "worker_saelens.py", []),
+        "saelens": (f"{args.peers_venv}/bin/python", "worker_saelens.py", list(args.saelens_arg)),
         "dictionary_learning": (f"{args.peers_venv_dl}/bin/python", "worker_dictionary_learning.py", []),
     }
     if args.peer_lrs:

@@ -6,7 +6,10 @@ backward → clip_grad_norm 1.0 → Adam → lr scheduler), with ``maybe_reset_s
 counter advanced as ``fit`` does; no W&B, no checkpoints. SAELens' defaults: lr 3e-4,
 ``rescale_acts_by_decoder_norm=True``, ``decoder_init_norm=0.1``, aux coefficient 1.0, dead window
 1000 steps. Rows arrive already normalised (``normalize_activations="none"``). Warm-up and decay
-follow featureforge's schedule shape (10% linear warm-up, linear decay over the last 20%).
+follow featureforge's schedule shape (10% linear warm-up, linear decay over the last 20%), or with
+``--schedule constant`` SAELens' own default (constant rate, no warm-up, no decay).
+``--sparse-activations`` and ``--no-rescale`` set ``use_sparse_activations=True`` and
+``rescale_acts_by_decoder_norm=False``.
 """
 
 from __future__ import annotations
@@ -17,7 +20,11 @@ import common
 
 
 def main() -> None:
-    args = common.parser(__doc__).parse_args()
+    p = common.parser(__doc__)
+    p.add_argument("--schedule", choices=["featureforge", "constant"], default="featureforge")
+    p.add_argument("--sparse-activations", action="store_true")
+    p.add_argument("--no-rescale", action="store_true")
+    args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch = common.setup_torch(args.threads)
@@ -27,11 +34,12 @@ def main() -> None:
 
     rows = common.NpyRows(args.data)
     steps = args.train_rows // args.batch_size
-    warmup = min(1000, max(1, steps // 10))
-    decay = int(steps * 0.2)
+    warmup = min(1000, max(1, steps // 10)) if args.schedule == "featureforge" else 0
+    decay = int(steps * 0.2) if args.schedule == "featureforge" else 0
     torch.manual_seed(args.seed)
     sae_cfg = TopKTrainingSAEConfig(d_in=rows.d, d_sae=args.d_sae, k=args.k, dtype="float32", device="cpu",
-                                    normalize_activations="none")
+                                    normalize_activations="none", use_sparse_activations=args.sparse_activations,
+                                    rescale_acts_by_decoder_norm=not args.no_rescale)
     sae = TopKTrainingSAE(sae_cfg)
     lr = args.lr or 3e-4  # SAELens' default
     trainer_cfg = SAETrainerConfig(total_training_samples=steps * args.batch_size, train_batch_size_samples=args.batch_size,
@@ -66,7 +74,7 @@ def main() -> None:
         "settings": {"d_sae": args.d_sae, "k": args.k, "batch_size": args.batch_size, "lr": trainer_cfg.lr,
                      "warmup_steps": warmup, "decay_steps": decay, "schedule": "constant with linear warm-up and decay",
                      "aux_loss_coefficient": sae_cfg.aux_loss_coefficient, "rescale_acts_by_decoder_norm": sae_cfg.rescale_acts_by_decoder_norm,
-                     "decoder_init_norm": sae_cfg.decoder_init_norm, "train_rows": steps * args.batch_size, "dtype": "float32",
+                     "decoder_init_norm": sae_cfg.decoder_init_norm, "use_sparse_activations": sae_cfg.use_sparse_activations, "train_rows": steps * args.batch_size, "dtype": "float32",
                      "threads": args.threads},
         "timing": timer.rows_per_s(args.batch_size),
         "train_fvu_log": fvu_log,
