@@ -34,3 +34,17 @@ def cli_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("FEATUREFORGE_PLUGINS", "FEATUREFORGE_DEBUG")}
     env.update({"FEATUREFORGE_PROGRESS": "0", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
     return env
+
+
+@pytest.fixture(scope="session")
+def digits_cnn():
+    """(model, images, merged labels, digits): the digits testbed's CNN, trained once for the session (seconds)."""
+    import torch
+
+    from featureforge_testbeds.digits import merged_digits, train_cnn
+
+    torch.set_num_threads(1)
+    x, merged, digit = merged_digits()
+    model, accuracy = train_cnn(x, merged, epochs=5)
+    assert accuracy > 0.8
+    return model, x, merged, digit

@@ -16,14 +16,18 @@ import pytest
 from tb_helpers import BENCHMARKS
 
 
-def _run(script: str, tmp_path: Path) -> dict:
-    out = tmp_path / "result.json"
-    result = subprocess.run([sys.executable, str(BENCHMARKS / script), "--quick", "--threads", "1", "--workdir", str(tmp_path / "work"), "--out", str(out)],
-                            capture_output=True, text=True, timeout=600)
+def _script(args: list[str | Path], out: Path) -> dict:
+    """Run a benchmark with ``--out out``; what it prints is what it wrote."""
+    result = subprocess.run([sys.executable, *map(str, args), "--out", str(out)], capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     printed = json.loads(result.stdout)
     assert printed == json.loads(out.read_text())
     return printed
+
+
+def _run(script: str, tmp_path: Path) -> dict:
+    """``script --quick`` on one thread, its work in ``tmp_path``."""
+    return _script([BENCHMARKS / script, "--quick", "--threads", "1", "--workdir", tmp_path / "work"], tmp_path / "result.json")
 
 
 @pytest.mark.slow
@@ -35,14 +39,6 @@ def test_moex_chess_quick(tmp_path):
     for kind in ("gelu", "switch", "moex"):
         assert r["models"][kind]["train"]["active_mlp_params"] == r["models"]["gelu"]["train"]["active_mlp_params"]
         assert (tmp_path / "work" / "models" / kind / "model.safetensors").exists()
-
-
-def _script(args: list[str], out: Path) -> dict:
-    result = subprocess.run([sys.executable, *map(str, args), "--out", str(out)], capture_output=True, text=True, timeout=1200)
-    assert result.returncode == 0, result.stderr[-3000:]
-    printed = json.loads(result.stdout)
-    assert printed == json.loads(out.read_text())
-    return printed
 
 
 @pytest.mark.slow

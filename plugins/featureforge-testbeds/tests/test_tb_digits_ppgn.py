@@ -14,7 +14,6 @@ from featureforge_multifaceted.ppgn import PPGNSettings, codes, dae_error, load_
 from featureforge_multifaceted.ppgn_facets import ppgn_facets
 from featureforge_multifaceted.ppgn_sampler import SamplerSettings, condition_function, sample
 from featureforge_multifaceted.vision import Unit
-from featureforge_testbeds.digits import merged_digits, train_cnn
 from featureforge_testbeds.planted import UnionDictionary
 from tb_helpers import FEATUREFORGE
 
@@ -23,11 +22,10 @@ SMALL = PPGNSettings(epochs=8, dae_epochs=20)
 
 
 @pytest.fixture(scope="module")
-def digits_ppgn():
+def digits_ppgn(digits_cnn):
+    """(model, images, merged labels, PPGN): a small PPGN trained on the digits CNN's fc codes."""
+    model, x, merged, _ = digits_cnn
     torch.set_num_threads(1)
-    x, merged, digit = merged_digits()
-    model, accuracy = train_cnn(x, merged, epochs=5)
-    assert accuracy > 0.8
     return model, x, merged, train_ppgn(model, x, SMALL)
 
 

@@ -9,21 +9,11 @@ import torch
 
 import featureforge
 from featureforge_multifaceted.vision import Unit, facet_synthesis, save_grid, top_images
-from featureforge_testbeds.digits import merged_digits, train_cnn
 from featureforge_testbeds.planted import UnionDictionary
 
 
-@pytest.fixture(scope="module")
-def digits_cnn():
-    torch.set_num_threads(1)
-    x, merged, digit = merged_digits()
-    model, accuracy = train_cnn(x, merged, epochs=5)
-    assert accuracy > 0.8
-    return model, x, digit
-
-
 def test_each_synthetic_facet_beats_the_best_real_image_and_facets_differ(digits_cnn, tmp_path):
-    model, x, digit = digits_cnn
+    model, x, _, digit = digits_cnn
     model.train()
     grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
     result = facet_synthesis(model, x, Unit("head", 2), "fc", top_n=120)  # merged class of digits 2 and 5
@@ -49,7 +39,7 @@ def test_each_synthetic_facet_beats_the_best_real_image_and_facets_differ(digits
 
 
 def test_dictionary_latent_over_a_layer_is_a_unit(digits_cnn):
-    model, x, _ = digits_cnn
+    model, x, _, _ = digits_cnn
     encoder = np.random.default_rng(0).normal(size=(8, 64)).astype(np.float32)
     dictionary = UnionDictionary(encoder, bias=0.0)
     dataset = torch.utils.data.TensorDataset(x, torch.zeros(len(x)))  # a dataset of (image, label) works too
@@ -70,7 +60,7 @@ def test_facets_vision_command_on_a_folder_of_digit_images(digits_cnn, tmp_path,
 
     from tb_helpers import FEATUREFORGE
 
-    model, x, digit = digits_cnn
+    model, x, _, digit = digits_cnn
     weights = tmp_path / "cnn.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
     folder = tmp_path / "digits"
