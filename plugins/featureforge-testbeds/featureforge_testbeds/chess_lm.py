@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from featureforge import BadInputError
-
 from featureforge_moex.layers import DenseMLP, MoEMLP, equal_active_width, upcycle
 
 from .chess_games import VOCAB
