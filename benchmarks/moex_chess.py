@@ -3,7 +3,7 @@
 Yang et al. 2025 (arXiv 2503.07639) Table 1 trains GPT-2-style models on chess PGN text and scores
 each model's MLP hidden units with Karvonen et al.'s board-state metrics (coverage,
 reconstruction); a TopK SAE on the GELU model's MLP is the post-hoc baseline. This script does the
-same at a scale that fits a 2-core CPU: games from ``featureforge_moex.chess_games``, models from
+same at a scale that fits a 2-core CPU: games from ``featureforge_testbeds.chess_games``, models from
 ``chess_lm`` at equal active MLP parameters, metrics from ``board_probe`` on every layer's
 ``blocks.i.mlp.hidden``, the SAE trained through featureforge (cache -> train topk -> load).
 
@@ -60,7 +60,7 @@ def log(*parts) -> None:
 
 def games_for(name: str, n: int, seed: int, context: int, workdir: Path) -> list:
     """Generated games, cached in the workdir (generation takes minutes on a busy machine)."""
-    from featureforge_moex import chess_games
+    from featureforge_testbeds import chess_games
 
     if n == 0:
         return []
@@ -91,7 +91,7 @@ def parse_options(pairs: list[str]) -> dict:
 def train_or_load(kind: str, s: dict, games: dict, workdir: Path, seed: int, opts: dict | None = None,
                   init=None) -> tuple[object, dict]:
     """Train ``kind`` (or reuse the saved model with the same settings); ``init`` gives a starting model (upcycling)."""
-    from featureforge_moex import chess_lm
+    from featureforge_testbeds import chess_lm
 
     opts = opts or {"device": torch.device("cpu"), "bf16": False}
     cfg = chess_lm.LMConfig(mlp=kind.replace("_upcycled", ""), n_layer=s["n_layer"], d_model=s["d_model"], n_head=s["n_head"], context=s["context"])
@@ -116,7 +116,7 @@ def probe_layers(model, eval_games, n_classes: int = 13, colour_classes: tuple[i
 
     ``colour_classes`` adds ``linear_probe_f1_colour``: the probe scored on those classes only.
     """
-    from featureforge_moex.board_probe import board_metrics, collect_at_dots, linear_probe_f1
+    from featureforge_testbeds.board_probe import board_metrics, collect_at_dots, linear_probe_f1
 
     per_layer = {}
     keys = ["coverage", "reconstruction", "linear_probe_f1_residual"]
@@ -137,9 +137,9 @@ def probe_layers(model, eval_games, n_classes: int = 13, colour_classes: tuple[i
 def sae_baseline(model, s: dict, sae_games, eval_games, workdir: Path, n_classes: int = 13) -> dict:
     """TopK SAE per layer on the GELU model's MLP hidden units, trained through featureforge."""
     import featureforge
-    from featureforge_moex.board_probe import board_metrics, collect_at_dots
-    from featureforge_moex.capture import capture
-    from featureforge_moex.chess_lm import pad_games
+    from featureforge_testbeds.board_probe import board_metrics, collect_at_dots
+    from featureforge_testbeds.capture import capture
+    from featureforge_testbeds.chess_lm import pad_games
 
     ids = pad_games(sae_games, model.cfg.context)
     per_layer = {}
@@ -171,8 +171,8 @@ def sae_baseline(model, s: dict, sae_games, eval_games, workdir: Path, n_classes
 
 
 def main(argv=None) -> dict:
-    from featureforge_moex import chess_games
-    from featureforge_moex.chess_lm import pad_games
+    from featureforge_testbeds import chess_games
+    from featureforge_testbeds.chess_lm import pad_games
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny settings for a smoke test (seconds)")
@@ -227,7 +227,7 @@ def main(argv=None) -> dict:
         if kind == "gelu":
             gelu_model = model
     if args.upcycle and gelu_model is not None:
-        from featureforge_moex.chess_lm import upcycle_lm
+        from featureforge_testbeds.chess_lm import upcycle_lm
 
         up = dict(s, steps=max(1, s["steps"] // 2))
         model, train = train_or_load("moex_upcycled", up, tensors, workdir, args.seed, opts, init=lambda: upcycle_lm(gelu_model.cpu(), "moex", noise=0.01, seed=args.seed))
@@ -235,11 +235,11 @@ def main(argv=None) -> dict:
         result["models"]["moex_upcycled"] = {"val_loss": train["val_loss"], "train": train, **probe_layers(model, split["eval"])}
         flush()
     if args.untrained:
-        from featureforge_moex import chess_lm
+        from featureforge_testbeds import chess_lm
 
         torch.manual_seed(args.seed)
         untrained = chess_lm.ChessLM(chess_lm.LMConfig(mlp="gelu", n_layer=s["n_layer"], d_model=s["d_model"], n_head=s["n_head"], context=s["context"])).to(opts["device"])
-        from featureforge_moex.chess_lm import validation_loss
+        from featureforge_testbeds.chess_lm import validation_loss
 
         result["models"]["untrained_gelu"] = {"val_loss": validation_loss(untrained, tensors["val"]), **probe_layers(untrained, split["eval"])}
         flush()

@@ -3,7 +3,7 @@
 Yang et al. 2025 (arXiv 2503.07639) Table 1 scores MLP hidden units of chess models with Karvonen
 et al.'s coverage/reconstruction; at CPU scale our chess models never track the board (see
 docs/methods/moex.md), so the metrics there are at chance. This benchmark uses Othello
-(``featureforge_moex.othello``, 4x4 by default) where a 3-layer model learns legal moves in a few
+(``featureforge_testbeds.othello``, 4x4 by default) where a 3-layer model learns legal moves in a few
 minutes and its residual stream holds the board far better than an untrained model's. Per seed it
 trains GELU, Switch and MoE-X at equal active parameters, the router-only and ReLU-only ablations,
 probes an untrained model of the same shape, fits a TopK SAE to the GELU MLP (through
@@ -55,14 +55,14 @@ def apply_sets(s: dict, items: list[str], prog: str) -> dict:
 
 
 def model_config(s: dict, mlp: str):
-    from featureforge_moex import chess_lm, othello
+    from featureforge_testbeds import chess_lm, othello
 
     return chess_lm.LMConfig(mlp=mlp, n_layer=s["n_layer"], d_model=s["d_model"], n_head=s["n_head"],
                              context=othello.context_for(s["size"]), vocab_size=othello.vocab_size(s["size"]))
 
 
 def evaluate(model, games: dict, s: dict, tensors: dict) -> dict:
-    from featureforge_moex import chess_lm, othello
+    from featureforge_testbeds import chess_lm, othello
 
     return {"val_loss": chess_lm.validation_loss(model, tensors["val"]), "legal_top1": othello.legal_top1(model, games["eval"]),
             "active_mlp_params": model.active_mlp_params(),
@@ -75,7 +75,7 @@ def timed_evaluate(model, games: dict, s: dict, tensors: dict) -> dict:
 
 
 def train(model, s: dict, tensors: dict, seed: int, steps: int) -> dict:
-    from featureforge_moex import chess_lm
+    from featureforge_testbeds import chess_lm
 
     r = chess_lm.train_lm(model, tensors["train"], tensors["val"], steps=steps, batch_size=s["batch_size"], lr=s["lr"], seed=seed)
     return {"steps": steps, "train_loss": r.train_loss, "train_seconds": r.seconds}
@@ -170,7 +170,7 @@ def merge(paths: list[str], out: Path) -> dict:
 
 
 def main(argv=None) -> dict:
-    from featureforge_moex import chess_lm, othello
+    from featureforge_testbeds import chess_lm, othello
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny settings for a smoke test (seconds)")

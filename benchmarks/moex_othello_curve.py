@@ -27,8 +27,8 @@ import provenance  # noqa: E402
 
 
 def probe(model, games, n_layer: int) -> dict:
-    from featureforge_moex import othello
-    from featureforge_moex.board_probe import collect_at_dots, linear_probe_f1
+    from featureforge_testbeds import othello
+    from featureforge_testbeds.board_probe import collect_at_dots, linear_probe_f1
 
     out = {"legal_top1": othello.legal_top1(model, games), "layers": {}}
     for i in range(n_layer):
@@ -43,7 +43,7 @@ def gaps(point: dict, base: dict) -> dict:
 
 
 def main(argv=None) -> dict:
-    from featureforge_moex import chess_lm, othello
+    from featureforge_testbeds import chess_lm, othello
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--kind", default="gelu", help="MLP kind (gelu, switch, moex, router_only, relu_only)")

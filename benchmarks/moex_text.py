@@ -1,7 +1,7 @@
 """MoE-X claim (2) at small scale: validation loss of dense GELU, Switch and MoE-X language models.
 
 Yang et al. 2025 (arXiv 2503.07639) claim MoE-X's interpretability costs no language-modelling
-quality. Here: byte-level models (``featureforge_moex.chess_lm.ChessLM`` with a 256-byte vocabulary)
+quality. Here: byte-level models (``featureforge_testbeds.chess_lm.ChessLM`` with a 256-byte vocabulary)
 on the Python standard library's source (the ``hf`` source's default text, nothing downloaded),
 every 20th document held out for validation; dense GELU, Switch and MoE-X MLPs at equal active
 parameters (8 experts, top-2, width 2 d_model), same steps, batch, learning rate and data order
@@ -60,7 +60,7 @@ def spread(values: list[float]) -> dict:
 
 
 def main(argv=None) -> dict:
-    from featureforge_moex import chess_lm
+    from featureforge_testbeds import chess_lm
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny settings for a smoke test")

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 import featureforge as ff
-from featureforge_multifaceted.planted import planted_ari
 from featureforge_multifaceted.splitting import facet_splitting
+from featureforge_testbeds.planted import planted_ari
 import provenance
 
 UNIONS = [[0, 1], [2, 3, 4], [5, 6], [7, 8, 9], [10, 11], [12, 13, 14], [15, 16], [17], [18]]
@@ -69,8 +69,8 @@ def splitting(workdir: Path) -> dict[str, Any]:
 def vision() -> dict[str, Any]:
     from sklearn.metrics import adjusted_rand_score
 
-    from featureforge_multifaceted.digits import MERGED, merged_digits, train_cnn
     from featureforge_multifaceted.vision import Unit, facet_synthesis
+    from featureforge_testbeds.digits import MERGED, merged_digits, train_cnn
 
     x, merged, digit = merged_digits()
     model, accuracy = train_cnn(x, merged, epochs=5)

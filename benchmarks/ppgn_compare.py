@@ -97,13 +97,13 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
 
-    from featureforge_multifaceted.digits import MERGED, merged_digits, train_cnn
     from featureforge_multifaceted.facets import find_facets
     from featureforge_multifaceted.ppgn import PPGNSettings, codes, train_ppgn, untrained_like
     from featureforge_multifaceted.ppgn_facets import embed, facet_membership
     from featureforge_multifaceted.ppgn_sampler import SamplerSettings, condition_function, sample
     from featureforge_multifaceted.synthesis import SynthesisSettings
     from featureforge_multifaceted.vision import Unit, facet_synthesis, top_images, unit_function
+    from featureforge_testbeds.digits import MERGED, merged_digits, train_cnn
 
     t0 = time.time()
     x, merged, digit = merged_digits()

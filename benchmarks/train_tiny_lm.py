@@ -1,6 +1,6 @@
 """Train a small GPT-2-style language model on the Python standard library's own source, on CPU.
 
-The training itself is ``featureforge_hf._train_lm.train_gpt2``, also the documented command
+The training itself is ``featureforge_testbeds.train_gpt2``, also the documented command
 ``featureforge tiny-lm`` (cached after the first run); this script keeps the benchmark's knobs.
 Nothing is downloaded: the text is this machine's standard library (the ``hf`` source's default
 data), the tokenizer a byte-level BPE trained here with ``tokenizers``, the model a randomly
@@ -21,7 +21,7 @@ import json
 import os
 from pathlib import Path
 
-from featureforge_hf._train_lm import TinyLMConfig, train_gpt2
+from featureforge_testbeds import TinyLMConfig, train_gpt2
 
 ROOT = Path(__file__).resolve().parents[1]
 

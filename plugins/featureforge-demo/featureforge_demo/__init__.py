@@ -1,8 +1,8 @@
 """featureforge-demo: ``featureforge demo``, the whole pipeline on embedded defaults.
 
 An application of the plugins, not a plugin of methods: it registers one command and uses the hf
-source and evaluators, the sae trainers and the multifaceted plugin's context collection through
-their public faces.
+source and evaluators, the sae trainers, the multifaceted plugin's context collection and (for
+``--causal``) the testbeds' tiny stdlib GPT-2 through their public faces.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ minutes on 2 CPU cores.
 5. **report**: ``report.json``, PNG plots and a self-contained ``index.html`` in ``--out``.
 
 ``--causal`` does the same on a causal LM: the small stdlib-text GPT-2 of ``featureforge tiny-lm``
-(trained into ``stores/models/stdlib-gpt2`` on first use, minutes; reused afterwards), or
-``--model FOLDER``; downstream is then the CE-loss score and KL, and each shown feature gets a
+(featureforge-testbeds; trained into ``stores/models/stdlib-gpt2`` on first use, minutes; reused
+afterwards), or ``--model FOLDER``; downstream is then the CE-loss score and KL, and each shown feature gets a
 precomputed steering section (``featureforge.steering.feature_sections``: promoted/suppressed
 next tokens and greedy continuations with the latent added at 4, 8, 16 × its typical value).
 
@@ -153,7 +153,7 @@ def causal_model(model: str | None, lm_minutes: float, echo: Callable[[str], Non
     """
     from featureforge import BadInputError
 
-    from featureforge_hf import TINY_LM_DIR as DEFAULT_OUT, TinyLMConfig, cached_report, train_with_bar
+    from featureforge_testbeds import TINY_LM_DIR as DEFAULT_OUT, TinyLMConfig, cached_report, train_with_bar
 
     if model is not None:
         if not (Path(model) / "config.json").exists():

@@ -23,11 +23,7 @@ from ._source import HFOptions, HFSource, Window
 if TYPE_CHECKING:  # pragma: no cover
     from ._splice import SplicedModel, TokenBatch, summarize
 
-__all__ = ["HFOptions", "HFSource", "SplicedModel", "TINY_LM_DIR", "TinyLMConfig", "TokenBatch", "Window", "cached_report", "stdlib_documents",
-           "summarize", "train_with_bar"]
-
-
-_TINY_LM = {"TINY_LM_DIR": "DEFAULT_OUT", "TinyLMConfig": "TinyLMConfig", "cached_report": "cached_report", "train_with_bar": "train_with_bar"}
+__all__ = ["HFOptions", "HFSource", "SplicedModel", "TokenBatch", "Window", "stdlib_documents", "summarize"]
 
 
 def __getattr__(name: str) -> Any:
@@ -36,19 +32,7 @@ def __getattr__(name: str) -> Any:
         from . import _splice
 
         return getattr(_splice, name)
-    if name in _TINY_LM:  # the stdlib GPT-2 trainer (`featureforge tiny-lm`), for applications like the demo
-        from . import _train_lm
-
-        return getattr(_train_lm, _TINY_LM[name])
     raise AttributeError(f"module 'featureforge_hf' has no attribute {name!r}")
-
-
-@featureforge.hookimpl
-def featureforge_register_commands(cli: Any) -> None:
-    # `featureforge tiny-lm`: the small stdlib GPT-2, trained once and cached.
-    from ._train_lm import register_command
-
-    register_command(cli)
 
 
 @featureforge.hookimpl

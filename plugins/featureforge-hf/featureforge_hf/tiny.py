@@ -2,8 +2,8 @@
 
 ``make_tokenizer`` trains a byte-level BPE tokenizer on some text (it puts ``<|endoftext|>`` before
 every sequence, as BOS); ``make_gpt2`` saves a randomly initialised ``GPT2LMHeadModel`` with it as
-a Hugging Face folder that ``-o model=FOLDER`` loads. Used by the tests and by
-``benchmarks/train_tiny_lm.py`` (which then trains it).
+a Hugging Face folder that ``-o model=FOLDER`` loads (``save_model``). Used by the plugins' tests,
+``benchmarks/gpu_suite.py`` and featureforge-testbeds' ``tiny-lm`` trainer, which trains one.
 """
 
 from __future__ import annotations
@@ -66,11 +66,17 @@ def make_gpt2(
     seed: int = 0,
 ) -> Path:
     """Save a randomly initialised GPT-2 and its tokenizer (trained on ``texts``) into ``folder``."""
+    tokenizer = make_tokenizer(texts, vocab_size)
+    model = build_gpt2(tokenizer, n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_positions=n_positions, seed=seed)
+    return save_model(folder, model, tokenizer)
+
+
+def save_model(folder: str | Path, model: Any, tokenizer: Any) -> Path:
+    """Save ``model`` and ``tokenizer`` as a Hugging Face folder (``-o model=FOLDER``), without transformers' bars and warnings."""
     from ._model import _quiet_transformers
 
     folder = Path(folder)
-    tokenizer = make_tokenizer(texts, vocab_size)
-    model = build_gpt2(tokenizer, n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_positions=n_positions, seed=seed)
+    folder.mkdir(parents=True, exist_ok=True)
     with _quiet_transformers():
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)

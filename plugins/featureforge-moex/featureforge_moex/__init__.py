@@ -1,9 +1,9 @@
 """featureforge-moex: MoE-X (Yang et al. 2025, arXiv 2503.07639) for featureforge.
 
-Registers the trainers ``moex`` (MoE-X dictionary) and ``switch`` (Switch SAE) and the source
-``chess-lm``. The library side: ``MoEXMLP`` / ``SwitchMLP`` / ``MoEMLP`` layers and ``upcycle``
-(``layers``), the routers (``routing``), and the chess benchmark's pieces (``chess_games``,
-``chess_lm``, ``board_probe``). See docs/methods/moex.md.
+Registers the trainers ``moex`` (MoE-X dictionary) and ``switch`` (Switch SAE). The library side:
+``MoEXMLP`` / ``SwitchMLP`` / ``MoEMLP`` layers and ``upcycle`` (``layers``) and the routers
+(``routing``). The models MoE-X is measured on (chess and Othello language models, the ``chess-lm``
+source) are featureforge-testbeds'. See docs/methods/moex.md.
 
 Importing the package is cheap: torch loads when one of the names below is first used.
 """
@@ -19,9 +19,6 @@ _NAMES = {
     "sparsity_scores": "routing", "load_balance_loss": "routing",
     "MoEXDictionary": "dictionaries", "SwitchDictionary": "dictionaries",
     "MoEXTrainer": "trainers", "SwitchTrainer": "trainers",
-    "ChessLMSource": "source", "ChessLMOptions": "source",
-    "ChessLM": "chess_lm", "LMConfig": "chess_lm", "save_lm": "chess_lm", "load_lm": "chess_lm", "train_lm": "chess_lm",
-    "make_games": "chess_games", "board_metrics": "board_probe",
 }
 
 __all__ = sorted(_NAMES)

@@ -1,6 +1,6 @@
-"""featureforge entry point of ``featureforge-moex``: the moex and switch trainers, the chess-lm source.
+"""featureforge entry point of ``featureforge-moex``: the moex and switch trainers.
 
-Only light modules are imported here; torch loads when a trainer builds or the source runs.
+Only light modules are imported here; torch loads when a trainer builds.
 """
 
 from __future__ import annotations
@@ -16,10 +16,3 @@ def featureforge_register_trainers(register: Any) -> None:
 
     for trainer in TRAINERS:
         register(trainer)
-
-
-@featureforge.hookimpl
-def featureforge_register_sources(register: Any) -> None:
-    from .source import ChessLMSource
-
-    register(ChessLMSource)

@@ -11,7 +11,6 @@ import pytest
 
 import featureforge
 from featureforge import OptionError
-from featureforge_moex.source import ChessLMSource
 from featureforge_moex.trainers import MoEXTrainer, SwitchTrainer
 
 FEATUREFORGE = [sys.executable, "-m", "featureforge.cli"]
@@ -23,10 +22,10 @@ def cli_env() -> dict[str, str]:
     return env
 
 
-def test_featureforge_plugins_lists_moex_switch_and_chess_lm():
+def test_featureforge_plugins_lists_moex_and_switch():
     out = subprocess.run(FEATUREFORGE + ["plugins", "--json"], capture_output=True, text=True, env=cli_env(), check=True)
     listed = {(p["kind"], p["name"]): p for p in json.loads(out.stdout)["plugins"]}
-    for key in [("trainer", "moex"), ("trainer", "switch"), ("source", "chess-lm")]:
+    for key in [("trainer", "moex"), ("trainer", "switch")]:
         entry = listed[key]
         assert entry["distribution"] == "featureforge-moex"
         assert entry["description"]
@@ -37,7 +36,6 @@ def test_registry_returns_the_classes():
     registry = featureforge.get_registry()
     assert registry.get("trainer", "moex") is MoEXTrainer
     assert registry.get("trainer", "switch") is SwitchTrainer
-    assert registry.get("source", "chess-lm") is ChessLMSource
 
 
 @pytest.mark.parametrize(
@@ -51,8 +49,6 @@ def test_registry_returns_the_classes():
         (SwitchTrainer, {"lb_coef": -1}, "lb_coef"),
         (MoEXTrainer, {"d_dict": 64, "expansion_factor": 2}, "not both"),
         (MoEXTrainer, {"n_experts": 0}, "n_experts=0"),
-        (ChessLMSource, {}, "needs -o model=FOLDER"),
-        (ChessLMSource, {"model": "x", "games": 0}, "games=0"),
     ],
 )
 def test_bad_options_are_refused_in_one_line(cls, options, fragment):
@@ -80,6 +76,6 @@ def test_cli_refuses_bad_trainer_options_in_one_line(moex_synthetic_store, tmp_p
 
 
 def test_loading_the_plugin_does_not_import_torch():
-    code = ("import sys, featureforge_moex.plugin, featureforge_moex.trainers, featureforge_moex.source; "
+    code = ("import sys, featureforge_moex, featureforge_moex.plugin, featureforge_moex.trainers; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, env=cli_env())

@@ -11,7 +11,9 @@
 - ``ppgn`` / ``ppgn_sampler`` / ``ppgn_facets``: Plug & Play Generative Networks (a generator and a
   DAE prior on a feature layer, chains conditioned on a class, unit or dictionary latent), used by
   ``facets-vision --method ppgn|both``;
-- ``planted`` and ``splitting``: the planted-truth ARI and feature-splitting experiments.
+- ``splitting``: do a narrow dictionary's facets line up with a wider one's latents?
+
+The testbeds the method is measured on (planted facets, the digits CNN) are featureforge-testbeds'.
 
 Importing this package is cheap; torch and scikit-learn load inside the functions that use them.
 """

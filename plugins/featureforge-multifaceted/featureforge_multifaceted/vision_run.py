@@ -21,7 +21,7 @@ def build_model(spec: str, weights: str | None) -> Any:
 
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
-        raise BadInputError(f"--model {spec!r} is not MODULE:CALLABLE; write e.g. --model featureforge_multifaceted.digits:SmallCNN")
+        raise BadInputError(f"--model {spec!r} is not MODULE:CALLABLE; write e.g. --model mypkg.nets:make_net (a callable returning the nn.Module)")
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:

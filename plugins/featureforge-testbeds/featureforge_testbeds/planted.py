@@ -19,10 +19,9 @@ import numpy as np
 import torch
 
 import featureforge
-
-from .collect import collect
-from .facets import FacetSettings, find_facets
-from .gather import read_rows
+from featureforge_multifaceted.collect import collect
+from featureforge_multifaceted.facets import FacetSettings, find_facets
+from featureforge_multifaceted.gather import read_rows
 
 
 class UnionDictionary(torch.nn.Module):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from featureforge import BadInputError
-from featureforge_moex import board_probe, chess_lm, othello
+from featureforge_testbeds import board_probe, chess_lm, othello
 
 
 def test_start_position_and_a_flip():
@@ -132,7 +132,7 @@ def test_bf16_autocast_trains_the_moe_model(mlp):
 @pytest.mark.slow
 def test_othello_is_learnable_probe_gap_over_untrained():
     """The testbed cannot silently rot: a briefly trained model tracks the board better than an untrained one."""
-    from featureforge_moex.board_probe import collect_at_dots, linear_probe_f1
+    from featureforge_testbeds.board_probe import collect_at_dots, linear_probe_f1
 
     torch.manual_seed(0)
     train, val, test = (othello.make_games(n, seed=s, size=4) for n, s in ((3000, 10), (50, 11), (150, 12)))

@@ -10,24 +10,22 @@ import pytest
 import torch
 
 import featureforge
-from featureforge_multifaceted.digits import merged_digits, train_cnn
-from featureforge_multifaceted.planted import UnionDictionary
 from featureforge_multifaceted.ppgn import PPGNSettings, codes, dae_error, load_ppgn, train_ppgn, untrained_like
 from featureforge_multifaceted.ppgn_facets import ppgn_facets
 from featureforge_multifaceted.ppgn_sampler import SamplerSettings, condition_function, sample
 from featureforge_multifaceted.vision import Unit
-from mf_helpers import FEATUREFORGE
+from featureforge_testbeds.planted import UnionDictionary
+from tb_helpers import FEATUREFORGE
 
 #: Small enough for the default suite (about half a minute on one thread), big enough to work.
 SMALL = PPGNSettings(epochs=8, dae_epochs=20)
 
 
 @pytest.fixture(scope="module")
-def digits_ppgn():
+def digits_ppgn(digits_cnn):
+    """(model, images, merged labels, PPGN): a small PPGN trained on the digits CNN's fc codes."""
+    model, x, merged, _ = digits_cnn
     torch.set_num_threads(1)
-    x, merged, digit = merged_digits()
-    model, accuracy = train_cnn(x, merged, epochs=5)
-    assert accuracy > 0.8
     return model, x, merged, train_ppgn(model, x, SMALL)
 
 
@@ -120,7 +118,7 @@ def digit_folder(digits_ppgn, tmp_path_factory):
 
 
 def _cli(root, out, *extra, env):
-    return subprocess.run([FEATUREFORGE, "facets-vision", "--model", "featureforge_multifaceted.digits:SmallCNN",
+    return subprocess.run([FEATUREFORGE, "facets-vision", "--model", "featureforge_testbeds.digits:SmallCNN",
                            "--weights", str(root / "cnn.safetensors"), "--images", str(root / "digits"), "--size", "16x16", "--mode", "L",
                            "--layer", "head", "--unit", "2", "--embed-layer", "fc", "--top-n", "48", "--steps", "10", "--out", str(out), *extra],
                           capture_output=True, text=True, env=env)
@@ -164,7 +162,7 @@ def test_facets_vision_ppgn_on_a_dictionary_latent_of_a_trained_run(digits_ppgn,
     dictionary = featureforge.load(tmp_path / "run")
     with torch.no_grad():
         latent = int((dictionary.encode(codes(model, x, "fc")) > 0).float().mean(0).argmax())
-    done = subprocess.run([FEATUREFORGE, "facets-vision", "--model", "featureforge_multifaceted.digits:SmallCNN",
+    done = subprocess.run([FEATUREFORGE, "facets-vision", "--model", "featureforge_testbeds.digits:SmallCNN",
                            "--weights", str(digit_folder / "cnn.safetensors"), "--images", str(digit_folder / "digits"), "--size", "16x16",
                            "--mode", "L", "--layer", "fc", "--unit", str(latent), "--dictionary", str(tmp_path / "run"), "--embed-layer", "fc",
                            "--top-n", "32", "--out", str(tmp_path / "out"), "--method", "ppgn", "--ppgn", str(tmp_path / "ppgn"),

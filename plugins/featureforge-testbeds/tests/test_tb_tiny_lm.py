@@ -1,18 +1,18 @@
-"""Smoke test of benchmarks/train_tiny_lm.py: a few seconds of training, then the folder it saves
-is an ``hf`` source model (with gradients, as a causal LM)."""
+"""The tiny stdlib GPT-2: benchmarks/train_tiny_lm.py trains a few seconds and saves a folder the
+``hf`` source caches (with gradients, as a causal LM); ``featureforge tiny-lm`` trains once, then reuses it."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 
 from featureforge_hf import HFSource
+from tb_helpers import BENCHMARKS
 
-SCRIPT = Path(__file__).resolve().parents[3] / "benchmarks" / "train_tiny_lm.py"
+SCRIPT = BENCHMARKS / "train_tiny_lm.py"
 
 
 def test_train_tiny_lm_saves_a_model_the_hf_source_caches_with_grads(tmp_path, cli_env):
@@ -32,7 +32,7 @@ def test_train_tiny_lm_saves_a_model_the_hf_source_caches_with_grads(tmp_path, c
 
 
 def test_tiny_lm_command_trains_once_then_reports_the_cached_model(tmp_path, cli_env, monkeypatch):
-    import featureforge_hf._train_lm as train_lm
+    import featureforge_testbeds.tiny_lm as train_lm
     from click.testing import CliRunner
 
     from featureforge.cli import build_cli

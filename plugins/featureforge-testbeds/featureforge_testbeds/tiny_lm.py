@@ -1,10 +1,11 @@
 """Training the small stdlib-text GPT-2 on CPU: the causal LM reachable without a download.
 
-``featureforge tiny-lm`` (registered by this plugin) trains it once into ``stores/models/stdlib-gpt2``
-(or ``--out``) and afterwards only prints where it is (cached; ``--retrain`` trains again). The
-text is this machine's standard library (the ``hf`` source's default data), the tokenizer a
-byte-level BPE trained here, the model a randomly initialised ``transformers`` GPT-2; every 50th
-document is held out for the validation loss. Training stops after ``minutes``.
+``featureforge tiny-lm`` (``cli.py``) trains it once into ``TINY_LM_DIR`` (or ``--out``) and
+afterwards only prints where it is (cached; ``--retrain`` trains again); the causal demo does the
+same on first use. The text is this machine's standard library (the ``hf`` source's default data),
+the tokenizer a byte-level BPE trained here and the model a randomly initialised ``transformers``
+GPT-2 (both from ``featureforge_hf.tiny``); every 50th document is held out for the validation
+loss. Training stops after ``minutes``.
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-DEFAULT_OUT = "stores/models/stdlib-gpt2"
+#: Where ``featureforge tiny-lm`` and the causal demo keep the model (relative to the working folder).
+TINY_LM_DIR = "stores/models/stdlib-gpt2"
 REPORT = "train_report.json"
 
 
 @dataclasses.dataclass
 class TinyLMConfig:
+    """Size, data budget and time budget of one training run."""
+
     minutes: float = 5.0
     layers: int = 4
     d_model: int = 128
@@ -48,9 +52,8 @@ def train_gpt2(out: str | Path, cfg: TinyLMConfig, progress: Any = None) -> dict
     """Train and save the model into ``out``; returns (and writes) the training report."""
     import torch
 
-    from ._data import stdlib_documents
-    from ._model import _quiet_transformers
-    from .tiny import build_gpt2, make_tokenizer
+    from featureforge_hf import stdlib_documents
+    from featureforge_hf.tiny import build_gpt2, make_tokenizer, save_model
 
     torch.set_num_threads(cfg.threads)
     started = time.perf_counter()
@@ -104,11 +107,7 @@ def train_gpt2(out: str | Path, cfg: TinyLMConfig, progress: Any = None) -> dict
     model.eval()
     with torch.no_grad():
         val_loss = sum(float(model(input_ids=b, labels=b).loss) for b in val_batches) / len(val_batches)
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    with _quiet_transformers():
-        model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
+    folder = save_model(out, model, tokenizer)
     tail = losses[-max(1, min(50, len(losses) // 10)) :]
     report = {
         "model": str(folder),
@@ -142,32 +141,3 @@ def train_with_bar(out: str | Path, cfg: TinyLMConfig, enabled: bool | None = No
             seen[0] = int(elapsed)
 
         return train_gpt2(out, cfg, progress=tick)
-
-
-def register_command(cli: Any) -> None:
-    import click
-
-    @cli.command(name="tiny-lm")
-    @click.option("--out", default=DEFAULT_OUT, show_default=True, help="Model folder (a Hugging Face folder: -o model=OUT).")
-    @click.option("--minutes", type=float, default=5.0, show_default=True, help="Training time budget.")
-    @click.option("--threads", type=int, default=1, show_default=True)
-    @click.option("--seed", type=int, default=0, show_default=True)
-    @click.option("--retrain", is_flag=True, help="Train again even if OUT already holds a trained model.")
-    @click.option("--json", "as_json", is_flag=True, help="Print the training report as one JSON object.")
-    def tiny_lm(out: str, minutes: float, threads: int, seed: int, retrain: bool, as_json: bool) -> None:
-        """Train the small GPT-2 on standard-library text (CPU, minutes; cached after the first run)."""
-        from featureforge import BadInputError
-
-        if minutes <= 0:
-            raise BadInputError(f"--minutes {minutes} must be positive")
-        report = None if retrain else cached_report(out)
-        cached = report is not None
-        if report is None:
-            if (Path(out) / "config.json").exists() and not retrain:
-                raise BadInputError(f"{out} holds a model that tiny-lm did not train (no {REPORT}); pass another --out, or --retrain to replace it")
-            report = train_with_bar(out, TinyLMConfig(minutes=minutes, threads=threads, seed=seed))
-        if as_json:
-            click.echo(json.dumps({**report, "cached": cached}, indent=2))
-        else:
-            state = "cached, trained earlier" if cached else "trained"
-            click.echo(f"{out}: {state}; validation loss {report['val_loss']} nats; use it with featureforge cache --source hf -o model={out}")

@@ -21,7 +21,7 @@ from featureforge import ActivationSource, BadInputError, OptionError
 @dataclasses.dataclass
 class ChessLMOptions:
     model: str = ""
-    """Folder of a chess model saved by featureforge_moex.save_lm (config.json + model.safetensors), e.g. from benchmarks/moex_chess.py."""
+    """Folder of a chess model saved by featureforge_testbeds.save_lm (config.json + model.safetensors), e.g. from benchmarks/moex_chess.py."""
     hook: str = ""
     """Module whose output is cached: blocks.I.mlp.hidden (MLP hidden units), blocks.I.mlp.out (MLP output) or blocks.I (residual after block I). Empty: the middle block's mlp.hidden."""
     games: int = 1000
@@ -45,7 +45,7 @@ class ChessLMSource(ActivationSource):
     def __post_init__(self) -> None:
         o = self.options
         if not o.model:
-            raise OptionError("chess-lm needs -o model=FOLDER (a chess model trained with featureforge_moex.train_lm and saved with featureforge_moex.save_lm)")
+            raise OptionError("chess-lm needs -o model=FOLDER (a chess model trained with featureforge_testbeds.train_lm and saved with featureforge_testbeds.save_lm)")
         if o.games < 1:
             raise OptionError(f"games={o.games} must be at least 1; use e.g. -o games=1000")
         if o.batch_size < 1:
@@ -152,8 +152,8 @@ class ChessLMSource(ActivationSource):
 
     @contextlib.contextmanager
     def splice(self, dictionary: Any) -> Iterator[Any]:
-        """The model with the hook point replaced by ``dictionary``'s reconstruction (see ``splice.py``)."""
-        from .splice import SplicedChessLM
+        """The model with the hook point replaced by ``dictionary``'s reconstruction (see ``chess_splice.py``)."""
+        from .chess_splice import SplicedChessLM
 
         live = SplicedChessLM(self, dictionary)
         try:

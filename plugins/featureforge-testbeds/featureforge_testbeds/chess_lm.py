@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from featureforge import BadInputError
+from featureforge_moex.layers import DenseMLP, MoEMLP, equal_active_width, upcycle
 
-from . import layers
 from .chess_games import VOCAB
 
 MLP_KINDS = {
@@ -63,10 +63,10 @@ def build_mlp(cfg: LMConfig) -> nn.Module:
         raise BadInputError(f"mlp={cfg.mlp!r} is not known; use one of {', '.join(MLP_KINDS)}")
     kind = MLP_KINDS[cfg.mlp]
     if kind is None:
-        return layers.DenseMLP(cfg.d_model, cfg.d_hidden)
+        return DenseMLP(cfg.d_model, cfg.d_hidden)
     activation, router = kind
-    width = layers.equal_active_width(cfg.d_hidden, cfg.top_k)
-    return layers.MoEMLP(cfg.d_model, cfg.n_experts, width, cfg.top_k, activation=activation, router=router)
+    width = equal_active_width(cfg.d_hidden, cfg.top_k)
+    return MoEMLP(cfg.d_model, cfg.n_experts, width, cfg.top_k, activation=activation, router=router)
 
 
 class Block(nn.Module):
@@ -121,7 +121,7 @@ class ChessLM(nn.Module):
         total = 0
         for b in self.blocks:
             m = b.mlp
-            if isinstance(m, layers.DenseMLP):
+            if isinstance(m, DenseMLP):
                 total += sum(p.numel() for p in m.parameters())
             else:
                 total += m.top_k * m.expert_width * (2 * m.d_model + 1) + m.d_model
@@ -135,8 +135,8 @@ def save_lm(model: ChessLM, folder: str | Path, extra: dict[str, Any] | None = N
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "featureforge-moex chess-lm"})
-    (folder / CONFIG_FILE).write_text(json.dumps({"kind": "featureforge-moex chess-lm", **dataclasses.asdict(model.cfg), **(extra or {})}, indent=2) + "\n")
+    save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "featureforge-testbeds chess-lm"})
+    (folder / CONFIG_FILE).write_text(json.dumps({"kind": "featureforge-testbeds chess-lm", **dataclasses.asdict(model.cfg), **(extra or {})}, indent=2) + "\n")
     return folder
 
 
@@ -146,7 +146,7 @@ def load_lm(folder: str | Path) -> ChessLM:
 
     folder = Path(folder)
     if not (folder / CONFIG_FILE).exists() or not (folder / WEIGHTS_FILE).exists():
-        raise BadInputError(f"{folder} is not a chess model folder (needs {CONFIG_FILE} and {WEIGHTS_FILE}); train one with featureforge_moex.train_lm and save it with featureforge_moex.save_lm")
+        raise BadInputError(f"{folder} is not a chess model folder (needs {CONFIG_FILE} and {WEIGHTS_FILE}); train one with featureforge_testbeds.train_lm and save it with featureforge_testbeds.save_lm")
     raw = json.loads((folder / CONFIG_FILE).read_text())
     fields = {f.name for f in dataclasses.fields(LMConfig)}
     cfg = LMConfig(**{k: v for k, v in raw.items() if k in fields})
@@ -252,7 +252,7 @@ def upcycle_lm(dense: ChessLM, mlp: str = "moex", noise: float = 0.0, seed: int 
     """A copy of a trained dense model whose MLPs are MoE layers upcycled from it (paper Table 4).
 
     Embeddings, attention and layer norms are copied; each block's MoE experts start from slices of
-    its dense MLP (``layers.upcycle``); the router of a ``switch``/``relu_only`` model starts at its
+    its dense MLP (``featureforge_moex.upcycle``); the router of a ``switch``/``relu_only`` model starts at its
     fresh initialisation (seeded by ``seed``). Fine-tune the result with ``train_lm``.
     """
     if dense.cfg.mlp != "gelu":
@@ -265,5 +265,5 @@ def upcycle_lm(dense: ChessLM, mlp: str = "moex", noise: float = 0.0, seed: int 
     model.load_state_dict(own, strict=False)
     g = torch.Generator().manual_seed(seed)
     for src, dst in zip(dense.blocks, model.blocks):
-        layers.upcycle(src.mlp, dst.mlp, noise=noise, generator=g)
+        upcycle(src.mlp, dst.mlp, noise=noise, generator=g)
     return model

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 import featureforge
 from featureforge import BadInputError
 from featureforge.cli import cli
-from featureforge_moex import board_probe, chess_games, chess_lm
+from featureforge_testbeds import board_probe, chess_games, chess_lm
 
 
 def test_games_are_legal_pgn_and_labels_match_a_replay():
