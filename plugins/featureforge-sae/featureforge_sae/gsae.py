@@ -38,6 +38,8 @@ GRADS_FIX = ("cache gradients with the activations: `featureforge cache --source
 class GSAEOptions(TopKOptions):
     """Options of the ``gsae`` trainer (TopK options plus how gradients steer the selection)."""
 
+    decoder: Literal["free", "unit"] = "unit"
+    """unit: decoder rows held at unit norm, which the selection score |W_dec g_hat| assumes (its beta was tuned so); free: as topk's."""
     beta: float = 4.0
     """Weight of the gradient term in the selection score s = z * (1 + beta * |W_dec g_hat|); 0 is plain TopK (default chosen by docs/methods/gsae.md)."""
     grad_norm: Literal["row", "batch_rms", "none"] = "row"

@@ -52,9 +52,15 @@ class TopKOptions:
     """sparse: fused top-k encoder and gather decoder with sparse backward passes; dense: the eager reference (slow, for checks)."""
     b_dec_init: Literal["geometric_median", "mean", "zeros"] = "geometric_median"
     """Initial decoder bias: geometric median (Weiszfeld) or mean of the initialisation sample, or zeros."""
+    decoder: Literal["free", "unit"] = "free"
+    """free: decoder rows keep the norm Adam gives them, starting at init_decoder_norm (as SAELens's TopK trains); unit: rows held at unit norm (gradient along each row removed, rows renormalised after every step; Gao et al. 2024). docs/benchmarks.md, "Decoder parametrisation"."""
+    init_decoder_norm: float = 0.1
+    """Norm of every decoder row at initialisation when decoder=free (SAELens's decoder_init_norm); the encoder keeps nn.Linear's initialisation."""
 
     def __post_init__(self) -> None:
         _check_width(self.d_dict, self.expansion_factor)
+        if not self.init_decoder_norm > 0:
+            raise OptionError(f"init_decoder_norm={self.init_decoder_norm} must be positive; use e.g. -o init_decoder_norm=0.1")
         if self.k <= 0:
             raise OptionError(f"k={self.k} must be positive; use e.g. -o k=32")
         if self.d_dict is not None and self.k >= self.d_dict:
@@ -78,6 +84,8 @@ class TopKOptions:
 class BatchTopKOptions(TopKOptions):
     """Options of the ``batchtopk`` trainer (Bussmann, Leask & Nanda 2024)."""
 
+    decoder: Literal["free", "unit"] = "unit"
+    """free: decoder rows keep the norm Adam gives them, starting at init_decoder_norm; unit: rows held at unit norm (Bussmann et al.). unit until free is measured for BatchTopK (it is topk's default)."""
     threshold_lr: float = 0.01
     """Step of the running average that estimates the inference threshold from each batch's smallest kept activation (SAELens: 0.01)."""
 

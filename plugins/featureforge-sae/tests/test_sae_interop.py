@@ -122,8 +122,8 @@ def test_batchtopk_exports_as_jumprelu_with_one_threshold(tmp_path):
         trainer.export(d, "sparsify", tmp_path / "sp")
 
 
-def _exported(tmp_path, fmt="saelens", scale=2.5):
-    trainer, d = _trained(TopKTrainer, {"d_dict": 80, "k": 6}, scale=scale)
+def _exported(tmp_path, fmt="saelens", scale=2.5, **options):
+    trainer, d = _trained(TopKTrainer, {"d_dict": 80, "k": 6, **options}, scale=scale)
     return trainer.export(d, fmt, tmp_path / "exported")
 
 
@@ -199,7 +199,7 @@ def test_import_refuses_runtime_normalisation_and_transcoders(tmp_path):
 
 def test_import_folds_saelens_variants(tmp_path):
     """apply_b_dec_to_input=false and rescale_acts_by_decoder_norm=true are equivalent rewrites."""
-    out = _exported(tmp_path, scale=1.0)  # unit decoder rows: the norm-rescaled form is exact
+    out = _exported(tmp_path, scale=1.0, decoder="unit")  # unit decoder rows: the norm-rescaled form is exact
     _, ours = TopKTrainer.import_dictionary(out, "saelens")
     tensors = load_file(str(out / "sae_weights.safetensors"))
     cfg = json.loads((out / "cfg.json").read_text())

@@ -21,15 +21,31 @@ def _rows(n=512, d=24, seed=0):
 
 @pytest.mark.parametrize("cls", [TopKTrainer, BatchTopKTrainer])
 def test_decoder_rows_stay_unit_norm(cls):
-    trainer = cls(d_dict=96, k=6)
+    trainer = cls(d_dict=96, k=6, decoder="unit")
     d = trainer.build(24)
     assert torch.allclose(d.W_dec.norm(dim=1), torch.ones(96), atol=1e-5)
     train_steps(trainer, d, [_rows(seed=s) for s in range(5)], lr=1e-2)
     assert torch.allclose(d.W_dec.norm(dim=1), torch.ones(96), atol=1e-5)
 
 
+def test_free_decoder_rows_start_small_and_keep_the_norm_adam_gives_them():
+    trainer = TopKTrainer(d_dict=96, k=6)  # topk's default: decoder="free", init_decoder_norm=0.1
+    d = trainer.build(24)
+    trainer.initialize(d, _rows())
+    w = d.encoder.weight
+    assert torch.allclose(d.W_dec, 0.1 * w / w.norm(dim=1, keepdim=True), atol=1e-6)
+    state = fresh_state(96)
+    trainer.loss(d, {"acts": _rows()}, state).loss.backward()
+    grad = d.W_dec.grad.clone()
+    trainer.before_step(d, state)
+    assert torch.equal(d.W_dec.grad, grad)  # nothing projected out
+    train_steps(trainer, d, [_rows(seed=s) for s in range(5)], lr=1e-2)
+    norms = d.W_dec.norm(dim=1)
+    assert (norms - 0.1).abs().max() > 1e-3 and (norms - 1).abs().min() > 1e-2  # neither held at 0.1 nor renormalised
+
+
 def test_gradient_parallel_to_decoder_rows_is_removed():
-    trainer = TopKTrainer(d_dict=96, k=6)
+    trainer = TopKTrainer(d_dict=96, k=6, decoder="unit")
     d = trainer.build(24)
     state = fresh_state(96)
     out = trainer.loss(d, {"acts": _rows()}, state)
