@@ -161,6 +161,8 @@ def main() -> None:
     p.add_argument("--dead-after", type=int, help="the trainer's -o dead_after")
     p.add_argument("--loop-dead-after", type=int, help="the loop's -t dead_after (e.g. 10000000: the old default)")
     p.add_argument("--k-aux", type=int)
+    p.add_argument("--aux-coef", type=float)
+    p.add_argument("--decoder", choices=["free", "unit"], help="the trainer's -o decoder")
     p.add_argument("--init-enc-norm", type=float)
     p.add_argument("--init-dec-norm", type=float)
     p.add_argument("--free-decoder", action="store_true")
@@ -185,7 +187,7 @@ def main() -> None:
     if a.rescale:
         patch_rescale()
     opts = {"d_dict": a.d_dict, "k": a.k}
-    for key, value in (("b_dec_init", a.bdec), ("dead_after", a.dead_after), ("k_aux", a.k_aux)):
+    for key, value in (("b_dec_init", a.bdec), ("dead_after", a.dead_after), ("k_aux", a.k_aux), ("aux_coef", a.aux_coef), ("decoder", a.decoder)):
         if value is not None:
             opts[key] = value
     kw = dict(batch_size=a.bs, rows=a.rows, threads=a.threads, holdout_rows=a.holdout, progress=False, overwrite=True, log_every=5, seed=a.seed)

@@ -40,6 +40,8 @@ class GSAEOptions(TopKOptions):
 
     decoder: Literal["free", "unit"] = "unit"
     """unit: decoder rows held at unit norm, which the selection score |W_dec g_hat| assumes (its beta was tuned so); free: as topk's."""
+    unit_gradient: bool = False
+    """Adam steps on the gradient scaled to unit global norm (topk's default); off: g-SAE's beta was tuned without it."""
     beta: float = 4.0
     """Weight of the gradient term in the selection score s = z * (1 + beta * |W_dec g_hat|); 0 is plain TopK (default chosen by docs/methods/gsae.md)."""
     grad_norm: Literal["row", "batch_rms", "none"] = "row"

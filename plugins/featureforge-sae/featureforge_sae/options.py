@@ -56,6 +56,8 @@ class TopKOptions:
     """free: decoder rows keep the norm Adam gives them, starting at init_decoder_norm (as SAELens's TopK trains); unit: rows held at unit norm (gradient along each row removed, rows renormalised after every step; Gao et al. 2024). docs/benchmarks.md, "Decoder parametrisation"."""
     init_decoder_norm: float = 0.1
     """Norm of every decoder row at initialisation when decoder=free (SAELens's decoder_init_norm); the encoder keeps nn.Linear's initialisation."""
+    unit_gradient: bool = True
+    """Adam steps on the gradient scaled to unit global norm (what SAELens's clip at 1.0 does to its MSE gradients, which stay above 1 in training units); false: the raw FVU gradient. docs/benchmarks.md, "Decoder parametrisation"."""
 
     def __post_init__(self) -> None:
         _check_width(self.d_dict, self.expansion_factor)
@@ -86,6 +88,8 @@ class BatchTopKOptions(TopKOptions):
 
     decoder: Literal["free", "unit"] = "unit"
     """free: decoder rows keep the norm Adam gives them, starting at init_decoder_norm; unit: rows held at unit norm (Bussmann et al.). unit until free is measured for BatchTopK (it is topk's default)."""
+    unit_gradient: bool = False
+    """Adam steps on the gradient scaled to unit global norm (topk's default); off until measured for BatchTopK."""
     threshold_lr: float = 0.01
     """Step of the running average that estimates the inference threshold from each batch's smallest kept activation (SAELens: 0.01)."""
 

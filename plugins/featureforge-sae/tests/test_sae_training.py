@@ -36,12 +36,29 @@ def test_free_decoder_rows_start_small_and_keep_the_norm_adam_gives_them():
     assert torch.allclose(d.W_dec, 0.1 * w / w.norm(dim=1, keepdim=True), atol=1e-6)
     state = fresh_state(96)
     trainer.loss(d, {"acts": _rows()}, state).loss.backward()
-    grad = d.W_dec.grad.clone()
+    grads = [p.grad.clone() for p in d.parameters()]
     trainer.before_step(d, state)
-    assert torch.equal(d.W_dec.grad, grad)  # nothing projected out
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    for before, p in zip(grads, d.parameters()):  # nothing projected out; only the global scale changes
+        assert torch.allclose(p.grad, before / norm, rtol=1e-5, atol=1e-9)
     train_steps(trainer, d, [_rows(seed=s) for s in range(5)], lr=1e-2)
     norms = d.W_dec.norm(dim=1)
     assert (norms - 0.1).abs().max() > 1e-3 and (norms - 1).abs().min() > 1e-2  # neither held at 0.1 nor renormalised
+
+
+def test_unit_gradient_scales_every_parameter_together_and_can_be_turned_off():
+    for unit in (True, False):
+        trainer = TopKTrainer(d_dict=96, k=6, unit_gradient=unit)
+        d = trainer.build(24)
+        state = fresh_state(96)
+        (trainer.loss(d, {"acts": _rows()}, state).loss * 7.0).backward()
+        before = [p.grad.clone() for p in d.parameters()]
+        trainer.before_step(d, state)
+        total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in d.parameters()]))
+        if unit:
+            assert abs(float(total) - 1.0) < 1e-5
+        else:
+            assert all(torch.equal(p.grad, b) for p, b in zip(d.parameters(), before))
 
 
 def test_gradient_parallel_to_decoder_rows_is_removed():
