@@ -70,6 +70,8 @@ def main() -> None:
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--dir", default=os.environ.get("STEP_PROFILE_DIR", "stores/step_profile"))
     p.add_argument("--no-profile", action="store_true")
+    p.add_argument("--torch-ops", action="store_true",
+                   help="also run under torch.profiler and report the aten ops' self CPU time (what the CPU's kernels spend the step on)")
     provenance.add_out_argument(p, "step_profile")
     args = p.parse_args()
     root = Path(args.dir)
@@ -96,7 +98,22 @@ def main() -> None:
             top = sorted(stats.items(), key=lambda kv: -kv[1][2])[:15]
             report["top_self_time"] = [{"fn": f"{Path(f).name}:{line}:{name}", "tottime_share": round(v[2] / total, 4), "calls": v[1]}
                                        for (f, line, name), v in top]
+        if args.torch_ops:
+            report["torch_ops"] = _torch_ops(store, Path(tmp) / "ops", args)
     provenance.emit(report, provenance.out_path(args.out, "step_profile"))
+
+
+def _torch_ops(store: str, out: Path, args) -> dict:
+    """Self CPU time per aten op over a whole train call, as shares of the ops' total (all threads)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        wall = _train(store, out, args)
+    events = [e for e in prof.key_averages() if e.key.startswith("aten::") or e.key.startswith("Optimizer")]
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:20]
+    return {"wall_s": wall, "ops_self_cpu_s": total / 1e6,
+            "top": [{"op": e.key, "self_share": round(e.self_cpu_time_total / total, 4), "calls": e.count} for e in top]}
 
 
 if __name__ == "__main__":

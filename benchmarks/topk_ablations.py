@@ -146,6 +146,7 @@ def patch_trainer(init_enc_norm: float | None, free_decoder: bool, init_dec_norm
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--store", required=True)
+    p.add_argument("--trainer", default="topk", help="topk or another trainer of the family (batchtopk, matryoshka, gsae)")
     p.add_argument("--rows", type=int, default=300_000)
     p.add_argument("--bs", type=int, default=4096)
     p.add_argument("--epochs", type=float, help="passes over the training chunks instead of --rows")
@@ -163,6 +164,7 @@ def main() -> None:
     p.add_argument("--k-aux", type=int)
     p.add_argument("--aux-coef", type=float)
     p.add_argument("--decoder", choices=["free", "unit"], help="the trainer's -o decoder")
+    p.add_argument("--unit-gradient", choices=["true", "false"], help="the trainer's -o unit_gradient")
     p.add_argument("--init-enc-norm", type=float)
     p.add_argument("--init-dec-norm", type=float)
     p.add_argument("--free-decoder", action="store_true")
@@ -187,7 +189,8 @@ def main() -> None:
     if a.rescale:
         patch_rescale()
     opts = {"d_dict": a.d_dict, "k": a.k}
-    for key, value in (("b_dec_init", a.bdec), ("dead_after", a.dead_after), ("k_aux", a.k_aux), ("aux_coef", a.aux_coef), ("decoder", a.decoder)):
+    for key, value in (("b_dec_init", a.bdec), ("dead_after", a.dead_after), ("k_aux", a.k_aux), ("aux_coef", a.aux_coef), ("decoder", a.decoder),
+                       ("unit_gradient", None if a.unit_gradient is None else a.unit_gradient == "true")):
         if value is not None:
             opts[key] = value
     kw = dict(batch_size=a.bs, rows=a.rows, threads=a.threads, holdout_rows=a.holdout, progress=False, overwrite=True, log_every=5, seed=a.seed)
@@ -201,7 +204,7 @@ def main() -> None:
     if a.lr != "default":
         kw["lr"] = float(a.lr)
     t = time.time()
-    [run] = ff.train("topk", opts, store=a.store, out=a.workdir, **kw)
+    [run] = ff.train(a.trainer, opts, store=a.store, out=a.workdir, **kw)
     train_s = time.time() - t
     rep = ff.evaluate(run, a.store, ["reconstruction", "ground-truth"])
     rec = rep["evaluators"]["reconstruction"]["metrics"]
@@ -211,7 +214,7 @@ def main() -> None:
     lines = read_metrics(run)
     silent = load_file(str(run / "checkpoint" / "tensors.safetensors"))["m0.rows_since_fired"].float()
     run_rows = cfg["training_result"]["rows"]
-    res = {"tag": a.tag, "store": os.path.basename(a.store.rstrip("/")), "rows": a.rows, "bs": a.bs, "steps": cfg["training_result"]["steps"],
+    res = {"tag": a.tag, "trainer": a.trainer, "store": os.path.basename(a.store.rstrip("/")), "rows": a.rows, "bs": a.bs, "steps": cfg["training_result"]["steps"],
            "lr": max(line["lr"] for line in lines), "fvu": round(rec["fvu"], 4), "mmcs": round(gt.get("mmcs", float("nan")), 4),
            "dead": rec.get("dead"), "dead_fraction": round(rec.get("dead_fraction"), 4), "l0": round(rec.get("l0", 0), 2),
            "dead_after_rows": cfg.get("dead_after_rows"), "auxk_lines": sum(1 for line in lines if (line.get("auxk_loss") or 0) > 0),
