@@ -86,10 +86,6 @@ class TopKOptions:
 class BatchTopKOptions(TopKOptions):
     """Options of the ``batchtopk`` trainer (Bussmann, Leask & Nanda 2024)."""
 
-    decoder: Literal["free", "unit"] = "unit"
-    """free: decoder rows keep the norm Adam gives them, starting at init_decoder_norm; unit: rows held at unit norm (Bussmann et al.). unit until free is measured for BatchTopK (it is topk's default)."""
-    unit_gradient: bool = False
-    """Adam steps on the gradient scaled to unit global norm (topk's default); off until measured for BatchTopK."""
     threshold_lr: float = 0.01
     """Step of the running average that estimates the inference threshold from each batch's smallest kept activation (SAELens: 0.01)."""
 
@@ -192,6 +188,10 @@ def resolve_prefixes(values: Sequence[float], d_dict: int) -> tuple[int, ...]:
 class MatryoshkaOptions(BatchTopKOptions):
     """Options of the ``matryoshka`` trainer (Matryoshka BatchTopK; Bussmann et al. 2025, arXiv 2503.17547)."""
 
+    decoder: Literal["free", "unit"] = "unit"
+    """free: decoder rows keep the norm Adam gives them, starting at init_decoder_norm; unit: rows held at unit norm (Bussmann et al. 2025). unit until free rows are measured for Matryoshka (they are topk's and batchtopk's default)."""
+    unit_gradient: bool = False
+    """Adam steps on the gradient scaled to unit global norm (topk's and batchtopk's default); off until measured for Matryoshka."""
     prefixes: tuple[float, ...] = ()
     """Nested prefix sizes, ascending: latent counts (-o prefixes=128,512,2048) or fractions of d_dict (0.0625,0.25,1); d_dict is always the last. Default: d_dict/16, /8, /4, /2, 1."""
 
