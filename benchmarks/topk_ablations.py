@@ -19,8 +19,8 @@ Switches for issue 22 (what SAELens's TopK does differently), patched the same w
 
 * ``--init-enc-norm N``: encoder rows rescaled to norm N at initialisation (the decoder stays the
   encoder's rows at unit norm); SAELens starts both at 0.1 (``decoder_init_norm``);
-* ``--free-decoder``: decoder rows not held at unit norm (no gradient projection, no renormalising);
-  ``--init-dec-norm N`` sets their starting norm;
+* ``--free-decoder``: decoder rows not held at unit norm and the raw gradient (``-o decoder=free
+  -o unit_gradient=false``), starting at unit norm unless ``--init-dec-norm N`` (``-o init_decoder_norm``);
 * ``--mse``: the loss is the summed squared error per row (SAELens) instead of the batch FVU;
 * ``--grad-clip G``: the loop's ``-t grad_clip`` (SAELens clips at 1.0);
 * ``--rescale`` (with ``--free-decoder``): pre-activations are multiplied by their decoder row's
@@ -114,25 +114,20 @@ def patch_rescale() -> None:
     M.TopKSAE.decode_normalised = lambda self, codes: codes.to(self.W_dec.dtype) @ effective(self)[2] + self.b_dec
 
 
-def patch_trainer(init_enc_norm: float | None, free_decoder: bool, init_dec_norm: float | None, mse: bool) -> None:
-    """Replace parts of TopKTrainer in this process (initialisation, decoder constraint, loss)."""
+def patch_trainer(init_enc_norm: float | None, mse: bool) -> None:
+    """Replace parts of TopKTrainer in this process (encoder initialisation, loss)."""
     from featureforge_sae import trainers as T
 
     orig_init = T.TopKTrainer.initialize
 
     def initialize(self, dictionary, sample):
         orig_init(self, dictionary, sample)
-        with torch.no_grad():
-            if init_enc_norm is not None:
+        if init_enc_norm is not None:
+            with torch.no_grad():
                 W = dictionary.encoder.weight
                 W.mul_(init_enc_norm / W.norm(dim=1, keepdim=True))
-            if init_dec_norm is not None:
-                dictionary.W_dec.mul_(init_dec_norm / dictionary.W_dec.norm(dim=1, keepdim=True))
 
     T.TopKTrainer.initialize = initialize
-    if free_decoder:
-        T.TopKTrainer.before_step = lambda self, dictionary, state: None
-        T.TopKTrainer.after_step = lambda self, dictionary, state: None
     if mse:
         orig_loss = T.TopKTrainer._reconstruction_loss
 
@@ -184,11 +179,15 @@ def main() -> None:
 
     if a.nogate or a.aux_enc_off or a.aux_part:
         patch_backward(a.nogate, a.aux_enc_off, a.aux_part)
-    if a.init_enc_norm or a.init_dec_norm or a.free_decoder or a.mse:
-        patch_trainer(a.init_enc_norm, a.free_decoder, a.init_dec_norm, a.mse)
+    if a.init_enc_norm or a.mse:
+        patch_trainer(a.init_enc_norm, a.mse)
     if a.rescale:
         patch_rescale()
     opts = {"d_dict": a.d_dict, "k": a.k}
+    if a.free_decoder:
+        opts.update(decoder="free", unit_gradient=False, init_decoder_norm=a.init_dec_norm or 1.0)
+    elif a.init_dec_norm:
+        opts["init_decoder_norm"] = a.init_dec_norm
     for key, value in (("b_dec_init", a.bdec), ("dead_after", a.dead_after), ("k_aux", a.k_aux), ("aux_coef", a.aux_coef), ("decoder", a.decoder),
                        ("unit_gradient", None if a.unit_gradient is None else a.unit_gradient == "true")):
         if value is not None:

@@ -72,7 +72,7 @@ def main() -> None:
         "versions": common.versions("sae-lens", "torch"),
         "api": "sae_lens TopKTrainingSAE + SAETrainer.step (the per-batch seam of SAETrainer.fit)",
         "settings": {"d_sae": args.d_sae, "k": args.k, "batch_size": args.batch_size, "lr": trainer_cfg.lr,
-                     "warmup_steps": warmup, "decay_steps": decay, "schedule": "constant with linear warm-up and decay",
+                     "warmup_steps": warmup, "decay_steps": decay, "schedule": "constant with linear warm-up and decay" if args.schedule == "featureforge" else "constant (SAELens's default)",
                      "aux_loss_coefficient": sae_cfg.aux_loss_coefficient, "rescale_acts_by_decoder_norm": sae_cfg.rescale_acts_by_decoder_norm,
                      "decoder_init_norm": sae_cfg.decoder_init_norm, "use_sparse_activations": sae_cfg.use_sparse_activations, "train_rows": steps * args.batch_size, "dtype": "float32",
                      "threads": args.threads},

@@ -108,7 +108,7 @@ def unit_gradient(dictionary: Any) -> None:
     if not grads:
         return
     with torch.no_grad():
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+        norm = torch.nn.utils.get_total_norm(grads)
         scale = norm.clamp_min(torch.finfo(torch.float32).tiny).reciprocal()  # no host sync; a zero gradient stays zero
         for g in grads:
             g.mul_(scale.to(g.dtype))
@@ -117,30 +117,29 @@ def unit_gradient(dictionary: Any) -> None:
 class UnitDecoder:
     """Decoder rows kept at unit norm: the gradient parallel to each row is removed before the
     optimiser step and the rows are renormalised after it (Bricken et al. 2023; Gao et al. 2024).
-    A trainer whose options say ``decoder="free"`` skips both."""
+    A trainer that lets its options free the rows overrides :meth:`holds_unit_decoder`."""
 
-    def _unit_decoder(self) -> bool:
-        return getattr(self.options, "decoder", "unit") == "unit"
+    def holds_unit_decoder(self) -> bool:
+        """Whether the decoder rows are held at unit norm (both hooks do nothing otherwise)."""
+        return True
 
     def before_step(self, dictionary: Any, state: TrainState) -> None:
-        """Remove the gradient component parallel to each (unit) decoder row; then, with
-        ``unit_gradient``, scale the whole gradient to unit norm."""
+        """Remove the gradient component parallel to each (unit) decoder row."""
         import torch
 
         from ._kernels import _one_thread
 
         grad = dictionary.W_dec.grad
-        if grad is not None and self._unit_decoder():
-            with torch.no_grad(), _one_thread(grad.device):
-                W = dictionary.W_dec
-                parallel = torch.linalg.vecdot(grad, W).unsqueeze_(1)
-                grad.addcmul_(parallel, W, value=-1)
-        if getattr(self.options, "unit_gradient", False):
-            unit_gradient(dictionary)
+        if grad is None or not self.holds_unit_decoder():
+            return
+        with torch.no_grad(), _one_thread(grad.device):
+            W = dictionary.W_dec
+            parallel = torch.linalg.vecdot(grad, W).unsqueeze_(1)
+            grad.addcmul_(parallel, W, value=-1)
 
     def after_step(self, dictionary: Any, state: TrainState) -> None:
         """Renormalise decoder rows to unit norm after the optimiser moved them."""
-        if self._unit_decoder():
+        if self.holds_unit_decoder():
             dictionary.normalise_decoder()
 
 
@@ -178,6 +177,16 @@ class TopKTrainer(UnitDecoder, SAETrainer):
     def build(self, d_in: int) -> "TopKSAE":
         return self.dictionary_class()(d_in, self.d_dict_for(d_in), self.options.k)
 
+    def holds_unit_decoder(self) -> bool:
+        return self.options.decoder == "unit"
+
+    def before_step(self, dictionary: Any, state: TrainState) -> None:
+        """The unit-decoder projection (if held), then, with ``unit_gradient``, the whole gradient
+        scaled to unit norm."""
+        super().before_step(dictionary, state)
+        if self.options.unit_gradient:
+            unit_gradient(dictionary)
+
     def initialize(self, dictionary: Any, sample: Any) -> None:
         """``b_dec`` from the sample; with ``decoder="free"`` the decoder rows (the encoder's
         directions) shrink to ``init_decoder_norm``.
@@ -191,7 +200,7 @@ class TopKTrainer(UnitDecoder, SAETrainer):
         import torch
 
         init_b_dec(dictionary, sample, self.options.b_dec_init)
-        if not self._unit_decoder():
+        if not self.holds_unit_decoder():
             with torch.no_grad():
                 dictionary.normalise_decoder()
                 dictionary.W_dec.mul_(self.options.init_decoder_norm)
