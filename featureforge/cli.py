@@ -130,7 +130,8 @@ def cache(source_name: str, options: tuple[str, ...], store: str, rows: int | No
                        rank=rank, world_size=world_size, overwrite=overwrite, repair=repair,
                        write_shuffle_rows=write_shuffle_rows)
     state = "complete" if opened.complete else "waiting for other writers"
-    click.echo(f"Wrote {opened.rows} rows × {opened.d_in} ({opened.dtype}) to {opened.url} ({state})")
+    widths = f"{opened.d_in}" if len(opened.sites) == 1 else f"({', '.join(str(s['d_in']) for s in opened.site_records)}) at {len(opened.sites)} sites"
+    click.echo(f"Wrote {opened.rows} rows × {widths} ({opened.dtype}) to {opened.url} ({state})")
 
 
 @cli.command()
@@ -190,6 +191,13 @@ def _print_info(data: dict[str, Any]) -> None:
                    f"mean|mean|={norm.get('mean_abs_mean', 0):.4g}  mean std={norm.get('mean_std', 0):.4g}")
     if data["ground_truth"]:
         click.echo(f"ground truth {', '.join(data['ground_truth'])}")
+    if data.get("sites"):
+        click.echo(f"sites        {len(data['sites'])}, rows aligned (row i of every site is the same token)")
+        for site in data["sites"]:
+            norm = site.get("normalisation") or {}
+            where = f"{site.get('hook') or '-'} ({site.get('io') or 'output'})"
+            scale = f"  scale={norm['scale']:.6g}" if "scale" in norm else ""
+            click.echo(f"  {site['name']:<28} column {site['column']:<8} d_in {site['d_in']:<6} {where}{scale}")
 
 
 def _load_train_config(ctx: click.Context, param: click.Parameter, path: str | None) -> str | None:

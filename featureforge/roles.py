@@ -22,8 +22,24 @@ if TYPE_CHECKING:  # pragma: no cover
     from .store import ActivationStore
 
 #: A batch of activations: ``acts [n, d]`` and optionally ``grads [n, d]``, ``token_ids [n]``,
-#: ``doc_ids [n]``, ``seq_ids [n]``, ``positions [n]``, as numpy arrays or torch tensors.
+#: ``doc_ids [n]``, ``seq_ids [n]``, ``positions [n]``, as numpy arrays or torch tensors. A source of
+#: several sites (``ActivationSource.sites``) puts its first site's rows in ``acts`` and every further
+#: site's rows ``[n, d_site]`` under that site's name.
 Batch = dict[str, Any]
+
+#: Batch keys a site may not be named (they are the columns every store may hold).
+RESERVED_SITE_NAMES = frozenset({"acts", "grads", "token_ids", "doc_ids", "seq_ids", "positions", "target", "sites"})
+
+
+@dataclasses.dataclass(frozen=True)
+class Site:
+    """One place a source reads activations from: a name (unique in the source), the row width, and
+    which module (``hook``) and whether its ``output`` or ``input``, as the store records them."""
+
+    name: str
+    d_in: int
+    hook: str = ""
+    io: str = "output"
 
 
 class Plugin:
@@ -78,6 +94,17 @@ class ActivationSource(Plugin):
     def n_rows(self) -> int | None:
         """Total rows the source can produce, or ``None`` when unbounded."""
         return None
+
+    @property
+    def sites(self) -> list[Site]:
+        """The sites every batch carries, in order; the first one's rows are ``acts``.
+
+        The default is one site (its width ``d_in``): a store as before sites existed. A source that
+        reads several sites in one pass (every block of a model, an MLP's input and output) lists
+        them here and puts each further site's rows in the batch under its name; ``cache`` then
+        writes one store with a column per site (docs/store.md, "Several sites").
+        """
+        return [Site(name="acts", d_in=int(self.d_in))]
 
     def provenance(self) -> dict[str, Any]:
         """Where the activations come from (model, hook point, data, seed), stored with them."""
