@@ -35,6 +35,7 @@ from .roles import (
     DictionaryTrainer,
     EvaluationResult,
     Evaluator,
+    Site,
     StepOutput,
     TrainState,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "FeatureforgeError",
     "OptionError",
     "PluginError",
+    "Site",
     "StepOutput",
     "StoreError",
     "StoreMismatchError",
