@@ -189,6 +189,8 @@ def train(
     eval_every: int = 0,
     eval_evaluators: list[str] | None = None,
     eval_options: list[str] | None = None,
+    site: str | None = None,
+    sites: str | Sequence[str] | None = None,
 ) -> list:
     """Train one dictionary (or one per swept option value) on a store; returns the run folders.
 
@@ -202,7 +204,9 @@ def train(
     compute dtype, threads, device, input normalisation, held-out rows, logging, checkpointing and
     dead-latent windows (in rows), the reader's shuffle buffer and data shards, and evaluation
     during training (every ``eval_every`` steps with ``eval_evaluators``, options as
-    ``EVALUATOR.KEY=VALUE``).
+    ``EVALUATOR.KEY=VALUE``). On a store of several sites, ``site`` picks the one the trainer's
+    ``acts`` come from, and ``sites`` (``"all"`` or a list of names) trains one dictionary per site
+    in one pass over the data, each in ``out/<site>`` (a sweep folder ``evaluate`` reads whole).
 
     ``config`` is a run file as for ``featureforge train --config run.toml``: its values fill in
     the trainer, store, out, trainer options and every setting left at its default here.
@@ -210,6 +214,8 @@ def train(
     from .training._loop import train as _train
 
     settings = {key: value for key, value in locals().items() if key not in _TRAIN_OWN}
+    if settings.get("sites") is not None and not isinstance(settings["sites"], str):
+        settings["sites"] = ",".join(str(s) for s in settings["sites"])
     if config is not None:
         trainer, options, store, out, resume, overwrite = _apply_run_file(config, settings, trainer, options, store, out, resume, overwrite)
     missing = [flag for flag, value in (("trainer", trainer), ("store", store), ("out", out)) if value is None]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Sequence
 
 import numpy as np
 
@@ -210,6 +210,28 @@ class DictionaryTrainer(Plugin):
     #: cached gradients too: ``batch["grads"]`` is dL/d(training-unit acts), i.e. the stored
     #: dL/dx divided by the normalisation scale s (the acts are x*s, so dL/d(s*x) = g/s).
     columns: ClassVar[tuple[str, ...]] = ("acts",)
+    #: Set by the loop before ``build``: each role's row width, ``{"acts": d_src, "target": d_tgt}``
+    #: or ``{"sites": (S, d)}`` (``build`` gets ``d_in``: the ``acts`` width, or ``d`` of ``sites``).
+    role_widths: dict[str, Any] = {}
+    #: Set by the loop before ``build``: each role's normalisation scale (``sites``: one per site),
+    #: what the rows were multiplied by; 1.0 with ``-t normalise=false``.
+    role_scales: dict[str, Any] = {}
+
+    #: The batch roles the loop knows how to fill from store sites (``sites_for``'s keys).
+    SITE_ROLES: ClassVar[tuple[str, ...]] = ("acts", "target", "sites", "grads")
+
+    def sites_for(self, store_sites: Sequence[str], site: str | None) -> dict[str, str | tuple[str, ...]]:
+        """Which store site(s) fill each batch role ``loss`` reads; ``site`` is ``train --site`` (or None).
+
+        Roles: ``acts`` [n, d] one site's rows; ``target`` [n, d_tgt] another site's rows (a
+        transcoder maps ``acts`` to it); ``sites`` [n, S, d] several sites stacked, each normalised by
+        its own statistics (a crosscoder); ``grads`` the gradients cached with the first site. The
+        default reads ``acts`` from ``site`` or the store's first site (and ``grads`` from the same).
+        """
+        roles: dict[str, str | tuple[str, ...]] = {"acts": site or store_sites[0]}
+        if "grads" in self.columns:
+            roles["grads"] = roles["acts"]
+        return roles
 
     def build(self, d_in: int) -> Any:
         """A fresh ``Dictionary`` for rows of width ``d_in`` (random init, seeded by the loop)."""

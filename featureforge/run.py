@@ -77,6 +77,9 @@ class RunConfig:
     world_size: int | None = None
     #: The store trained on, as :func:`store_identity` records it.
     store: dict[str, Any] | None = None
+    #: Which store site fills each batch role the trainer reads (``{"acts": "in", "target": "out"}``,
+    #: ``{"sites": [...]}``; see ``DictionaryTrainer.sites_for``); absent for a run on a one-site store.
+    sites: dict[str, Any] | None = None
     #: Held-out chunks: ``{"chunks": [...], "rows": N}``.
     holdout: dict[str, Any] | None = None
     imported_from: dict[str, Any] | None = None
@@ -162,6 +165,8 @@ class RunConfig:
         old_store, new_store = self.store or {}, new.store or {}
         if old_store.get("source") != new_store.get("source") or old_store.get("rows") != new_store.get("rows"):
             diffs.append(f"store: {old_store.get('url')} -> {new_store.get('url')}")
+        if (self.sites or None) != (new.sites or None):
+            diffs.append(f"sites: {self.sites!r} -> {new.sites!r}")
         ot, nt = self.training or {}, new.training or {}
         diffs += [f"{k}: {ot.get(k)!r} -> {nt[k]!r}" for k in nt if k not in ignore and ot.get(k) != nt[k]]
         return diffs

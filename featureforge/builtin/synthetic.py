@@ -32,8 +32,9 @@ Planted transcoder (``transcoder=true``): two sites from the same sparse codes, 
 above, unchanged) and ``out = codes @ F_out + noise`` with its own ``n_features`` random unit
 directions ``F_out`` in ``d_out`` dimensions (seeded apart from ``F_in``, noise drawn apart from
 ``in``'s). The target is then a sparse map of the input, which a transcoder ``in -> out`` can learn;
-``F_out`` is stored as ground truth ``features_target`` (``features`` stays ``F_in``), so a
-transcoder's decoder rows are scored by their MMCS to it.
+``F_out`` is stored as ground truth ``features_out`` (the true features of site ``out``; ``features``
+stays ``F_in``), so a transcoder's decoder rows are scored by their MMCS to it, and a view
+``store.site("out")`` sees it as its ``features``.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ class SyntheticOptions:
     readout: Literal["quadratic", "gated"] = "quadratic"
     """With downstream: quadratic reads every direction on every row; gated reads a feature only on rows where it fires (see the module docstring)."""
     transcoder: bool = False
-    """Write two sites, in and out = codes @ F_out + noise from the same codes (a planted transcoder; ground truth features_target is F_out)."""
+    """Write two sites, in and out = codes @ F_out + noise from the same codes (a planted transcoder; ground truth features_out is F_out)."""
     d_out: int | None = None
     """With transcoder: width of the out site (none: d_in)."""
 
@@ -144,7 +145,7 @@ class SyntheticSource(ActivationSource):
         if self.options.downstream:
             prov["grads"] = "dL/dx of the synthetic quadratic readout L = 1/2 sum_i a_i (f_i . x)^2"
         if self.options.transcoder:
-            prov["transcoder"] = "sites in = codes @ F_in + noise, out = codes @ F_out + noise (ground truth features_target = F_out)"
+            prov["transcoder"] = "sites in = codes @ F_in + noise, out = codes @ F_out + noise (ground truth features_out = F_out)"
         return prov
 
     # -- ground truth -------------------------------------------------------------------------
@@ -179,7 +180,7 @@ class SyntheticSource(ActivationSource):
             out_rng = np.random.Generator(np.random.PCG64([o.seed, 3]))
             target = out_rng.standard_normal((o.n_features, self.d_out))
             target /= np.sqrt([math.fsum(row * row) for row in target])[:, None]
-            truth["features_target"] = target.astype(np.float32)
+            truth["features_out"] = target.astype(np.float32)
         if o.downstream:
             pick = np.random.Generator(np.random.PCG64([o.seed, 2]))
             important = np.zeros(o.n_features, dtype=bool)
@@ -254,7 +255,7 @@ class SyntheticSource(ActivationSource):
         """The planted transcoder's ``out`` rows for ``codes`` of rows ``start:...`` (noise seeded per row block)."""
         o = self.options
         rows, cols = np.nonzero(codes)
-        out = _sparse_rows(len(codes), rows, cols, codes[rows, cols], self._truth["features_target"].astype(np.float64)).astype(np.float32)
+        out = _sparse_rows(len(codes), rows, cols, codes[rows, cols], self._truth["features_out"].astype(np.float64)).astype(np.float32)
         if o.noise_std > 0:
             first, last = start // BLOCK_ROWS, (start + len(codes) - 1) // BLOCK_ROWS
             noise = np.concatenate([np.random.Generator(np.random.PCG64([o.seed, 4, b])).normal(0.0, o.noise_std, size=(BLOCK_ROWS, self.d_out))

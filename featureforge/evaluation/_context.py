@@ -128,7 +128,7 @@ class EvaluationContext:
             fields["eval_rows"] = None  # chosen again for the new store or run
         fields.update(changes)
         out = EvaluationContext(**fields)
-        if out.store is self.store:
+        if getattr(out.store, "base", out.store) is getattr(self.store, "base", self.store):  # a site view shares its store's source
             out._sources = self._sources
         return out
 

@@ -479,6 +479,16 @@ class SiteView(ActivationStore):
             return by_site[self._record["name"]]
         return summary["normalisation"] if self._first else self._compute_normalisation()
 
+    def ground_truth(self) -> dict[str, np.ndarray] | None:
+        """The store's ground truth, with ``features`` this site's: ``features_<site>`` for a site after the
+        first (none when the source stored none for it), so the ground-truth evaluator scores a view."""
+        truth = self.base.ground_truth()
+        if truth is None or self._first:
+            return truth
+        own = truth.get(f"features_{self._record['name']}")
+        truth = {k: v for k, v in truth.items() if k != "features"}
+        return truth | ({"features": own} if own is not None else {})
+
     def info(self) -> dict[str, Any]:
         return self.base.info() | {"site": self._record["name"], "d_in": self.d_in}
 
