@@ -93,7 +93,7 @@ def source_sites(src: Any) -> list[dict[str, Any]] | None:
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise OptionError(f"source {src.name!r} names site(s) {', '.join(repeated)} more than once; give each hook point once")
-    reserved = [n for n in names if n in RESERVED_SITE_NAMES or not n]
+    reserved = [n for n in names[1:] if n in RESERVED_SITE_NAMES or not n]  # further sites are batch keys
     if reserved:
         raise OptionError(f"source {src.name!r} declares a site named {reserved[0]!r}, a name a store's columns use; name the site otherwise")
     if int(declared[0].d_in) != int(src.d_in):

@@ -195,7 +195,7 @@ class _Run:
 
     # -- set-up ------------------------------------------------------------------------------
     def _run_dirs(self) -> list[Path]:
-        if len(self.trainers) == 1:
+        if len(self.trainers) == 1 and self.cfg.sites is None:  # --sites: always OUT/<site>, a folder evaluate reads whole
             return [self.out]
         return [self.out / label for label, _, _ in self.trainers]
 
