@@ -80,6 +80,10 @@ class RunConfig:
     #: Which store site fills each batch role the trainer reads (``{"acts": "in", "target": "out"}``,
     #: ``{"sites": [...]}``; see ``DictionaryTrainer.sites_for``); absent for a run on a one-site store.
     sites: dict[str, Any] | None = None
+    #: With ``sites``: each role's row width and normalisation scale (``DictionaryTrainer.role_widths`` /
+    #: ``role_scales``), which ``featureforge.load`` hands the trainer again before ``build``.
+    role_widths: dict[str, Any] | None = None
+    role_scales: dict[str, Any] | None = None
     #: Held-out chunks: ``{"chunks": [...], "rows": N}``.
     holdout: dict[str, Any] | None = None
     imported_from: dict[str, Any] | None = None

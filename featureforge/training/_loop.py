@@ -218,6 +218,8 @@ class _Run:
             world_size=self.world,
             store=store_identity(self.store),
             sites=sites.recorded(),
+            role_widths=sites.widths() if sites.recorded() else None,
+            role_scales=sites.scales(self.scales) if sites.recorded() else None,
             holdout={"chunks": holdout, "rows": sum(self.store.chunk_rows(i) for i in holdout)},
         )
 
