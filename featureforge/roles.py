@@ -106,6 +106,17 @@ class ActivationSource(Plugin):
         """
         return [Site(name="acts", d_in=int(self.d_in))]
 
+    def for_site(self, name: str) -> "ActivationSource":
+        """This source reading only site ``name`` (what evaluators splice or regenerate for a run on
+        one site of a store of several). The default serves a one-site source, or site 0 of a
+        source whose batches are the same there (``codes``, ``ground_truth`` stay the source's)."""
+        names = [site.name for site in self.sites]
+        if name in names[:1] or len(names) == 1:
+            return self
+        if type(self).splice is ActivationSource.splice:
+            return self  # nothing site-specific to run: regenerating rows by index is the same for every site
+        raise NotImplementedError(f"source {self.name!r} cannot run site {name!r} on its own; it would splice its first site")
+
     def provenance(self) -> dict[str, Any]:
         """Where the activations come from (model, hook point, data, seed), stored with them."""
         return {}

@@ -205,6 +205,7 @@ def store_matches(recorded: Any, store: "ActivationStore") -> bool:
     """
     if not recorded:
         return False
+    store = getattr(store, "base", store)  # a site view is its store (config.json records the whole store)
     if isinstance(recorded, str):
         recorded = {"url": recorded}
     if not isinstance(recorded, Mapping):

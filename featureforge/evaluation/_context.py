@@ -117,8 +117,15 @@ class EvaluationContext:
             raise BadInputError("this evaluator needs the store's source, but no store was given; pass --store")
         key = json.dumps(overrides, sort_keys=True, default=str)
         if key not in self._sources:
-            self._sources[key] = rebuild_source(self.store, overrides)
-        return self._sources[key]
+            self._sources[key] = rebuild_source(getattr(self.store, "base", self.store), overrides)
+        site = self.store.site_name if len(getattr(self.store, "base", self.store).sites) > 1 else None
+        if site is None:
+            return self._sources[key]
+        # a run on one site of several: the source reading that site alone (it splices there)
+        site_key = f"{key}@{site}"
+        if site_key not in self._sources:
+            self._sources[site_key] = self._sources[key].for_site(site)
+        return self._sources[site_key]
 
     def derive(self, **changes: Any) -> "EvaluationContext":
         """A copy with some fields changed that shares the rebuilt sources (same store only)."""

@@ -238,6 +238,16 @@ class HFSource(ActivationSource):
         self.loaded
         return [Site(site_name(s), w, hook=s.name, io=s.where) for s, w in zip(self._sites, self._widths)]
 
+    def for_site(self, name: str) -> "HFSource":
+        """This source reading only site ``name`` (it splices and steers there), sharing the loaded model."""
+        site = self.hook_site(name)
+        if len(self._sites) == 1:
+            return self
+        one = type(self)(dataclasses.replace(self.options, hook=site.name, site=site.where))
+        one._loaded, one._sites, one._site = self._loaded, [site], site
+        one._widths = [self._widths[self._sites.index(site)]]
+        return one
+
     def hook_site(self, name: str) -> "HookSite":
         """The hook point of site ``name`` (as ``sites`` names it; loads the model)."""
         self.loaded

@@ -21,6 +21,12 @@ def test_two_hooks_in_one_pass_equal_two_separate_caches(tiny_gpt2, tmp_path):
         assert np.array_equal(both.site(hook).read(0, 1200), alone.read(0, 1200)), hook
         assert np.array_equal(both.read(0, 1200, "token_ids"), alone.read(0, 1200, "token_ids"))
     assert both.provenance["hooks"] == both.sites and both.provenance["hook"] == "transformer.h.0"
+    # a run on one site is spliced at that site: the rebuilt source reads it alone, with the same model
+    src = ff.rebuild_source(both)
+    one = src.for_site("transformer.h.1")
+    assert one.site.name == "transformer.h.1" and one.sites[0].name == "transformer.h.1" and one.loaded is src.loaded
+    context = ff.EvaluationContext(both.site("transformer.h.1"), tmp_path / "eval")
+    assert context.source.hook_name == "transformer.h.1"
 
 
 def test_all_blocks_and_mlp_io_name_their_sites(tiny_gpt2, tmp_path):
