@@ -9,22 +9,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
-import sys
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from storehelpers import cli_env, run_cli, zarr_arrays
+from storehelpers import run_cli
 
 import featureforge as ff
 from featureforge.dictionary import Dictionary
 from featureforge.plugins import get_registry
 from featureforge.roles import StepOutput
 
-TESTS = Path(__file__).resolve().parent
 PLANTED = {"d_in": 16, "n_features": 12, "transcoder": True, "d_out": 8, "mean_active": 3.0}
 
 
@@ -100,36 +96,7 @@ def test_transcoder_and_downstream_are_refused_together():
         ff.make_source("synthetic", {"transcoder": True, "downstream": True})
 
 
-# -- a streaming source of two sites: write shuffle and kill / resume ---------------------------------
-CACHE = (
-    "import sys; sys.path.insert(0, {tests!r}); import featureforge as ff; from writeshuffle_source import Sequences; "
-    "ff.cache(Sequences(rows=3000, batch_rows=70, sites=2), store={store!r}, rows_per_chunk=128, write_shuffle_rows=512, "
-    "world_size=2, rank={rank}, progress=False)"
-)
-NAMES = ["acts", "acts_1", "chunk_stats", "chunk_stats_1", "seq_ids", "positions"]
-
-
-@pytest.mark.parametrize("exit_after", [11, 19])
-def test_two_sites_survive_a_kill_mid_window_with_identical_bytes(tmp_path, exit_after):
-    def cache(store: Path, rank: int, env: dict[str, str]) -> int:
-        code = CACHE.format(tests=str(TESTS), store=str(store), rank=rank)
-        return subprocess.run([sys.executable, "-c", code], env=cli_env(**env), capture_output=True, text=True, timeout=120).returncode
-
-    for rank in (0, 1):
-        assert cache(tmp_path / "whole", rank, {}) == 0
-        assert cache(tmp_path / "killed", rank, {"FF_TEST_EXIT_AFTER": str(exit_after)}) == 3
-    assert not ff.open_store(tmp_path / "killed").complete
-    for rank in (0, 1):
-        assert cache(tmp_path / "killed", rank, {}) == 0
-    a, b = zarr_arrays(tmp_path / "whole", NAMES), zarr_arrays(tmp_path / "killed", NAMES)
-    for name in NAMES:
-        assert a[name].tobytes() == b[name].tobytes(), f"{name} differs after kill + resume"
-    whole = ff.open_store(tmp_path / "whole")
-    # the write shuffle moved every site's row with it: site 1 holds -row index where acts hold the index
-    assert np.array_equal(whole.site("second").read(0, 3000)[:, 0], -whole.read(0, 3000)[:, 0])
-    assert whole.site("second").d_in == 2
-
-
+# -- a streaming source of two sites (kill / resume: tests/test_write_shuffle.py, tests/test_cache_cli.py) --
 def test_a_source_site_missing_from_a_batch_is_named(tmp_path):
     from writeshuffle_source import Sequences
 
