@@ -275,3 +275,18 @@ def test_stacked_sites_of_one_width_are_scored_per_site(tmp_path, map_trainer):
 def test_stacking_sites_of_different_widths_is_refused(planted, map_trainer, tmp_path):
     with pytest.raises(ff.BadInputError, match=r"stacks sites of different widths: in \(16\), out \(8\)"):
         _train(planted, tmp_path / "bad", options={"stack": True})
+
+
+def test_a_damaged_chunk_of_a_later_site_is_named_and_repaired(tmp_path):
+    options = {**PLANTED, "n_features": 8}
+    store = ff.cache("synthetic", options, store=tmp_path / "s", rows=3000, rows_per_chunk=512, progress=False)
+    before = store.site("out").read(0, 3000).copy()
+    path = store.location.key_path(store.chunk_key("acts_1", 2))
+    damaged = bytearray(open(path, "rb").read())
+    damaged[10] ^= 0xFF
+    open(path, "wb").write(bytes(damaged))
+    assert ff.open_store(tmp_path / "s").verify() == ["chunk acts_1/c/2/0 (rows 1024–1535) fails its checksum (its bytes changed after they were written)"]
+    with pytest.raises(ff.CorruptStoreError, match=r"chunk acts_1/c/2/0 .* --repair"):
+        ff.open_store(tmp_path / "s").site("out").read(0, 3000)
+    repaired = ff.cache("synthetic", options, store=tmp_path / "s", rows=3000, rows_per_chunk=512, progress=False, repair=True)
+    assert repaired.verify() == [] and np.array_equal(repaired.site("out").read(0, 3000), before)

@@ -61,7 +61,7 @@ class ReconstructionEvaluator(Evaluator):
         from ..evaluation._accumulators import ReconstructionStats
         from ..store._holdout import auto_batch_size
 
-        roles = context.run_config.get("sites") or {}
+        roles = context.roles
         if "target" in roles or "sites" in roles:
             metrics = _mapped_metrics(dictionary, context, roles, self.options)
             path = context.out_dir / "latent_density.png"
@@ -104,42 +104,36 @@ def _mapped_metrics(dictionary: Any, context: EvaluationContext, roles: dict[str
     from ..evaluation._accumulators import ReconstructionStats
     from ..store._holdout import auto_batch_size
 
-    norm = context.run_config.get("normalisation") or {}
-    scales = (norm.get("sites") or {}) if norm.get("applied", True) else {}
-    whole = getattr(context.store, "base", context.store)
     device = torch.device(context.device)
     rows = context.eval_rows
-
-    def read(site: str, start: int, n: int) -> "tuple[torch.Tensor, float]":
-        return torch.from_numpy(whole.site(site).read(start, start + n)).to(device), float(scales.get(site, 1.0))
-
+    whole = getattr(context.store, "base", context.store)
     if "target" in roles:
         source, target = roles["acts"], roles["target"]
-        d_target = whole.site(target).d_in
+        d_target, s_out = whole.site(target).d_in, context.role_scale(target)
         stats = ReconstructionStats(d_target, dictionary.d_dict, device=device)
         batch = auto_batch_size(max(dictionary.d_in, d_target), dictionary.d_dict, options.batch_size)
         with torch.no_grad():
             for start, acts in rows.blocks(batch):
-                x, s_in = read(source, start, len(acts))
-                y, s_out = read(target, start, len(acts))
-                codes = dictionary.encode_normalised(x * s_in)
+                stop = start + len(acts)
+                codes = dictionary.encode_normalised(context.role_rows("acts", start, stop))
+                y = context.role_rows("target", start, stop, training_units=False)
                 stats.update(y, dictionary.decode_normalised(codes).float() / s_out, codes)
         metrics = stats.result(options.dense_threshold, options.bins)
         return metrics | {"fvu_of": "target", "source_site": source, "target_site": target}
     names = list(roles["sites"])
+    scales = [context.role_scale(name) for name in names]
     d = whole.site(names[0]).d_in
     overall = ReconstructionStats(len(names) * d, dictionary.d_dict, device=device)
     per_site = {name: ReconstructionStats(d, dictionary.d_dict, device=device) for name in names}
     batch = auto_batch_size(len(names) * d, dictionary.d_dict, options.batch_size)
     with torch.no_grad():
         for start, acts in rows.blocks(batch):
-            raw = [read(name, start, len(acts)) for name in names]
-            x = torch.stack([r * s for r, s in raw], dim=1)
+            x = context.role_rows("sites", start, start + len(acts))
             codes = dictionary.encode_normalised(x)
             est = dictionary.decode_normalised(codes).float()
             overall.update(x.reshape(len(x), -1), est.reshape(len(x), -1), codes)
-            for i, (name, (r, s)) in enumerate(zip(names, raw)):
-                per_site[name].update(r, est[:, i] / s, codes)
+            for i, (name, s) in enumerate(zip(names, scales)):
+                per_site[name].update(x[:, i] / s, est[:, i] / s, codes)
     metrics = overall.result(options.dense_threshold, options.bins)
     return metrics | {"fvu_of": "sites", "fvu_per_site": {name: per.result(options.dense_threshold, options.bins)["fvu"] for name, per in per_site.items()}}
 
