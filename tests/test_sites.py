@@ -209,6 +209,7 @@ def test_sites_all_trains_one_dictionary_per_site_in_one_pass_like_separate_runs
     configs = [json.loads((r / "config.json").read_text()) for r in runs]
     assert [c["sites"] for c in configs] == [{"acts": "in"}, {"acts": "out"}]
     assert [c["d_in"] for c in configs] == [16, 8]
+    assert configs[1]["store"]["site"]["name"] == "out" and configs[1]["store"]["site"]["column"] == "acts_1"
     assert configs[1]["normalisation"]["scale"] == planted.site("out").normalisation()["scale"]
     [alone] = _train(planted, tmp_path / "alone", site="out")
     assert (alone / "weights.safetensors").read_bytes() == (runs[1] / "weights.safetensors").read_bytes()

@@ -216,7 +216,7 @@ class _Run:
             normalisation=normalisation,
             training=options_to_dict(self.cfg),
             world_size=self.world,
-            store=store_identity(self.store),
+            store=sites.store_identity(store_identity(self.store)),
             sites=sites.recorded(),
             role_widths=sites.widths() if sites.recorded() else None,
             role_scales=sites.scales(self.scales) if sites.recorded() else None,
@@ -375,7 +375,8 @@ class _Run:
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.cfg.dtype == "bfloat16" else contextlib.nullcontext()
         metric_files = [open(d / METRICS_FILE, "a") if self.rank == 0 else None for d in self._run_dirs()]
         next_checkpoint = (rows_seen // self.cfg.checkpoint_every + 1) * self.cfg.checkpoint_every
-        bar = progress_bar(total_steps * self.cfg.batch_size, f"train {self.trainer_name}", initial=rows_seen,
+        label = f"train {self.trainer_name}" + (f" ({len(self.trainers)} sites)" if self.cfg.sites is not None else "")
+        bar = progress_bar(total_steps * self.cfg.batch_size, label, initial=rows_seen,
                            enabled=None if (self.show_progress and self.rank == 0) else False)
         window_start = time.perf_counter()
         window_rows = 0

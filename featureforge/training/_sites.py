@@ -130,6 +130,18 @@ class MemberSites:
             return None
         return {role: list(v) if isinstance(v, tuple) else v for role, v in self.roles.items()}
 
+    def store_identity(self, identity: dict[str, Any]) -> dict[str, Any]:
+        """config.json's ``store`` for this member: the whole store's, plus ``site`` (the record of the
+        site ``acts`` come from) with the provenance's hook point (``hook``, ``hook_name``, ``site``)
+        that site's, so exports name where the dictionary reads (SAELens ``hook_name``)."""
+        if "acts" not in self.roles or not self.recorded():
+            return identity
+        record = self.records[self.roles["acts"]]
+        provenance = dict(identity.get("provenance") or {})
+        if record.get("hook") and "hook" in provenance:
+            provenance.update({"hook": record["hook"], "hook_name": record["hook"], "site": record.get("io", "output")})
+        return identity | {"site": record, "provenance": provenance}
+
     def sample(self, columns: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The initialisation sample ``initialize`` gets: the ``acts`` rows, or the stacked sites [n, S, d]."""
         if "acts" in self.roles:
