@@ -137,6 +137,12 @@ def train(
     variants = expand_sweep(trainer_cls.Options, options)
     trainers = [(label, trainer_cls(opts)) for label, opts in variants]
     opened = store if isinstance(store, ActivationStore) else open_store(store, storage_options)
+    if not trainer_cls.trains:  # nothing to learn (identity): the run folder is written at once
+        from ._untrained import write_untrained
+
+        if len(trainers) > 1 or resume:
+            raise OptionError(f"trainer {trainer!r} learns nothing, so it has no sweep and no --resume; train it once")
+        return write_untrained(trainer, trainers[0][1], opened, Path(out), cfg, overwrite)
     if "grads" in trainer_cls.columns:
         check_gradient_store(opened, trainer)
     run = _Run(trainer, trainers, opened, Path(out), cfg, resume=resume, overwrite=overwrite, progress=progress)
