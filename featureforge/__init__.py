@@ -1,6 +1,6 @@
 """featureforge: learn and study feature dictionaries from neural-network activations.
 
-The library API has the CLI's verbs: ``cache``, ``open_store``, ``train``, ``evaluate``, ``load``,
+The library API has the CLI's verbs: ``cache``, ``open_store``, ``train``, ``evaluate``, ``compare``, ``load``,
 ``export`` and ``import_run``. Plugins subclass the role classes (``ActivationSource``,
 ``DictionaryTrainer``, ``Evaluator``; trainers build a ``Dictionary``) and register them with
 ``hookimpl``. ``__all__`` is the public API, pinned by ``tests/test_public_api.py``; the packages'
@@ -15,7 +15,7 @@ opt-in process settings).
 
 from typing import Any
 
-from .api import cache, evaluate, export, import_run, load, make_source, open_store, steer, steered, train
+from .api import cache, compare, evaluate, export, import_run, load, make_source, open_store, steer, steered, train
 from .evaluation import EvaluationContext, rebuild_source
 from .errors import (
     BadInputError,
@@ -61,6 +61,7 @@ __all__ = [
     "StoreMismatchError",
     "TrainState",
     "cache",
+    "compare",
     "evaluate",
     "export",
     "get_registry",

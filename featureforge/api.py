@@ -15,7 +15,7 @@ from .store._view import ActivationStore, open_store
 from .store._format import STORAGE_DTYPES, default_rows_per_chunk, default_write_shuffle_rows
 from .store._writer import StoreWriter
 
-__all__ = ["cache", "evaluate", "export", "import_run", "load", "make_source", "open_store", "steer", "steered", "train"]
+__all__ = ["cache", "compare", "evaluate", "export", "import_run", "load", "make_source", "open_store", "steer", "steered", "train"]
 
 
 def make_source(source: str | ActivationSource, options: Mapping[str, Any] | Sequence[str] | None = None) -> ActivationSource:
@@ -223,6 +223,13 @@ def _apply_run_file(config: str | os.PathLike, settings: dict[str, Any], trainer
     return (trainer if trainer is not None else top.get("trainer"), {**parsed.options, **given},
             store if store is not None else top.get("store"), out if out is not None else top.get("out"),
             resume or bool(top.get("resume", False)), overwrite or bool(top.get("overwrite", False)))
+
+
+def compare(runs: Sequence[str | os.PathLike], **kwargs: Any) -> dict[str, Any]:
+    """Match the latents of every pair of runs; see :func:`featureforge.comparison.compare`."""
+    from .comparison import compare as _compare
+
+    return _compare(runs, **kwargs)
 
 
 def steer(run: Any, **kwargs: Any) -> Any:
