@@ -1,0 +1,112 @@
+"""``featureforge compare`` on real trained SAEs (the core verb, exercised with this plugin's trainers)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+import featureforge as ff
+from featureforge.cli import cli
+from featureforge.comparison import best_matches
+from featureforge.testing import synthetic_store
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return synthetic_store(tmp_path_factory.mktemp("cmp") / "store", rows=16384, n_features=24, mean_active=2.0)
+
+
+@pytest.fixture(scope="module")
+def trained(store, tmp_path_factory):
+    """Two topk runs on the store that differ only in their seed."""
+    root = tmp_path_factory.mktemp("runs")
+    runs = []
+    for seed in (0, 1):
+        out = root / f"seed{seed}"
+        ff.train("relu", {"d_dict": 32, "l1_coef": 1.0}, store=store.url, out=str(out), seed=seed, progress=False, batch_size=256, epochs=2)
+        runs.append(out)
+    return runs
+
+
+def _permuted_copy(run, out, perm):
+    """A copy of ``run`` whose latents are reordered by ``perm`` (latent k of the copy = latent perm[k])."""
+    d = ff.load(run)
+    with torch.no_grad():
+        d.encoder.weight.copy_(d.encoder.weight[perm])
+        d.encoder.bias.copy_(d.encoder.bias[perm])
+        d.W_dec.copy_(d.W_dec[perm])
+    cfg = json.loads((run / "config.json").read_text())
+    d.save(out, cfg)
+    return out
+
+
+def test_a_run_against_its_permuted_copy_matches_every_latent_to_its_twin(trained, store, tmp_path):
+    perm = np.random.default_rng(4).permutation(32)
+    twin = _permuted_copy(trained[0], tmp_path / "twin", torch.from_numpy(perm))
+    report = ff.compare([trained[0], twin], store=store.url, out=tmp_path / "cmp", progress=False)
+    pair = report["pairs"][0]
+    for kind in ("decoder", "encoder"):
+        assert pair[kind]["shared_fraction"]["0.9"] == 1.0
+    assert pair["paulo_belrose"]["shared_fraction"] == 1.0
+    data = json.loads((tmp_path / "cmp" / pair["file"]).read_text())
+    expected = np.argsort(perm)  # latent i of the run is latent argsort(perm)[i] of the twin
+    assert data["a_decoder"]["matched"] == expected.tolist()
+    live = np.array(data["a_firing_frequency"]) > 0
+    assert (np.array(data["a_activation"]["matched"])[live] == expected[live]).all()
+    assert pair["activation"]["shared_fraction_live"]["0.9"] == 1.0
+
+
+def test_two_seeds_share_part_of_their_latents_and_the_files_say_which(trained, store, tmp_path):
+    report = ff.compare(trained, store=store.url, out=tmp_path / "cmp", progress=False)
+    assert report["rows"]["selection"] == "holdout"  # both runs hold out the same chunks of their store
+    pair = report["pairs"][0]
+    shared = pair["paulo_belrose"]["shared_fraction"]
+    assert 0.0 < shared < 1.0
+    assert pair["decoder"]["shared_fraction"]["0.5"] >= pair["decoder"]["shared_fraction"]["0.9"]
+    for plot in report["plots"]:
+        assert (tmp_path / "cmp" / plot).stat().st_size > 1000
+    matches = best_matches(tmp_path / "cmp", trained[1], latent=3)
+    (row,) = matches[3]
+    data = json.loads((tmp_path / "cmp" / pair["file"]).read_text())
+    assert row["run"] == "seed0" and row["latent"] == data["b_activation"]["best"][3]
+
+
+def test_bounded_memory_gives_the_same_matches_as_one_pass(trained, store, tmp_path):
+    whole = ff.compare(trained, store=store.url, out=tmp_path / "a", progress=False)
+    tight = ff.compare(trained, store=store.url, out=tmp_path / "b", progress=False, memory=100, dense_limit=0)
+    assert tight["pairs"][0]["activation"]["match"] == "sparse"
+    for kind in ("decoder", "activation"):
+        for t, v in whole["pairs"][0][kind]["shared_fraction"].items():
+            assert tight["pairs"][0][kind]["shared_fraction"][t] == pytest.approx(v, abs=0.04)
+        assert tight["pairs"][0][kind]["mean_best"] == pytest.approx(whole["pairs"][0][kind]["mean_best"], abs=1e-3)
+
+
+def test_cli_compare_prints_the_shared_fractions_and_writes_the_folder(trained, store, tmp_path):
+    out = tmp_path / "c"
+    result = CliRunner().invoke(cli, ["compare", str(trained[0]), str(trained[1]), "--store", store.url, "--out", str(out), "--threshold", "0.7"])
+    assert result.exit_code == 0, result.output
+    assert "seed0 vs seed1: decoder shared@0.7" in result.output
+    report = json.loads((out / "compare.json").read_text())
+    assert list(report["pairs"][0]["decoder"]["shared_fraction"]) == ["0.7"]
+    assert (out / "runs" / "0.json").exists() and (out / "pairs" / "0-1.json").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--store", "S"], "at least two runs"),
+    (["--store", "S", "--store", "S", "--store", "S", "R2"], "3 stores for 2 runs"),
+    (["--store", "S", "R2", "--rule-threshold", "2"], "must lie in"),
+])
+def test_cli_compare_bad_input_is_one_line(trained, store, args, message):
+    args = [a.replace("S", store.url).replace("R2", str(trained[1])) if a in ("S", "R2") else a for a in args]
+    result = CliRunner().invoke(cli, ["compare", str(trained[0]), *args])
+    assert result.exit_code == 1
+    assert message in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_stores_without_token_ids_cannot_be_compared_across(trained, store, tmp_path):
+    other = synthetic_store(tmp_path / "other", rows=16384, n_features=24, mean_active=2.0, seed=5)
+    with pytest.raises(ff.BadInputError, match="records no token ids"):
+        ff.compare(trained, store=[store.url, other.url], progress=False)
