@@ -221,14 +221,15 @@ def _load_train_config(ctx: click.Context, param: click.Parameter, path: str | N
 @click.option("--lr", type=float, default=None, help="Adam learning rate (default: the trainer's suggestion).")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default=None, help="Compute dtype (bf16 autocast, fp32 master weights).")
 @click.option("--threads", type=int, default=None, help="torch intra-op threads.")
-@click.option("--seed", type=int, default=None, help="Seed of initialisation and data order (default 0).")
+@click.option("--seed", default=None, help="Seed of initialisation and data order (default 0); a comma list (0,1,2) trains one member per "
+                                           "initialisation seed in one pass over the same batches.")
 @click.option("-t", "--train-option", "train_options", multiple=True, metavar="KEY=VALUE",
               help="Further loop option (warmup_steps, decay_fraction, log_every, checkpoint_every, holdout_rows, dead_after, device, data_shards, ...).")
 @click.option("--resume", is_flag=True, help="Continue from the run's last checkpoint (bit-identical to an uninterrupted run).")
 @click.option("--overwrite", is_flag=True, help="Delete an existing run folder and start again.")
 @click.pass_context
 def train(ctx: click.Context, trainer_name: str, options: tuple[str, ...], store: str, out: str, rows: int | None, epochs: float | None,
-          batch_size: int | None, lr: float | None, dtype: str | None, threads: int | None, seed: int | None,
+          batch_size: int | None, lr: float | None, dtype: str | None, threads: int | None, seed: str | None,
           train_options: tuple[str, ...], resume: bool, overwrite: bool) -> None:
     """Train a dictionary on a store with a registered trainer."""
     from . import api

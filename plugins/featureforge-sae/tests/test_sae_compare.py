@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,14 +22,10 @@ def store(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(store, tmp_path_factory):
-    """Two topk runs on the store that differ only in their seed."""
-    root = tmp_path_factory.mktemp("runs")
-    runs = []
-    for seed in (0, 1):
-        out = root / f"seed{seed}"
-        ff.train("relu", {"d_dict": 32, "l1_coef": 1.0}, store=store.url, out=str(out), seed=seed, progress=False, batch_size=256, epochs=2)
-        runs.append(out)
-    return runs
+    """Two topk runs on the store that differ only in their initialisation seed, trained in one pass (--seed 0,1)."""
+    out = tmp_path_factory.mktemp("runs") / "seeds"
+    runs = ff.train("topk", {"k": 3, "d_dict": 32}, store=store.url, out=str(out), seed="0,1", progress=False, batch_size=256)
+    return [Path(r) for r in runs]
 
 
 def _permuted_copy(run, out, perm):
@@ -71,12 +68,12 @@ def test_two_seeds_share_part_of_their_latents_and_the_files_say_which(trained, 
     matches = best_matches(tmp_path / "cmp", trained[1], latent=3)
     (row,) = matches[3]
     data = json.loads((tmp_path / "cmp" / pair["file"]).read_text())
-    assert row["run"] == "seed0" and row["latent"] == data["b_activation"]["best"][3]
+    assert row["run"] == "seed=0" and row["latent"] == data["b_activation"]["best"][3]
 
 
 def test_bounded_memory_gives_the_same_matches_as_one_pass(trained, store, tmp_path):
     whole = ff.compare(trained, store=store.url, out=tmp_path / "a", progress=False)
-    tight = ff.compare(trained, store=store.url, out=tmp_path / "b", progress=False, memory=100, dense_limit=0)
+    tight = ff.compare(trained, store=store.url, out=tmp_path / "b", progress=False, memory=600, dense_limit=0)
     assert tight["pairs"][0]["activation"]["match"] == "sparse"
     for kind in ("decoder", "activation"):
         for t, v in whole["pairs"][0][kind]["shared_fraction"].items():
@@ -88,7 +85,7 @@ def test_cli_compare_prints_the_shared_fractions_and_writes_the_folder(trained, 
     out = tmp_path / "c"
     result = CliRunner().invoke(cli, ["compare", str(trained[0]), str(trained[1]), "--store", store.url, "--out", str(out), "--threshold", "0.7"])
     assert result.exit_code == 0, result.output
-    assert "seed0 vs seed1: decoder shared@0.7" in result.output
+    assert "seed=0 vs seed=1: decoder shared@0.7" in result.output
     report = json.loads((out / "compare.json").read_text())
     assert list(report["pairs"][0]["decoder"]["shared_fraction"]) == ["0.7"]
     assert (out / "runs" / "0.json").exists() and (out / "pairs" / "0-1.json").exists()
@@ -110,3 +107,20 @@ def test_stores_without_token_ids_cannot_be_compared_across(trained, store, tmp_
     other = synthetic_store(tmp_path / "other", rows=16384, n_features=24, mean_active=2.0, seed=5)
     with pytest.raises(ff.BadInputError, match="records no token ids"):
         ff.compare(trained, store=[store.url, other.url], progress=False)
+
+
+def test_a_seed_member_of_the_one_pass_sweep_is_the_run_of_that_seed_alone(trained, store, tmp_path):
+    [alone] = ff.train("topk", {"k": 3, "d_dict": 32}, store=store.url, out=str(tmp_path / "alone"), seed=0, progress=False, batch_size=256)
+    a, b = ff.load(alone), ff.load(trained[0])
+    for key, value in a.state_dict().items():
+        torch.testing.assert_close(value, b.state_dict()[key], rtol=0, atol=0)
+    other = ff.load(trained[1])
+    assert not torch.equal(other.W_dec, b.W_dec)
+    cfgs = [json.loads((r / "config.json").read_text()) for r in trained]
+    assert [c["training"]["seed"] for c in cfgs] == [0, 1] and cfgs[1]["sweep_label"] == "seed=1"
+
+
+def test_seed_list_must_be_distinct_integers(store, tmp_path):
+    for bad in ("0,0", "0,x"):
+        with pytest.raises(ff.OptionError, match="--seed"):
+            ff.train("topk", {"k": 3, "d_dict": 32}, store=store.url, out=str(tmp_path / "bad"), seed=bad, progress=False)
