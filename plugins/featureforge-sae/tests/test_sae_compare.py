@@ -124,3 +124,27 @@ def test_seed_list_must_be_distinct_integers(store, tmp_path):
     for bad in ("0,0", "0,x"):
         with pytest.raises(ff.OptionError, match="--seed"):
             ff.train("topk", {"k": 3, "d_dict": 32}, store=store.url, out=str(tmp_path / "bad"), seed=bad, progress=False)
+
+
+def test_planted_features_shared_fraction_agrees_with_features_both_seeds_recovered(trained, store, tmp_path):
+    """Ground truth known: a latent pair is shared (decoder cosine > 0.9) where both seeds recovered the same planted feature."""
+    from featureforge.evaluation.metrics import cosine_matrix
+
+    truth = torch.from_numpy(store.ground_truth()["features"])
+    decoders = [ff.load(r).W_dec.detach() for r in trained]
+    recovered = []
+    for w in decoders:
+        cos = cosine_matrix(truth, w)  # [features, latents]
+        best, who = cos.max(dim=1)
+        recovered.append({int(f): int(who[f]) for f in torch.nonzero(best > 0.9).flatten()})
+    both = {f: (recovered[0][f], recovered[1][f]) for f in recovered[0].keys() & recovered[1].keys()}
+    report = ff.compare(trained, store=store.url, out=tmp_path / "cmp", progress=False, thresholds=(0.9,))
+    pair = report["pairs"][0]
+    shared = round(pair["decoder"]["shared_fraction"]["0.9"] * 32)
+    assert len(both) >= 8  # the test means something: most planted features are found by both seeds
+    assert abs(shared - len(both)) <= 2, (shared, len(both))
+    data = json.loads((tmp_path / "cmp" / pair["file"]).read_text())
+    matched = data["a_decoder"]["matched"]
+    agree = sum(matched[a] == b for a, b in both.values())
+    assert agree >= len(both) - 1  # the matching pairs exactly the latents that found the same feature
+    print("planted", len(truth), "recovered", [len(r) for r in recovered], "both", len(both), "shared@0.9", shared, "agree", agree)
