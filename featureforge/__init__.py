@@ -8,7 +8,7 @@ faces ``featureforge.store``, ``featureforge.training`` and ``featureforge.evalu
 ``featureforge.evaluation.metrics``, ``featureforge.plots``, ``featureforge.dictionary``,
 ``featureforge.testing``, ``featureforge.interventions``, ``featureforge.steering``,
 ``featureforge.live`` (the live model a source's splice yields), ``featureforge.sites`` (torch hook
-sites) and ``featureforge.runtime`` are public too (see docs/plugins.md). Everything else may change.
+sites), ``featureforge.comparison`` (``compare`` and reading a comparison back) and ``featureforge.runtime`` are public too (see docs/plugins.md). Everything else may change.
 Importing the package changes no environment variable (``featureforge.runtime`` holds the CLI's
 opt-in process settings).
 """

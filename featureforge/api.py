@@ -6,6 +6,7 @@ import os
 from typing import Any, Literal, Mapping, Sequence
 
 from .errors import OptionError
+from .comparison import compare
 from .evaluation._evaluate import evaluate
 from .plugins import get_registry
 from .roles import ActivationSource
@@ -224,13 +225,6 @@ def _apply_run_file(config: str | os.PathLike, settings: dict[str, Any], trainer
     return (trainer if trainer is not None else top.get("trainer"), {**parsed.options, **given},
             store if store is not None else top.get("store"), out if out is not None else top.get("out"),
             resume or bool(top.get("resume", False)), overwrite or bool(top.get("overwrite", False)))
-
-
-def compare(runs: Sequence[str | os.PathLike], **kwargs: Any) -> dict[str, Any]:
-    """Match the latents of every pair of runs; see :func:`featureforge.comparison.compare`."""
-    from .comparison import compare as _compare
-
-    return _compare(runs, **kwargs)
 
 
 def steer(run: Any, **kwargs: Any) -> Any:
