@@ -3,7 +3,8 @@
 Modules, one job each: ``_compare`` (the verb and its report), ``_match`` (best partners and the
 Hungarian matching from a similarity matrix seen in blocks), ``_correlation`` (code correlations
 streamed over the eval rows, and the rotation baseline), ``_rows`` (which rows are compared, and
-the token check between stores of different models) and ``_plots``. ``best_matches`` reads a
+the token check between stores of different models), ``_impact`` (the CE-loss change when a
+set of units is ablated, against frequency-matched random sets) and ``_plots``. ``best_matches`` reads a
 written comparison back (the dashboard's feature pages use it).
 """
 
@@ -14,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from ._compare import COMPARE_FILE, DEFAULT_THRESHOLDS, PAIRS_DIR, compare, pair_file
+from ._impact import ablation_impact, frequency_matched
 
-__all__ = ["COMPARE_FILE", "DEFAULT_THRESHOLDS", "PAIRS_DIR", "best_matches", "compare", "pair_file"]
+__all__ = ["COMPARE_FILE", "DEFAULT_THRESHOLDS", "PAIRS_DIR", "ablation_impact", "best_matches", "compare", "frequency_matched", "pair_file"]
 
 
 def best_matches(out: str | Path, run: str | Path, latent: int | None = None) -> dict[int, list[dict[str, Any]]]:

@@ -70,3 +70,19 @@ def test_two_models_over_the_same_tokens_compare_by_activation(stores, neurons, 
 def test_stores_of_different_token_orders_are_refused_in_one_line(stores, neurons):
     with pytest.raises(ff.BadInputError, match="do not hold the same tokens: token_ids differ at row"):
         ff.compare([neurons["a"], neurons["b_shuffled"]], store=[stores["a"].url, stores["b_shuffled"].url], progress=False)
+
+
+def test_ablating_units_changes_the_ce_and_random_sets_are_frequency_matched(stores, neurons):
+    import numpy as np
+
+    freq = (stores["a"].read(0, 1536) > 0).mean(axis=0)
+    units = [int(i) for i in np.argsort(-freq)[:6]]
+    impact = ff.comparison.ablation_impact(neurons["a"], units, store=stores["a"], frequency=freq, random_sets=2, max_sequences=8)
+    # held out: the documents after every one the store holds
+    assert impact["tokens"] > 0 and impact["start_doc"] == int(stores["a"].read(0, 1536, "doc_ids").max()) + 1
+    assert impact["delta_ce_ablated"] != 0.0
+    for chosen in impact["random_sets"].values():
+        assert not set(chosen) & set(units) and len(set(chosen)) == len(units)
+        assert np.abs(np.sort(freq[chosen]) - np.sort(freq[units])).max() < 0.25
+    zero = ff.comparison.ablation_impact(neurons["a"], units, store=stores["a"], random_sets=1, max_sequences=8, mode="zero")
+    assert zero["ce_clean"] == impact["ce_clean"] and zero["delta_ce_ablated"] != impact["delta_ce_ablated"]
