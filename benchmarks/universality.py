@@ -40,7 +40,7 @@ import provenance
 def _states(model: Path) -> list[tuple[str, Path]]:
     """(label, folder) of a tiny-lm model's checkpoints in training order, then its final state."""
     report = json.loads((model / "train_report.json").read_text())
-    out = [(f"step{c['step']}", Path(c["path"])) for c in report.get("checkpoints", [])]
+    out = [(f"step{c['step']}", model / "checkpoints" / Path(c["path"]).name) for c in report.get("checkpoints", [])]
     return out + [(f"final-step{report['steps']}", model)]
 
 
