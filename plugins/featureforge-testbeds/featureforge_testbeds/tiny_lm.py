@@ -39,6 +39,9 @@ class TinyLMConfig:
     max_chars: int = 4_000_000
     threads: int = 1
     seed: int = 0
+    steps: int = 0
+    """Train exactly this many optimiser steps (the schedule and checkpoints follow steps, so models of
+    several seeds are saved at the same steps); 0: train until ``minutes`` run out."""
     checkpoints: int = 0
     """Also save the model this many times during training (at equal fractions of the time budget), each into
     ``OUT/checkpoints/NN-stepS`` (a Hugging Face folder like OUT): the persistence of units over training."""
@@ -93,11 +96,12 @@ def train_gpt2(out: str | Path, cfg: TinyLMConfig, progress: Any = None) -> dict
     train_start = time.perf_counter()
     while True:
         elapsed = time.perf_counter() - train_start
-        if len(saved) < cfg.checkpoints and elapsed >= budget * (len(saved) + 1) / (cfg.checkpoints + 1) and step > 0:
+        done = step / cfg.steps if cfg.steps else elapsed / budget  # fraction of the run behind us
+        if len(saved) < cfg.checkpoints and done >= (len(saved) + 1) / (cfg.checkpoints + 1) and step > 0:
             saved.append(_checkpoint(out, model, tokenizer, len(saved), step))
-        if elapsed >= budget and step > 0:
+        if done >= 1.0 and step > 0:
             break
-        lr = cfg.lr * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, elapsed / budget))))
+        lr = cfg.lr * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, done))))
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch = batch_of(train, torch.randint(0, len(train) - cfg.context, (cfg.batch_size,), generator=gen))
@@ -109,7 +113,7 @@ def train_gpt2(out: str | Path, cfg: TinyLMConfig, progress: Any = None) -> dict
         losses.append(loss.item())
         step += 1
         if progress is not None:
-            progress(min(elapsed, budget))
+            progress(min(done, 1.0) * budget)
     train_s = time.perf_counter() - train_start
     model.eval()
     with torch.no_grad():
