@@ -186,6 +186,8 @@ def compare(
             raise OptionError(f"{name} must lie in [-1, 1], got {value}")
     if memory < 1:
         raise OptionError(f"memory must be positive, got {memory}")
+    if out is not None:
+        _check_out(Path(out))
     loaded = _load(paths, store)
     aligned, which = aligned_rows([r.store for r in loaded], [r.config for r in loaded], rows)
     if baseline is None:
@@ -416,6 +418,19 @@ def _side(m: Matching, a_side: bool) -> dict[str, Any]:
     return {"best": m.best_b.tolist(), "best_score": rounded(m.best_b_score), "matched": matched_b.tolist(), "matched_score": rounded(score_b)}
 
 
+def _check_out(out: Path) -> None:
+    """Refuse a non-empty folder that is not a comparison (nothing is deleted there)."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / COMPARE_FILE).exists())):
+        raise BadInputError(f"{out} exists and is not a comparison folder (no {COMPARE_FILE}); choose another --out")
+
+
+def _clear(out: Path) -> None:
+    """Drop the files of an earlier comparison written into ``out`` (it may have compared other runs)."""
+    for sub, pattern in ((PAIRS_DIR, "*.json"), ("runs", "*.json"), (PLOTS_DIR, "*.png")):
+        for old in (out / sub).glob(pattern):
+            old.unlink()
+
+
 def _write_compact(path: Path, data: Any) -> None:
     """Per-latent arrays: one JSON line (indenting them would give a line per number)."""
     import json
@@ -430,6 +445,7 @@ def _write(out: Path, runs: list[_Run], pairs: list[_Pair], report: dict[str, An
     from ._plots import plot_best_scores, plot_shared_vs_frequency
 
     out.mkdir(parents=True, exist_ok=True)
+    _clear(out)
     freq, excess, best = arrays["_freq"], arrays["_excess"], arrays["_best"]
     plots = []
     for p, entry in zip(pairs, report["pairs"]):

@@ -148,3 +148,18 @@ def test_planted_features_shared_fraction_agrees_with_features_both_seeds_recove
     agree = sum(matched[a] == b for a, b in both.values())
     assert agree >= len(both) - 1  # the matching pairs exactly the latents that found the same feature
     print("planted", len(truth), "recovered", [len(r) for r in recovered], "both", len(both), "shared@0.9", shared, "agree", agree)
+
+
+def test_compare_uses_the_recorded_store_and_rewrites_only_its_own_folder(trained, tmp_path):
+    out = tmp_path / "cmp"
+    ff.compare([trained[0], trained[1], trained[0].parent / "seed=1"], out=out, progress=False, baseline=False)
+    assert sorted(p.name for p in (out / "pairs").iterdir()) == ["0-1.json", "0-2.json", "1-2.json"]
+    report = ff.compare(trained, out=out, progress=False)  # no store given: each run's recorded one
+    assert report["rows"]["selection"] == "holdout"
+    assert sorted(p.name for p in (out / "pairs").iterdir()) == ["0-1.json"]  # the earlier comparison's files are gone
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "mine.txt").write_text("keep")
+    with pytest.raises(ff.BadInputError, match="is not a comparison folder"):
+        ff.compare(trained, out=other, progress=False)
+    assert (other / "mine.txt").read_text() == "keep"
