@@ -117,7 +117,8 @@ def main() -> None:
         for layer in range(layers):
             keys = [(m, t, layer) for t in range(n_states)]
             out = work / "compare" / f"m{m}-L{layer}-over-training"
-            ff.compare([runs[k] for k in keys], store=[stores[k].url for k in keys], out=out, progress=False, baseline=False)
+            over = ff.compare([runs[k] for k in keys], store=[stores[k].url for k in keys], out=out, progress=False, baseline=False)
+            same_unit = {tuple(p["index"]): p["same_unit"] for p in over["pairs"]}
             kept = []
             for t in range(n_states - 1):
                 data = json.loads((out / "pairs" / f"{t}-{final}.json").read_text())
@@ -127,6 +128,7 @@ def main() -> None:
             fin = universal_sets[(m, final, layer)]
             earlier = [len(fin & universal_sets[(m, t, layer)]) / max(len(fin), 1) for t in range(n_states - 1)]
             result["persistence"].append({"model": m, "layer": layer, "same_neuron_fraction_vs_final": kept,
+                                          "same_neuron_mean_correlation_vs_final": [same_unit[(t, final)]["mean_correlation"] for t in range(n_states - 1)],
                                           "final_universal": len(fin), "final_universal_already_universal": earlier})
     for layer in range(layers):
         key = (0, final, layer)

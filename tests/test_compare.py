@@ -41,6 +41,8 @@ def test_sparse_matching_finds_the_dense_optimum_on_a_planted_permutation():
     np.testing.assert_allclose(s.matched_score, score[np.arange(m), perm])
     np.testing.assert_array_equal(d.best, score.argmax(axis=1))
     np.testing.assert_array_equal(d.best_b, score.argmax(axis=0))
+    np.testing.assert_array_equal(d.same_index, np.diag(score))
+    np.testing.assert_array_equal(s.same_index, np.diag(score))
     rows, cols = hungarian_match(score)
     assert float(score[rows, cols].sum()) == pytest.approx(float(d.matched_score.sum()), rel=1e-6)
 
@@ -101,6 +103,7 @@ def test_identity_run_holds_the_units_and_compares_as_a_dictionary(store, tmp_pa
     assert pair["activation"]["excess_mean"] == pytest.approx(float(excess.mean()), abs=1e-3)
     assert report["runs"][0]["universal_fraction"] == pytest.approx(float((excess > 0.5).mean()))
     assert 0.0 < np.mean(data["a_baseline"]) < 0.9
+    assert pair["same_unit"]["mean_correlation"] == 1.0 and data["a_activation"]["same_index"] == [1.0] * store.d_in
 
 
 def test_identity_trainer_refuses_a_sweep_or_resume(store, tmp_path):

@@ -51,6 +51,8 @@ RULE_THRESHOLD = 0.7
 EXCESS_THRESHOLD = 0.5
 #: float64 accumulator entries per pass over the rows (256 MiB).
 DEFAULT_MEMORY = 1 << 25
+#: Trainers whose latents are the site's own units: latent i is the same unit in every run of one site.
+UNIT_TRAINERS = ("identity", "neurons")
 #: Largest unit count for which the rotation baseline is computed unless asked for.
 AUTO_BASELINE_MAX = 2048
 
@@ -362,6 +364,10 @@ def _report(runs: list[_Run], aligned: AlignedRows, pairs: list[_Pair], threshol
             entry[kind] = _method_summary(m, thresholds, live[p.i], live[p.j])
         if not p.directions:
             entry["directions"] = "not compared: the runs read different stores (different spaces)"
+        if a.m == b.m and a.config.get("trainer") in UNIT_TRAINERS and b.config.get("trainer") in UNIT_TRAINERS:
+            same = p.matches["activation"].same_index  # the same neuron in both (checkpoints of one model)
+            entry["same_unit"] = {"mean_correlation": _r(float(np.nanmean(same))),
+                                  **{f"fraction_above_{t}": _r(_fraction(same, t)) for t in thresholds}}
         pb = _paulo_belrose(a, b, p, rule_threshold)
         if pb is not None:
             entry["paulo_belrose"] = pb[1]
@@ -409,7 +415,8 @@ def _side(m: Matching, a_side: bool) -> dict[str, Any]:
         return [None if not np.isfinite(x) else round(float(x), 4) for x in v]
 
     if a_side:
-        return {"best": m.best.tolist(), "best_score": rounded(m.best_score), "matched": m.matched.tolist(), "matched_score": rounded(m.matched_score)}
+        return {"best": m.best.tolist(), "best_score": rounded(m.best_score), "matched": m.matched.tolist(), "matched_score": rounded(m.matched_score),
+                "same_index": rounded(m.same_index)}
     matched_b = np.full(len(m.best_b), -1, dtype=np.int64)
     score_b = np.full(len(m.best_b), np.nan, dtype=np.float32)
     ok = m.matched >= 0

@@ -40,6 +40,9 @@ class Matching:
     matched_score: np.ndarray
     #: "dense" (exact) or "sparse" (top candidates per latent).
     method: str
+    #: [min(m_a, m_b)] score of latent i with latent i of B: a unit's persistence when A and B are
+    #: the same units at two checkpoints.
+    same_index: np.ndarray | None = None
 
 
 class BlockMatcher:
@@ -50,10 +53,10 @@ class BlockMatcher:
         self.dense = self.m_a * self.m_b <= dense_limit
         self.matrix = np.zeros((self.m_a, self.m_b), dtype=np.float32) if self.dense else None
         self.k = min(int(candidates), self.m_b)
+        self.diag = np.full(min(self.m_a, self.m_b), np.nan, dtype=np.float32)
         if not self.dense:
             self.cand_idx = np.zeros((self.m_a, self.k), dtype=np.int64)
             self.cand_val = np.full((self.m_a, self.k), -np.inf, dtype=np.float32)
-            self.diag = np.full(min(self.m_a, self.m_b), np.nan, dtype=np.float32)
         self.best = np.full(self.m_a, -1, dtype=np.int64)
         self.best_score = np.full(self.m_a, -np.inf, dtype=np.float32)
         self.best_b = np.full(self.m_b, -1, dtype=np.int64)
@@ -74,15 +77,15 @@ class BlockMatcher:
         better = col_val > self.best_b_score
         self.best_b[better] = col_arg[better] + lo
         self.best_b_score[better] = col_val[better]
+        rows = np.arange(lo, min(hi, len(self.diag)))
+        if len(rows):
+            self.diag[rows] = block[rows - lo, rows]
         if self.dense:
             self.matrix[lo:hi] = block
             return
         top = np.argpartition(-block, self.k - 1, axis=1)[:, : self.k] if self.k < self.m_b else np.tile(np.arange(self.m_b), (r, 1))
         self.cand_idx[lo:hi] = top
         self.cand_val[lo:hi] = np.take_along_axis(block, top, axis=1)
-        rows = np.arange(lo, min(hi, len(self.diag)))
-        if len(rows):
-            self.diag[rows] = block[rows - lo, rows]
 
     def result(self) -> Matching:
         if not self.seen.all():
@@ -100,7 +103,7 @@ class BlockMatcher:
             matched[rows] = cols
             matched_score[rows] = scores
         return Matching(self.best, self.best_score, self.best_b, self.best_b_score, matched, matched_score,
-                        "dense" if self.dense else "sparse")
+                        "dense" if self.dense else "sparse", self.diag.copy())
 
     def _sparse_assignment(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         from scipy.sparse import coo_matrix
