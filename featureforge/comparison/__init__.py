@@ -1,7 +1,9 @@
 """``featureforge compare`` (``featureforge.compare``): match the latents (or neurons) of several dictionaries.
 
-Modules, one job each: ``_compare`` (the verb and its report), ``_match`` (best partners and the
-Hungarian matching from a similarity matrix seen in blocks), ``_correlation`` (code correlations
+Modules, one job each: ``_compare`` (the verb), ``_runs`` (the run folders compared, their
+dictionaries and stores), ``_similarity`` (each pair's cosines and correlations), ``_report``
+(``compare.json`` and the folder), ``_match`` (best partners and the Hungarian matching from a
+similarity matrix seen in blocks), ``_correlation`` (code correlations
 streamed over the eval rows, and the rotation baseline), ``_rows`` (which rows are compared, and
 the token check between stores of different models), ``_impact`` (the CE-loss change when a
 set of units is ablated, against frequency-matched random sets) and ``_plots``. ``best_matches`` reads a
