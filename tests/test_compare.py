@@ -110,3 +110,24 @@ def test_identity_trainer_refuses_a_sweep_or_resume(store, tmp_path):
     with pytest.raises(ff.OptionError, match="learns nothing"):
         ff.train("identity", store=store.url, out=str(tmp_path / "n"), resume=True, progress=False)
 
+
+
+def test_streamed_correlation_of_sparse_codes_takes_the_sparse_product_and_equals_the_whole_matrix():
+    rng = np.random.default_rng(5)
+    n, ma, mb = 2000, 40, 30
+    a = rng.exponential(size=(n, ma)) * (rng.uniform(size=(n, ma)) < 0.02)  # 2% active, like SAE codes
+    b = rng.exponential(size=(n, mb)) * (rng.uniform(size=(n, mb)) < 0.03)
+    b[:, 0] += a[:, 3]  # one latent of B follows one of A
+    a, b = torch.from_numpy(a.astype(np.float32)), torch.from_numpy(b.astype(np.float32))
+    ma_, mb_ = Moments(ma), Moments(mb)
+    block = CrossBlock(0, ma, mb)
+    for lo in range(0, n, 256):
+        xa, xb = a[lo : lo + 256], b[lo : lo + 256]
+        ca, cb = ma_.centre(xa), mb_.centre(xb)
+        ma_.update(xa, ca)
+        mb_.update(xb, cb)
+        block.update(ca, cb)
+    assert ma_.centred is False and torch.equal(ca, xa)  # sparse codes stay sparse (uncentred)
+    rho = block.correlation(ma_, mb_)
+    np.testing.assert_allclose(rho, pearson_matrix(a, b).numpy(), atol=1e-5)
+    assert rho[3, 0] > 0.5

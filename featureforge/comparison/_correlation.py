@@ -1,10 +1,14 @@
 """Pearson correlations between two dictionaries' codes, streamed over the eval rows in bounded memory.
 
-``Moments`` holds one dictionary's per-latent sums over the rows (centred on the first batch's
-mean, so large offsets such as GELU neurons' do not cancel away the variance) and its firing
-counts (code > 0). ``CrossBlock`` holds Σ aᵢ bⱼ for a block of A's latents against all of B's:
-float32 products per batch, accumulated in float64, so memory is the block's size whatever the
-row count. With both, ρᵢⱼ = (Σab/n − āb̄) / (σₐσ_b), 0 where a latent is constant.
+``Moments`` holds one dictionary's per-latent sums over the rows and its firing counts (code > 0).
+Dense codes (neurons: more than half the entries of the first batch non-zero) are centred on the
+first batch's mean, so large offsets such as GELU neurons' do not cancel away the variance; sparse
+codes (SAE latents) are left uncentred, their means being small next to their spread, so they stay
+sparse. ``CrossBlock`` holds Σ aᵢ bⱼ for a block of A's latents against all of B's: float32
+products per batch, accumulated in float64, so memory is the block's size whatever the row count;
+a block of sparse codes (at most ``SPARSE_DENSITY`` non-zero) is multiplied as a sparse matrix, so
+the cost follows the non-zeros rather than m_a·m_b. With both, ρᵢⱼ = (Σab/n − āb̄) / (σₐσ_b), 0
+where a latent is constant.
 
 Gurnee et al. 2024 ("Universal Neurons in GPT2 Language Models") judge a correlation against a
 baseline: the same maximum taken over a random rotation of the other model's units (an
@@ -19,6 +23,11 @@ import torch
 
 __all__ = ["CrossBlock", "Moments", "random_rotation"]
 
+#: Codes with more non-zero entries than this fraction (first batch) are centred.
+CENTRE_DENSITY = 0.5
+#: A block of codes with at most this fraction non-zero is multiplied as a sparse matrix.
+SPARSE_DENSITY = 0.05
+
 
 class Moments:
     """Per-latent Σz, Σz² (shifted by the first batch's mean) and firing counts of one dictionary."""
@@ -27,16 +36,19 @@ class Moments:
         self.m = m
         self.n = 0
         self.shift: torch.Tensor | None = None
+        self.centred: bool | None = None  # decided on the first batch
         self.sum = torch.zeros(m, dtype=torch.float64)
         self.sum2 = torch.zeros(m, dtype=torch.float64)
         self.fires = torch.zeros(m, dtype=torch.float64)
 
     def centre(self, codes: torch.Tensor) -> torch.Tensor:
-        """``codes`` minus the shift (set from the first batch seen)."""
+        """``codes`` minus the shift: the first batch's mean for dense codes, none for sparse ones."""
         codes = codes.float()
-        if self.shift is None:
-            self.shift = codes.mean(dim=0)
-        return codes - self.shift
+        if self.centred is None:
+            dense = float((codes != 0).float().mean()) > CENTRE_DENSITY
+            self.shift = codes.mean(dim=0) if dense else None
+            self.centred = dense
+        return codes - self.shift if self.centred else codes
 
     def update(self, codes: torch.Tensor, centred: torch.Tensor) -> None:
         self.n += codes.shape[0]
@@ -67,7 +79,12 @@ class CrossBlock:
         self.cross = torch.zeros(hi - lo, m_b, dtype=torch.float64)
 
     def update(self, a: torch.Tensor, b: torch.Tensor) -> None:
-        self.cross += (a[:, self.lo : self.hi].T @ b).double()
+        part = a[:, self.lo : self.hi]
+        nonzero = int(torch.count_nonzero(part))
+        if nonzero <= SPARSE_DENSITY * part.numel():
+            self.cross += torch.sparse.mm(part.T.contiguous().to_sparse(), b).double()
+        else:
+            self.cross += (part.T @ b).double()
 
     def correlation(self, ma: Moments, mb: Moments, mean_b: torch.Tensor | None = None, std_b: torch.Tensor | None = None) -> np.ndarray:
         """ρ [hi − lo, m_b]; ``mean_b``/``std_b`` replace B's moments (a rotated B has its own)."""
