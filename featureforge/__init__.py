@@ -7,7 +7,7 @@ The library API has the CLI's verbs: ``cache``, ``open_store``, ``train``, ``eva
 faces ``featureforge.store``, ``featureforge.training`` and ``featureforge.evaluation`` and the modules
 ``featureforge.evaluation.metrics``, ``featureforge.plots``, ``featureforge.dictionary``,
 ``featureforge.testing``, ``featureforge.interventions``, ``featureforge.steering``,
-``featureforge.vectors`` (steering vectors), ``featureforge.decompose``,
+``featureforge.vectors`` (steering vectors), ``featureforge.decomposition``,
 ``featureforge.live`` (the live model a source's splice yields), ``featureforge.sites`` (torch hook
 sites) and ``featureforge.runtime`` are public too (see docs/plugins.md). Everything else may change.
 Importing the package changes no environment variable (``featureforge.runtime`` holds the CLI's

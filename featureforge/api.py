@@ -247,8 +247,8 @@ def vector(source: str | ActivationSource, options: Mapping[str, Any] | Sequence
 
 
 def decompose(vector: Any, run: Any, **kwargs: Any) -> Any:
-    """A steering vector in a dictionary's latents; see :func:`featureforge.decompose.decompose`."""
-    from .decompose import decompose as _decompose
+    """A steering vector in a dictionary's latents; see :func:`featureforge.decomposition.decompose`."""
+    from .decomposition import decompose as _decompose
 
     return _decompose(vector, run, **kwargs)
 

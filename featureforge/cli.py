@@ -381,7 +381,7 @@ def vector_command(source_name: str, options: tuple[str, ...], positive: str, ne
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def decompose_command(vector: str, run: str, store: str, max_latents: int, top: int, contexts: int, as_json: bool) -> None:
     """Express a steering vector in a dictionary's latents: non-negative sparse fit and cosine ranking."""
-    from .decompose import decompose, summary_lines as decompose_lines
+    from .decomposition import decompose, summary_lines as decompose_lines
 
     result = decompose(vector, run, store=store, k=max_latents, top=top, contexts=contexts)
     if as_json:

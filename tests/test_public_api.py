@@ -39,7 +39,7 @@ PUBLIC_MODULES = {"featureforge", "featureforge.store", "featureforge.training",
                   # the one intervention model (add/clamp/ablate at a hook) that sources' splices and steering pages share
                   "featureforge.interventions", "featureforge.steering",
                   # steering vectors (directions from prompt sets) and their decomposition in latents
-                  "featureforge.vectors", "featureforge.decompose",
+                  "featureforge.vectors", "featureforge.decomposition",
                   # process and device settings: the one device rule, the CLI's opt-in OpenMP spin
                   "featureforge.runtime",
                   # the run folder: its file names, RunConfig and the readers of metrics.jsonl and report.json
