@@ -1,0 +1,166 @@
+"""Contrastive steering vectors against single SAE latents on the stdlib GPT-2 (docs/methods/steering.md).
+
+For a few concepts defined by prompt pairs taken from this machine's standard library (code lines
+vs docstring prose; ``return`` lines vs assignments; ``raise`` lines vs plain calls): the
+mean-difference vector at ``--hook``, its decomposition in a TopK dictionary's latents
+(non-negative pursuit, cosine ranking), then one ``steering`` evaluator run scoring the vector and
+the candidate latents (the fit's top three, the top three by cosine) with the same metrics and the
+random-direction control. "Best single latent" is reported two ways: chosen a priori (the fit's
+largest weight) and after the fact (the candidate with the largest output-score gain at the top α,
+which is selected on the scored numbers and so flatters the latent).
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/steering_vectors.py --workdir /tmp/vec_bench
+
+Needs the tiny LM (``featureforge tiny-lm``), a store at ``--hook`` and a TopK run on it (made here
+when missing). Prints one JSON object (also written to ``--out``); steps already done in
+``--workdir`` are reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import io
+import json
+import sys
+import tokenize
+from pathlib import Path
+from typing import Any
+
+import featureforge as ff
+
+import provenance
+
+ROOT = Path(__file__).resolve().parents[1]
+KEYS = ("output_score_gain", "stability", "kl_rest", "ce_increase")
+
+
+def stdlib_lines(limit_files: int = 400) -> dict[str, list[str]]:
+    """Code lines, docstring lines, ``return`` lines, assignments, ``raise`` lines and bare calls of stdlib modules (sorted, deterministic)."""
+    from featureforge_hf._data import stdlib_files
+
+    found: dict[str, list[str]] = {"code": [], "prose": [], "return": [], "assign": [], "raise": [], "call": []}
+    for path in sorted(stdlib_files())[:limit_files]:
+        try:
+            text = path.read_text(encoding="utf-8")
+            tree = ast.parse(text)
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        lines = text.splitlines()
+        doc_lines: set[int] = set()
+        for node in ast.walk(tree):
+            body = getattr(node, "body", None)
+            if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                doc_lines.update(range(body[0].lineno, (body[0].end_lineno or body[0].lineno) + 1))
+        try:
+            comment_lines = {t.start[0] for t in tokenize.generate_tokens(io.StringIO(text).readline) if t.type == tokenize.COMMENT}
+        except (tokenize.TokenError, IndentationError, SyntaxError):
+            continue
+        for n, line in enumerate(lines, 1):
+            s = line.strip()
+            if n in doc_lines:
+                s = s.replace('"""', "").replace("'''", "").strip()  # a docstring's opening or closing line
+            if not 24 <= len(s) <= 80 or n in comment_lines:
+                continue
+            if n in doc_lines:
+                words = s.split()
+                if len(words) >= 5 and sum(c.isalpha() or c == " " for c in s) / len(s) > 0.9 and not s.startswith((">>>", "...")):
+                    found["prose"].append(s)
+                continue
+            if "(" in s and not s.startswith(("def ", "class ", "@", "#", '"', "'")):
+                found["code"].append(s)
+            if s.startswith("return ") and len(s) > 12:
+                found["return"].append(s)
+            elif s.startswith("raise ") and "(" in s:
+                found["raise"].append(s)
+            elif "=" in s and s.split("=")[0].strip().isidentifier() and "==" not in s:
+                found["assign"].append(s)
+            elif s.endswith(")") and s.split("(")[0].replace(".", "").isidentifier():
+                found["call"].append(s)
+    return found
+
+
+def concepts(n: int) -> dict[str, tuple[list[str], list[str]]]:
+    """concept -> (positive, negative) prompts, ``n`` each, spread evenly over the library."""
+    lines = stdlib_lines()
+
+    def pick(items: list[str]) -> list[str]:
+        unique = list(dict.fromkeys(items))
+        step = max(1, len(unique) // n)
+        return unique[::step][:n]
+
+    return {"code_vs_prose": (pick(lines["code"]), pick(lines["prose"])),
+            "return_vs_assign": (pick(lines["return"]), pick(lines["assign"])),
+            "raise_vs_call": (pick(lines["raise"]), pick(lines["call"]))}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--model", default=str(ROOT / "stores" / "models" / "stdlib-gpt2"))
+    p.add_argument("--hook", default="transformer.h.1")
+    p.add_argument("--rows", type=int, default=150_000)
+    p.add_argument("--d-dict", type=int, default=1024)
+    p.add_argument("--k", type=int, default=16)
+    p.add_argument("--prompts", type=int, default=64, help="Prompts per side of each concept.")
+    p.add_argument("--contexts", type=int, default=32)
+    p.add_argument("--alphas", default="2,4,8")
+    p.add_argument("--threads", type=int, default=1)
+    provenance.add_out_argument(p, "steering_vectors")
+    a = p.parse_args()
+    work = Path(a.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    model = str(Path(a.model).resolve())
+    store_path, run_dir = work / "store.zarr", work / "topk"
+    try:
+        store = ff.open_store(str(store_path))
+        assert store.complete
+    except Exception:
+        store = ff.cache("hf", {"model": model, "hook": a.hook, "batch_size": 32}, store=str(store_path), rows=a.rows, overwrite=True, progress=False)
+    if not (run_dir / "config.json").exists() or json.loads((run_dir / "config.json").read_text()).get("status") != "complete":
+        ff.train("topk", {"d_dict": a.d_dict, "k": a.k}, store=str(store_path), out=str(run_dir), overwrite=True, epochs=2.0,
+                 batch_size=1024, threads=a.threads, progress=False)
+    options = dict(store.source["options"])
+    results: dict[str, Any] = {}
+    alphas = [float(x) for x in a.alphas.split(",")]
+    top_tag = f"a{alphas[-1]:g}"
+    for name, (pos, neg) in concepts(a.prompts).items():
+        done = work / f"{name}.json"
+        if done.exists():
+            results[name] = json.loads(done.read_text())
+            continue
+        vec_dir = work / f"vec_{name}"
+        vec = ff.vector("hf", options, positive=pos, negative=neg, out=str(vec_dir), overwrite=True)
+        dec = ff.decompose(str(vec_dir), str(run_dir), store=store, k=8, top=5, contexts=2)
+        fit_ids = [f["latent"] for f in dec.fit[:3]]
+        cos_ids = [c["latent"] for c in dec.cosine[:3]]
+        candidates = list(dict.fromkeys(fit_ids + cos_ids))
+        report = ff.evaluate(run_dir, store, {"steering": {"latents": 0, "latent_ids": ",".join(map(str, candidates)), "vectors": str(vec_dir),
+                                                           "contexts": a.contexts, "alphas": a.alphas}}, out_dir=work / f"eval_{name}")
+        table = json.loads((work / f"eval_{name}" / "steering.json").read_text())
+
+        def numbers(row: dict[str, Any]) -> dict[str, Any]:
+            return {k: round(v, 5) for k, v in row.items() if isinstance(v, float) and k.split("_a")[0].removeprefix("control_") in KEYS + ("push_norm",)}
+
+        latents = {int(r["latent"]): numbers(r) | {"contexts": r["contexts"]} for r in table["latents"]}
+        a_priori = next((i for i in fit_ids if i in latents), None)
+        post_hoc = max(latents, key=lambda i: latents[i][f"output_score_gain_{top_tag}"]) if latents else None
+        results[name] = {
+            "prompts": [len(pos), len(neg)], "examples": [pos[:2], neg[:2]],
+            "vector": {"typical": vec.typical, "difference_norm": vec.stats["difference_norm"], "row_rms_norm": vec.stats["row_rms_norm"],
+                       **numbers(table["vectors"][0])},
+            "decomposition": {"explained": round(dec.explained, 4), "fit_cosine": round(dec.fit_cosine, 4),
+                              "fit": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in f.items() if k != "contexts"}
+                                      | {"contexts": [c["text"][-24:] + "[" + c["token"] + "]" for c in f.get("contexts", [])]} for f in dec.fit],
+                              "cosine": dec.cosine},
+            "latents": latents, "best_latent_a_priori": a_priori, "best_latent_post_hoc": post_hoc,
+            "skipped_candidates": [i for i in candidates if i not in latents],
+        }
+        done.write_text(json.dumps(results[name]))
+        print(json.dumps({name: results[name]["vector"]}), file=sys.stderr, flush=True)
+    provenance.emit({"setup": {**vars(a), "store_rows": store.rows}, "concepts": results}, provenance.out_path(a.out, "steering_vectors"))
+
+
+if __name__ == "__main__":
+    main()
