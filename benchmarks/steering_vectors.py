@@ -136,9 +136,11 @@ def main() -> None:
         fit_ids = [f["latent"] for f in dec.fit[:3]]
         cos_ids = [c["latent"] for c in dec.cosine[:3]]
         candidates = list(dict.fromkeys(fit_ids + cos_ids))
-        report = ff.evaluate(run_dir, store, {"steering": {"latents": 0, "latent_ids": ",".join(map(str, candidates)), "vectors": str(vec_dir),
+        ff.evaluate(run_dir, store, {"steering": {"latents": 0, "latent_ids": ",".join(map(str, candidates)), "vectors": str(vec_dir),
                                                            "contexts": a.contexts, "alphas": a.alphas}}, out_dir=work / f"eval_{name}")
-        table = json.loads((work / f"eval_{name}" / "steering.json").read_text())
+        from featureforge.run import plots_dir
+
+        table = json.loads((plots_dir(work / f"eval_{name}") / "steering.json").read_text())
 
         def numbers(row: dict[str, Any]) -> dict[str, Any]:
             return {k: round(v, 5) for k, v in row.items() if isinstance(v, float) and k.split("_a")[0].removeprefix("control_") in KEYS + ("push_norm",)}
