@@ -105,7 +105,8 @@ def main() -> None:
     p.add_argument("--k", type=int, default=16)
     p.add_argument("--prompts", type=int, default=64, help="Prompts per side of each concept.")
     p.add_argument("--contexts", type=int, default=32)
-    p.add_argument("--alphas", default="2,4,8")
+    p.add_argument("--alphas", default="2,4,8", help="Latents' strengths, × typical firing value.")
+    p.add_argument("--vector-alphas", default="0.25,0.5,1", help="Vectors' strengths, × typical projection (1: the whole concept shift).")
     p.add_argument("--threads", type=int, default=1)
     provenance.add_out_argument(p, "steering_vectors")
     a = p.parse_args()
@@ -137,7 +138,7 @@ def main() -> None:
         cos_ids = [c["latent"] for c in dec.cosine[:3]]
         candidates = list(dict.fromkeys(fit_ids + cos_ids))
         ff.evaluate(run_dir, store, {"steering": {"latents": 0, "latent_ids": ",".join(map(str, candidates)), "vectors": str(vec_dir),
-                                                           "contexts": a.contexts, "alphas": a.alphas}}, out_dir=work / f"eval_{name}")
+                                                           "contexts": a.contexts, "alphas": a.alphas, "vector_alphas": a.vector_alphas}}, out_dir=work / f"eval_{name}")
         from featureforge.run import plots_dir
 
         table = json.loads((plots_dir(work / f"eval_{name}") / "steering.json").read_text())

@@ -175,19 +175,25 @@ def _decoder(store: Any) -> Any:
 
 
 def _context_text(store: Any, decode: Any, row: int, activation: float, before: int = 8) -> dict[str, Any]:
-    """The tokens before ``row`` in its sequence (found among nearby rows by seq/doc id and position), and the row's token."""
+    """The tokens before ``row`` in its sequence and the row's token.
+
+    The sequence's rows are found by id (``seq_ids``, else ``doc_ids``) and ``positions``: among the
+    rows of the row's write-shuffle window (``store.write_window``) in a shuffled store, else among
+    the rows just before it.
+    """
     if "token_ids" not in store.columns:
         return {"row": row, "activation": activation, "text": "", "token": ""}
     key = next((c for c in ("seq_ids", "doc_ids") if c in store.columns), None)
-    lo, hi = max(0, row - 4096), min(store.rows, row + 4096)
-    ids = store.read(lo, hi, "token_ids")
+    window = store.write_window(row) if store.write_shuffle_rows else np.arange(max(0, row - 4 * before), row + 1)
+    lo, hi = int(window.min()), int(window.max()) + 1
     picked = [row - lo]
     if key is not None and "positions" in store.columns:
-        seq, pos = store.read(lo, hi, key), store.read(lo, hi, "positions").astype(np.int64)
-        at = row - lo
+        inside = window - lo
+        seq, pos = store.read(lo, hi, key)[inside], store.read(lo, hi, "positions").astype(np.int64)[inside]
+        at = int(np.flatnonzero(window == row)[0])
         near = np.flatnonzero((seq == seq[at]) & (pos <= pos[at]) & (pos >= pos[at] - before))
-        picked = near[np.argsort(pos[near], kind="stable")].tolist()
-    tokens = [int(t) for t in ids[picked]]
+        picked = inside[near[np.argsort(pos[near], kind="stable")]].tolist()
+    tokens = [int(t) for t in store.read(lo, hi, "token_ids")[picked]]
     pieces = decode(tokens) if decode is not None else [f"#{t}" for t in tokens]
     return {"row": int(row), "activation": round(activation, 4), "text": "".join(pieces[:-1]), "token": pieces[-1]}
 

@@ -54,6 +54,8 @@ class SteeringOptions:
     """Comma list of latents to steer instead of a sample (e.g. a vector's decomposition; latents firing on nearly every context are skipped)."""
     vectors: str = ""
     """Comma list of steering-vector folders (featureforge vector) scored beside the latents, on every context."""
+    vector_alphas: str = ""
+    """Strengths for the vectors, × each one's typical projection (α = 1: the whole concept shift); empty: alphas."""
     alphas: str = "2,4,8"
     """Strengths α, comma list, in units of each latent's typical firing value."""
     contexts: int = 32
@@ -92,6 +94,10 @@ class SteeringEvaluator(DownstreamEvaluator):
             raise OptionError(f"steering: alphas={o.alphas!r} is not a comma list of numbers; pass e.g. -o steering.alphas=2,4,8") from None
         if not self.alpha_values:
             raise OptionError("steering: give at least one strength, e.g. -o steering.alphas=4")
+        try:
+            self.vector_alpha_values = [float(a) for a in o.vector_alphas.split(",") if a.strip()] or self.alpha_values
+        except ValueError:
+            raise OptionError(f"steering: vector_alphas={o.vector_alphas!r} is not a comma list of numbers; pass e.g. -o steering.vector_alphas=0.25,0.5,1") from None
         self._starts = {}
 
     def evaluate(self, dictionary: Any, context: EvaluationContext) -> EvaluationResult:
@@ -150,6 +156,8 @@ class SteeringEvaluator(DownstreamEvaluator):
             if was_training:
                 dictionary.train()
         metrics: dict[str, Any] = {"kind": kind, "latents_steered": len(rows), "alphas": self.alpha_values}
+        if vector_rows:
+            metrics["vector_alphas"] = self.vector_alpha_values
         if not rows and not vector_rows:  # a dense dictionary: every latent fires somewhere in every context
             metrics["note"] = (f"no live latent is silent on {MIN_CONTEXTS} of the {o.contexts} held-out contexts of {o.context_tokens} tokens; "
                                "pass more -o steering.contexts or a smaller -o steering.context_tokens")
@@ -165,7 +173,7 @@ class SteeringEvaluator(DownstreamEvaluator):
         table = context.out_dir / "steering.json"
         table.write_text(json.dumps({"metrics": metrics, "latents": rows, "vectors": vector_rows}, indent=1))
         plot = context.out_dir / "steering.png"
-        _plot(metrics, self.alpha_values, kind, plot, [r["name"] for r in vector_rows])
+        _plot(metrics, self.alpha_values, kind, plot, [r["name"] for r in vector_rows], self.vector_alpha_values)
         return EvaluationResult(metrics=metrics, artifacts={"steering_table": str(table), "steering": str(plot)})
 
     # -- the handles: latents and steering vectors, scored by one code path ------------------------
@@ -207,7 +215,7 @@ class SteeringEvaluator(DownstreamEvaluator):
 
         unit, size = latent_directions(dictionary, [latent], typical)
         return {"kind": "latent", "label": {"latent": latent, "typical": float(typical[latent])},
-                "silent": torch.nonzero(~fires[:, latent]).flatten().cpu(), "push_norm": float(size[0]), "width": int(unit.shape[1]),
+                "silent": torch.nonzero(~fires[:, latent]).flatten().cpu(), "push_norm": float(size[0]), "width": int(unit.shape[1]), "alphas": self.alpha_values,
                 "make": lambda alpha: replacement(dictionary, [Intervention((latent,), "add", alpha)], typical)}
 
     def _vector_handle(self, vector: Any, n_contexts: int) -> dict[str, Any]:
@@ -220,7 +228,7 @@ class SteeringEvaluator(DownstreamEvaluator):
             return direction_replacement(DirectionEdit(vector.direction, "add", alpha, torch.tensor([vector.typical])))
 
         return {"kind": "vector", "label": {"name": vector.name, "typical": float(vector.typical), "handle": f"vector:{vector.name}"},
-                "silent": torch.arange(n_contexts), "push_norm": float(vector.typical), "width": vector.d_in, "make": make}
+                "silent": torch.arange(n_contexts), "push_norm": float(vector.typical), "width": vector.d_in, "alphas": self.vector_alpha_values, "make": make}
 
     def _score(self, live: Any, ids: Any, mask: Any, keep: Any, clean: Any, handle: dict[str, Any], gen: Any) -> dict[str, Any]:
         """Every metric of one handle at each α, and of a random direction of equal push (the control)."""
@@ -232,7 +240,7 @@ class SteeringEvaluator(DownstreamEvaluator):
         row: dict[str, Any] = {**handle["label"], "kind": handle["kind"], "contexts": int(len(silent)), "push_norm": handle["push_norm"]}
         rand = torch.randn(handle["width"], generator=gen)  # drawn whether or not the control runs: seeded results stay put
         rand = rand / rand.norm() * handle["push_norm"]
-        for alpha in self.alpha_values:
+        for alpha in handle["alphas"]:
             fn = handle["make"](alpha)
             row.update(_effects(live, ids, mask, keep, clean, silent, fn, o.top_tokens, f"a{alpha:g}"))
             if o.control:
@@ -317,19 +325,21 @@ def _mean_pairwise_cosine(vectors: Any) -> float:
     return float((sims.sum() - sims.diagonal().sum()) / (n * (n - 1))) if n > 1 else math.nan
 
 
-def _plot(metrics: dict[str, Any], alphas: list[float], kind: str, path: Any, vectors: list[str] = ()) -> None:
+def _plot(metrics: dict[str, Any], alphas: list[float], kind: str, path: Any, vectors: list[str] = (), vector_alphas: list[float] | None = None) -> None:
+    """Medians over latents, their control, and each vector at its own α (× its typical projection)."""
     from featureforge.plots import new_figure, save_figure
 
     panels = ["output_score_gain", "stability", "kl_rest", "ce_increase"] if kind == "causal-lm" else ["embedding_distance", "stability"]
     lines = [("", "latents (median)", "o-"), ("control_", "random direction, equal norm", "s--")]
-    lines += [(f"vector_{name}_", f"vector {name}", "^-") for name in vectors]
+    lines = [(prefix, label, style, alphas) for prefix, label, style in lines]
+    lines += [(f"vector_{name}_", f"vector {name}", "^-", vector_alphas or alphas) for name in vectors]
     fig = new_figure(3.2 * len(panels), 3.2)
     for i, name in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
-        for prefix, label, style in lines:
-            ys = [metrics.get(f"{prefix}{name}_a{a:g}", math.nan) for a in alphas]
+        for prefix, label, style, xs in lines:
+            ys = [metrics.get(f"{prefix}{name}_a{a:g}", math.nan) for a in xs]
             if any(math.isfinite(y) for y in ys):
-                ax.plot(alphas, ys, style, label=label, markersize=4)
+                ax.plot(xs, ys, style, label=label, markersize=4)
         ax.set_xlabel("α (× typical value / projection)")
         ax.set_title(name.replace("_", " "), fontsize=9)
         if i == 0:
