@@ -205,3 +205,20 @@ def test_steering_evaluator_scores_a_vector_beside_latents(gpt2_run, code_vector
     table = json.loads((tmp_path / "steering.json").read_text())
     assert [r["name"] for r in table["vectors"]] == ["code"] and table["vectors"][0]["contexts"] == 12
     assert [r["latent"] for r in table["latents"]] in ([latent], []), "the asked latent, unless it fires nearly everywhere"
+
+
+def test_steer_cli_with_a_vector_needs_no_store(code_vector, cli_env):
+    base = [sys.executable, "-m", "featureforge.cli", "steer", "--vector", code_vector.path, "--prompt", "The file", "--max-new-tokens", "3"]
+    out = subprocess.run(base + ["--alpha", "0,2", "--json"], capture_output=True, text=True, env=cli_env, timeout=600)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["handle"] == "directions" and data["labels"] == ["vector:code"] and data["hooks"] == ["transformer.h.0"]
+    assert data["outcomes"][0]["text"] == data["clean_text"] and data["outcomes"][0]["kl"] == 0 and data["outcomes"][1]["kl"] > 0
+    text = subprocess.run(base + ["--alpha", "2", "--hook", "transformer.h.0", "--hook", "transformer.h.1", "--positions", "-1"],
+                          capture_output=True, text=True, env=cli_env, timeout=600)
+    assert text.returncode == 0, text.stderr
+    assert text.stdout.startswith("add the direction vector:code at transformer.h.0, transformer.h.1") and "α=2 × typical" in text.stdout
+    bad = subprocess.run(base + ["--hook", "transformer.h.7"], capture_output=True, text=True, env=cli_env, timeout=600)
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "transformer.h.7" in bad.stderr
+    nothing = subprocess.run(base[:4] + ["--prompt", "x"], capture_output=True, text=True, env=cli_env, timeout=600)
+    assert nothing.returncode == 1 and "nothing to steer with" in nothing.stderr
