@@ -237,6 +237,13 @@ def main() -> None:
                 results[name]["concept_score"] = concept_score(live, store, dictionary, load_vector(work / f"vec_{name}"), latents, pos, neg,
                                                                alphas, [float(x) for x in a.vector_alphas.split(",")], a.contexts)
                 (work / f"{name}.json").write_text(json.dumps(results[name]))
+            if "pca" not in results[name]:  # the top direction of the paired differences, on the same footing
+                mean_vec = load_vector(work / f"vec_{name}")
+                pca = ff.vector("hf", options, positive=pos, negative=neg, method="pca", out=str(work / f"vec_{name}_pca"), overwrite=True)
+                score = concept_score(live, store, dictionary, pca, [], pos, neg, alphas, [float(x) for x in a.vector_alphas.split(",")], a.contexts)
+                results[name]["pca"] = {"cosine_to_mean": round(float(pca.direction @ mean_vec.direction), 4), "typical": round(pca.typical, 4),
+                                        "explained_by_top": round(pca.stats["explained_by_top"], 4), "concept_score": score["vector"]}
+                (work / f"{name}.json").write_text(json.dumps(results[name]))
     provenance.emit({"setup": {**vars(a), "store_rows": store.rows}, "concepts": results}, provenance.out_path(a.out, "steering_vectors"))
 
 

@@ -159,7 +159,12 @@ def direction_replacement(edit: DirectionEdit) -> Callable[[torch.Tensor], torch
     shift = float(edit.value) * edit.push
     basis = edit.basis() if edit.mode != "add" else None
 
+    width = int(edit.directions.shape[1])
+
     def apply(rows: torch.Tensor) -> torch.Tensor:
+        if rows.shape[-1] != width:
+            raise BadInputError(f"the direction has width {width} but the hook gives rows of width {rows.shape[-1]}; "
+                                "apply it at a hook of the width it was made at (--hook)")
         with torch.no_grad():
             x = rows.float()
             if edit.mode == "add":

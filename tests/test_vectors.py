@@ -79,6 +79,8 @@ def test_direction_edits_add_clamp_and_ablate():
         DirectionEdit(torch.zeros(6), "add", 1.0, torch.ones(1))
     with pytest.raises(BadInputError, match="typical"):
         DirectionEdit(v, "add", 1.0)
+    with pytest.raises(BadInputError, match="width 6 but the hook gives rows of width 4"):
+        add(torch.zeros(2, 4))
 
 
 def test_nonnegative_pursuit_recovers_a_planted_combination():
