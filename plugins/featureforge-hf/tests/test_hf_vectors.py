@@ -222,3 +222,16 @@ def test_steer_cli_with_a_vector_needs_no_store(code_vector, cli_env):
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "transformer.h.7" in bad.stderr
     nothing = subprocess.run(base[:4] + ["--prompt", "x"], capture_output=True, text=True, env=cli_env, timeout=600)
     assert nothing.returncode == 1 and "nothing to steer with" in nothing.stderr
+
+
+def test_latents_as_directions_match_the_code_edit_and_span_a_subspace(gpt2_run, code_vector):
+    run, store = gpt2_run
+    typical = store_typical(ff.load(run), store)
+    a, b = torch.nonzero(typical > 0).flatten().tolist()[:2]
+    codes = ff.steer(run, store=store, latents=[a], prompt=CODE[0], alphas=[4], max_new_tokens=0)
+    rows = ff.steer(run, store=store, latents=[a], prompt=CODE[0], alphas=[4], max_new_tokens=0, as_directions=True)
+    assert rows.handle == "directions" and rows.outcomes[0].kl == pytest.approx(codes.outcomes[0].kl, rel=1e-3), "a linear decoder: the same edit"
+    both = ff.steer(run, store=store, latents=[a, b], vector=code_vector, prompt=CODE[0], mode="ablate", max_new_tokens=0)
+    assert both.labels == ["vector:code", f"latent:{a}", f"latent:{b}"] and both.outcomes[0].kl > 0
+    with pytest.raises(ff.BadInputError, match="belongs to its own site"):
+        ff.steer(run, store=store, latents=[a], prompt=CODE[0], hooks=["transformer.h.1"])
