@@ -110,6 +110,22 @@ def concept_tokens(live: Any, pos: list[str], neg: list[str], n: int = 20) -> li
     return sorted(ratio, key=lambda t: -ratio[t])[:n]
 
 
+def held_out_contexts(live: Any, store: Any, n: int, tokens: int = 32) -> tuple[Any, Any, Any]:
+    """The first ``n`` held-out windows (documents after the store's) with at least ``tokens`` real tokens, cut to ``tokens``."""
+    import torch
+
+    start = max(int(store.read(r.index * store.rows_per_chunk, r.index * store.rows_per_chunk + r.rows, "doc_ids").max())
+                for r in store.committed_chunks()) + 1
+    ids, keep = [], []
+    for b in live.batches(start_doc=start, max_sequences=4 * n):
+        for i in range(b.input_ids.shape[0]):
+            if int(b.attention_mask[i].sum()) >= tokens and len(ids) < n:
+                ids.append(b.input_ids[i, :tokens])
+                keep.append(b.token_mask[i, :tokens])
+    stacked = torch.stack(ids)
+    return stacked, torch.ones_like(stacked), torch.stack(keep)
+
+
 def concept_score(live: Any, store: Any, dictionary: Any, vec: Any, latents: list[int], pos: list[str], neg: list[str],
                   alphas: list[float], vector_alphas: list[float], contexts: int, seed: int = 0, controls: int = 8) -> dict[str, Any]:
     """Mean gain in log P(next token ∈ T_c) at the last position of held-out contexts, T_c the concept's tokens.
@@ -124,12 +140,7 @@ def concept_score(live: Any, store: Any, dictionary: Any, vec: Any, latents: lis
     from featureforge.steering import store_typical
 
     T = torch.tensor(concept_tokens(live, pos, neg))
-    start = max(int(store.read(r.index * store.rows_per_chunk, r.index * store.rows_per_chunk + r.rows, "doc_ids").max())
-                for r in store.committed_chunks()) + 1
-    windows = [b for b in live.batches(start_doc=start, max_sequences=contexts)]
-    ids = torch.cat([b.input_ids[:, :32] for b in windows])[:contexts]
-    mask = torch.ones_like(ids)
-    keep = torch.cat([b.token_mask[:, :32] for b in windows])[:contexts]
+    ids, mask, keep = held_out_contexts(live, store, contexts)
 
     def target(out: Any) -> Any:
         return torch.logsumexp(torch.log_softmax(out[:, -1].double(), -1)[:, T], -1)
@@ -156,6 +167,42 @@ def concept_score(live: Any, store: Any, dictionary: Any, vec: Any, latents: lis
             row[f"control_a{a:g}"] = round(float(ctl.mean()), 4)  # mean and sd over `controls` random directions of equal push
             row[f"control_sd_a{a:g}"] = round(float(ctl.std()), 4)
         out[label] = row
+    return out
+
+
+def ablation(live: Any, store: Any, dictionary: Any, vec: Any, latents: list[int], pos: list[str], neg: list[str], contexts: int,
+             seed: int = 0, controls: int = 8) -> dict[str, Any]:
+    """Project out the vector, the span of ``latents``' decoder rows, or a random direction / random span of the same rank.
+
+    On the held-out contexts: the change in log P(next token ∈ T_c) at the last position and in the
+    mean next-token CE over every position (the subspace handle of ``featureforge steer --mode ablate``).
+    """
+    import torch
+
+    from featureforge.interventions import DirectionEdit, direction_replacement, latent_directions
+
+    T = torch.tensor(concept_tokens(live, pos, neg))
+    ids, mask, keep = held_out_contexts(live, store, contexts)
+
+    def measure(fn: Any) -> tuple[float, float]:
+        out = live(ids, mask, replace=fn, token_mask=keep).double()
+        lp = torch.log_softmax(out, -1)
+        ce = -lp[:, :-1].gather(-1, ids[:, 1:, None]).mean()
+        return float(torch.logsumexp(lp[:, -1][:, T], -1).mean()), float(ce)
+
+    base = measure("none")
+    gen = torch.Generator().manual_seed(seed)
+    unit, _ = latent_directions(dictionary, latents)
+    spans = {"vector": vec.direction[None], f"latents {','.join(map(str, latents))}": unit,
+             "vector + latents": torch.cat([vec.direction[None], unit])}
+    out: dict[str, Any] = {}
+    for label, rows in spans.items():
+        got = measure(direction_replacement(DirectionEdit(rows, "ablate")))
+        rand = [measure(direction_replacement(DirectionEdit(torch.randn(rows.shape[0], rows.shape[1], generator=gen), "ablate")))
+                for _ in range(controls)]
+        out[label] = {"rank": int(rows.shape[0]), "concept_change": round(got[0] - base[0], 4), "ce_change": round(got[1] - base[1], 4),
+                      "control_concept_change": round(sum(r[0] - base[0] for r in rand) / controls, 4),
+                      "control_ce_change": round(sum(r[1] - base[1] for r in rand) / controls, 4)}
     return out
 
 
@@ -236,6 +283,10 @@ def main() -> None:
                 latents = sorted(int(i) for i in results[name]["latents"])
                 results[name]["concept_score"] = concept_score(live, store, dictionary, load_vector(work / f"vec_{name}"), latents, pos, neg,
                                                                alphas, [float(x) for x in a.vector_alphas.split(",")], a.contexts)
+                (work / f"{name}.json").write_text(json.dumps(results[name]))
+            if "ablation" not in results[name]:
+                top3 = [f["latent"] for f in results[name]["decomposition"]["fit"][:3]]
+                results[name]["ablation"] = ablation(live, store, dictionary, load_vector(work / f"vec_{name}"), top3, pos, neg, a.contexts)
                 (work / f"{name}.json").write_text(json.dumps(results[name]))
             if "pca" not in results[name]:  # the top direction of the paired differences, on the same footing
                 mean_vec = load_vector(work / f"vec_{name}")
