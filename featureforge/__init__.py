@@ -7,6 +7,7 @@ The library API has the CLI's verbs: ``cache``, ``open_store``, ``train``, ``eva
 faces ``featureforge.store``, ``featureforge.training`` and ``featureforge.evaluation`` and the modules
 ``featureforge.evaluation.metrics``, ``featureforge.plots``, ``featureforge.dictionary``,
 ``featureforge.testing``, ``featureforge.interventions``, ``featureforge.steering``,
+``featureforge.vectors`` (steering vectors), ``featureforge.decomposition``,
 ``featureforge.live`` (the live model a source's splice yields), ``featureforge.sites`` (torch hook
 sites) and ``featureforge.runtime`` are public too (see docs/plugins.md). Everything else may change.
 Importing the package changes no environment variable (``featureforge.runtime`` holds the CLI's
@@ -15,7 +16,7 @@ opt-in process settings).
 
 from typing import Any
 
-from .api import cache, evaluate, export, import_run, load, make_source, open_store, steer, steered, train
+from .api import cache, decompose, evaluate, export, import_run, load, make_source, open_store, steer, steered, train, vector
 from .evaluation import EvaluationContext, rebuild_source
 from .errors import (
     BadInputError,
@@ -61,6 +62,7 @@ __all__ = [
     "StoreMismatchError",
     "TrainState",
     "cache",
+    "decompose",
     "evaluate",
     "export",
     "get_registry",
@@ -74,6 +76,7 @@ __all__ = [
     "steer",
     "steered",
     "train",
+    "vector",
 ]
 
 
