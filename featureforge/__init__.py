@@ -7,6 +7,7 @@ The library API has the CLI's verbs: ``cache``, ``open_store``, ``train``, ``eva
 faces ``featureforge.store``, ``featureforge.training`` and ``featureforge.evaluation`` and the modules
 ``featureforge.evaluation.metrics``, ``featureforge.plots``, ``featureforge.dictionary``,
 ``featureforge.testing``, ``featureforge.interventions``, ``featureforge.steering``,
+``featureforge.vectors`` (steering vectors), ``featureforge.decomposition``,
 ``featureforge.live`` (the live model a source's splice yields), ``featureforge.sites`` (torch hook
 sites), ``featureforge.comparison`` (``compare`` and reading a comparison back) and ``featureforge.runtime`` are public too (see docs/plugins.md). Everything else may change.
 Importing the package changes no environment variable (``featureforge.runtime`` holds the CLI's
@@ -15,7 +16,7 @@ opt-in process settings).
 
 from typing import Any
 
-from .api import cache, compare, evaluate, export, import_run, load, make_source, open_store, steer, steered, train
+from .api import cache, compare, decompose, evaluate, export, import_run, load, make_source, open_store, steer, steered, train, vector
 from .evaluation import EvaluationContext, rebuild_source
 from .errors import (
     BadInputError,
@@ -62,6 +63,7 @@ __all__ = [
     "TrainState",
     "cache",
     "compare",
+    "decompose",
     "evaluate",
     "export",
     "get_registry",
@@ -75,6 +77,7 @@ __all__ = [
     "steer",
     "steered",
     "train",
+    "vector",
 ]
 
 

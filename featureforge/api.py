@@ -16,7 +16,7 @@ from .store._view import ActivationStore, open_store
 from .store._format import STORAGE_DTYPES, default_rows_per_chunk, default_write_shuffle_rows
 from .store._writer import StoreWriter
 
-__all__ = ["cache", "compare", "evaluate", "export", "import_run", "load", "make_source", "open_store", "steer", "steered", "train"]
+__all__ = ["cache", "compare", "decompose", "evaluate", "export", "import_run", "load", "make_source", "open_store", "steer", "steered", "train", "vector"]
 
 
 def make_source(source: str | ActivationSource, options: Mapping[str, Any] | Sequence[str] | None = None) -> ActivationSource:
@@ -227,18 +227,32 @@ def _apply_run_file(config: str | os.PathLike, settings: dict[str, Any], trainer
             resume or bool(top.get("resume", False)), overwrite or bool(top.get("overwrite", False)))
 
 
-def steer(run: Any, **kwargs: Any) -> Any:
-    """Steer the store's live model with latents of a run; see :func:`featureforge.steering.steer`."""
+def steer(run: Any = None, **kwargs: Any) -> Any:
+    """Steer the live model with latents of a run or steering vectors; see :func:`featureforge.steering.steer`."""
     from .steering import steer as _steer
 
     return _steer(run, **kwargs)
 
 
-def steered(run: Any, **kwargs: Any) -> Any:
+def steered(run: Any = None, **kwargs: Any) -> Any:
     """Context manager: the live model patched only inside the block; see :func:`featureforge.steering.steered`."""
     from .steering import steered as _steered
 
     return _steered(run, **kwargs)
+
+
+def vector(source: str | ActivationSource, options: Mapping[str, Any] | Sequence[str] | None = None, **kwargs: Any) -> Any:
+    """A steering vector from a positive and a negative prompt set; see :func:`featureforge.vectors.make_vector`."""
+    from .vectors import make_vector
+
+    return make_vector(source, options, **kwargs)
+
+
+def decompose(vector: Any, run: Any, **kwargs: Any) -> Any:
+    """A steering vector in a dictionary's latents; see :func:`featureforge.decomposition.decompose`."""
+    from .decomposition import decompose as _decompose
+
+    return _decompose(vector, run, **kwargs)
 
 
 def load(run: str | os.PathLike) -> Any:

@@ -24,6 +24,8 @@ EXPECTED_EXPORTS = {
     "get_registry",
     # the verbs (the CLI's commands) and the store they open
     "cache", "train", "evaluate", "compare", "load", "export", "import_run", "open_store", "ActivationStore", "steer", "steered",
+    # steering vectors: made from two prompt sets, expressed in a dictionary's latents
+    "vector", "decompose",
     # building a registered source by name (what `--source NAME -o ...` does), or a store's own again
     "make_source", "rebuild_source",
     # errors
@@ -36,6 +38,8 @@ PUBLIC_MODULES = {"featureforge", "featureforge.store", "featureforge.training",
                   "featureforge.evaluation.metrics", "featureforge.plots", "featureforge.dictionary", "featureforge.testing",
                   # the one intervention model (add/clamp/ablate at a hook) that sources' splices and steering pages share
                   "featureforge.interventions", "featureforge.steering",
+                  # steering vectors (directions from prompt sets) and their decomposition in latents
+                  "featureforge.vectors", "featureforge.decomposition",
                   # process and device settings: the one device rule, the CLI's opt-in OpenMP spin
                   "featureforge.runtime",
                   # the run folder: its file names, RunConfig and the readers of metrics.jsonl and report.json
