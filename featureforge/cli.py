@@ -221,14 +221,15 @@ def _load_train_config(ctx: click.Context, param: click.Parameter, path: str | N
 @click.option("--lr", type=float, default=None, help="Adam learning rate (default: the trainer's suggestion).")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default=None, help="Compute dtype (bf16 autocast, fp32 master weights).")
 @click.option("--threads", type=int, default=None, help="torch intra-op threads.")
-@click.option("--seed", type=int, default=None, help="Seed of initialisation and data order (default 0).")
+@click.option("--seed", default=None, help="Seed of initialisation and data order (default 0); a comma list (0,1,2) trains one member per "
+                                           "initialisation seed in one pass over the same batches.")
 @click.option("-t", "--train-option", "train_options", multiple=True, metavar="KEY=VALUE",
               help="Further loop option (warmup_steps, decay_fraction, log_every, checkpoint_every, holdout_rows, dead_after, device, data_shards, ...).")
 @click.option("--resume", is_flag=True, help="Continue from the run's last checkpoint (bit-identical to an uninterrupted run).")
 @click.option("--overwrite", is_flag=True, help="Delete an existing run folder and start again.")
 @click.pass_context
 def train(ctx: click.Context, trainer_name: str, options: tuple[str, ...], store: str, out: str, rows: int | None, epochs: float | None,
-          batch_size: int | None, lr: float | None, dtype: str | None, threads: int | None, seed: int | None,
+          batch_size: int | None, lr: float | None, dtype: str | None, threads: int | None, seed: str | None,
           train_options: tuple[str, ...], resume: bool, overwrite: bool) -> None:
     """Train a dictionary on a store with a registered trainer."""
     from . import api
@@ -274,6 +275,60 @@ def evaluate_command(run: str, store: str, evaluators: tuple[str, ...], rows: in
             click.echo(line)
     written = [Path(run) / sweep.SWEEP_FILE, Path(run) / sweep.SWEEP_PLOT] if is_sweep else [report_path(run)]
     click.echo(f"Wrote {', '.join(map(str, written))}", err=as_json)
+
+
+@cli.command(name="compare")
+@click.argument("runs", nargs=-1, required=True)
+@click.option("--store", "stores", multiple=True,
+              help="Store to compare on: once for all runs, or once per run in their order (stores of different models over the same "
+                   "tokens). Default: each run's recorded store.")
+@click.option("--out", default=None, help="Folder to write (compare.json, pairs/, runs/, plots/); default comparisons/A__B[...].")
+@click.option("--rows", type=int, default=None, help="Eval rows (default: the runs' shared held-out rows, else the store's first 65,536).")
+@click.option("--threshold", "thresholds", type=float, multiple=True, help="Score above which a matched pair counts as shared; repeatable (default 0.5, 0.7, 0.9).")
+@click.option("--rule-threshold", type=float, default=0.7, show_default=True,
+              help="Paulo & Belrose's rule: shared when encoder and decoder both match above it.")
+@click.option("--excess-threshold", type=float, default=0.5, show_default=True,
+              help="Gurnee et al.'s rule: universal when the excess correlation over the rotated baseline is above it.")
+@click.option("--baseline/--no-baseline", default=None, help="Rotated-units baseline (default: when every run has at most 2,048 units).")
+@click.option("--memory", type=int, default=1 << 25, show_default=True, help="Accumulator floats per pass over the rows (bounds memory).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+def compare_command(runs: tuple[str, ...], stores: tuple[str, ...], out: str | None, rows: int | None, thresholds: tuple[float, ...],
+                    rule_threshold: float, excess_threshold: float, baseline: bool | None, memory: int, as_json: bool) -> None:
+    """Match the latents (or neurons) of two or more runs: shared fraction, best matches, universal units.
+
+    Pairwise for more than two runs; a sweep folder stands for its members (--seed 0,1,2).
+    """
+    from . import api
+    from .comparison import DEFAULT_THRESHOLDS
+
+    target = out or str(Path("comparisons") / "__".join(Path(r).name for r in runs))
+    report = api.compare(list(runs), store=list(stores) or None, out=target, rows=rows, thresholds=thresholds or DEFAULT_THRESHOLDS,
+                         rule_threshold=rule_threshold, excess_threshold=excess_threshold, baseline=baseline, memory=memory)
+    if as_json:
+        _echo_json(report)
+    else:
+        for line in _compare_lines(report):
+            click.echo(line)
+    click.echo(f"Wrote {Path(target) / 'compare.json'}", err=as_json)
+
+
+def _compare_lines(report: dict[str, Any]) -> list[str]:
+    rule = report["rule_threshold"]
+    lines = [f"{report['rows']['rows']:,} rows ({report['rows']['selection']})"]
+    for p in report["pairs"]:
+        parts = []
+        for kind in ("decoder", "encoder", "activation"):
+            if kind in p:
+                parts.append(f"{kind} shared@{rule} {p[kind]['shared_fraction'].get(str(rule), p[kind]['shared_fraction'].get(str(float(rule))))}")
+        if "paulo_belrose" in p:
+            parts.append(f"enc+dec shared {p['paulo_belrose']['shared_fraction']}")
+        if "universal_fraction" in p["activation"]:
+            parts.append(f"excess corr {p['activation']['excess_mean']}")
+        lines.append(f"{p['a']} vs {p['b']}: " + ", ".join(parts))
+    for r in report["runs"]:
+        if "universal" in r:
+            lines.append(f"{r['name']}: {r['universal']} of {r['d_dict']} units universal (excess correlation > {report['excess_threshold']})")
+    return lines
 
 
 @cli.command(name="export")

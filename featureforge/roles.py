@@ -183,6 +183,9 @@ class DictionaryTrainer(Plugin):
     #: cached gradients too: ``batch["grads"]`` is dL/d(training-unit acts), i.e. the stored
     #: dL/dx divided by the normalisation scale s (the acts are x*s, so dL/d(s*x) = g/s).
     columns: ClassVar[tuple[str, ...]] = ("acts",)
+    #: Whether the dictionary is learned. A trainer with nothing to learn (``identity``: the
+    #: site's own units) sets False; ``featureforge train`` then writes its run folder at once.
+    trains: ClassVar[bool] = True
 
     def build(self, d_in: int) -> Any:
         """A fresh ``Dictionary`` for rows of width ``d_in`` (random init, seeded by the loop)."""
