@@ -6,6 +6,7 @@ import os
 from typing import Any, Literal, Mapping, Sequence
 
 from .errors import OptionError
+from .comparison import compare
 from .evaluation._evaluate import evaluate
 from .plugins import get_registry
 from .roles import ActivationSource
@@ -15,7 +16,7 @@ from .store._view import ActivationStore, open_store
 from .store._format import STORAGE_DTYPES, default_rows_per_chunk, default_write_shuffle_rows
 from .store._writer import StoreWriter
 
-__all__ = ["cache", "evaluate", "export", "import_run", "load", "make_source", "open_store", "steer", "steered", "train"]
+__all__ = ["cache", "compare", "decompose", "evaluate", "export", "import_run", "load", "make_source", "open_store", "steer", "steered", "train", "vector"]
 
 
 def make_source(source: str | ActivationSource, options: Mapping[str, Any] | Sequence[str] | None = None) -> ActivationSource:
@@ -175,7 +176,7 @@ def train(
     decay_fraction: float = 0.2,
     adam_betas: tuple[float, ...] = (0.9, 0.999),
     grad_clip: float | None = None,
-    seed: int = 0,
+    seed: int | str | Sequence[int] = 0,
     dtype: Literal["float32", "bfloat16"] = "float32",
     threads: int | None = None,
     device: str = "auto",
@@ -200,7 +201,8 @@ def train(
     existing run. The remaining arguments are the loop's settings (``featureforge train --help``,
     ``-t KEY=VALUE``): rows and epochs to train, batch size, learning rate (default: the
     trainer's for this run, or a race of ``lr_search_factors`` times it over
-    ``lr_search_fraction`` of the steps), warm-up steps and final decay fraction, Adam betas, gradient clipping, seed,
+    ``lr_search_fraction`` of the steps), warm-up steps and final decay fraction, Adam betas, gradient clipping, seed
+    (a list, or ``"0,1,2"``, trains one member per initialisation seed on the same batches),
     compute dtype, threads, device, input normalisation, held-out rows, logging, checkpointing and
     dead-latent windows (in rows), the reader's shuffle buffer and data shards, and evaluation
     during training (every ``eval_every`` steps with ``eval_evaluators``, options as
@@ -251,18 +253,32 @@ def _apply_run_file(config: str | os.PathLike, settings: dict[str, Any], trainer
             resume or bool(top.get("resume", False)), overwrite or bool(top.get("overwrite", False)))
 
 
-def steer(run: Any, **kwargs: Any) -> Any:
-    """Steer the store's live model with latents of a run; see :func:`featureforge.steering.steer`."""
+def steer(run: Any = None, **kwargs: Any) -> Any:
+    """Steer the live model with latents of a run or steering vectors; see :func:`featureforge.steering.steer`."""
     from .steering import steer as _steer
 
     return _steer(run, **kwargs)
 
 
-def steered(run: Any, **kwargs: Any) -> Any:
+def steered(run: Any = None, **kwargs: Any) -> Any:
     """Context manager: the live model patched only inside the block; see :func:`featureforge.steering.steered`."""
     from .steering import steered as _steered
 
     return _steered(run, **kwargs)
+
+
+def vector(source: str | ActivationSource, options: Mapping[str, Any] | Sequence[str] | None = None, **kwargs: Any) -> Any:
+    """A steering vector from a positive and a negative prompt set; see :func:`featureforge.vectors.make_vector`."""
+    from .vectors import make_vector
+
+    return make_vector(source, options, **kwargs)
+
+
+def decompose(vector: Any, run: Any, **kwargs: Any) -> Any:
+    """A steering vector in a dictionary's latents; see :func:`featureforge.decomposition.decompose`."""
+    from .decomposition import decompose as _decompose
+
+    return _decompose(vector, run, **kwargs)
 
 
 def load(run: str | os.PathLike) -> Any:

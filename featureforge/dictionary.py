@@ -60,6 +60,15 @@ class Dictionary(nn.Module):
         """[d_dict, d_in] decoder rows (feature directions), used by evaluators."""
         raise NotImplementedError
 
+    @property
+    def encoder_directions(self) -> "torch.Tensor | None":
+        """[d_dict, d_in] encoder rows where the encoder is linear before its nonlinearity, else None.
+
+        ``featureforge compare`` matches encoders too (a latent is shared when both its encoder and
+        its decoder match, Paulo & Belrose 2025); a dictionary without linear encoder rows keeps None.
+        """
+        return None
+
     def fold_input_scale(self) -> "dict[str, torch.Tensor] | None":
         """This dictionary's tensors with ``input_scale`` folded into the weights (``input_scale`` 1),
         or None where the architecture cannot fold it. ``self`` is not changed.

@@ -18,6 +18,7 @@ replace=, token_mask=)`` ``replace`` (``"dictionary"``, ``"none"``, ``"zero"``, 
 ``token_texts``
 ``pooled(hidden, m)``  sentence embedding of an encoder's hidden states (mean over ``m``)
 ``patch(fn)``          a block in which every forward of ``model`` is replaced at every position
+``also_at(hooks)``     a block in which the replacement also applies at other modules (layers)
 ``batches``,           held-out data as :class:`TokenBatch` and the summed downstream quantities
 ``compare``            of one batch (what the ``downstream`` evaluator adds up)
 =====================  ============================================================================
@@ -154,6 +155,20 @@ class LiveModel:
             yield self
         finally:
             self._patch = None
+
+    @contextlib.contextmanager
+    def also_at(self, hooks: Iterable[str]) -> Iterator["LiveModel"]:
+        """Inside the block the replacement is applied at these modules too (same ``where`` as the site,
+        same positions): a steering direction added at several layers. A dictionary's replacement
+        belongs to its own site; use this with direction edits of the sites' width."""
+        sites = [HookSite.find(self.model, name, where=self.site.where, fix="pass --hook NAME", error=BadInputError)
+                 for name in hooks]
+        handles = [site.attach(self._at_site) for site in sites]
+        try:
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()
 
     def replacement(self, rows: torch.Tensor, replace: Replacement) -> torch.Tensor:
         """What stands in for the site's ``rows [n, d]`` under ``replace``."""

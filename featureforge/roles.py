@@ -221,6 +221,10 @@ class DictionaryTrainer(Plugin):
     #: cached gradients too: ``batch["grads"]`` is dL/d(training-unit acts), i.e. the stored
     #: dL/dx divided by the normalisation scale s (the acts are x*s, so dL/d(s*x) = g/s).
     columns: ClassVar[tuple[str, ...]] = ("acts",)
+    #: Whether the dictionary is learned. A trainer with nothing to learn (``identity``: the
+    #: site's own units) sets False; ``featureforge train`` then writes its run folder at once.
+    trains: ClassVar[bool] = True
+
     #: Set by the loop before ``build``: each role's row width, ``{"acts": d_src, "target": d_tgt}``
     #: or ``{"sites": (S, d)}`` (``build`` gets ``d_in``: the ``acts`` width, or ``d`` of ``sites``).
     role_widths: dict[str, Any] = {}

@@ -107,6 +107,8 @@ class RunConfig:
                 f"{where} uses run format {version} but this featureforge reads up to {RUN_FORMAT_VERSION}; "
                 "upgrade featureforge (pip install -U featureforge) to use this run"
             )
+        if data.get("kind") == "steering-vector":  # featureforge.vectors' folder: same file names, not a dictionary
+            raise CorruptRunError(f"{where} is a steering vector, not a dictionary run; pass it as --vector (featureforge steer, decompose)")
         for key in ("trainer", "d_in", "d_dict"):
             if key not in data:
                 raise CorruptRunError(f"{where} has no {key!r}; it was not written by featureforge train")

@@ -191,19 +191,24 @@ def rebuild_source(store: "ActivationStore", overrides: Mapping[str, Any] | None
     Raises ``BadInputError`` (one line) when the source is not installed or its recorded options
     no longer parse.
     """
+    return source_from_record(store.source or {}, overrides, f"store {store.url}", "re-cache it with this featureforge")
+
+
+def source_from_record(recorded: Mapping[str, Any], overrides: Mapping[str, Any] | None = None, what: str = "the record",
+                       fix: str = "record it again with this featureforge") -> "ActivationSource":
+    """A source rebuilt from a recorded ``{"name", "options"}`` (a store's, a steering vector's), one line when it cannot be."""
     from ..plugins import get_registry
 
-    recorded = store.source or {}
     name = recorded.get("name")
     if not name:
-        raise BadInputError(f"store {store.url} records no source, so its source cannot be rebuilt; re-cache it with this featureforge")
+        raise BadInputError(f"{what} records no source, so its source cannot be rebuilt; {fix}")
     try:
         cls = get_registry().get("source", name)
     except PluginError:
-        raise BadInputError(f"store {store.url} was cached by source {name!r}, which is not installed; install its plugin") from None
+        raise BadInputError(f"{what} was made by source {name!r}, which is not installed; install its plugin") from None
     options = {**dict(recorded.get("options") or {}), **dict(overrides or {})}
     try:
         return cls(options)
     except Exception as exc:  # options of another version, a missing model file, ...
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise BadInputError(f"cannot rebuild store {store.url}'s source {name!r} from its recorded options: {detail}") from None
+        raise BadInputError(f"cannot rebuild {what}'s source {name!r} from its recorded options: {detail}") from None

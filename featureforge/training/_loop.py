@@ -42,7 +42,7 @@ from ..store._view import ActivationStore, open_store
 from ._schedule import dead_after_for, lr_at
 from ._settings import TrainConfig, check_trainer_class, resolve_config
 from ._step import apply_update, mark_fired
-from ._sweep import expand_sweep
+from ._sweep import expand_seeds, expand_sweep, with_seeds
 from ._sites import MemberSites, column_scales, member_specs
 from ._during import eval_instances, evaluate_members
 
@@ -134,15 +134,24 @@ def train(
 
     ``config`` takes the fields of :class:`TrainConfig` (``rows``, ``batch_size``, ``lr``, ...).
     """
-    cfg = resolve_config(config)
+    seeds = expand_seeds(config.get("seed"))
+    cfg = resolve_config({**config, "seed": seeds[0]} if "seed" in config else config)
     trainer_cls = get_registry().get("trainer", trainer)
     check_trainer_class(trainer_cls, trainer)
-    variants = expand_sweep(trainer_cls.Options, options)
+    variants, seeds = with_seeds(expand_sweep(trainer_cls.Options, options), seeds)
+    trainers = [(label, trainer_cls(opts)) for label, opts in variants]
     opened = store if isinstance(store, ActivationStore) else open_store(store, storage_options)
+    if not trainer_cls.trains:  # nothing to learn (identity): the run folder is written at once
+        from ._untrained import write_untrained
+
+        if len(trainers) > 1 or resume:
+            raise OptionError(f"trainer {trainer!r} learns nothing, so it has no sweep and no --resume; train it once")
+        return write_untrained(trainer, trainers[0][1], opened, Path(out), cfg, overwrite)
     if "grads" in trainer_cls.columns:
         check_gradient_store(opened, trainer)
     trainers = member_specs(trainer_cls, variants, opened, cfg.site, cfg.sites)
-    run = _Run(trainer, trainers, opened, Path(out), cfg, resume=resume, overwrite=overwrite, progress=progress)
+    seeds = seeds * (len(trainers) // len(variants))  # member_specs: every variant once per chosen site, in order
+    run = _Run(trainer, trainers, opened, Path(out), cfg, resume=resume, overwrite=overwrite, progress=progress, seeds=seeds)
     return run.execute()
 
 
@@ -169,9 +178,11 @@ def check_gradient_store(store: ActivationStore, trainer: str = "this trainer") 
 
 class _Run:
     def __init__(self, trainer_name: str, trainers: list[tuple[str, DictionaryTrainer, MemberSites]], store: ActivationStore, out: Path,
-                 cfg: TrainConfig, *, resume: bool, overwrite: bool, progress: bool):
+                 cfg: TrainConfig, *, resume: bool, overwrite: bool, progress: bool, seeds: list[int] | None = None):
         self.trainer_name = trainer_name
         self.trainers = trainers
+        #: Initialisation seed of each member (``--seed 0,1,2``; the data order is ``cfg.seed``'s).
+        self.seeds = seeds or [cfg.seed] * len(trainers)
         self.store = store
         self.out = out
         self.cfg = cfg
@@ -283,7 +294,7 @@ class _Run:
             trainer.role_widths, trainer.role_scales = sites.widths(), sites.scales(self.scales)
             scale = sites.input_scale(self.scales)
             for factor in factors:
-                torch.manual_seed(self.cfg.seed)
+                torch.manual_seed(self.seeds[variant])
                 dictionary = trainer.build(sites.d_in)
                 if not isinstance(dictionary, Dictionary):
                     raise FeatureforgeError(f"trainer {self.trainer_name!r} built a {type(dictionary).__name__}, not a featureforge Dictionary")
@@ -301,6 +312,7 @@ class _Run:
                 members.append(Member(label, run_dir, trainer, dictionary, optimizer, state, base_lr, variant=variant,
                                       candidate=Candidate(base_lr) if race else None, sites=sites))
             configs.append(self._config_for(label, trainer, dictionary.d_dict, holdout, sites))
+            configs[-1].training["seed"] = self.seeds[variant]
             configs[-1].extra["dead_after_rows"] = horizon  # the horizon this run used, whoever set it
         torch.manual_seed(self.cfg.seed)  # the step RNG starts from a known state whatever was built
         return members, configs

@@ -98,7 +98,8 @@ def resolve_config(config: Mapping[str, Any]) -> TrainConfig:
 
 def check_trainer_class(cls: type, name: str) -> None:
     """A trainer must implement ``build`` and ``loss``; say so by name instead of an empty NotImplementedError."""
-    missing = [m for m in ("build", "loss") if getattr(cls, m) is getattr(DictionaryTrainer, m)]
+    needed = ("build", "loss") if cls.trains else ("build",)  # a trainer with nothing to learn has no loss
+    missing = [m for m in needed if getattr(cls, m) is getattr(DictionaryTrainer, m)]
     if missing:
         what = {"build": "build(self, d_in) returning a featureforge Dictionary",
                 "loss": "loss(self, dictionary, batch, state) returning a StepOutput"}
