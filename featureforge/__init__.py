@@ -36,6 +36,7 @@ from .roles import (
     DictionaryTrainer,
     EvaluationResult,
     Evaluator,
+    Site,
     StepOutput,
     TrainState,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "FeatureforgeError",
     "OptionError",
     "PluginError",
+    "Site",
     "StepOutput",
     "StoreError",
     "StoreMismatchError",

@@ -11,7 +11,7 @@ from .evaluation._evaluate import evaluate
 from .plugins import get_registry
 from .roles import ActivationSource
 from .store._location import Location
-from .store._creation import StoreSpec, finalize, prepare_store, writer_lock
+from .store._creation import StoreSpec, finalize, prepare_store, source_sites, writer_lock
 from .store._view import ActivationStore, open_store
 from .store._format import STORAGE_DTYPES, default_rows_per_chunk, default_write_shuffle_rows
 from .store._writer import StoreWriter
@@ -58,6 +58,7 @@ def cache(
     progress: bool = True,
     storage_options: dict[str, Any] | None = None,
     write_shuffle_rows: int | None = None,
+    hook: str | Sequence[str] | None = None,
 ) -> ActivationStore:
     """Write a source's activations into a store, continuing a partly written one.
 
@@ -65,8 +66,10 @@ def cache(
     one store; run each with the same arguments. ``repair`` checks every committed chunk of this
     writer (size and checksum) and rewrites the damaged ones. ``write_shuffle_rows`` is the
     write-side shuffle window of a streaming source (default: up to 131,072 rows, 512 MiB; 0: rows
-    in the source's order); sources that produce rows by index are stored in row order. Returns the
-    opened store.
+    in the source's order); sources that produce rows by index are stored in row order. ``hook``
+    (a name or a list of names) is the source's ``hook`` option: a list caches every hook point in
+    one pass, one store with a column per site (docs/store.md, "Several sites"). Returns the opened
+    store.
     """
     from .progress import progress_bar
 
@@ -75,6 +78,8 @@ def cache(
     rank, world_size = _distributed_rank(rank, world_size)
     if not 0 <= rank < world_size:
         raise OptionError(f"rank {rank} is outside world size {world_size}; use 0 <= rank < world size")
+    if hook is not None:
+        options = _with_hook(options, hook)
     src = make_source(source, options)
     total = src.n_rows
     if rows is not None:
@@ -84,10 +89,12 @@ def cache(
     if total is None:
         raise OptionError(f"source {src.name!r} is unbounded; say how many rows to cache with --rows N")
     d_in = int(src.d_in)
-    rpc = int(rows_per_chunk) if rows_per_chunk is not None else default_rows_per_chunk(d_in, dtype)
+    sites = source_sites(src)
+    widths = [int(site["d_in"]) for site in sites or []] or [d_in]
+    rpc = int(rows_per_chunk) if rows_per_chunk is not None else default_rows_per_chunk(max(widths), dtype)
     if rpc <= 0:
         raise OptionError(f"--rows-per-chunk must be positive, got {rpc}; leave it out for chunks of about 16 MiB")
-    columns = {"acts": dtype}
+    columns = {"acts": dtype} | {site["column"]: dtype for site in (sites or [])[1:]}
     for name, logical in src.columns.items():
         columns[name] = dtype if name == "grads" else logical
     if src.random_access:
@@ -97,7 +104,7 @@ def cache(
             )
         shuffle = 0
     elif write_shuffle_rows is None:
-        shuffle = default_write_shuffle_rows(d_in, dtype, grads="grads" in columns)
+        shuffle = default_write_shuffle_rows(sum(widths), dtype, grads="grads" in columns)
     elif write_shuffle_rows < 0:
         raise OptionError(f"--write-shuffle-rows must be 0 (off) or positive, got {write_shuffle_rows}")
     else:
@@ -118,6 +125,7 @@ def cache(
         },
         provenance=src.provenance(),
         write_shuffle_rows=shuffle,
+        sites=sites,
     )
     location = Location(store, storage_options)
     opened = prepare_store(location, spec, rank=rank, overwrite=overwrite, repair=repair, ground_truth=src.ground_truth)
@@ -133,6 +141,18 @@ def cache(
             writer.progress = bar.update
             writer.run()
     return finalize(opened)
+
+
+def _with_hook(options: Mapping[str, Any] | Sequence[str] | None, hook: str | Sequence[str]) -> Mapping[str, Any] | list[str]:
+    """``options`` with the source's ``hook`` option set to ``hook`` (a list joined by commas)."""
+    value = hook if isinstance(hook, str) else ",".join(str(h) for h in hook)
+    if options is None or isinstance(options, Mapping):
+        if options and "hook" in options:
+            raise OptionError("give the hook once: either hook=... or the source option hook, not both")
+        return {**(options or {}), "hook": value}
+    if any(str(o).split("=", 1)[0].strip() == "hook" for o in options):
+        raise OptionError("give the hook once: either hook=... or the source option hook, not both")
+    return [*options, f"hook={value}"]
 
 
 def train(
@@ -170,6 +190,8 @@ def train(
     eval_every: int = 0,
     eval_evaluators: list[str] | None = None,
     eval_options: list[str] | None = None,
+    site: str | None = None,
+    sites: str | Sequence[str] | None = None,
 ) -> list:
     """Train one dictionary (or one per swept option value) on a store; returns the run folders.
 
@@ -184,7 +206,9 @@ def train(
     compute dtype, threads, device, input normalisation, held-out rows, logging, checkpointing and
     dead-latent windows (in rows), the reader's shuffle buffer and data shards, and evaluation
     during training (every ``eval_every`` steps with ``eval_evaluators``, options as
-    ``EVALUATOR.KEY=VALUE``).
+    ``EVALUATOR.KEY=VALUE``). On a store of several sites, ``site`` picks the one the trainer's
+    ``acts`` come from, and ``sites`` (``"all"`` or a list of names) trains one dictionary per site
+    in one pass over the data, each in ``out/<site>`` (a sweep folder ``evaluate`` reads whole).
 
     ``config`` is a run file as for ``featureforge train --config run.toml``: its values fill in
     the trainer, store, out, trainer options and every setting left at its default here.
@@ -192,6 +216,8 @@ def train(
     from .training._loop import train as _train
 
     settings = {key: value for key, value in locals().items() if key not in _TRAIN_OWN}
+    if settings.get("sites") is not None and not isinstance(settings["sites"], str):
+        settings["sites"] = ",".join(str(s) for s in settings["sites"])
     if config is not None:
         trainer, options, store, out, resume, overwrite = _apply_run_file(config, settings, trainer, options, store, out, resume, overwrite)
     missing = [flag for flag, value in (("trainer", trainer), ("store", store), ("out", out)) if value is None]

@@ -130,7 +130,8 @@ def cache(source_name: str, options: tuple[str, ...], store: str, rows: int | No
                        rank=rank, world_size=world_size, overwrite=overwrite, repair=repair,
                        write_shuffle_rows=write_shuffle_rows)
     state = "complete" if opened.complete else "waiting for other writers"
-    click.echo(f"Wrote {opened.rows} rows × {opened.d_in} ({opened.dtype}) to {opened.url} ({state})")
+    widths = f"{opened.d_in}" if len(opened.sites) == 1 else f"({', '.join(str(s['d_in']) for s in opened.site_records)}) at {len(opened.sites)} sites"
+    click.echo(f"Wrote {opened.rows} rows × {widths} ({opened.dtype}) to {opened.url} ({state})")
 
 
 @cli.command()
@@ -190,6 +191,13 @@ def _print_info(data: dict[str, Any]) -> None:
                    f"mean|mean|={norm.get('mean_abs_mean', 0):.4g}  mean std={norm.get('mean_std', 0):.4g}")
     if data["ground_truth"]:
         click.echo(f"ground truth {', '.join(data['ground_truth'])}")
+    if data.get("sites"):
+        click.echo(f"sites        {len(data['sites'])}, rows aligned (row i of every site is the same token)")
+        for site in data["sites"]:
+            norm = site.get("normalisation") or {}
+            where = f"{site.get('hook') or '-'} ({site.get('io') or 'output'})"
+            scale = f"  scale={norm['scale']:.6g}" if "scale" in norm else ""
+            click.echo(f"  {site['name']:<28} column {site['column']:<8} d_in {site['d_in']:<6} {where}{scale}")
 
 
 def _load_train_config(ctx: click.Context, param: click.Parameter, path: str | None) -> str | None:
@@ -225,18 +233,22 @@ def _load_train_config(ctx: click.Context, param: click.Parameter, path: str | N
                                            "initialisation seed in one pass over the same batches.")
 @click.option("-t", "--train-option", "train_options", multiple=True, metavar="KEY=VALUE",
               help="Further loop option (warmup_steps, decay_fraction, log_every, checkpoint_every, holdout_rows, dead_after, device, data_shards, ...).")
+@click.option("--site", default=None, help="On a store of several sites: the site the dictionary reads (default: the first; `featureforge info` lists them).")
+@click.option("--sites", default=None, metavar="all|A,B",
+              help="On a store of several sites: one dictionary per site (all, or a comma list) from one pass over the data, each in OUT/<site>.")
 @click.option("--resume", is_flag=True, help="Continue from the run's last checkpoint (bit-identical to an uninterrupted run).")
 @click.option("--overwrite", is_flag=True, help="Delete an existing run folder and start again.")
 @click.pass_context
 def train(ctx: click.Context, trainer_name: str, options: tuple[str, ...], store: str, out: str, rows: int | None, epochs: float | None,
           batch_size: int | None, lr: float | None, dtype: str | None, threads: int | None, seed: str | None,
-          train_options: tuple[str, ...], resume: bool, overwrite: bool) -> None:
+          site: str | None, sites: str | None, train_options: tuple[str, ...], resume: bool, overwrite: bool) -> None:
     """Train a dictionary on a store with a registered trainer."""
     from . import api
     from .options import split_pairs
 
     tables = ctx.meta.get("train_config_tables") or {"options": {}, "train_options": {}}
-    given = {"rows": rows, "epochs": epochs, "batch_size": batch_size, "lr": lr, "dtype": dtype, "threads": threads, "seed": seed}
+    given = {"rows": rows, "epochs": epochs, "batch_size": batch_size, "lr": lr, "dtype": dtype, "threads": threads, "seed": seed,
+             "site": site, "sites": sites}
     config: dict[str, Any] = {**tables["train_options"], **{k: v for k, v in given.items() if v is not None},
                               **dict(split_pairs(train_options, "log_every=100", flag="-t"))}
     trainer_options = {**tables["options"], **dict(split_pairs(options, "k=32"))}

@@ -196,6 +196,9 @@ def load(run_dir: str | os.PathLike) -> Dictionary:
     cfg = RunConfig.read(run_dir)
     trainer_cls = get_registry().get("trainer", cfg.trainer)
     trainer = trainer_cls(cfg.options)
+    if cfg.role_widths:  # a run whose roles came from store sites: build sees the widths and scales it was trained with
+        trainer.role_widths = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.role_widths.items()}
+        trainer.role_scales = {k: tuple(v) if isinstance(v, list) else v for k, v in (cfg.role_scales or {}).items()}
     dictionary = trainer.build(int(cfg.d_in))
     load_weights(dictionary, Path(run_dir) / WEIGHTS_FILE)
     dictionary.config = cfg.to_dict()

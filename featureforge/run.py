@@ -77,6 +77,13 @@ class RunConfig:
     world_size: int | None = None
     #: The store trained on, as :func:`store_identity` records it.
     store: dict[str, Any] | None = None
+    #: Which store site fills each batch role the trainer reads (``{"acts": "in", "target": "out"}``,
+    #: ``{"sites": [...]}``; see ``DictionaryTrainer.sites_for``); absent for a run on a one-site store.
+    sites: dict[str, Any] | None = None
+    #: With ``sites``: each role's row width and normalisation scale (``DictionaryTrainer.role_widths`` /
+    #: ``role_scales``), which ``featureforge.load`` hands the trainer again before ``build``.
+    role_widths: dict[str, Any] | None = None
+    role_scales: dict[str, Any] | None = None
     #: Held-out chunks: ``{"chunks": [...], "rows": N}``.
     holdout: dict[str, Any] | None = None
     imported_from: dict[str, Any] | None = None
@@ -164,6 +171,8 @@ class RunConfig:
         old_store, new_store = self.store or {}, new.store or {}
         if old_store.get("source") != new_store.get("source") or old_store.get("rows") != new_store.get("rows"):
             diffs.append(f"store: {old_store.get('url')} -> {new_store.get('url')}")
+        if (self.sites or None) != (new.sites or None):
+            diffs.append(f"sites: {self.sites!r} -> {new.sites!r}")
         ot, nt = self.training or {}, new.training or {}
         diffs += [f"{k}: {ot.get(k)!r} -> {nt[k]!r}" for k in nt if k not in ignore and ot.get(k) != nt[k]]
         return diffs
@@ -198,6 +207,7 @@ def store_matches(recorded: Any, store: "ActivationStore") -> bool:
     """
     if not recorded:
         return False
+    store = getattr(store, "base", store)  # a site view is its store (config.json records the whole store)
     if isinstance(recorded, str):
         recorded = {"url": recorded}
     if not isinstance(recorded, Mapping):

@@ -20,6 +20,8 @@ EXPECTED_EXPORTS = {
     # the roles a plugin subclasses, what they exchange, and how they register
     "ActivationSource", "DictionaryTrainer", "Evaluator", "Dictionary", "StepOutput", "TrainState",
     "EvaluationContext", "EvaluationResult", "hookimpl", "progress_bar",
+    # a source's declared sites (several hook points in one pass: one store, a column per site)
+    "Site",
     # the plugin registry: every registered class by kind and name
     "get_registry",
     # the verbs (the CLI's commands) and the store they open
