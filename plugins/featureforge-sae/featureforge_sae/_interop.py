@@ -32,7 +32,8 @@ Import picks the dictionary class a folder holds (a featureforge export names it
 a JumpReLU SAE), and the trainer that builds that class reads it. Import folds the variants
 that are equivalent (SAELens ``apply_b_dec_to_input``, ``rescale_acts_by_decoder_norm``) and
 refuses with one line, giving the reason, what featureforge cannot reproduce (activation
-normalisation done at run time, skip connections, transcoders, missing or mis-shaped tensors).
+normalisation done at run time, skip connections, missing or mis-shaped tensors). Transcoders are
+``_coder_interop``'s.
 """
 
 from __future__ import annotations
@@ -357,8 +358,10 @@ def _import_sparsify(trainer_cls: Any, src_dir: Path):
     cfg = _read_cfg(cfg_path)
     if cfg.get("activation", "topk") != "topk":
         raise BadInputError(f"{cfg_path} uses activation {cfg.get('activation')!r}; featureforge imports sparsify's topk coders only")
-    if cfg.get("skip_connection") or cfg.get("transcode"):
-        raise BadInputError(f"{cfg_path} is a transcoder or has a skip connection; featureforge imports plain sparsify autoencoders only")
+    if cfg.get("transcode"):
+        return None  # the transcoder trainer reads sparsify's transcoders (_coder_interop)
+    if cfg.get("skip_connection"):
+        raise BadInputError(f"{cfg_path} is an autoencoder with a skip connection; featureforge imports plain sparsify autoencoders and transcoders only")
     d_in = _int_field(cfg, "d_in", cfg_path)
     num_latents = cfg.get("num_latents") or d_in * int(cfg.get("expansion_factor", 32))
     d_sae = int(num_latents)
