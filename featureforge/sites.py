@@ -44,7 +44,7 @@ def find_module(model: nn.Module, name: str, *, of: str = "the model", prefixes:
 
 #: Suffixes that name a module's input or output in a site name ("transformer.h.0.mlp:input").
 SITE_SUFFIXES: dict[str, Where] = {":input": "input", ":output": "output", ":in": "input", ":out": "output",
-                                   ".input": "input", ".output": "output"}
+                                   ".input": "input", ".output": "output", ".in": "input", ".out": "output"}
 
 
 def split_site_name(name: str, modules: Any = ()) -> tuple[str, "Where | None"]:

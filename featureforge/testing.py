@@ -331,6 +331,10 @@ class TrainerTests(_Suite):
             torch.testing.assert_close(featureforge.load(back)(x).x_hat, featureforge.load(trained)(x).x_hat, rtol=1e-4, atol=1e-5)
 
 
+#: Runs of :class:`RoleTrainerTests`, trained once per suite and options (the tests only read them).
+_ROLE_RUNS: dict[tuple[str, str], Any] = {}
+
+
 class RoleTrainerTests(_Suite):
     """A trainer whose batches carry other roles than ``acts`` (``target``: transcoders, ``sites``:
     crosscoders; contract of issue #23): listed, maps its roles to a store's sites, trains on
@@ -341,7 +345,7 @@ class RoleTrainerTests(_Suite):
     trainer: ClassVar[str] = ""
     #: Site names the suite's planted store has, in order (the source's ``in`` and ``out``).
     store_sites: ClassVar[tuple[str, ...]] = ("in", "out")
-    steps: ClassVar[int] = 40
+    steps: ClassVar[int] = 30
     batch_size: ClassVar[int] = 256
     lr: ClassVar[float | None] = None
 
@@ -362,7 +366,17 @@ class RoleTrainerTests(_Suite):
             out.append({role: torch.from_numpy(data[role][part]) for role in roles})
         return out
 
-    def _trained(self, options: dict[str, Any]) -> tuple[Any, Any, Any]:
+    def _trained(self, options: dict[str, Any], fresh: bool = False) -> tuple[Any, Any, Any]:
+        """(trainer, dictionary, last StepOutput) of a seeded run, trained once per suite and options."""
+        key = (type(self).__qualname__, json.dumps(options, sort_keys=True, default=str))
+        if fresh or key not in _ROLE_RUNS:
+            run = self._train_once(options)
+            if fresh:
+                return run
+            _ROLE_RUNS[key] = run
+        return _ROLE_RUNS[key]
+
+    def _train_once(self, options: dict[str, Any]) -> tuple[Any, Any, Any]:
         import torch
 
         trainer = self._trainer(options)
@@ -406,7 +420,7 @@ class RoleTrainerTests(_Suite):
         import torch
 
         _, a, _ = self._trained(plugin_options)
-        _, b, _ = self._trained(plugin_options)
+        _, b, _ = self._trained(plugin_options, fresh=True)
         for key, value in a.state_dict().items():
             torch.testing.assert_close(value, b.state_dict()[key], rtol=0, atol=0, msg=f"{key} differs between two runs with one seed")
 
