@@ -32,7 +32,7 @@ from featureforge import BadInputError, OptionError
 from featureforge.dictionary import write_json
 
 from ._interop import (SAELENS_CFG, SAELENS_FORMAT_VERSION, SAELENS_WEIGHTS, SPARSIFY_CFG, SPARSIFY_WEIGHTS,
-                       _base_options, _first, _int_field, _provenance, _read_cfg, _read_weights, _save_safetensors)
+                       _base_options, _first, _int_field, _provenance, _read_cfg, _read_weights, _save_safetensors, built_with)
 
 #: SAELens architecture of a transcoder: (thresholded, skip) -> name.
 SAELENS_TRANSCODERS = {(False, False): "transcoder", (False, True): "skip_transcoder",
@@ -122,16 +122,8 @@ def import_transcoder(trainer_cls: Any, src_dir: Path, fmt: str):
 
 
 def _make(trainer_cls: Any, options: dict[str, Any], d_in: int, t: dict[str, torch.Tensor], cfg_path: Path) -> tuple[dict[str, Any], Any]:
-    try:
-        trainer = trainer_cls(options)
-        d = trainer.build(d_in)
-    except OptionError as exc:
-        raise BadInputError(f"{cfg_path}: {exc}") from None
+    trainer, d = built_with(trainer_cls, options, d_in, t, cfg_path)
     with torch.no_grad():
-        d.encoder.weight.copy_(t["W_enc"])
-        d.encoder.bias.copy_(t["b_enc"])
-        d.W_dec.copy_(t["W_dec"])
-        d.b_dec.copy_(t["b_dec"])
         if d.skip:
             d.W_skip.copy_(t["W_skip"])
         if d.activation == "jumprelu":

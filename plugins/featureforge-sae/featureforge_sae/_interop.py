@@ -251,9 +251,10 @@ def _base_options(trainer_cls: Any, cfg_block: Any) -> dict[str, Any]:
     return {}
 
 
-def _make(trainer_cls: Any, options: dict[str, Any], d_in: int, weights: dict[str, torch.Tensor], cfg_path: Path,
-          threshold: torch.Tensor | None = None):
-    """(options, dictionary) of ``trainer_cls`` holding ``weights`` (original units: input_scale 1)."""
+def built_with(trainer_cls: Any, options: dict[str, Any], d_in: int, weights: dict[str, torch.Tensor], cfg_path: Path) -> tuple[Any, Any]:
+    """(trainer, dictionary) of ``trainer_cls`` built for ``d_in`` with the linear tensors of
+    ``weights`` (``W_enc [d_dict, d_in]``, ``b_enc``, ``W_dec``, ``b_dec``) copied in and every
+    scale 1 (imported weights are in original units); a bad option fails naming the file."""
     try:
         trainer = trainer_cls(options)
         dictionary = trainer.build(d_in)
@@ -265,6 +266,14 @@ def _make(trainer_cls: Any, options: dict[str, Any], d_in: int, weights: dict[st
         dictionary.W_dec.copy_(weights["W_dec"])
         dictionary.b_dec.copy_(weights["b_dec"])
         dictionary.input_scale.fill_(1.0)
+    return trainer, dictionary
+
+
+def _make(trainer_cls: Any, options: dict[str, Any], d_in: int, weights: dict[str, torch.Tensor], cfg_path: Path,
+          threshold: torch.Tensor | None = None):
+    """(options, dictionary) of ``trainer_cls`` holding ``weights`` (original units: input_scale 1)."""
+    trainer, dictionary = built_with(trainer_cls, options, d_in, weights, cfg_path)
+    with torch.no_grad():
         if isinstance(dictionary, JumpReLUSAE):
             # theta <= 0 fires wherever relu(pre) > 0 (SAELens: relu(pre) * 1[pre > theta]): the smallest positive theta does the same.
             dictionary.log_threshold.copy_(threshold.clamp_min(torch.finfo(torch.float32).tiny).log())
