@@ -27,11 +27,19 @@ from .trainers import BatchTopKTrainer, UnitDecoder, init_b_dec, sum_sq_centred,
 
 
 def rows_of(sample: Any, role: str) -> Any:
-    """The initialisation sample's rows of ``role``: the loop passes a mapping role -> rows, or
-    (before multi-site stores) the ``acts`` rows alone, which is then the ``acts`` role only."""
+    """The initialisation sample's rows of ``role``: a mapping role -> rows, or one tensor, which
+    is the ``acts`` rows ([n, d]) or the stacked ``sites`` ([n, S, d]), as the loop passes it."""
     if isinstance(sample, Mapping):
         return sample.get(role)
-    return sample if role == "acts" else None
+    if sample is None:
+        return None
+    return sample if (role == "sites") == (sample.dim() == 3) and role in ("acts", "sites") else None
+
+
+def loop_roles(trainer: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(role widths, role scales) the loop sets on the trainer before ``build`` (issue #23:
+    ``DictionaryTrainer.role_widths`` / ``role_scales``; also when a run is loaded); empty outside it."""
+    return dict(getattr(trainer, "role_widths", None) or {}), dict(getattr(trainer, "role_scales", None) or {})
 
 
 class _CoderTrainer(BatchTopKTrainer):
@@ -122,8 +130,15 @@ class TranscoderTrainer(_CoderTrainer):
         return Transcoder
 
     def build(self, d_in: int) -> Any:
+        """The transcoder for source rows of width ``d_in``; the target's width is ``d_target``, else
+        the loop's ``role_widths["target"]``, else ``d_in``; the loop's role scales are applied."""
         o = self.options
-        return self.dictionary_class()(d_in, self.d_dict_for(d_in), o.d_target or d_in, o.k, o.activation, o.skip, o.init_threshold)
+        widths, scales = loop_roles(self)
+        d_out = o.d_target or int(widths.get("target") or d_in)
+        dictionary = self.dictionary_class()(d_in, self.d_dict_for(d_in), d_out, o.k, o.activation, o.skip, o.init_threshold)
+        if "acts" in scales:
+            dictionary.set_role_scales(scales)
+        return dictionary
 
     def learning_rate(self, dictionary: Any, steps: int | None = None) -> float:
         """topk's rule; with ``activation=jumprelu`` the jumprelu trainer's (thresholds move in log space)."""
@@ -205,6 +220,10 @@ class CrosscoderTrainer(_CoderTrainer):
         return Crosscoder
 
     def n_sites(self) -> int:
+        """How many sites: the listed ones, else the loop's ``role_widths["sites"]`` (S, d)."""
+        widths, _ = loop_roles(self)
+        if self.options.sites == ("all",) and "sites" in widths:
+            return int(widths["sites"][0])
         return len(self.options.resolved())
 
     def d_dict_for(self, d_in: int) -> int:
@@ -212,7 +231,11 @@ class CrosscoderTrainer(_CoderTrainer):
         return self.options.check_for(d_in)
 
     def build(self, d_in: int) -> Any:
-        return self.dictionary_class()(d_in, self.d_dict_for(d_in), self.n_sites(), self.options.k, self.options.activation)
+        dictionary = self.dictionary_class()(d_in, self.d_dict_for(d_in), self.n_sites(), self.options.k, self.options.activation)
+        _, scales = loop_roles(self)
+        if "sites" in scales:
+            dictionary.set_role_scales(scales)
+        return dictionary
 
     def init_biases(self, dictionary: Any, sample: Any) -> None:
         """``b_dec`` from the stacked sites' rows (flat), when the sample has them."""

@@ -205,3 +205,19 @@ def test_crosscoder_learns_a_feature_shared_by_both_sites():
     shares = decoder_norm_shares(d.decoder_directions)
     used = d.encode(torch.from_numpy(data["sites"][:4096])).gt(0).any(0)
     assert float(shares[used].min(1).values.median()) > 0.3  # live latents write into both sites
+
+
+def test_the_loops_role_widths_and_scales_shape_the_dictionaries():
+    """The loop (issue #23) sets role_widths / role_scales on the trainer before build, and passes
+    the initialisation sample as one tensor: acts [n, d] or stacked sites [n, S, d]."""
+    t = TranscoderTrainer({"k": 2, "d_dict": 16})
+    t.role_widths, t.role_scales = {"acts": 8, "target": 5}, {"acts": 2.0, "target": 0.5}
+    d = t.build(8)
+    assert (d.d_in, d.d_out, float(d.input_scale), float(d.target_scale)) == (8, 5, 2.0, 0.5)
+    c = CrosscoderTrainer({"k": 2, "d_dict": 16})
+    c.role_widths, c.role_scales = {"sites": (3, 4)}, {"sites": (1.0, 2.0, 4.0)}
+    d = c.build(4)
+    assert d.n_sites == 3 and d.site_scales.tolist() == [1.0, 2.0, 4.0]
+    sample = torch.randn(64, 3, 4) + 5.0
+    c.initialize(d, sample)
+    assert float(d.b_dec.mean()) > 4.0  # b_dec from the stacked sample (geometric median)
