@@ -131,10 +131,10 @@ class Transcoder(_Coder):
         return self.codes(x)
 
     def decode_normalised(self, codes: Tensor) -> Tensor:
-        """The target estimate from codes alone (the skip term needs the source: see :meth:`predict_normalised`)."""
+        """The target estimate from codes alone (the skip term needs the source: see :meth:`reconstruct_normalised`)."""
         return self.decode_flat(codes)
 
-    def predict_normalised(self, x: Tensor) -> Tensor:
+    def reconstruct_normalised(self, x: Tensor) -> Tensor:
         """The target estimate of source rows, skip term included (training units)."""
         y = self.decode_flat(self.codes(x))
         skip = self.skip_term(x)

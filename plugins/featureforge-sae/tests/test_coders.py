@@ -103,7 +103,7 @@ def test_transcoder_scales_fold_into_the_saved_weights(tmp_path):
     raw = torch.from_numpy(data["acts"][:64]) / 2.0
     with torch.no_grad():
         torch.testing.assert_close(back(raw).x_hat, d(raw).x_hat, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(d(raw).x_hat * 0.25, d.predict_normalised(raw * 2.0), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(d(raw).x_hat * 0.25, d.reconstruct_normalised(raw * 2.0), rtol=1e-5, atol=1e-5)
     assert json.loads((tmp_path / "run" / "config.json").read_text())["options"]["target"] == "out"
 
 
