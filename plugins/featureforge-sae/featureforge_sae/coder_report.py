@@ -20,8 +20,8 @@ from typing import Any, Sequence
 from featureforge import BadInputError, EvaluationResult, Evaluator, OptionError
 
 #: Keys of a store's ground truth that hold the planted output features of a transcoder truth,
-#: tried in order (the synthetic source's name first; contract of issue #23, item 4).
-TARGET_TRUTH_KEYS = ("features_target", "true_features_target", "features_out")
+#: tried in order (the synthetic source's -o transcoder=true writes features_out; contract of issue #23, item 4).
+TARGET_TRUTH_KEYS = ("features_out", "features_target", "true_features_target")
 
 
 def decoder_norm_shares(directions: Any) -> Any:

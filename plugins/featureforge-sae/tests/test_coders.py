@@ -5,6 +5,7 @@ mapping refusals, and the crosscoder report."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -70,7 +71,7 @@ def test_transcoder_recovers_the_planted_map():
     decoder rows of a transcoder trained on (in -> out) find F_out (MMCS), a random decoder does not."""
     data = planted_roles(160 * 512, d=16, n_features=32, mean_active=2.0, seed=3)
     _, d, _ = _train_transcoder(data, {"k": 3, "d_dict": 128}, steps=160, lr=1e-2)
-    truth = {"features_target": data["F_out"]}  # the key the synthetic source's planted transcoder truth uses
+    truth = {"features": data["F_in"], "features_out": data["F_out"]}  # as the synthetic source's planted transcoder truth
     got = transcoder_truth_metrics(d.decoder_directions, target_truth(truth))
     random = transcoder_truth_metrics(torch.randn(128, 16), data["F_out"])
     assert got["mmcs_target"] > 0.9 and got["recovered_target"] > 0.75, got
@@ -221,3 +222,36 @@ def test_the_loops_role_widths_and_scales_shape_the_dictionaries():
     sample = torch.randn(64, 3, 4) + 5.0
     c.initialize(d, sample)
     assert float(d.b_dec.mean()) > 4.0  # b_dec from the stacked sample (geometric median)
+
+
+def _transcoder_store(tmp_path):
+    synthetic = featureforge.get_registry().get("source", "synthetic")
+    if "transcoder" not in synthetic.Options.__dataclass_fields__:
+        pytest.skip("the installed synthetic source writes one site (multi-site stores of issue #23 not installed)")
+    return featureforge.cache("synthetic", {"d_in": 16, "n_features": 32, "mean_active": 2.0, "seed": 0, "transcoder": True},
+                              store=str(tmp_path / "store.zarr"), rows=65536, rows_per_chunk=8192, progress=False)
+
+
+def test_loop_trained_transcoder_recovers_the_synthetic_planted_map(tmp_path):
+    """End to end on the synthetic source's planted transcoder store (sites in, out): train through
+    the loop, and the default evaluators include transcoder-ground-truth's MMCS to F_out."""
+    store = _transcoder_store(tmp_path)
+    [run] = featureforge.train("transcoder", {"k": 3, "d_dict": 128}, store=store, out=str(tmp_path / "run"), rows=65536,
+                               batch_size=512, threads=1, progress=False, lr=1e-2)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (config["options"]["source"], config["options"]["target"]) == ("in", "out")
+    report = featureforge.evaluate(run, store, ["reconstruction", "transcoder-ground-truth"])
+    truth = report["evaluators"]["transcoder-ground-truth"]["metrics"]
+    assert truth["applies"] and truth["mmcs_target"] > 0.9, truth
+    assert report["evaluators"]["reconstruction"]["metrics"]["fvu"] < 0.3
+
+
+def test_loop_trained_crosscoder_reports_per_site_fvu_and_shares(tmp_path):
+    store = _transcoder_store(tmp_path)
+    [run] = featureforge.train("crosscoder", {"k": 3, "d_dict": 96}, store=store, out=str(tmp_path / "run"), rows=32768,
+                               batch_size=512, threads=1, progress=False, lr=1e-2)
+    report = featureforge.evaluate(run, store, ["crosscoder"])
+    m = report["evaluators"]["crosscoder"]["metrics"]
+    assert m["applies"] and m["sites"] == ["in", "out"] and set(m["fvu_per_site"]) == {"in", "out"}
+    assert all(v < 0.5 for v in m["fvu_per_site"].values()), m["fvu_per_site"]
+    assert Path(report["evaluators"]["crosscoder"]["artifacts"]["crosscoder"]).stat().st_size > 1000
