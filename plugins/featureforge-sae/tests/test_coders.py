@@ -254,4 +254,4 @@ def test_loop_trained_crosscoder_reports_per_site_fvu_and_shares(tmp_path):
     m = report["evaluators"]["crosscoder"]["metrics"]
     assert m["applies"] and m["sites"] == ["in", "out"] and set(m["fvu_per_site"]) == {"in", "out"}
     assert all(v < 0.5 for v in m["fvu_per_site"].values()), m["fvu_per_site"]
-    assert Path(report["evaluators"]["crosscoder"]["artifacts"]["crosscoder"]).stat().st_size > 1000
+    assert (Path(run) / report["evaluators"]["crosscoder"]["artifacts"]["crosscoder"]).stat().st_size > 1000  # relative to the run
