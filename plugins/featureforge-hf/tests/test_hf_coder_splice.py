@@ -171,3 +171,36 @@ def test_downstream_scores_a_trained_transcoder(source, tiny_gpt2, tmp_path):
     assert m["hook"] == "transformer.h.0.mlp"
     assert abs(m["ce_dictionary"] - m["ce_clean"]) < abs(m["ce_zero"] - m["ce_clean"]), m
     assert m["kl_dictionary"] < m["kl_zero"], m
+
+
+def _multi_site_hf() -> bool:
+    import typing
+
+    from featureforge_hf import HFSource
+
+    return "mlp-io" in typing.get_args(HFSource.Options.__dataclass_fields__["site"].type) or "mlp-io" in str(
+        HFSource.Options.__dataclass_fields__["site"].type)
+
+
+def test_mlp_io_store_transcoder_and_crosscoder_through_the_loop_and_downstream(tiny_gpt2, tmp_path):
+    """End to end once multi-site caching is installed (issue #23 part A): cache an MLP's input and
+    output, train a transcoder through the loop, and splice it in place of the MLP; cache two
+    blocks, train a crosscoder, and splice it into both."""
+    pytest.importorskip("featureforge_sae")
+    if not _multi_site_hf():
+        pytest.skip("the installed hf source caches one site (multi-site stores of issue #23 not installed)")
+    common = {"model": tiny_gpt2, "context_size": 48, "batch_size": 4, "max_docs": 20}
+    evaluators = {"downstream": {"max_sequences": 8, "batch_size": 4}}
+    store = ff.cache("hf", {**common, "hook": "transformer.h.0", "site": "mlp-io"}, store=str(tmp_path / "io.zarr"),
+                     rows=1200, rows_per_chunk=400, progress=False)
+    [run] = ff.train("transcoder", {"k": 8, "d_dict": 256}, store=store, out=str(tmp_path / "tc"), rows=1200 * 6,
+                     batch_size=128, threads=1, progress=False, lr=1e-2)
+    m = ff.evaluate(run, store, evaluators, progress=False)["evaluators"]["downstream"]["metrics"]
+    assert abs(m["ce_dictionary"] - m["ce_clean"]) < abs(m["ce_zero"] - m["ce_clean"]), m
+    blocks = ff.cache("hf", {**common, "hook": "transformer.h.0,transformer.h.1"}, store=str(tmp_path / "blocks.zarr"),
+                      rows=1200, rows_per_chunk=400, progress=False)
+    [run] = ff.train("crosscoder", {"k": 8, "d_dict": 256}, store=blocks, out=str(tmp_path / "cc"), rows=1200 * 6,
+                     batch_size=128, threads=1, progress=False, lr=1e-2)
+    m = ff.evaluate(run, blocks, evaluators, progress=False)["evaluators"]["downstream"]["metrics"]
+    assert m["hook"] == "transformer.h.0,transformer.h.1"
+    assert m["kl_dictionary"] < m["kl_zero"], m
