@@ -387,7 +387,7 @@ class HFSource(ActivationSource):
         """
         from ._splice import SplicedModel, splice_sites
 
-        live = SplicedModel(self.loaded, dictionary=dictionary, text=self, **splice_sites(self.loaded, self.site, dictionary, self.options.site))
+        live = SplicedModel(self.loaded, dictionary=dictionary, text=self, **splice_sites(self.loaded, self.site, dictionary))
         try:
             yield live
         finally:

@@ -212,15 +212,16 @@ def dictionary_roles(dictionary: Any) -> dict[str, Any]:
     return {}
 
 
-def splice_sites(loaded: LoadedModel, site: HookSite, dictionary: Any, where: str = "output") -> dict[str, Any]:
+def splice_sites(loaded: LoadedModel, site: HookSite, dictionary: Any) -> dict[str, Any]:
     """``SplicedModel`` keywords for ``dictionary``: a transcoder writes its target site from the
     rows it reads at its source site (``site``, ``reads``); a crosscoder replaces all its sites
     (``sites``); any other dictionary replaces the source's own ``site``. Site names resolve by
-    :meth:`featureforge.sites.HookSite.find_site` (a module, or a module with ``:input``/``:output``)."""
+    :meth:`featureforge.sites.HookSite.find_site`: a module's name is its output (as the source
+    names a store's sites), with ``:input`` its input."""
     roles = dictionary_roles(dictionary)
 
     def find(name: str) -> HookSite:
-        return HookSite.find_site(loaded.model, name, where, of=repr(loaded.name or loaded.path),  # type: ignore[arg-type]
+        return HookSite.find_site(loaded.model, name, "output", of=repr(loaded.name or loaded.path),  # type: ignore[arg-type]
                                   prefixes=(getattr(loaded.model, "base_model_prefix", "") or "",), fix="splice into the model the dictionary was trained on")
 
     if "target" in roles:
