@@ -69,6 +69,13 @@ class Dictionary(nn.Module):
         """
         return None
 
+    def reconstruct_normalised(self, x: torch.Tensor) -> torch.Tensor:
+        """What the dictionary puts in place of its target for rows ``x`` (training units):
+        ``decode_normalised(encode_normalised(x))``. A dictionary whose estimate is more than its
+        codes decoded (a skip transcoder adds ``W_skip x``) overrides it, and so does ``forward``;
+        evaluators that work in training units call this rather than decoding the codes."""
+        return self.decode_normalised(self.encode_normalised(x))
+
     def fold_input_scale(self) -> "dict[str, torch.Tensor] | None":
         """This dictionary's tensors with ``input_scale`` folded into the weights (``input_scale`` 1),
         or None where the architecture cannot fold it. ``self`` is not changed.

@@ -229,7 +229,10 @@ class DictionaryTrainer(Plugin):
     #: or ``{"sites": (S, d)}`` (``build`` gets ``d_in``: the ``acts`` width, or ``d`` of ``sites``).
     role_widths: dict[str, Any] = {}
     #: Set by the loop before ``build``: each role's normalisation scale (``sites``: one per site),
-    #: what the rows were multiplied by; 1.0 with ``-t normalise=false``.
+    #: what the rows were multiplied by; 1.0 with ``-t normalise=false``. A dictionary built for
+    #: roles keeps them so that ``dictionary(rows)`` takes the store's own ``acts`` (or stacked
+    #: ``sites``) rows and returns the estimate in the target's own units: evaluators call it so,
+    #: on a dictionary in training and on one loaded from disk alike.
     role_scales: dict[str, Any] = {}
 
     #: The batch roles the loop knows how to fill from store sites (``sites_for``'s keys).

@@ -115,12 +115,22 @@ class Linear(Dictionary):
     """TopK codes of ``acts`` decoded to rows of width ``d_out`` (an estimate of the target), or
     stacked sites [n, S, d] encoded together and decoded per site."""
 
-    def __init__(self, d_in: int, d_dict: int, k: int, d_out: int, sites: int = 0):
+    def __init__(self, d_in: int, d_dict: int, k: int, d_out: int, sites: int = 0, scales: "dict | None" = None):
         super().__init__(d_in, d_dict)
         self.k, self.sites = k, sites
         width = sites * d_in if sites else d_in
         self.W_enc = torch.nn.Parameter(torch.randn(d_dict, width) / width**0.5)
         self.W_dec = torch.nn.Parameter(torch.randn(d_dict, sites * d_in if sites else d_out) / d_dict**0.5)
+        # forward works on the store's own rows: the target's (or each stacked site's) scale undone
+        scales = scales or {}
+        self.register_buffer("target_scale", torch.tensor(float(scales.get("target", scales.get("acts", 1.0)))))
+        self.register_buffer("site_scales", torch.tensor([float(v) for v in scales.get("sites", [1.0] * max(sites, 1))]).view(1, -1, 1))
+
+    def encode(self, x):
+        return self.encode_normalised(x.float() * (self.site_scales if self.sites else self.input_scale))
+
+    def decode(self, codes):
+        return self.decode_normalised(codes) / (self.site_scales if self.sites else self.target_scale)
 
     def encode_normalised(self, x):
         z = torch.relu(x.reshape(len(x), -1) @ self.W_enc.T)
@@ -171,8 +181,8 @@ class MapTrainer(ff.DictionaryTrainer):
     def build(self, d_in):
         w = self.role_widths
         if "sites" in w:
-            return Linear(d_in, self.options.d_dict, self.options.k, 0, sites=w["sites"][0])
-        return Linear(d_in, self.options.d_dict, self.options.k, w.get("target", d_in))
+            return Linear(d_in, self.options.d_dict, self.options.k, 0, sites=w["sites"][0], scales=self.role_scales)
+        return Linear(d_in, self.options.d_dict, self.options.k, w.get("target", d_in), scales=self.role_scales)
 
     def learning_rate(self, dictionary, steps=None):
         return 3e-3

@@ -94,10 +94,11 @@ class ReconstructionEvaluator(Evaluator):
 def _mapped_metrics(dictionary: Any, context: EvaluationContext, roles: dict[str, Any], options: ReconstructionOptions) -> dict[str, Any]:
     """Metrics of a dictionary that maps ``acts`` to ``target``, or stacked ``sites`` to themselves.
 
-    Rows enter in training units (each site times its own scale, as the loop fed them) and the
-    estimates are compared in each site's original units (estimate / scale), so MSE is in stored
-    units; FVU does not depend on the units of one site. The stacked overall FVU is taken in
-    training units, where every site has the same mean squared norm.
+    The dictionary is called as users call it, ``dictionary(rows)`` on the store's own rows, so the
+    same code scores a dictionary during training (scales held apart) and one loaded from disk (scales
+    folded into the weights), and a skip transcoder's linear term is counted. MSE is in stored units;
+    FVU does not depend on the units of one site. The stacked overall FVU is taken in training units
+    (each site times the scale the run recorded), where every site has the same mean squared norm.
     """
     import torch
 
@@ -109,31 +110,31 @@ def _mapped_metrics(dictionary: Any, context: EvaluationContext, roles: dict[str
     whole = getattr(context.store, "base", context.store)
     if "target" in roles:
         source, target = roles["acts"], roles["target"]
-        d_target, s_out = whole.site(target).d_in, context.role_scale(target)
+        d_target = whole.site(target).d_in
         stats = ReconstructionStats(d_target, dictionary.d_dict, device=device)
         batch = auto_batch_size(max(dictionary.d_in, d_target), dictionary.d_dict, options.batch_size)
         with torch.no_grad():
             for start, acts in rows.blocks(batch):
                 stop = start + len(acts)
-                codes = dictionary.encode_normalised(context.role_rows("acts", start, stop))
-                y = context.role_rows("target", start, stop, training_units=False)
-                stats.update(y, dictionary.decode_normalised(codes).float() / s_out, codes)
+                estimate, codes = dictionary(context.role_rows("acts", start, stop, training_units=False))
+                stats.update(context.role_rows("target", start, stop, training_units=False), estimate.float(), codes)
         metrics = stats.result(options.dense_threshold, options.bins)
         return metrics | {"fvu_of": "target", "source_site": source, "target_site": target}
     names = list(roles["sites"])
-    scales = [context.role_scale(name) for name in names]
+    scales = torch.tensor([context.role_scale(name) for name in names], device=device).view(1, -1, 1)
     d = whole.site(names[0]).d_in
     overall = ReconstructionStats(len(names) * d, dictionary.d_dict, device=device)
     per_site = {name: ReconstructionStats(d, dictionary.d_dict, device=device) for name in names}
     batch = auto_batch_size(len(names) * d, dictionary.d_dict, options.batch_size)
     with torch.no_grad():
         for start, acts in rows.blocks(batch):
-            x = context.role_rows("sites", start, start + len(acts))
-            codes = dictionary.encode_normalised(x)
-            est = dictionary.decode_normalised(codes).float()
-            overall.update(x.reshape(len(x), -1), est.reshape(len(x), -1), codes)
-            for i, (name, s) in enumerate(zip(names, scales)):
-                per_site[name].update(x[:, i] / s, est[:, i] / s, codes)
+            x = context.role_rows("sites", start, start + len(acts), training_units=False)
+            estimate, codes = dictionary(x)
+            estimate = estimate.float().view_as(x)
+            n = len(x)
+            overall.update((x * scales).reshape(n, -1), (estimate * scales).reshape(n, -1), codes)
+            for i, name in enumerate(names):
+                per_site[name].update(x[:, i], estimate[:, i], codes)
     metrics = overall.result(options.dense_threshold, options.bins)
     return metrics | {"fvu_of": "sites", "fvu_per_site": {name: per.result(options.dense_threshold, options.bins)["fvu"] for name, per in per_site.items()}}
 

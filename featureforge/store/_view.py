@@ -470,6 +470,15 @@ class SiteView(ActivationStore):
     def site(self, name: str) -> "ActivationStore":
         return self.base.site(name)
 
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """The store's provenance as a one-site store of this site would record it (its hook and io), so
+        a source rebuilt for this site matches and exports name this site's hook."""
+        prov = {k: v for k, v in self.base.provenance.items() if k != "hooks"}
+        if prov and self._record.get("hook"):
+            prov.update(hook=self._record["hook"], hook_name=self._record["hook"], site=self._record.get("io") or prov.get("site"))
+        return prov
+
     def array_name(self, name: str) -> str:
         return {"acts": self._record["column"], "chunk_stats": self._record["stats"]}.get(name, name)
 

@@ -452,12 +452,16 @@ class HFSource(ActivationSource):
     def splice(self, dictionary: Any) -> Iterator["SplicedModel"]:
         """The live model with the hook point replaced by ``dictionary(x).x_hat`` at stored-row positions.
 
+        A transcoder replaces its target site (an MLP's output) by its estimate from the rows of its
+        source site (the MLP's input) in the same pass; a crosscoder replaces every site it was
+        trained on at once (a clean pass reads them; see ``featureforge.live.LiveModel``).
+
         Yields a :class:`featureforge_hf.SplicedModel`; the dictionary (original units) is moved
         to the model's device. Nothing is changed once the block exits.
         """
-        from ._splice import SplicedModel
+        from ._splice import SplicedModel, splice_sites
 
-        live = SplicedModel(self.loaded, self.site, dictionary, text=self)
+        live = SplicedModel(self.loaded, dictionary=dictionary, text=self, **splice_sites(self.loaded, self.site, dictionary))
         try:
             yield live
         finally:
