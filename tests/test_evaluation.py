@@ -487,7 +487,7 @@ def test_a_store_whose_source_is_not_installed_gives_one_line(store, tmp_path):
     group = zarr.open_group(str(copy), mode="r+")
     group.attrs["source"] = {**dict(group.attrs["source"]), "name": "no-such-source"}
     context = ff.EvaluationContext(ff.open_store(str(copy)), tmp_path)
-    with pytest.raises(ff.BadInputError, match="cached by source 'no-such-source', which is not installed") as info:
+    with pytest.raises(ff.BadInputError, match="made by source 'no-such-source', which is not installed") as info:
         context.source
     assert "\n" not in str(info.value)
     # Evaluators that need no source still work on it.
