@@ -35,19 +35,22 @@ from ..options import options_to_dict
 from ..plots import plot_training
 from ..plugins import get_registry
 from ..store._reader import ShuffledReader
-from ..roles import DictionaryTrainer, StepOutput, TrainState
+from ..roles import ActivationSource, DictionaryTrainer, StepOutput, TrainState
 from ..runtime import resolve_device
-from ..run import CONFIG_FILE, METRICS_FILE, STATUS_COMPLETE, RunConfig, is_complete, prepare_out_dir, store_identity
-from ..store._view import ActivationStore, open_store
+from ..run import CONFIG_FILE, HELDOUT_STORE, METRICS_FILE, STATUS_COMPLETE, RunConfig, is_complete, prepare_out_dir, store_identity
+from ..store._view import ActivationStore, ChunkRef, open_store
 from ._schedule import dead_after_for, lr_at
 from ._settings import TrainConfig, check_trainer_class, resolve_config
 from ._step import apply_update, mark_fired
+from ._stream import HeldOutSlice, StreamedReader, StreamPlan, default_stream_buffer_rows
 from ._sweep import expand_sweep
 from ._during import eval_instances, evaluate_members
 
 __all__ = ["METRICS_FILE", "TrainConfig", "check_gradient_store", "expand_sweep", "is_complete", "lr_at", "train"]
 
 INIT_SAMPLE_ROWS = 16384
+#: Held-out rows of a streamed run when -t holdout_rows is not given (its eval rows and normalisation sample).
+DEFAULT_STREAM_HOLDOUT_ROWS = 16384
 
 
 @dataclasses.dataclass
@@ -83,7 +86,7 @@ def _distributed() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def _shard_batches(reader: ShuffledReader) -> Iterator[dict[str, torch.Tensor]]:
+def _shard_batches(reader: Any, where: str) -> Iterator[dict[str, torch.Tensor]]:
     while True:
         produced = False
         for batch in reader:
@@ -91,7 +94,7 @@ def _shard_batches(reader: ShuffledReader) -> Iterator[dict[str, torch.Tensor]]:
             yield batch
         if not produced:
             raise BadInputError(
-                f"store {reader.store.url}: a data shard has fewer training rows than its batch ({reader.batch_size}); "
+                f"{where}: a data shard has fewer training rows than its batch ({reader.batch_size}); "
                 "use a smaller --batch-size or cache more rows"
             )
 
@@ -119,15 +122,18 @@ def train(
     trainer: str,
     options: Mapping[str, Any] | Sequence[str] | None = None,
     *,
-    store: str | ActivationStore,
+    store: str | ActivationStore | None = None,
     out: str | os.PathLike,
+    source: str | ActivationSource | None = None,
+    source_options: Mapping[str, Any] | Sequence[str] | None = None,
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
     storage_options: dict[str, Any] | None = None,
     **config: Any,
 ) -> list[Path]:
-    """Train one dictionary (or one per swept option value) on a store; returns the run folders.
+    """Train one dictionary (or one per swept option value) on a store, or streamed straight from
+    ``source`` (no store; see featureforge.training._stream); returns the run folders.
 
     ``config`` takes the fields of :class:`TrainConfig` (``rows``, ``batch_size``, ``lr``, ...).
     """
@@ -136,6 +142,14 @@ def train(
     check_trainer_class(trainer_cls, trainer)
     variants = expand_sweep(trainer_cls.Options, options)
     trainers = [(label, trainer_cls(opts)) for label, opts in variants]
+    if (store is None) == (source is None):
+        raise OptionError("train needs either a store (--store) or a source to stream from (--source), not both or neither")
+    if source is not None:
+        from ..api import make_source
+
+        run = _Run(trainer, trainers, None, Path(out), cfg, resume=resume, overwrite=overwrite, progress=progress,
+                   source=make_source(source, source_options))
+        return run.execute()
     opened = store if isinstance(store, ActivationStore) else open_store(store, storage_options)
     if "grads" in trainer_cls.columns:
         check_gradient_store(opened, trainer)
@@ -165,11 +179,13 @@ def check_gradient_store(store: ActivationStore, trainer: str = "this trainer") 
 
 
 class _Run:
-    def __init__(self, trainer_name: str, trainers: list[tuple[str, DictionaryTrainer]], store: ActivationStore, out: Path,
-                 cfg: TrainConfig, *, resume: bool, overwrite: bool, progress: bool):
+    def __init__(self, trainer_name: str, trainers: list[tuple[str, DictionaryTrainer]], store: ActivationStore | None, out: Path,
+                 cfg: TrainConfig, *, resume: bool, overwrite: bool, progress: bool, source: ActivationSource | None = None):
         self.trainer_name = trainer_name
         self.trainers = trainers
-        self.store = store
+        self.store = store  # a streamed run's is its held-out store, written in execute()
+        self.source = source
+        self.plan: StreamPlan | None = None
         self.out = out
         self.cfg = cfg
         self.resume = resume
@@ -197,7 +213,12 @@ class _Run:
 
     def _config_for(self, label: str, trainer: DictionaryTrainer, d_dict: int, holdout: list[int], scale: float) -> RunConfig:
         reg = get_registry().registration("trainer", self.trainer_name)
+        stream = None
+        if self.plan is not None:
+            stream = {**self.plan.record(), "heldout_store": str(self._heldout_path().relative_to(self.out) if len(self.trainers) == 1
+                                                                 else Path("..") / HELDOUT_STORE)}
         return RunConfig(
+            stream=stream,
             trainer=self.trainer_name,
             trainer_distribution=reg.distribution,
             trainer_version=reg.version,
@@ -241,20 +262,29 @@ class _Run:
                     "resume with the original ones or pass --overwrite"
                 )
 
-    def _readers(self, chunks: list) -> list[ShuffledReader]:
+    def _readers(self, chunks: list | None) -> list[Any]:
         local = self.cfg.batch_size // self.shards
+        if self.plan is not None:
+            return [StreamedReader(self.plan, self.source, local, columns=self.columns, seed=self.cfg.seed, rank=shard,
+                                   world_size=self.shards) for shard in range(self.rank, self.shards, self.world)]
         return [
             ShuffledReader(self.store, batch_size=local, chunks=chunks, seed=self.cfg.seed, rank=shard, world_size=self.shards,
                            drop_last=True, buffer_rows=self.cfg.buffer_rows, columns=self.columns)
             for shard in range(self.rank, self.shards, self.world)
         ]
 
-    def _init_sample(self, chunks: list, scale: float) -> torch.Tensor:
-        n = min(INIT_SAMPLE_ROWS, sum(c.rows for c in chunks))
-        reader = ShuffledReader(self.store, batch_size=n, chunks=chunks, seed=self.cfg.seed + 1, buffer_rows=self.cfg.buffer_rows)
+    def _init_sample(self, chunks: list | None, scale: float) -> torch.Tensor:
+        if self.plan is not None:  # the first rows of shard 0's training stream
+            n = min(INIT_SAMPLE_ROWS, self.plan.shard_train_rows(0) or INIT_SAMPLE_ROWS)
+            reader: Any = StreamedReader(self.plan, self.source, n, seed=self.cfg.seed + 1, world_size=self.shards, buffer_rows=n)
+        else:
+            n = min(INIT_SAMPLE_ROWS, sum(c.rows for c in chunks))
+            reader = ShuffledReader(self.store, batch_size=n, chunks=chunks, seed=self.cfg.seed + 1, buffer_rows=self.cfg.buffer_rows)
         it = iter(reader)
         try:
-            batch = next(it)
+            batch = next(it, None)
+            if batch is None:
+                raise BadInputError(f"{self._where()} has fewer than {n} training rows for the dictionary's initialisation; stream more rows")
         finally:
             it.close()
         return batch["acts"].float().to(self.device) * scale
@@ -335,11 +365,15 @@ class _Run:
         from ..progress import progress_bar
 
         self._check_out_dir()
-        train_chunks, held = split_chunks(self.store, self.cfg.holdout_rows)
-        total_steps = self._total_steps(train_chunks)
+        has_checkpoint = self.resume and load_checkpoint(self.out) is not None
+        if self.source is not None:
+            train_chunks, held = None, self._open_stream(has_checkpoint)
+            total_steps = self._total_steps(self.plan.train_rows)
+        else:
+            train_chunks, held = split_chunks(self.store, self.cfg.holdout_rows)
+            total_steps = self._total_steps(sum(c.rows for c in train_chunks))
         norm = self.store.normalisation()
         scale = float(norm.get("scale", 1.0)) if self.cfg.normalise else 1.0
-        has_checkpoint = self.resume and load_checkpoint(self.out) is not None
         if self.resume:
             self._keep_old_dead_after()
         race_steps = 0
@@ -357,7 +391,7 @@ class _Run:
                 configs[m.variant].write(m.run_dir)
                 m.dictionary.config = configs[m.variant].to_dict()
         evaluators = eval_instances(self.cfg, self.store) if self.cfg.eval_every > 0 else []
-        streams = [_shard_batches(r) for r in readers]
+        streams = [_shard_batches(r, self._where()) for r in readers]
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.cfg.dtype == "bfloat16" else contextlib.nullcontext()
         metric_files = [open(d / METRICS_FILE, "a") if self.rank == 0 else None for d in self._run_dirs()]
         next_checkpoint = (rows_seen // self.cfg.checkpoint_every + 1) * self.cfg.checkpoint_every
@@ -389,7 +423,7 @@ class _Run:
                     continue
                 if step % self.cfg.log_every == 0 or last:
                     lines = self._log(members, metric_files, step, rows_seen, window_rows / max(time.perf_counter() - window_start, 1e-9))
-                    bar.set_postfix(self._postfix(members, lines), refresh=False)
+                    bar.set_postfix({**self._postfix(members, lines), **self._stream_postfix(readers, lines)}, refresh=False)
                     window_start, window_rows = time.perf_counter(), 0
                 if evaluators and (step % self.cfg.eval_every == 0 or last):
                     paused = time.perf_counter()
@@ -412,8 +446,9 @@ class _Run:
             self._finish(members, configs, step, rows_seen)
         return self._run_dirs()
 
-    def _total_steps(self, train_chunks: list) -> int:
-        train_rows = sum(c.rows for c in train_chunks)
+    def _total_steps(self, train_rows: int | None) -> int:
+        if self.cfg.rows is None and train_rows is None:
+            raise BadInputError(f"source {self.plan.source!r} is unbounded; say how many rows to train on with --rows N")
         total_rows = self.cfg.rows if self.cfg.rows is not None else int(self.cfg.epochs * train_rows)
         total_steps = total_rows // self.cfg.batch_size
         if total_steps <= 0:
@@ -430,6 +465,48 @@ class _Run:
                 f.flush()
             lines.append(line)
         return lines
+
+    # -- streaming -------------------------------------------------------------------------------
+    def _where(self) -> str:
+        return f"source {self.plan.source!r}" if self.plan is not None else f"store {self.store.url}"
+
+    def _heldout_path(self) -> Path:
+        return self.out / HELDOUT_STORE
+
+    def _open_stream(self, has_checkpoint: bool) -> list[ChunkRef]:
+        """Plan a streamed run and write (or reopen) its held-out store; returns its chunks, all held out."""
+        src = self.source
+        if has_checkpoint and not src.seekable:
+            raise BadInputError(f"source {src.name!r} cannot restart at a row (it does not seek), so its streamed run {self.out} "
+                                "cannot --resume; start again with --overwrite, or cache it first and train on the store")
+        local = self.cfg.batch_size // self.shards
+        buffer_rows = self.cfg.buffer_rows or default_stream_buffer_rows(int(src.d_in), local)
+        held = self.cfg.holdout_rows if self.cfg.holdout_rows is not None else DEFAULT_STREAM_HOLDOUT_ROWS
+        self.plan = StreamPlan.make(src, self.shards, held, buffer_rows)
+        path = self._heldout_path()
+        if self.rank == 0:
+            from ..api import cache
+
+            self.store = cache(HeldOutSlice(src, self.plan), store=str(path), rows=self.plan.heldout_rows, write_shuffle_rows=0,
+                               rank=0, world_size=1, progress=self.show_progress)
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+            if self.rank != 0:
+                self.store = open_store(str(path))
+        if "grads" in self.columns:
+            check_gradient_store(self.store, self.trainer_name)
+        return self.store.committed_chunks()
+
+    def _stream_postfix(self, readers: list[Any], lines: list[dict[str, Any]]) -> dict[str, str]:
+        """A streamed run's bar also shows the source's and the trainer's rows/s and the buffer's fill."""
+        if self.plan is None:
+            return {}
+        stats = [r.progress() for r in readers]
+        return {"src/s": f"{sum(s['source_rows_per_s'] for s in stats) * self.world:,.0f}",
+                "train/s": f"{lines[0]['rows_per_s']:,.0f}" if lines else "",
+                "buf": f"{sum(s['buffer_fill'] for s in stats) / len(stats):.0%}"}
 
     @staticmethod
     def _postfix(members: list[Member], lines: list[dict[str, Any]]) -> dict[str, str]:

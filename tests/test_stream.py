@@ -1,0 +1,187 @@
+"""Streamed training (issue 24): the streamed reader's mixing and exact cursor, the run it makes
+(held-out store, recorded source), --resume from the recorded row, and the refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import featureforge as ff
+from featureforge.errors import BadInputError, FeatureforgeError, OptionError
+from featureforge.training._stream import HeldOutSlice, StreamedReader, StreamPlan
+
+sys.path.insert(0, str(Path(__file__).parent))
+from writeshuffle_source import Sequences  # noqa: E402
+
+SYNTH = {"d_in": 16, "n_features": 64, "mean_active": 3.0}
+TRAINER = {"d_dict": 64, "k": 4}
+
+
+def _rows_of(batches):
+    return np.concatenate([b["acts"][:, 0].numpy() for b in batches]).astype(np.int64)
+
+
+def _plan(src, shards=1, held=256, buffer=1024):
+    return StreamPlan.make(src, shards, held, buffer)
+
+
+# -- the reader ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("shards", [1, 2])
+def test_streamed_reader_yields_each_training_row_once_and_never_a_held_out_one(shards):
+    src = Sequences({"rows": 6000, "seq_len": 50, "batch_rows": 37})
+    plan = _plan(src, shards)
+    seen = []
+    for shard in range(shards):
+        reader = StreamedReader(plan, src, 100, rank=shard, world_size=shards, seed=3)
+        seen.append(_rows_of(list(reader)))
+        assert reader.epoch == 1 and reader.row == 0
+    everything = np.concatenate(seen)
+    assert len(set(everything.tolist())) == len(everything)  # disjoint shards, no row twice
+    held = set(_rows_of([{"acts": torch.from_numpy(b["acts"])} for b in HeldOutSlice(src, plan).stream()]).tolist())
+    assert len(held) == plan.heldout_rows and not held & set(everything.tolist())
+    # all rows but the held-out ones and each shard's last partial batch
+    assert 6000 - plan.heldout_rows - len(everything) < 100 * shards
+    # rows are mixed: a batch spans many sequences, not two
+    first = seen[0][:100]
+    assert len(set((first // 50).tolist())) > 10
+
+
+def test_streamed_reader_cursor_resumes_bit_exactly_mid_window():
+    src = ff.get_registry().get("source", "synthetic")(SYNTH)
+    plan = _plan(src, 1, held=512, buffer=1000)  # windows of 1000 rows: batches of 96 span two
+    whole = StreamedReader(plan, src, 96, seed=1)
+    it = iter(whole)
+    batches = [next(it) for _ in range(25)]
+    it.close()
+    first = StreamedReader(plan, src, 96, seed=1)
+    it = iter(first)
+    for _ in range(13):
+        next(it)
+    cursor = json.loads(json.dumps(first.state_dict()))
+    it.close()
+    again = StreamedReader(plan, src, 96, seed=1)
+    again.load_state_dict(cursor)
+    it = iter(again)
+    rest = [next(it) for _ in range(12)]
+    it.close()
+    for a, b in zip(batches[13:], rest):
+        assert torch.equal(a["acts"], b["acts"])
+    other = StreamedReader(plan, src, 96, seed=2, buffer_rows=2000)
+    with pytest.raises(BadInputError, match="resume with the same settings"):
+        other.load_state_dict(cursor)
+
+
+def test_bigger_windows_mix_more_sequences_per_batch():
+    src = Sequences({"rows": 20000, "seq_len": 100, "batch_rows": 100})
+    distinct = {}
+    for window in (512, 8192):
+        reader = StreamedReader(_plan(src, 1, held=100, buffer=window), src, 256, seed=0, columns=("acts", "seq_ids"))
+        distinct[window] = np.mean([len(set(b["seq_ids"].tolist())) for b in reader])
+    assert distinct[512] < 10 and distinct[8192] > 60
+
+
+# -- the run ---------------------------------------------------------------------------------------
+def _train_streamed(out, **kw):
+    settings = dict(rows=4096, batch_size=256, seed=0, lr=1e-3, holdout_rows=1024, buffer_rows=2048, progress=False,
+                    log_every=4, checkpoint_every=1024)
+    settings.update(kw)
+    return ff.train("topk", TRAINER, source="synthetic", source_options=SYNTH, out=out, **settings)
+
+
+def test_a_streamed_run_records_its_source_holds_out_rows_and_evaluates(tmp_path):
+    [run] = _train_streamed(tmp_path / "run")
+    config = json.loads((run / "config.json").read_text())
+    stream = config["stream"]
+    assert stream["source"] == "synthetic" and stream["options"]["d_in"] == 16 and stream["heldout_rows"] == 1024
+    assert stream["heldout_store"] == "heldout" and config["status"] == "complete"
+    held = ff.open_store(run / "heldout")
+    assert held.rows == 1024
+    src = ff.get_registry().get("source", "synthetic")(SYNTH)
+    assert np.array_equal(held.read(0, 1024), src.rows(0, 1024)["acts"])  # source rows [0, H): never trained on
+    assert config["normalisation"]["scale"] == pytest.approx(held.normalisation()["scale"])
+    report = ff.evaluate(run)  # no store named: the run's held-out store
+    assert report["eval_rows"]["selection"] == "holdout" and report["eval_rows"]["rows"] == 1024
+    fvu = report["evaluators"]["reconstruction"]["metrics"]["fvu"]
+    assert 0 < fvu < 1
+    assert report["evaluators"]["ground-truth"]["metrics"]["mmcs"] > 0  # the synthetic source's true codes line up with the rows
+
+
+def test_streamed_and_stored_training_see_the_same_rows_in_a_window_order(tmp_path):
+    """With one window covering the training rows, a streamed run trains on exactly the rows a
+    store of the same source holds after its held-out part: FVUs agree closely."""
+    [streamed] = _train_streamed(tmp_path / "s", rows=8192)
+    store = ff.cache("synthetic", SYNTH, store=tmp_path / "store", rows=1024 + 8192, rows_per_chunk=1024, progress=False)
+    [stored] = ff.train("topk", TRAINER, store=store, out=tmp_path / "c", rows=8192, batch_size=256, seed=0, lr=1e-3,
+                        holdout_rows=1024, progress=False, log_every=4)
+    a = ff.evaluate(streamed)["evaluators"]["reconstruction"]["metrics"]["fvu"]
+    b = ff.evaluate(stored)["evaluators"]["reconstruction"]["metrics"]["fvu"]
+    assert abs(a - b) < 0.05 * max(a, b)
+
+
+def test_resume_of_a_streamed_run_continues_from_the_recorded_row(tmp_path):
+    [whole] = _train_streamed(tmp_path / "whole")
+    import featureforge.training._loop as loop
+
+    class Crash(Exception):
+        pass
+
+    real = loop._Run._checkpoint
+    calls = []
+
+    def crash_after_first(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            raise Crash()
+
+    loop._Run._checkpoint = crash_after_first
+    try:
+        with pytest.raises(Crash):
+            _train_streamed(tmp_path / "cut")
+    finally:
+        loop._Run._checkpoint = real
+    [cut] = _train_streamed(tmp_path / "cut", resume=True)
+    a, b = load_file(str(whole / "weights.safetensors")), load_file(str(cut / "weights.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_with_another_source_option_is_refused(tmp_path):
+    _train_streamed(tmp_path / "run", rows=1024)
+    with pytest.raises(FeatureforgeError, match="other settings"):
+        ff.train("topk", TRAINER, source="synthetic", source_options={**SYNTH, "seed": 5}, out=tmp_path / "run", rows=1024,
+                 batch_size=256, lr=1e-3, holdout_rows=1024, buffer_rows=2048, progress=False, resume=True)
+
+
+class _LiveFeed(Sequences):
+    """A stream that cannot restart at a row (a live feed)."""
+
+    seekable = False
+
+
+def test_a_source_that_cannot_seek_trains_but_its_resume_is_refused_in_one_line(tmp_path):
+    feed = _LiveFeed({"rows": 6000, "seq_len": 50})
+    settings = dict(rows=2048, batch_size=256, lr=1e-3, holdout_rows=256, buffer_rows=1024, progress=False, checkpoint_every=512)
+    ff.train("topk", {"d_dict": 16, "k": 2}, source=feed, out=tmp_path / "run", **settings)
+    (tmp_path / "run" / "config.json").unlink()  # as if killed before the end: only the checkpoint is left
+    with pytest.raises(BadInputError, match="cannot restart at a row") as info:
+        ff.train("topk", {"d_dict": 16, "k": 2}, source=feed, out=tmp_path / "run", resume=True, **settings)
+    assert "\n" not in str(info.value)
+
+
+def test_train_needs_a_store_or_a_source_and_an_unbounded_source_needs_rows(tmp_path):
+    with pytest.raises(OptionError, match="either a store"):
+        ff.train("topk", TRAINER, out=tmp_path / "a")
+    with pytest.raises(BadInputError, match="unbounded.*--rows"):
+        ff.train("topk", TRAINER, source="synthetic", source_options=SYNTH, out=tmp_path / "b", holdout_rows=256, progress=False)
+    with pytest.raises(OptionError, match="held-out rows"):
+        ff.train("topk", TRAINER, source="synthetic", source_options=SYNTH, out=tmp_path / "c", rows=512, holdout_rows=0, progress=False)
