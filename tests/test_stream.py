@@ -21,10 +21,20 @@ from featureforge.errors import BadInputError, FeatureforgeError, OptionError
 from featureforge.training._stream import HeldOutSlice, StreamedReader, StreamPlan
 
 sys.path.insert(0, str(Path(__file__).parent))
+from test_training import _Plugin  # noqa: E402  (the in-test trainer "tiny-topk")
 from writeshuffle_source import Sequences  # noqa: E402
 
 SYNTH = {"d_in": 16, "n_features": 64, "mean_active": 3.0}
 TRAINER = {"d_dict": 64, "k": 4}
+TINY = "tiny-topk"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tiny_trainer():
+    plugin = _Plugin()
+    ff.get_registry().register_plugin(plugin, "test-plugin", "0")
+    yield TINY
+    ff.get_registry().unregister_plugin(plugin)
 
 
 def _rows_of(batches):
@@ -95,7 +105,7 @@ def _train_streamed(out, **kw):
     settings = dict(rows=4096, batch_size=256, seed=0, lr=1e-3, holdout_rows=1024, buffer_rows=2048, progress=False,
                     log_every=4, checkpoint_every=1024)
     settings.update(kw)
-    return ff.train("topk", TRAINER, source="synthetic", source_options=SYNTH, out=out, **settings)
+    return ff.train(TINY, TRAINER, source="synthetic", source_options=SYNTH, out=out, **settings)
 
 
 def test_a_streamed_run_records_its_source_holds_out_rows_and_evaluates(tmp_path):
@@ -121,7 +131,7 @@ def test_streamed_and_stored_training_see_the_same_rows_in_a_window_order(tmp_pa
     store of the same source holds after its held-out part: FVUs agree closely."""
     [streamed] = _train_streamed(tmp_path / "s", rows=8192)
     store = ff.cache("synthetic", SYNTH, store=tmp_path / "store", rows=1024 + 8192, rows_per_chunk=1024, progress=False)
-    [stored] = ff.train("topk", TRAINER, store=store, out=tmp_path / "c", rows=8192, batch_size=256, seed=0, lr=1e-3,
+    [stored] = ff.train(TINY, TRAINER, store=store, out=tmp_path / "c", rows=8192, batch_size=256, seed=0, lr=1e-3,
                         holdout_rows=1024, progress=False, log_every=4)
     a = ff.evaluate(streamed)["evaluators"]["reconstruction"]["metrics"]["fvu"]
     b = ff.evaluate(stored)["evaluators"]["reconstruction"]["metrics"]["fvu"]
@@ -158,7 +168,7 @@ def test_resume_of_a_streamed_run_continues_from_the_recorded_row(tmp_path):
 def test_resume_with_another_source_option_is_refused(tmp_path):
     _train_streamed(tmp_path / "run", rows=1024)
     with pytest.raises(FeatureforgeError, match="other settings"):
-        ff.train("topk", TRAINER, source="synthetic", source_options={**SYNTH, "seed": 5}, out=tmp_path / "run", rows=1024,
+        ff.train(TINY, TRAINER, source="synthetic", source_options={**SYNTH, "seed": 5}, out=tmp_path / "run", rows=1024,
                  batch_size=256, lr=1e-3, holdout_rows=1024, buffer_rows=2048, progress=False, resume=True)
 
 
@@ -171,17 +181,73 @@ class _LiveFeed(Sequences):
 def test_a_source_that_cannot_seek_trains_but_its_resume_is_refused_in_one_line(tmp_path):
     feed = _LiveFeed({"rows": 6000, "seq_len": 50})
     settings = dict(rows=2048, batch_size=256, lr=1e-3, holdout_rows=256, buffer_rows=1024, progress=False, checkpoint_every=512)
-    ff.train("topk", {"d_dict": 16, "k": 2}, source=feed, out=tmp_path / "run", **settings)
+    ff.train(TINY, {"d_dict": 16, "k": 2}, source=feed, out=tmp_path / "run", **settings)
     (tmp_path / "run" / "config.json").unlink()  # as if killed before the end: only the checkpoint is left
     with pytest.raises(BadInputError, match="cannot restart at a row") as info:
-        ff.train("topk", {"d_dict": 16, "k": 2}, source=feed, out=tmp_path / "run", resume=True, **settings)
+        ff.train(TINY, {"d_dict": 16, "k": 2}, source=feed, out=tmp_path / "run", resume=True, **settings)
     assert "\n" not in str(info.value)
 
 
 def test_train_needs_a_store_or_a_source_and_an_unbounded_source_needs_rows(tmp_path):
-    with pytest.raises(OptionError, match="either a store"):
-        ff.train("topk", TRAINER, out=tmp_path / "a")
+    with pytest.raises(OptionError, match="train needs store"):
+        ff.train(TINY, TRAINER, out=tmp_path / "a")
     with pytest.raises(BadInputError, match="unbounded.*--rows"):
-        ff.train("topk", TRAINER, source="synthetic", source_options=SYNTH, out=tmp_path / "b", holdout_rows=256, progress=False)
+        ff.train(TINY, TRAINER, source="synthetic", source_options=SYNTH, out=tmp_path / "b", holdout_rows=256, progress=False)
     with pytest.raises(OptionError, match="held-out rows"):
-        ff.train("topk", TRAINER, source="synthetic", source_options=SYNTH, out=tmp_path / "c", rows=512, holdout_rows=0, progress=False)
+        ff.train(TINY, TRAINER, source="synthetic", source_options=SYNTH, out=tmp_path / "c", rows=512, holdout_rows=0, progress=False)
+
+
+# -- the command line, and kill -9 ------------------------------------------------------------------
+def _cli_args(out, rows=24576):
+    synth = [x for k, v in SYNTH.items() for x in ("-o", f"{k}={v}")]  # source keys given with -o: routed to the source
+    return ["train", "--source", "synthetic", *synth, "--trainer", TINY, "-o", "d_dict=64", "-o", "k=4", "--rows", rows,
+            "--batch-size", 256, "--lr", 1e-3, "--threads", 1, "-t", "holdout_rows=1024", "-t", "buffer_rows=2048",
+            "-t", "checkpoint_every=2048", "--out", out]
+
+
+CLI_SCRIPT = r"""
+import sys
+sys.path.insert(0, {tests!r})
+from test_training import _Plugin
+from featureforge.plugins import get_registry
+from featureforge.cli import main
+get_registry().register_plugin(_Plugin(), "test-plugin", "0")
+sys.argv = ["featureforge", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_during_a_streamed_run_then_resume_gives_the_uninterrupted_weights(tmp_path):
+    from storehelpers import cli_env
+
+    script = tmp_path / "cli.py"
+    script.write_text(CLI_SCRIPT.format(tests=str(Path(__file__).parent)))
+
+    def popen_cli(*args):
+        return subprocess.Popen([sys.executable, str(script), *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=cli_env())
+
+    def run_cli(*args):
+        proc = popen_cli(*args)
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+        return subprocess.CompletedProcess(args, 0, out, err)
+
+    run_cli(*_cli_args(tmp_path / "whole"))
+    cut = tmp_path / "cut"
+    proc = popen_cli(*_cli_args(cut))
+    deadline = time.time() + 120
+    while not (cut / "checkpoint").exists():
+        assert proc.poll() is None, f"training ended before it could be killed: {proc.communicate()}"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    assert json.loads((cut / "config.json").read_text())["status"] == "training"  # killed mid-run, not after the end
+    resumed = run_cli(*_cli_args(cut), "--resume")
+    assert f"Trained {TINY}" in resumed.stdout
+    a, b = load_file(str(tmp_path / "whole" / "weights.safetensors")), load_file(str(cut / "weights.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    config = json.loads((cut / "config.json").read_text())
+    assert config["stream"]["source"] == "synthetic" and config["training_result"]["rows"] == 24576

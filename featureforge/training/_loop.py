@@ -275,7 +275,7 @@ class _Run:
 
     def _init_sample(self, chunks: list | None, scale: float) -> torch.Tensor:
         if self.plan is not None:  # the first rows of shard 0's training stream
-            n = min(INIT_SAMPLE_ROWS, self.plan.shard_train_rows(0) or INIT_SAMPLE_ROWS)
+            n = min(INIT_SAMPLE_ROWS, self.plan.shard_train_rows(0) or INIT_SAMPLE_ROWS, self._shard_rows)
             reader: Any = StreamedReader(self.plan, self.source, n, seed=self.cfg.seed + 1, world_size=self.shards, buffer_rows=n)
         else:
             n = min(INIT_SAMPLE_ROWS, sum(c.rows for c in chunks))
@@ -369,6 +369,7 @@ class _Run:
         if self.source is not None:
             train_chunks, held = None, self._open_stream(has_checkpoint)
             total_steps = self._total_steps(self.plan.train_rows)
+            self._shard_rows = total_steps * self.cfg.batch_size // self.shards  # rows each shard trains on
         else:
             train_chunks, held = split_chunks(self.store, self.cfg.holdout_rows)
             total_steps = self._total_steps(sum(c.rows for c in train_chunks))
@@ -480,9 +481,21 @@ class _Run:
             raise BadInputError(f"source {src.name!r} cannot restart at a row (it does not seek), so its streamed run {self.out} "
                                 "cannot --resume; start again with --overwrite, or cache it first and train on the store")
         local = self.cfg.batch_size // self.shards
-        buffer_rows = self.cfg.buffer_rows or default_stream_buffer_rows(int(src.d_in), local)
         held = self.cfg.holdout_rows if self.cfg.holdout_rows is not None else DEFAULT_STREAM_HOLDOUT_ROWS
+        buffer_rows = self.cfg.buffer_rows
+        if not buffer_rows:  # the default window, but no more rows than a shard trains on (a short run fills one window)
+            buffer_rows = default_stream_buffer_rows(int(src.d_in), local)
+            bounded = self.cfg.rows if self.cfg.rows is not None else (None if src.n_rows is None else self.cfg.epochs * (src.n_rows - held))
+            if bounded is not None:
+                buffer_rows = min(buffer_rows, max(local, -(-int(bounded) // self.shards)))
         self.plan = StreamPlan.make(src, self.shards, held, buffer_rows)
+        recorded = self._run_dirs()[0] / CONFIG_FILE
+        if self.resume and recorded.exists():  # before the held-out store is touched
+            old = {k: v for k, v in (RunConfig.read(recorded.parent).stream or {}).items() if k != "heldout_store"}
+            diffs = [k for k in sorted(set(old) | set(self.plan.record())) if old.get(k) != self.plan.record().get(k)]
+            if diffs:
+                raise FeatureforgeError(f"cannot --resume {self.out}: it was streamed with other settings ({', '.join(diffs)} differ); "
+                                        "resume with the original ones or pass --overwrite")
         path = self._heldout_path()
         if self.rank == 0:
             from ..api import cache
