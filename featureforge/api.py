@@ -167,6 +167,7 @@ def train(
     checkpoint_every: int = 2_000_000,
     dead_after: int | None = None,
     buffer_rows: int | None = None,
+    tee: str | None = None,
     data_shards: int | None = None,
     eval_every: int = 0,
     eval_evaluators: list[str] | None = None,
@@ -185,7 +186,8 @@ def train(
     trainer's for this run, or a race of ``lr_search_factors`` times it over
     ``lr_search_fraction`` of the steps), warm-up steps and final decay fraction, Adam betas, gradient clipping, seed,
     compute dtype, threads, device, input normalisation, held-out rows, logging, checkpointing and
-    dead-latent windows (in rows), the reader's shuffle buffer and data shards, and evaluation
+    dead-latent windows (in rows), the reader's shuffle buffer (a streamed run's window), ``tee`` (a streamed run also writes
+    its training rows into this store) and data shards, and evaluation
     during training (every ``eval_every`` steps with ``eval_evaluators``, options as
     ``EVALUATOR.KEY=VALUE``).
 

@@ -236,13 +236,14 @@ def _load_train_config(ctx: click.Context, param: click.Parameter, path: str | N
 @click.option("--seed", type=int, default=None, help="Seed of initialisation and data order (default 0).")
 @click.option("-t", "--train-option", "train_options", multiple=True, metavar="KEY=VALUE",
               help="Further loop option (warmup_steps, decay_fraction, log_every, checkpoint_every, holdout_rows, dead_after, device, data_shards, ...).")
+@click.option("--tee", default=None, help="With --source: also write the streamed training rows into this store (for later runs).")
 @click.option("--resume", is_flag=True, help="Continue from the run's last checkpoint (bit-identical to an uninterrupted run).")
 @click.option("--overwrite", is_flag=True, help="Delete an existing run folder and start again.")
 @click.pass_context
 def train(ctx: click.Context, trainer_name: str, options: tuple[str, ...], store: str | None, source_name: str | None,
           source_options: tuple[str, ...], out: str, rows: int | None, epochs: float | None,
           batch_size: int | None, lr: float | None, dtype: str | None, threads: int | None, seed: int | None,
-          train_options: tuple[str, ...], resume: bool, overwrite: bool) -> None:
+          train_options: tuple[str, ...], tee: str | None, resume: bool, overwrite: bool) -> None:
     """Train a dictionary on a store (or streamed from a source) with a registered trainer."""
     from . import api
     from .errors import BadInputError
@@ -250,7 +251,8 @@ def train(ctx: click.Context, trainer_name: str, options: tuple[str, ...], store
     from .plugins import get_registry
 
     tables = ctx.meta.get("train_config_tables") or {"options": {}, "train_options": {}}
-    given = {"rows": rows, "epochs": epochs, "batch_size": batch_size, "lr": lr, "dtype": dtype, "threads": threads, "seed": seed}
+    given = {"rows": rows, "epochs": epochs, "batch_size": batch_size, "lr": lr, "dtype": dtype, "threads": threads, "seed": seed,
+             "tee": tee}
     config: dict[str, Any] = {**tables["train_options"], **{k: v for k, v in given.items() if v is not None},
                               **dict(split_pairs(train_options, "log_every=100", flag="-t"))}
     trainer_options = {**tables["options"], **dict(split_pairs(options, "k=32"))}

@@ -251,3 +251,50 @@ def test_kill_9_during_a_streamed_run_then_resume_gives_the_uninterrupted_weight
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     config = json.loads((cut / "config.json").read_text())
     assert config["stream"]["source"] == "synthetic" and config["training_result"]["rows"] == 24576
+
+
+# -- --tee -----------------------------------------------------------------------------------------
+def _train_tee(out, tee, **kw):
+    src = Sequences({"rows": 12000, "seq_len": 50, "batch_rows": 64})
+    settings = dict(rows=4096, batch_size=256, lr=1e-3, holdout_rows=512, buffer_rows=1024, progress=False, checkpoint_every=1024, tee=str(tee))
+    return ff.train(TINY, {"d_dict": 16, "k": 2}, source=src, out=out, **(settings | kw))
+
+
+def test_tee_writes_the_streamed_training_rows_into_a_store_and_a_crash_resumes_it_exactly(tmp_path):
+    _train_tee(tmp_path / "whole", tmp_path / "whole.zarr")
+    whole = ff.open_store(tmp_path / "whole.zarr")
+    assert whole.rows == 4096 and whole.info()["complete"]
+    ids = whole.read(0, whole.rows)[:, 0].astype(np.int64)
+    assert sorted(ids.tolist()) == list(range(512, 512 + 4096))  # exactly the rows trained on, none held out
+    assert whole.source["name"] == "test-sequences"
+    import featureforge.training._loop as loop
+
+    class Crash(Exception):
+        pass
+
+    real, calls = loop._Run._checkpoint, []
+
+    def crash_on_third(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 3:
+            raise Crash()
+
+    loop._Run._checkpoint = crash_on_third
+    try:
+        with pytest.raises(Crash):
+            _train_tee(tmp_path / "cut", tmp_path / "cut.zarr")
+    finally:
+        loop._Run._checkpoint = real
+    _train_tee(tmp_path / "cut", tmp_path / "cut.zarr", resume=True)
+    cut = ff.open_store(tmp_path / "cut.zarr")
+    for column in ("acts", "seq_ids", "positions"):
+        assert np.array_equal(cut.read(0, cut.rows, column), whole.read(0, whole.rows, column)), column
+    w1, w2 = load_file(str(tmp_path / "whole" / "weights.safetensors")), load_file(str(tmp_path / "cut" / "weights.safetensors"))
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+
+
+def test_tee_is_refused_for_a_store_backed_run(tmp_path):
+    store = ff.cache("synthetic", SYNTH, store=tmp_path / "s", rows=4096, rows_per_chunk=1024, progress=False)
+    with pytest.raises(OptionError, match="--tee writes what a streamed run streams"):
+        ff.train(TINY, TRAINER, store=store, out=tmp_path / "r", batch_size=256, tee=str(tmp_path / "t"), progress=False)

@@ -392,6 +392,7 @@ class _Run:
                 configs[m.variant].write(m.run_dir)
                 m.dictionary.config = configs[m.variant].to_dict()
         evaluators = eval_instances(self.cfg, self.store) if self.cfg.eval_every > 0 else []
+        tee = self._start_tee(readers, total_steps)
         streams = [_shard_batches(r, self._where()) for r in readers]
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.cfg.dtype == "bfloat16" else contextlib.nullcontext()
         metric_files = [open(d / METRICS_FILE, "a") if self.rank == 0 else None for d in self._run_dirs()]
@@ -436,6 +437,10 @@ class _Run:
                 if rows_seen >= next_checkpoint or last:
                     self._checkpoint(members, readers, step, rows_seen, [f.tell() if f is not None else 0 for f in metric_files])
                     next_checkpoint = (rows_seen // self.cfg.checkpoint_every + 1) * self.cfg.checkpoint_every
+        except BaseException:
+            if tee is not None:
+                tee.abort()
+            raise
         finally:
             bar.close()
             for s in streams:
@@ -443,6 +448,8 @@ class _Run:
             for f in metric_files:
                 if f is not None:
                     f.close()
+        if tee is not None:
+            tee.finish()
         if self.rank == 0:
             self._finish(members, configs, step, rows_seen)
         return self._run_dirs()
@@ -511,6 +518,23 @@ class _Run:
         if "grads" in self.columns:
             check_gradient_store(self.store, self.trainer_name)
         return self.store.committed_chunks()
+
+    def _start_tee(self, readers: list[Any], total_steps: int) -> Any:
+        """``--tee``: start writing the streamed training rows into a store (None without it)."""
+        if self.cfg.tee is None:
+            return None
+        if self.plan is None:
+            raise OptionError("--tee writes what a streamed run streams; train with --source instead of --store, or leave out --tee")
+        from ._tee import Tee
+
+        rows = total_steps * self.cfg.batch_size
+        if self.plan.train_rows is not None:
+            rows = min(rows, self.plan.train_rows)
+        tee = Tee(self.source, self.plan, self.cfg.tee, rows)
+        reader = readers[0]
+        reader.tee = tee.source
+        tee.start(reader.row, reader.window_rows, reader.epoch)
+        return tee
 
     def _stream_postfix(self, readers: list[Any], lines: list[dict[str, Any]]) -> dict[str, str]:
         """A streamed run's bar also shows the source's and the trainer's rows/s and the buffer's fill."""

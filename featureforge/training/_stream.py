@@ -173,6 +173,8 @@ class StreamedReader:
         self.epoch = 0
         self.row = 0
         self.label = f"source {plan.source!r} (shard {rank} of {world_size})"
+        #: ``--tee``: gets every source batch this reader pulls (featureforge.training._tee.TeeSource).
+        self.tee: Any = None
         # What the progress bar shows: rows the source produced, rows held in windows.
         self.source_rows = 0
         self.resident_rows = 0
@@ -224,6 +226,8 @@ class StreamedReader:
                     if stop.is_set():
                         return
                     batch = next(batches, None)
+                    if self.tee is not None:
+                        self.tee.offer(batch, epoch) if batch is not None else self.tee.offer_end(epoch)
                     if batch is None:
                         ended = True
                         break
