@@ -298,3 +298,34 @@ def test_tee_is_refused_for_a_store_backed_run(tmp_path):
     store = ff.cache("synthetic", SYNTH, store=tmp_path / "s", rows=4096, rows_per_chunk=1024, progress=False)
     with pytest.raises(OptionError, match="--tee writes what a streamed run streams"):
         ff.train(TINY, TRAINER, store=store, out=tmp_path / "r", batch_size=256, tee=str(tmp_path / "t"), progress=False)
+
+
+# -- torchrun ----------------------------------------------------------------------------------------
+DDP_STREAM_SCRIPT = r"""
+import sys, featureforge as ff
+sys.path.insert(0, {tests!r})
+from test_training import _Plugin
+from featureforge.plugins import get_registry
+get_registry().register_plugin(_Plugin(), "test-plugin", "0")
+ff.train("tiny-topk", {{"d_dict": 64, "k": 4}}, source="synthetic", source_options={synth!r}, out={out!r}, rows=8192,
+         batch_size=256, lr=1e-3, holdout_rows=1024, buffer_rows=2048, log_every=4, checkpoint_every=2048, progress=False, threads=1)
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_streamed_match_one_process_reading_both_shards(tmp_path):
+    """Each rank streams its own shard of the source (disjoint rows); gradients are all-reduced, so
+    the run equals one process reading both shards (-t data_shards=2)."""
+    script = tmp_path / "ddp_stream.py"
+    script.write_text(DDP_STREAM_SCRIPT.format(tests=str(Path(__file__).parent), synth=SYNTH, out=str(tmp_path / "ddp")))
+    env = {**os.environ, "FEATUREFORGE_PROGRESS": "0", "OMP_NUM_THREADS": "1", "FEATUREFORGE_PLUGINS": ""}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29519", str(script)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [single] = ff.train(TINY, TRAINER, source="synthetic", source_options=SYNTH, out=tmp_path / "single", rows=8192, batch_size=256,
+                        lr=1e-3, holdout_rows=1024, buffer_rows=2048, log_every=4, checkpoint_every=2048, progress=False, threads=1,
+                        data_shards=2)
+    a, b = load_file(str(tmp_path / "ddp" / "weights.safetensors")), load_file(str(single / "weights.safetensors"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+    assert json.loads((tmp_path / "ddp" / "config.json").read_text())["stream"]["shards"] == 2
