@@ -27,6 +27,7 @@ from typing import Any, Iterator
 import numpy as np
 
 import featureforge as ff
+from featureforge.run import read_metrics
 from featureforge.training._stream import StreamedReader, StreamPlan, default_stream_buffer_rows
 
 import provenance
@@ -184,7 +185,7 @@ def ddp(args: argparse.Namespace) -> dict[str, Any]:
     synth = ["-o", "d_in=64", "-o", "n_features=512", "-o", "mean_active=5"]
     common = ["--source", "synthetic", *synth, "--trainer", "topk", "-o", "d_dict=512", "-o", "k=8", "--rows", args.rows,
               "--batch-size", 1024, "--seed", 0, "--threads", 1, "-t", "holdout_rows=4096", "-t", "log_every=4"]
-    runs = {"torchrun_2": ["torchrun", "--nproc-per-node", 2, "--master-port", 29517, "-m", "featureforge.cli", "train", *common],
+    runs = {"torchrun_2": [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", 2, "--master-port", 29517, "-m", "featureforge.cli", "train", *common],
             "one_process_2_shards": [*FF, "train", *common, "-t", "data_shards=2"],
             "one_process_1_shard": [*FF, "train", *common]}
     result: dict[str, Any] = {"rows": args.rows, "batch_size": 1024, "runs": {}}
@@ -192,7 +193,7 @@ def ddp(args: argparse.Namespace) -> dict[str, Any]:
     for label, cmd in runs.items():
         print(f"[stream ddp] {label}", file=sys.stderr, flush=True)
         out = _timed([*cmd, "--out", work / label])
-        curves[label] = [(m["step"], m["fvu"]) for m in ff.read_metrics(work / label) if "fvu" in m]
+        curves[label] = [(m["step"], m["fvu"]) for m in read_metrics(work / label) if "fvu" in m]
         result["runs"][label] = {"wall_s": out["wall_s"], "final_fvu": curves[label][-1][1], "log_lines": len(curves[label])}
     base = dict(curves["torchrun_2"])
     for label in ("one_process_2_shards", "one_process_1_shard"):
