@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -138,28 +139,35 @@ def test_streamed_and_stored_training_see_the_same_rows_in_a_window_order(tmp_pa
     assert abs(a - b) < 0.05 * max(a, b)
 
 
-def test_resume_of_a_streamed_run_continues_from_the_recorded_row(tmp_path):
-    [whole] = _train_streamed(tmp_path / "whole")
+class Crash(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _crash_after_checkpoint(n):
+    """The run raises right after writing its n-th checkpoint (the block must raise it)."""
     import featureforge.training._loop as loop
 
-    class Crash(Exception):
-        pass
+    real, calls = loop._Run._checkpoint, []
 
-    real = loop._Run._checkpoint
-    calls = []
-
-    def crash_after_first(self, *args, **kwargs):
+    def checkpoint_then_crash(self, *args, **kwargs):
         real(self, *args, **kwargs)
         calls.append(1)
-        if len(calls) == 2:
+        if len(calls) == n:
             raise Crash()
 
-    loop._Run._checkpoint = crash_after_first
+    loop._Run._checkpoint = checkpoint_then_crash
     try:
         with pytest.raises(Crash):
-            _train_streamed(tmp_path / "cut")
+            yield
     finally:
         loop._Run._checkpoint = real
+
+
+def test_resume_of_a_streamed_run_continues_from_the_recorded_row(tmp_path):
+    [whole] = _train_streamed(tmp_path / "whole")
+    with _crash_after_checkpoint(2):
+        _train_streamed(tmp_path / "cut")
     [cut] = _train_streamed(tmp_path / "cut", resume=True)
     a, b = load_file(str(whole / "weights.safetensors")), load_file(str(cut / "weights.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -267,25 +275,8 @@ def test_tee_writes_the_streamed_training_rows_into_a_store_and_a_crash_resumes_
     ids = whole.read(0, whole.rows)[:, 0].astype(np.int64)
     assert sorted(ids.tolist()) == list(range(512, 512 + 4096))  # exactly the rows trained on, none held out
     assert whole.source["name"] == "test-sequences"
-    import featureforge.training._loop as loop
-
-    class Crash(Exception):
-        pass
-
-    real, calls = loop._Run._checkpoint, []
-
-    def crash_on_third(self, *args, **kwargs):
-        real(self, *args, **kwargs)
-        calls.append(1)
-        if len(calls) == 3:
-            raise Crash()
-
-    loop._Run._checkpoint = crash_on_third
-    try:
-        with pytest.raises(Crash):
-            _train_tee(tmp_path / "cut", tmp_path / "cut.zarr")
-    finally:
-        loop._Run._checkpoint = real
+    with _crash_after_checkpoint(3):
+        _train_tee(tmp_path / "cut", tmp_path / "cut.zarr")
     _train_tee(tmp_path / "cut", tmp_path / "cut.zarr", resume=True)
     cut = ff.open_store(tmp_path / "cut.zarr")
     for column in ("acts", "seq_ids", "positions"):

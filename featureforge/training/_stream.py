@@ -32,6 +32,7 @@ import torch
 
 from ..errors import BadInputError, OptionError
 from ..roles import ActivationSource
+from ..store._reader import _as_tensor
 from ..store._writer import as_numpy
 
 __all__ = ["BLOCK_ROWS", "DEFAULT_STREAM_BUFFER_BYTES", "StreamPlan", "StreamedReader", "default_stream_buffer_rows"]
@@ -308,22 +309,18 @@ def _put(out: queue.Queue, item: Any, stop: threading.Event) -> bool:
 
 
 def _tensor(arr: np.ndarray) -> torch.Tensor:
-    if arr.dtype == np.uint32:
-        return torch.from_numpy(arr.view(np.int32))
-    if arr.dtype == np.uint16:
-        return torch.from_numpy(arr.view(np.int16))
-    return torch.from_numpy(arr)
+    return _as_tensor(arr, str(arr.dtype))  # the store reader's rule for unsigned columns
 
 
-class HeldOutSlice(ActivationSource):
-    """The plan's held-out rows as a source of their own, so the store writer caches them
-    (crash-safe, resumable) into the run's held-out store. It reports the wrapped source's name,
-    options and provenance, so the store's recorded source rebuilds the real one."""
+class WrappedSource(ActivationSource):
+    """Some rows of another source, given to the store writer: it reports the wrapped source's
+    name, options, columns and provenance, so a store written from it records the real source
+    (and rebuilds it, e.g. for a live model)."""
 
     def __init__(self, inner: ActivationSource, plan: StreamPlan):  # no Plugin.__init__: the options are inner's
         self.inner = inner
         self.plan = plan
-        self.name = inner.name  # type: ignore[misc]  # the store records the real source's name
+        self.name = inner.name  # type: ignore[misc]
         self.options = inner.options
 
     def options_dict(self) -> dict[str, Any]:
@@ -337,12 +334,17 @@ class HeldOutSlice(ActivationSource):
     def d_in(self) -> int:
         return self.inner.d_in
 
+    def provenance(self) -> dict[str, Any]:
+        return self.inner.provenance()
+
+
+class HeldOutSlice(WrappedSource):
+    """The plan's held-out rows as a source of their own, so the store writer caches them
+    (crash-safe, resumable) into the run's held-out store."""
+
     @property
     def n_rows(self) -> int:
         return self.plan.heldout_rows
-
-    def provenance(self) -> dict[str, Any]:
-        return self.inner.provenance()
 
     def ground_truth(self) -> Any:
         return self.inner.ground_truth()

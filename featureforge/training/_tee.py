@@ -19,7 +19,7 @@ from typing import Any, Iterator
 from ..errors import BadInputError
 from ..roles import ActivationSource
 from ..store._writer import as_numpy
-from ._stream import StreamPlan
+from ._stream import StreamPlan, WrappedSource
 
 __all__ = ["Tee", "TeeSource"]
 
@@ -27,27 +27,15 @@ _ABORT = object()  # the run stopped: end the writer without committing a short 
 _QUEUE_BATCHES = 8  # source batches waiting for the writer (the reader waits when it is this far ahead)
 
 
-class TeeSource(ActivationSource):
+class TeeSource(WrappedSource):
     """The training rows of shard 0 as a source: handed over by the reader, the gap recomputed."""
 
-    def __init__(self, inner: ActivationSource, plan: StreamPlan, rows: int):  # no Plugin.__init__: the options are inner's
-        self.inner, self.plan, self.total = inner, plan, rows
-        self.name = inner.name  # type: ignore[misc]
-        self.options = inner.options
+    def __init__(self, inner: ActivationSource, plan: StreamPlan, rows: int):
+        super().__init__(inner, plan)
+        self.total = rows
         self.queue: queue.Queue = queue.Queue(maxsize=_QUEUE_BATCHES)
         self.reader_start = 0  # shard row of the first batch the reader hands over
         self.closed = threading.Event()
-
-    def options_dict(self) -> dict[str, Any]:
-        return self.inner.options_dict()
-
-    @property
-    def columns(self) -> dict[str, str]:
-        return self.inner.columns
-
-    @property
-    def d_in(self) -> int:
-        return self.inner.d_in
 
     @property
     def n_rows(self) -> int:
