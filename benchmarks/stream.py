@@ -187,7 +187,8 @@ def ddp(args: argparse.Namespace) -> dict[str, Any]:
               "--batch-size", 1024, "--seed", 0, "--threads", 1, "-t", "holdout_rows=4096", "-t", "log_every=4"]
     runs = {"torchrun_2": [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", 2, "--master-port", 29517, "-m", "featureforge.cli", "train", *common],
             "one_process_2_shards": [*FF, "train", *common, "-t", "data_shards=2"],
-            "one_process_1_shard": [*FF, "train", *common]}
+            "one_process_1_shard": [*FF, "train", *common],
+            "one_process_1_shard_seed1": [*FF, "train", *[("1" if c == 0 and prev == "--seed" else c) for prev, c in zip(["", *common], common)]]}
     result: dict[str, Any] = {"rows": args.rows, "batch_size": 1024, "runs": {}}
     curves = {}
     for label, cmd in runs.items():
@@ -196,9 +197,11 @@ def ddp(args: argparse.Namespace) -> dict[str, Any]:
         curves[label] = [(m["step"], m["fvu"]) for m in read_metrics(work / label) if "fvu" in m]
         result["runs"][label] = {"wall_s": out["wall_s"], "final_fvu": curves[label][-1][1], "log_lines": len(curves[label])}
     base = dict(curves["torchrun_2"])
-    for label in ("one_process_2_shards", "one_process_1_shard"):
+    for label in ("one_process_2_shards", "one_process_1_shard", "one_process_1_shard_seed1"):
         diffs = [abs(base[s] - f) for s, f in curves[label] if s in base]
         result["runs"][label]["max_abs_fvu_difference_to_torchrun_2"] = max(diffs)
+    seeds = [abs(a - b) for (s, a), (_, b) in zip(curves["one_process_1_shard"], curves["one_process_1_shard_seed1"])]
+    result["seed_noise_max_abs_fvu_difference_1_shard_seed0_vs_seed1"] = max(seeds)
     result["curves"] = curves
     return result
 

@@ -205,7 +205,7 @@ def _load_train_config(ctx: click.Context, param: click.Parameter, path: str | N
     from .training._run_file import read_run_file
 
     parsed = read_run_file(path)
-    renamed = {"trainer": "trainer_name"}
+    renamed = {"trainer": "trainer_name", "source": "source_name"}
     defaults = {renamed.get(key, key): value for key, value in parsed.top.items()}
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     ctx.meta["train_config_tables"] = {"options": parsed.options, "train_options": parsed.train_options}
