@@ -42,15 +42,13 @@ from ..store._view import ActivationStore, ChunkRef, open_store
 from ._schedule import dead_after_for, lr_at
 from ._settings import TrainConfig, check_trainer_class, resolve_config
 from ._step import apply_update, mark_fired
-from ._stream import HeldOutSlice, StreamedReader, StreamPlan, default_stream_buffer_rows
+from ._stream import HeldOutSlice, StreamedReader, StreamPlan, check_stream_resume, plan_stream
 from ._sweep import expand_sweep
 from ._during import eval_instances, evaluate_members
 
 __all__ = ["METRICS_FILE", "TrainConfig", "check_gradient_store", "expand_sweep", "is_complete", "lr_at", "train"]
 
 INIT_SAMPLE_ROWS = 16384
-#: Held-out rows of a streamed run when -t holdout_rows is not given (its eval rows and normalisation sample).
-DEFAULT_STREAM_HOLDOUT_ROWS = 16384
 
 
 @dataclasses.dataclass
@@ -487,22 +485,9 @@ class _Run:
         if has_checkpoint and not src.seekable:
             raise BadInputError(f"source {src.name!r} cannot restart at a row (it does not seek), so its streamed run {self.out} "
                                 "cannot --resume; start again with --overwrite, or cache it first and train on the store")
-        local = self.cfg.batch_size // self.shards
-        held = self.cfg.holdout_rows if self.cfg.holdout_rows is not None else DEFAULT_STREAM_HOLDOUT_ROWS
-        buffer_rows = self.cfg.buffer_rows
-        if not buffer_rows:  # the default window, but no more rows than a shard trains on (a short run fills one window)
-            buffer_rows = default_stream_buffer_rows(int(src.d_in), local)
-            bounded = self.cfg.rows if self.cfg.rows is not None else (None if src.n_rows is None else self.cfg.epochs * (src.n_rows - held))
-            if bounded is not None:
-                buffer_rows = min(buffer_rows, max(local, -(-int(bounded) // self.shards)))
-        self.plan = StreamPlan.make(src, self.shards, held, buffer_rows)
-        recorded = self._run_dirs()[0] / CONFIG_FILE
-        if self.resume and recorded.exists():  # before the held-out store is touched
-            old = {k: v for k, v in (RunConfig.read(recorded.parent).stream or {}).items() if k != "heldout_store"}
-            diffs = [k for k in sorted(set(old) | set(self.plan.record())) if old.get(k) != self.plan.record().get(k)]
-            if diffs:
-                raise FeatureforgeError(f"cannot --resume {self.out}: it was streamed with other settings ({', '.join(diffs)} differ); "
-                                        "resume with the original ones or pass --overwrite")
+        self.plan = plan_stream(src, self.cfg, self.shards)
+        if self.resume:  # before the held-out store is touched
+            check_stream_resume(self.plan, self._run_dirs()[0], self.out)
         path = self._heldout_path()
         if self.rank == 0:
             from ..api import cache

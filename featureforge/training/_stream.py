@@ -30,18 +30,51 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from ..errors import BadInputError, OptionError
+from ..errors import BadInputError, FeatureforgeError, OptionError
 from ..roles import ActivationSource
 from ..store._reader import _as_tensor
 from ..store._writer import as_numpy
 
-__all__ = ["BLOCK_ROWS", "DEFAULT_STREAM_BUFFER_BYTES", "StreamPlan", "StreamedReader", "default_stream_buffer_rows"]
+__all__ = ["BLOCK_ROWS", "DEFAULT_STREAM_BUFFER_BYTES", "DEFAULT_STREAM_HOLDOUT_ROWS", "HeldOutSlice", "StreamPlan", "StreamedReader",
+           "check_stream_resume", "default_stream_buffer_rows", "plan_stream"]
 
 #: Rows of a random-access source dealt to one shard at a time (rows H + (b*S + s)*BLOCK ... go to shard s).
 BLOCK_ROWS = 4096
 #: Default bytes of one shuffle window (two are held): see docs/benchmarks.md "Streamed training".
 DEFAULT_STREAM_BUFFER_BYTES = 1 << 30
 _MIN_WINDOW_ROWS = 65536
+
+
+#: Held-out rows of a streamed run when -t holdout_rows is not given (its eval rows and normalisation sample).
+DEFAULT_STREAM_HOLDOUT_ROWS = 16384
+
+
+def plan_stream(src: ActivationSource, cfg: Any, shards: int) -> "StreamPlan":
+    """The plan of a streamed run from the loop's settings (``TrainConfig``): held-out rows, and
+    the default window, never more rows than a shard trains on (a short run fills one window)."""
+    local = cfg.batch_size // shards
+    held = cfg.holdout_rows if cfg.holdout_rows is not None else DEFAULT_STREAM_HOLDOUT_ROWS
+    buffer_rows = cfg.buffer_rows
+    if not buffer_rows:
+        buffer_rows = default_stream_buffer_rows(int(src.d_in), local)
+        bounded = cfg.rows if cfg.rows is not None else (None if src.n_rows is None else cfg.epochs * (src.n_rows - held))
+        if bounded is not None:
+            buffer_rows = min(buffer_rows, max(local, -(-int(bounded) // shards)))
+    return StreamPlan.make(src, shards, held, buffer_rows)
+
+
+def check_stream_resume(plan: "StreamPlan", run_dir: Any, out: Any) -> None:
+    """Refuse in one line to --resume a run that was streamed from another source or layout."""
+    from ..run import CONFIG_FILE, RunConfig
+
+    if not (run_dir / CONFIG_FILE).exists():
+        return
+    old = {k: v for k, v in (RunConfig.read(run_dir).stream or {}).items() if k != "heldout_store"}
+    new = plan.record()
+    diffs = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if diffs:
+        raise FeatureforgeError(f"cannot --resume {out}: it was streamed with other settings ({', '.join(diffs)} differ); "
+                                "resume with the original ones or pass --overwrite")
 
 
 def default_stream_buffer_rows(d_in: int, batch_size: int) -> int:
