@@ -320,3 +320,20 @@ def test_torchrun_two_processes_streamed_match_one_process_reading_both_shards(t
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
     assert json.loads((tmp_path / "ddp" / "config.json").read_text())["stream"]["shards"] == 2
+
+
+def test_cli_routes_source_options_and_refuses_a_source_option_without_a_source(tmp_path):
+    from click.testing import CliRunner
+
+    from featureforge.cli import build_cli
+
+    env = {"FEATUREFORGE_PROGRESS": "0"}
+    args = ["train", "--source", "synthetic", "-s", "d_in=16", "-o", "n_features=64", "--trainer", TINY, "-o", "k=4",
+            "--rows", "1024", "--batch-size", "256", "-t", "holdout_rows=256", "--out", str(tmp_path / "run")]
+    result = CliRunner().invoke(build_cli(), args, env=env)
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["stream"]["options"]["d_in"] == 16 and config["stream"]["options"]["n_features"] == 64
+    assert config["options"]["k"] == 4 and config["d_in"] == 16
+    bad = CliRunner().invoke(build_cli(), ["train", "--store", "x", "-s", "d_in=16", "--trainer", TINY, "--out", str(tmp_path / "b")], env=env)
+    assert bad.exit_code != 0 and "-s/--source-option needs --source" in bad.output
