@@ -385,11 +385,15 @@ class HeldOutSlice(WrappedSource):
     def stream(self, rank: int = 0, world_size: int = 1, skip_rows: int = 0, max_rows: int | None = None) -> Iterator[dict[str, Any]]:
         if world_size != 1:
             raise BadInputError("the held-out slice of a streamed run is written by one writer")
-        drop = int(skip_rows)
-        for batch in self.plan.heldout(self.inner):
-            n = len(batch["acts"])
-            if drop >= n:
-                drop -= n
-                continue
-            yield {k: v[drop:] for k, v in batch.items()} if drop else batch
-            drop = 0
+        yield from skip_rows_of(self.plan.heldout(self.inner), int(skip_rows))
+
+
+def skip_rows_of(batches: Iterator[dict[str, Any]], drop: int) -> Iterator[dict[str, Any]]:
+    """``batches`` without their first ``drop`` rows."""
+    for batch in batches:
+        n = len(batch["acts"])
+        if drop >= n:
+            drop -= n
+            continue
+        yield {k: v[drop:] for k, v in batch.items()} if drop else batch
+        drop = 0

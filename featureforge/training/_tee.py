@@ -19,7 +19,7 @@ from typing import Any, Iterator
 from ..errors import BadInputError
 from ..roles import ActivationSource
 from ..store._writer import as_numpy
-from ._stream import StreamPlan, WrappedSource
+from ._stream import StreamPlan, WrappedSource, skip_rows_of
 
 __all__ = ["Tee", "TeeSource"]
 
@@ -75,19 +75,16 @@ class TeeSource(WrappedSource):
                 if not left:
                     break
             pos = self.reader_start
-        drop = pos - self.reader_start
+        yield from skip_rows_of(self._handed_over(), pos - self.reader_start)
+
+    def _handed_over(self) -> Iterator[dict[str, Any]]:
         while True:
             batch = self.queue.get()
             if batch is None:
                 return
             if batch is _ABORT:
                 raise _Aborted()
-            n = len(batch["acts"])
-            if drop >= n:
-                drop -= n
-                continue
-            yield {k: v[drop:] for k, v in batch.items()} if drop else batch
-            drop = 0
+            yield batch
 
 
 class _Aborted(Exception):
