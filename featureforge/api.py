@@ -199,6 +199,10 @@ def train(
     settings = {key: value for key, value in locals().items() if key not in _TRAIN_OWN}
     if config is not None:
         trainer, options, store, out, resume, overwrite = _apply_run_file(config, settings, trainer, options, store, out, resume, overwrite)
+        if store is None and source is None:  # a run file's `source = "hf"` (its options come from source_options=)
+            from .training._run_file import read_run_file
+
+            source = read_run_file(config, flag="config=").top.get("source")
     missing = [flag for flag, value in (("trainer", trainer), ("store", store if source is None else source), ("out", out)) if value is None]
     if missing:
         raise OptionError(f"train needs {' and '.join(missing)}; pass {', '.join(f'{m}=...' for m in missing)} or a run file with config=...")
