@@ -91,7 +91,8 @@ class RunConfig:
     weights_units: dict[str, Any] | None = None
     #: A streamed run (no store): the source, its options and which rows are held out or trained on
     #: (featureforge.training._stream.StreamPlan.record), plus ``heldout_store``, the held-out
-    #: store's path relative to the run folder. None for a run trained on a store.
+    #: store's path relative to the run folder, and, once trained, ``next_doc_id`` (1 + the largest
+    #: ``doc_ids`` the source produced for training, when it has that column). None for a store's run.
     stream: dict[str, Any] | None = None
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 

@@ -190,6 +190,7 @@ class _Run:
         self.overwrite = overwrite
         self.show_progress = progress
         self._eval_context: Any = None  # made at the first evaluation during training
+        self._cursors: dict[str, Any] = {}  # every shard's reader cursor at the last checkpoint
         self.rank, self.world = _distributed()
         self.shards = cfg.data_shards or self.world
         if self.shards % self.world:
@@ -350,6 +351,7 @@ class _Run:
             gathered: list[Any] = [None] * self.world
             dist.all_gather_object(gathered, cursors)
             cursors = {k: v for part in gathered for k, v in part.items()}
+        self._cursors = cursors
         for m in members:
             m.window = _floats(m.window)  # the checkpoint's JSON holds floats
         if self.rank != 0:
@@ -385,6 +387,7 @@ class _Run:
                 return self._run_dirs()
         readers = self._readers(train_chunks)
         step, rows_seen = restore_training_state(self.out, members, readers, self.rank == 0) if self.resume else (0, 0)
+        self._cursors = {str(r.rank): r.state_dict() for r in readers}
         if self.rank == 0:
             for m in members:
                 configs[m.variant].write(m.run_dir)
@@ -539,8 +542,11 @@ class _Run:
 
     def _finish(self, members: list[Member], configs: list[RunConfig], step: int, rows_seen: int) -> None:
         """Final weights, then plots, then status "complete": a kill before the last write leaves a run --resume finishes."""
+        last_doc = max((int(c.get("last_doc_id", -1)) for c in self._cursors.values()), default=-1)
         for m, config in zip(members, configs):
             config.training_result = {"steps": step, "rows": rows_seen}
+            if config.stream is not None and last_doc >= 0:  # held-out text for a live model starts after it
+                config.stream = {**config.stream, "next_doc_id": last_doc + 1}
             m.dictionary.save(m.run_dir, config)
             plot_training(m.run_dir)
             config.status = STATUS_COMPLETE

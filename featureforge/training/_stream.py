@@ -212,18 +212,22 @@ class StreamedReader:
         # What the progress bar shows: rows the source produced, rows held in windows.
         self.source_rows = 0
         self.resident_rows = 0
+        #: The largest ``doc_ids`` the source has produced for this reader (-1: none seen, or no such column):
+        #: a streamed run records it so held-out text for a live model starts after every document it trained on.
+        self.last_doc_id = -1
         self._started = time.perf_counter()
 
     # -- cursor (as ShuffledReader's) ---------------------------------------------------------
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "row": self.row, "seed": self.seed, "rank": self.rank, "world_size": self.world_size,
-                "buffer_rows": self.window_rows, "heldout_rows": self.plan.heldout_rows}
+                "buffer_rows": self.window_rows, "heldout_rows": self.plan.heldout_rows, "last_doc_id": self.last_doc_id}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         for key, mine in (("seed", self.seed), ("world_size", self.world_size), ("buffer_rows", self.window_rows)):
             if int(state.get(key, mine)) != mine:
                 raise BadInputError(f"streamed cursor was saved with {key}={state[key]}, not {mine}; resume with the same settings")
         self.epoch, self.row = int(state["epoch"]), int(state["row"])
+        self.last_doc_id = max(self.last_doc_id, int(state.get("last_doc_id", -1)))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch, self.row = int(epoch), 0
@@ -265,6 +269,8 @@ class StreamedReader:
                     if batch is None:
                         ended = True
                         break
+                    if batch.get("doc_ids") is not None and len(batch["doc_ids"]):
+                        self.last_doc_id = max(self.last_doc_id, int(as_numpy(batch["doc_ids"]).max()))
                     part = {c: as_numpy(batch[c]) for c in self.columns}
                     n = len(part["acts"])
                     self.source_rows += n

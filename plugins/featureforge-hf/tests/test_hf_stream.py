@@ -50,6 +50,11 @@ def test_streamed_hf_run_resumes_to_the_uninterrupted_weights_and_evaluates_down
     a, b = load_file(str(whole / "weights.safetensors")), load_file(str(cut / "weights.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
+    # held-out text for the live model starts after every document the run streamed for training
+    next_doc = json.loads((whole / "config.json").read_text())["stream"]["next_doc_id"]
+    assert next_doc > int(held.read(0, held.rows, "doc_ids").max()) + 1
+    assert json.loads((cut / "config.json").read_text())["stream"]["next_doc_id"] == next_doc
     report = ff.evaluate(whole, evaluators={"downstream": {"max_sequences": 4}}, progress=False)
     metrics = report["evaluators"]["downstream"]["metrics"]
     assert report["store"].endswith("heldout") and metrics["ce_loss_score"] == metrics["ce_loss_score"]  # a number, not NaN
+    assert f"document {next_doc} on" in json.dumps(report["evaluators"]["downstream"])
