@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -310,7 +311,10 @@ def test_torchrun_two_processes_streamed_match_one_process_reading_both_shards(t
     script = tmp_path / "ddp_stream.py"
     script.write_text(DDP_STREAM_SCRIPT.format(tests=str(Path(__file__).parent), synth=SYNTH, out=str(tmp_path / "ddp")))
     env = {**os.environ, "FEATUREFORGE_PROGRESS": "0", "OMP_NUM_THREADS": "1", "FEATUREFORGE_PLUGINS": ""}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29519", str(script)],
+    with socket.socket() as free:  # a port no other job on this machine holds (fixed ports collide between test runs)
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port), str(script)],
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     [single] = ff.train(TINY, TRAINER, source="synthetic", source_options=SYNTH, out=tmp_path / "single", rows=8192, batch_size=256,
