@@ -1,21 +1,22 @@
 """featureforge: learn and study feature dictionaries from neural-network activations.
 
-The library API has the CLI's verbs: ``cache``, ``open_store``, ``train``, ``evaluate``, ``load``,
+The library API has the CLI's verbs: ``cache``, ``open_store``, ``train``, ``evaluate``, ``compare``, ``load``,
 ``export`` and ``import_run``. Plugins subclass the role classes (``ActivationSource``,
 ``DictionaryTrainer``, ``Evaluator``; trainers build a ``Dictionary``) and register them with
 ``hookimpl``. ``__all__`` is the public API, pinned by ``tests/test_public_api.py``; the packages'
 faces ``featureforge.store``, ``featureforge.training`` and ``featureforge.evaluation`` and the modules
 ``featureforge.evaluation.metrics``, ``featureforge.plots``, ``featureforge.dictionary``,
 ``featureforge.testing``, ``featureforge.interventions``, ``featureforge.steering``,
+``featureforge.vectors`` (steering vectors), ``featureforge.decomposition``,
 ``featureforge.live`` (the live model a source's splice yields), ``featureforge.sites`` (torch hook
-sites) and ``featureforge.runtime`` are public too (see docs/plugins.md). Everything else may change.
+sites), ``featureforge.comparison`` (``compare`` and reading a comparison back) and ``featureforge.runtime`` are public too (see docs/plugins.md). Everything else may change.
 Importing the package changes no environment variable (``featureforge.runtime`` holds the CLI's
 opt-in process settings).
 """
 
 from typing import Any
 
-from .api import cache, evaluate, export, import_run, load, make_source, open_store, steer, steered, train
+from .api import cache, compare, decompose, evaluate, export, import_run, load, make_source, open_store, steer, steered, train, vector
 from .evaluation import EvaluationContext, rebuild_source
 from .errors import (
     BadInputError,
@@ -35,6 +36,7 @@ from .roles import (
     DictionaryTrainer,
     EvaluationResult,
     Evaluator,
+    Site,
     StepOutput,
     TrainState,
 )
@@ -56,11 +58,14 @@ __all__ = [
     "FeatureforgeError",
     "OptionError",
     "PluginError",
+    "Site",
     "StepOutput",
     "StoreError",
     "StoreMismatchError",
     "TrainState",
     "cache",
+    "compare",
+    "decompose",
     "evaluate",
     "export",
     "get_registry",
@@ -74,6 +79,7 @@ __all__ = [
     "steer",
     "steered",
     "train",
+    "vector",
 ]
 
 

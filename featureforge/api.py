@@ -6,16 +6,17 @@ import os
 from typing import Any, Literal, Mapping, Sequence
 
 from .errors import OptionError
+from .comparison import compare
 from .evaluation._evaluate import evaluate
 from .plugins import get_registry
 from .roles import ActivationSource
 from .store._location import Location
-from .store._creation import StoreSpec, finalize, prepare_store, writer_lock
+from .store._creation import StoreSpec, finalize, prepare_store, source_sites, writer_lock
 from .store._view import ActivationStore, open_store
 from .store._format import STORAGE_DTYPES, default_rows_per_chunk, default_write_shuffle_rows
 from .store._writer import StoreWriter
 
-__all__ = ["cache", "evaluate", "export", "import_run", "load", "make_source", "open_store", "steer", "steered", "train"]
+__all__ = ["cache", "compare", "decompose", "evaluate", "export", "import_run", "load", "make_source", "open_store", "steer", "steered", "train", "vector"]
 
 
 def make_source(source: str | ActivationSource, options: Mapping[str, Any] | Sequence[str] | None = None) -> ActivationSource:
@@ -57,6 +58,7 @@ def cache(
     progress: bool = True,
     storage_options: dict[str, Any] | None = None,
     write_shuffle_rows: int | None = None,
+    hook: str | Sequence[str] | None = None,
 ) -> ActivationStore:
     """Write a source's activations into a store, continuing a partly written one.
 
@@ -64,8 +66,10 @@ def cache(
     one store; run each with the same arguments. ``repair`` checks every committed chunk of this
     writer (size and checksum) and rewrites the damaged ones. ``write_shuffle_rows`` is the
     write-side shuffle window of a streaming source (default: up to 131,072 rows, 512 MiB; 0: rows
-    in the source's order); sources that produce rows by index are stored in row order. Returns the
-    opened store.
+    in the source's order); sources that produce rows by index are stored in row order. ``hook``
+    (a name or a list of names) is the source's ``hook`` option: a list caches every hook point in
+    one pass, one store with a column per site (docs/store.md, "Several sites"). Returns the opened
+    store.
     """
     from .progress import progress_bar
 
@@ -74,6 +78,8 @@ def cache(
     rank, world_size = _distributed_rank(rank, world_size)
     if not 0 <= rank < world_size:
         raise OptionError(f"rank {rank} is outside world size {world_size}; use 0 <= rank < world size")
+    if hook is not None:
+        options = _with_hook(options, hook)
     src = make_source(source, options)
     total = src.n_rows
     if rows is not None:
@@ -83,10 +89,12 @@ def cache(
     if total is None:
         raise OptionError(f"source {src.name!r} is unbounded; say how many rows to cache with --rows N")
     d_in = int(src.d_in)
-    rpc = int(rows_per_chunk) if rows_per_chunk is not None else default_rows_per_chunk(d_in, dtype)
+    sites = source_sites(src)
+    widths = [int(site["d_in"]) for site in sites or []] or [d_in]
+    rpc = int(rows_per_chunk) if rows_per_chunk is not None else default_rows_per_chunk(max(widths), dtype)
     if rpc <= 0:
         raise OptionError(f"--rows-per-chunk must be positive, got {rpc}; leave it out for chunks of about 16 MiB")
-    columns = {"acts": dtype}
+    columns = {"acts": dtype} | {site["column"]: dtype for site in (sites or [])[1:]}
     for name, logical in src.columns.items():
         columns[name] = dtype if name == "grads" else logical
     if src.random_access:
@@ -96,7 +104,7 @@ def cache(
             )
         shuffle = 0
     elif write_shuffle_rows is None:
-        shuffle = default_write_shuffle_rows(d_in, dtype, grads="grads" in columns)
+        shuffle = default_write_shuffle_rows(sum(widths), dtype, grads="grads" in columns)
     elif write_shuffle_rows < 0:
         raise OptionError(f"--write-shuffle-rows must be 0 (off) or positive, got {write_shuffle_rows}")
     else:
@@ -117,6 +125,7 @@ def cache(
         },
         provenance=src.provenance(),
         write_shuffle_rows=shuffle,
+        sites=sites,
     )
     location = Location(store, storage_options)
     opened = prepare_store(location, spec, rank=rank, overwrite=overwrite, repair=repair, ground_truth=src.ground_truth)
@@ -132,6 +141,18 @@ def cache(
             writer.progress = bar.update
             writer.run()
     return finalize(opened)
+
+
+def _with_hook(options: Mapping[str, Any] | Sequence[str] | None, hook: str | Sequence[str]) -> Mapping[str, Any] | list[str]:
+    """``options`` with the source's ``hook`` option set to ``hook`` (a list joined by commas)."""
+    value = hook if isinstance(hook, str) else ",".join(str(h) for h in hook)
+    if options is None or isinstance(options, Mapping):
+        if options and "hook" in options:
+            raise OptionError("give the hook once: either hook=... or the source option hook, not both")
+        return {**(options or {}), "hook": value}
+    if any(str(o).split("=", 1)[0].strip() == "hook" for o in options):
+        raise OptionError("give the hook once: either hook=... or the source option hook, not both")
+    return [*options, f"hook={value}"]
 
 
 def train(
@@ -157,7 +178,7 @@ def train(
     decay_fraction: float = 0.2,
     adam_betas: tuple[float, ...] = (0.9, 0.999),
     grad_clip: float | None = None,
-    seed: int = 0,
+    seed: int | str | Sequence[int] = 0,
     dtype: Literal["float32", "bfloat16"] = "float32",
     threads: int | None = None,
     device: str = "auto",
@@ -172,6 +193,8 @@ def train(
     eval_every: int = 0,
     eval_evaluators: list[str] | None = None,
     eval_options: list[str] | None = None,
+    site: str | None = None,
+    sites: str | Sequence[str] | None = None,
 ) -> list:
     """Train one dictionary (or one per swept option value) on a store; returns the run folders.
 
@@ -184,12 +207,15 @@ def train(
     existing run. The remaining arguments are the loop's settings (``featureforge train --help``,
     ``-t KEY=VALUE``): rows and epochs to train, batch size, learning rate (default: the
     trainer's for this run, or a race of ``lr_search_factors`` times it over
-    ``lr_search_fraction`` of the steps), warm-up steps and final decay fraction, Adam betas, gradient clipping, seed,
+    ``lr_search_fraction`` of the steps), warm-up steps and final decay fraction, Adam betas, gradient clipping, seed
+    (a list, or ``"0,1,2"``, trains one member per initialisation seed on the same batches),
     compute dtype, threads, device, input normalisation, held-out rows, logging, checkpointing and
     dead-latent windows (in rows), the reader's shuffle buffer (a streamed run's window), ``tee`` (a streamed run also writes
     its training rows into this store) and data shards, and evaluation
     during training (every ``eval_every`` steps with ``eval_evaluators``, options as
-    ``EVALUATOR.KEY=VALUE``).
+    ``EVALUATOR.KEY=VALUE``). On a store of several sites, ``site`` picks the one the trainer's
+    ``acts`` come from, and ``sites`` (``"all"`` or a list of names) trains one dictionary per site
+    in one pass over the data, each in ``out/<site>`` (a sweep folder ``evaluate`` reads whole).
 
     ``config`` is a run file as for ``featureforge train --config run.toml``: its values fill in
     the trainer, store, out, trainer options and every setting left at its default here.
@@ -197,6 +223,8 @@ def train(
     from .training._loop import train as _train
 
     settings = {key: value for key, value in locals().items() if key not in _TRAIN_OWN}
+    if settings.get("sites") is not None and not isinstance(settings["sites"], str):
+        settings["sites"] = ",".join(str(s) for s in settings["sites"])
     if config is not None:
         trainer, options, store, out, resume, overwrite = _apply_run_file(config, settings, trainer, options, store, out, resume, overwrite)
         if store is None and source is None:  # a run file's `source = "hf"` (its options come from source_options=)
@@ -236,18 +264,32 @@ def _apply_run_file(config: str | os.PathLike, settings: dict[str, Any], trainer
             resume or bool(top.get("resume", False)), overwrite or bool(top.get("overwrite", False)))
 
 
-def steer(run: Any, **kwargs: Any) -> Any:
-    """Steer the store's live model with latents of a run; see :func:`featureforge.steering.steer`."""
+def steer(run: Any = None, **kwargs: Any) -> Any:
+    """Steer the live model with latents of a run or steering vectors; see :func:`featureforge.steering.steer`."""
     from .steering import steer as _steer
 
     return _steer(run, **kwargs)
 
 
-def steered(run: Any, **kwargs: Any) -> Any:
+def steered(run: Any = None, **kwargs: Any) -> Any:
     """Context manager: the live model patched only inside the block; see :func:`featureforge.steering.steered`."""
     from .steering import steered as _steered
 
     return _steered(run, **kwargs)
+
+
+def vector(source: str | ActivationSource, options: Mapping[str, Any] | Sequence[str] | None = None, **kwargs: Any) -> Any:
+    """A steering vector from a positive and a negative prompt set; see :func:`featureforge.vectors.make_vector`."""
+    from .vectors import make_vector
+
+    return make_vector(source, options, **kwargs)
+
+
+def decompose(vector: Any, run: Any, **kwargs: Any) -> Any:
+    """A steering vector in a dictionary's latents; see :func:`featureforge.decomposition.decompose`."""
+    from .decomposition import decompose as _decompose
+
+    return _decompose(vector, run, **kwargs)
 
 
 def load(run: str | os.PathLike) -> Any:

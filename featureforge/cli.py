@@ -130,7 +130,8 @@ def cache(source_name: str, options: tuple[str, ...], store: str, rows: int | No
                        rank=rank, world_size=world_size, overwrite=overwrite, repair=repair,
                        write_shuffle_rows=write_shuffle_rows)
     state = "complete" if opened.complete else "waiting for other writers"
-    click.echo(f"Wrote {opened.rows} rows × {opened.d_in} ({opened.dtype}) to {opened.url} ({state})")
+    widths = f"{opened.d_in}" if len(opened.sites) == 1 else f"({', '.join(str(s['d_in']) for s in opened.site_records)}) at {len(opened.sites)} sites"
+    click.echo(f"Wrote {opened.rows} rows × {widths} ({opened.dtype}) to {opened.url} ({state})")
 
 
 @cli.command()
@@ -190,6 +191,13 @@ def _print_info(data: dict[str, Any]) -> None:
                    f"mean|mean|={norm.get('mean_abs_mean', 0):.4g}  mean std={norm.get('mean_std', 0):.4g}")
     if data["ground_truth"]:
         click.echo(f"ground truth {', '.join(data['ground_truth'])}")
+    if data.get("sites"):
+        click.echo(f"sites        {len(data['sites'])}, rows aligned (row i of every site is the same token)")
+        for site in data["sites"]:
+            norm = site.get("normalisation") or {}
+            where = f"{site.get('hook') or '-'} ({site.get('io') or 'output'})"
+            scale = f"  scale={norm['scale']:.6g}" if "scale" in norm else ""
+            click.echo(f"  {site['name']:<28} column {site['column']:<8} d_in {site['d_in']:<6} {where}{scale}")
 
 
 def _option_names(cls: type) -> set[str]:
@@ -233,17 +241,21 @@ def _load_train_config(ctx: click.Context, param: click.Parameter, path: str | N
 @click.option("--lr", type=float, default=None, help="Adam learning rate (default: the trainer's suggestion).")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default=None, help="Compute dtype (bf16 autocast, fp32 master weights).")
 @click.option("--threads", type=int, default=None, help="torch intra-op threads.")
-@click.option("--seed", type=int, default=None, help="Seed of initialisation and data order (default 0).")
+@click.option("--seed", default=None, help="Seed of initialisation and data order (default 0); a comma list (0,1,2) trains one member per "
+                                           "initialisation seed in one pass over the same batches.")
 @click.option("-t", "--train-option", "train_options", multiple=True, metavar="KEY=VALUE",
               help="Further loop option (warmup_steps, decay_fraction, log_every, checkpoint_every, holdout_rows, dead_after, device, data_shards, ...).")
+@click.option("--site", default=None, help="On a store of several sites: the site the dictionary reads (default: the first; `featureforge info` lists them).")
+@click.option("--sites", default=None, metavar="all|A,B",
+              help="On a store of several sites: one dictionary per site (all, or a comma list) from one pass over the data, each in OUT/<site>.")
 @click.option("--tee", default=None, help="With --source: also write the streamed training rows into this store (for later runs).")
 @click.option("--resume", is_flag=True, help="Continue from the run's last checkpoint (bit-identical to an uninterrupted run).")
 @click.option("--overwrite", is_flag=True, help="Delete an existing run folder and start again.")
 @click.pass_context
 def train(ctx: click.Context, trainer_name: str, options: tuple[str, ...], store: str | None, source_name: str | None,
           source_options: tuple[str, ...], out: str, rows: int | None, epochs: float | None,
-          batch_size: int | None, lr: float | None, dtype: str | None, threads: int | None, seed: int | None,
-          train_options: tuple[str, ...], tee: str | None, resume: bool, overwrite: bool) -> None:
+          batch_size: int | None, lr: float | None, dtype: str | None, threads: int | None, seed: str | None,
+          site: str | None, sites: str | None, train_options: tuple[str, ...], tee: str | None, resume: bool, overwrite: bool) -> None:
     """Train a dictionary on a store (or streamed from a source) with a registered trainer."""
     from . import api
     from .errors import BadInputError
@@ -252,7 +264,7 @@ def train(ctx: click.Context, trainer_name: str, options: tuple[str, ...], store
 
     tables = ctx.meta.get("train_config_tables") or {"options": {}, "train_options": {}}
     given = {"rows": rows, "epochs": epochs, "batch_size": batch_size, "lr": lr, "dtype": dtype, "threads": threads, "seed": seed,
-             "tee": tee}
+             "site": site, "sites": sites, "tee": tee}
     config: dict[str, Any] = {**tables["train_options"], **{k: v for k, v in given.items() if v is not None},
                               **dict(split_pairs(train_options, "log_every=100", flag="-t"))}
     trainer_options = {**tables["options"], **dict(split_pairs(options, "k=32"))}
@@ -302,6 +314,60 @@ def evaluate_command(run: str, store: str, evaluators: tuple[str, ...], rows: in
     click.echo(f"Wrote {', '.join(map(str, written))}", err=as_json)
 
 
+@cli.command(name="compare")
+@click.argument("runs", nargs=-1, required=True)
+@click.option("--store", "stores", multiple=True,
+              help="Store to compare on: once for all runs, or once per run in their order (stores of different models over the same "
+                   "tokens). Default: each run's recorded store.")
+@click.option("--out", default=None, help="Folder to write (compare.json, pairs/, runs/, plots/); default comparisons/A__B[...].")
+@click.option("--rows", type=int, default=None, help="Eval rows (default: the runs' shared held-out rows, else the store's first 65,536).")
+@click.option("--threshold", "thresholds", type=float, multiple=True, help="Score above which a matched pair counts as shared; repeatable (default 0.5, 0.7, 0.9).")
+@click.option("--rule-threshold", type=float, default=0.7, show_default=True,
+              help="Paulo & Belrose's rule: shared when encoder and decoder both match above it.")
+@click.option("--excess-threshold", type=float, default=0.5, show_default=True,
+              help="Gurnee et al.'s rule: universal when the excess correlation over the rotated baseline is above it.")
+@click.option("--baseline/--no-baseline", default=None, help="Rotated-units baseline (default: when every run has at most 2,048 units).")
+@click.option("--memory", type=int, default=1 << 25, show_default=True, help="Accumulator floats per pass over the rows (bounds memory).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+def compare_command(runs: tuple[str, ...], stores: tuple[str, ...], out: str | None, rows: int | None, thresholds: tuple[float, ...],
+                    rule_threshold: float, excess_threshold: float, baseline: bool | None, memory: int, as_json: bool) -> None:
+    """Match the latents (or neurons) of two or more runs: shared fraction, best matches, universal units.
+
+    Pairwise for more than two runs; a sweep folder stands for its members (--seed 0,1,2).
+    """
+    from . import api
+    from .comparison import DEFAULT_THRESHOLDS
+
+    target = out or str(Path("comparisons") / "__".join(Path(r).name for r in runs))
+    report = api.compare(list(runs), store=list(stores) or None, out=target, rows=rows, thresholds=thresholds or DEFAULT_THRESHOLDS,
+                         rule_threshold=rule_threshold, excess_threshold=excess_threshold, baseline=baseline, memory=memory)
+    if as_json:
+        _echo_json(report)
+    else:
+        for line in _compare_lines(report):
+            click.echo(line)
+    click.echo(f"Wrote {Path(target) / 'compare.json'}", err=as_json)
+
+
+def _compare_lines(report: dict[str, Any]) -> list[str]:
+    rule = report["rule_threshold"]
+    lines = [f"{report['rows']['rows']:,} rows ({report['rows']['selection']})"]
+    for p in report["pairs"]:
+        parts = []
+        for kind in ("decoder", "encoder", "activation"):
+            if kind in p:
+                parts.append(f"{kind} shared@{rule} {p[kind]['shared_fraction'].get(str(rule), p[kind]['shared_fraction'].get(str(float(rule))))}")
+        if "paulo_belrose" in p:
+            parts.append(f"enc+dec shared {p['paulo_belrose']['shared_fraction']}")
+        if "universal_fraction" in p["activation"]:
+            parts.append(f"excess corr {p['activation']['excess_mean']}")
+        lines.append(f"{p['a']} vs {p['b']}: " + ", ".join(parts))
+    for r in report["runs"]:
+        if "universal" in r:
+            lines.append(f"{r['name']}: {r['universal']} of {r['d_dict']} units universal (excess correlation > {report['excess_threshold']})")
+    return lines
+
+
 @cli.command(name="export")
 @click.argument("run")
 @click.option("--format", "fmt", type=TrainerFormat(), required=True, help="A format the run's trainer declares.")
@@ -328,14 +394,17 @@ def import_command(src: str, fmt: str, out: str, overwrite: bool) -> None:
 
 
 @cli.command(name="steer")
-@click.argument("run")
-@click.option("--store", required=True, help="The store the run was trained on (its source rebuilds the live model).")
-@click.option("--latent", "latents", multiple=True, type=int, required=True, help="Latent to intervene on; repeatable.")
+@click.argument("run", required=False)
+@click.option("--store", default=None, help="The store the run was trained on (its source rebuilds the live model); not needed with --vector alone.")
+@click.option("--latent", "latents", multiple=True, type=int, help="Latent to intervene on; repeatable.")
+@click.option("--vector", "vectors", multiple=True, help="A steering vector folder (`featureforge vector`); repeatable: several span a subspace.")
 @click.option("--alpha", default="4", show_default=True, help="Strength α, or a comma list (0,2,4,8) for a sweep in one call.")
 @click.option("--mode", type=click.Choice(["add", "clamp", "ablate"]), default="add", show_default=True,
-              help="add: x + α·u·d_i; clamp: set the code to α·u; ablate: zero it (the error term is kept).")
+              help="add: x + α·u·d_i; clamp: set the code (or the directions' component) to α·u; ablate: zero it (directions: project out).")
 @click.option("--units", type=click.Choice(["typical", "absolute"]), default="typical", show_default=True,
-              help="u: the latent's typical firing value on the store, or 1 (code units).")
+              help="u: the latent's typical firing value on the store (a vector's typical projection), or 1.")
+@click.option("--as-directions", is_flag=True, help="Steer along the latents' decoder rows (directions, like a vector) instead of editing codes.")
+@click.option("--hook", "hooks", multiple=True, help="Module to apply a direction at (a layer); repeatable; default the vector's own hook.")
 @click.option("--prompt", required=True, help="Text to continue (causal LMs) or embed (encoders).")
 @click.option("--positions", default=None, help="Comma list of prompt positions to intervene at (negative: from the end); default every position.")
 @click.option("--max-new-tokens", type=int, default=20, show_default=True, help="Tokens generated with and without the intervention.")
@@ -344,9 +413,10 @@ def import_command(src: str, fmt: str, out: str, overwrite: bool) -> None:
 @click.option("--top", type=int, default=10, show_default=True, help="Promoted/suppressed tokens shown.")
 @click.option("--device", default="", help="Device of the live model (default: the store's source option).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def steer_command(run: str, store: str, latents: tuple[int, ...], alpha: str, mode: str, units: str, prompt: str, positions: str | None,
-                  max_new_tokens: int, temperature: float, seed: int, top: int, device: str, as_json: bool) -> None:
-    """Steer the live model with a run's latents: outputs with and without the intervention."""
+def steer_command(run: str | None, store: str | None, latents: tuple[int, ...], vectors: tuple[str, ...], alpha: str, mode: str, units: str,
+                  as_directions: bool, hooks: tuple[str, ...], prompt: str, positions: str | None, max_new_tokens: int, temperature: float,
+                  seed: int, top: int, device: str, as_json: bool) -> None:
+    """Steer the live model with a run's latents or steering vectors: outputs with and without the edit."""
     from .errors import OptionError
     from .steering import steer, summary_lines as steer_lines
 
@@ -355,12 +425,61 @@ def steer_command(run: str, store: str, latents: tuple[int, ...], alpha: str, mo
         chosen = [int(p) for p in positions.split(",") if p.strip()] if positions else None
     except ValueError:
         raise OptionError(f"--alpha {alpha!r} / --positions {positions!r} must be numbers or comma lists of numbers, e.g. --alpha 0,2,4,8") from None
-    result = steer(run, store=store, latents=list(latents), prompt=prompt, alphas=alphas, mode=mode, units=units, positions=chosen,
-                   max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, top=top, device=device)
+    if run is not None and not latents:
+        raise OptionError(f"RUN {run} is given without --latent; name its latents (--latent I), or steer with --vector alone")
+    result = steer(run, store=store, latents=list(latents), vector=list(vectors) or None, prompt=prompt, alphas=alphas, mode=mode,
+                   units=units, positions=chosen, hooks=list(hooks) or None, as_directions=as_directions, max_new_tokens=max_new_tokens,
+                   temperature=temperature, seed=seed, top=top, device=device)
     if as_json:
         _echo_json(result.to_dict())
         return
     for line in steer_lines(result):
+        click.echo(line)
+
+
+@cli.command(name="vector")
+@click.option("--source", "source_name", required=True, help="A source that runs its model (e.g. hf).")
+@click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE", help="Source option, e.g. -o model=DIR -o hook=transformer.h.1; repeatable.")
+@click.option("--positive", required=True, help="Prompts with the concept: .txt (one a line, or blank-line separated) or .jsonl.")
+@click.option("--negative", required=True, help="Prompts without it, same format (paired line for line with --method pca).")
+@click.option("--out", required=True, help="Folder to write (config.json + weights.safetensors).")
+@click.option("--method", type=click.Choice(["mean", "pca"]), default="mean", show_default=True,
+              help="mean: difference of the sets' means (contrastive activation addition); pca: top direction of the paired differences.")
+@click.option("--reduce", type=click.Choice(["mean", "last"]), default="mean", show_default=True,
+              help="One row per prompt: the mean over its tokens, or its last token.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing vector folder.")
+def vector_command(source_name: str, options: tuple[str, ...], positive: str, negative: str, out: str, method: str, reduce: str,
+                   overwrite: bool) -> None:
+    """Make a steering vector at a hook from two prompt sets (saved as a small folder)."""
+    from .vectors import make_vector
+
+    v = make_vector(source_name, list(options), positive=positive, negative=negative, out=out, method=method, reduce=reduce,
+                    overwrite=overwrite)
+    st = v.stats
+    extra = f", top direction explains {st['explained_by_top']:.3f} of the paired differences" if "explained_by_top" in st else ""
+    click.echo(f"{method} difference of {st['positive_prompts']} positive and {st['negative_prompts']} negative prompts at {v.hook} "
+               f"(d={v.d_in}): typical projection {v.typical:.4g} (|difference| {st['difference_norm']:.4g}, rows' RMS norm "
+               f"{st['row_rms_norm']:.4g}){extra}")
+    click.echo(f"Wrote {out}")
+
+
+@cli.command(name="decompose")
+@click.argument("vector")
+@click.argument("run")
+@click.option("--store", required=True, help="The store the run was trained on (typical values, top contexts).")
+@click.option("--k", "max_latents", type=int, default=8, show_default=True, help="At most this many latents in the non-negative fit.")
+@click.option("--top", type=int, default=10, show_default=True, help="Latents listed by cosine.")
+@click.option("--contexts", type=int, default=3, show_default=True, help="Top contexts shown per fitted latent (0: none).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def decompose_command(vector: str, run: str, store: str, max_latents: int, top: int, contexts: int, as_json: bool) -> None:
+    """Express a steering vector in a dictionary's latents: non-negative sparse fit and cosine ranking."""
+    from .decomposition import decompose, summary_lines as decompose_lines
+
+    result = decompose(vector, run, store=store, k=max_latents, top=top, contexts=contexts)
+    if as_json:
+        _echo_json(result.to_dict())
+        return
+    for line in decompose_lines(result):
         click.echo(line)
 
 

@@ -60,6 +60,22 @@ class Dictionary(nn.Module):
         """[d_dict, d_in] decoder rows (feature directions), used by evaluators."""
         raise NotImplementedError
 
+    @property
+    def encoder_directions(self) -> "torch.Tensor | None":
+        """[d_dict, d_in] encoder rows where the encoder is linear before its nonlinearity, else None.
+
+        ``featureforge compare`` matches encoders too (a latent is shared when both its encoder and
+        its decoder match, Paulo & Belrose 2025); a dictionary without linear encoder rows keeps None.
+        """
+        return None
+
+    def reconstruct_normalised(self, x: torch.Tensor) -> torch.Tensor:
+        """What the dictionary puts in place of its target for rows ``x`` (training units):
+        ``decode_normalised(encode_normalised(x))``. A dictionary whose estimate is more than its
+        codes decoded (a skip transcoder adds ``W_skip x``) overrides it, and so does ``forward``;
+        evaluators that work in training units call this rather than decoding the codes."""
+        return self.decode_normalised(self.encode_normalised(x))
+
     def fold_input_scale(self) -> "dict[str, torch.Tensor] | None":
         """This dictionary's tensors with ``input_scale`` folded into the weights (``input_scale`` 1),
         or None where the architecture cannot fold it. ``self`` is not changed.
@@ -187,6 +203,9 @@ def load(run_dir: str | os.PathLike) -> Dictionary:
     cfg = RunConfig.read(run_dir)
     trainer_cls = get_registry().get("trainer", cfg.trainer)
     trainer = trainer_cls(cfg.options)
+    if cfg.role_widths:  # a run whose roles came from store sites: build sees the widths and scales it was trained with
+        trainer.role_widths = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.role_widths.items()}
+        trainer.role_scales = {k: tuple(v) if isinstance(v, list) else v for k, v in (cfg.role_scales or {}).items()}
     dictionary = trainer.build(int(cfg.d_in))
     load_weights(dictionary, Path(run_dir) / WEIGHTS_FILE)
     dictionary.config = cfg.to_dict()

@@ -15,6 +15,15 @@ dictionary's error term ``x - x̂`` so that only the chosen latents change::
 on store rows) or 1 (``units="absolute"``, code units). With a linear decoder ``add`` is
 ``x + α·u_i·d_i`` (``d_i`` the decoder row in original units), whatever the context. An edit that
 changes no code (ablating a latent that does not fire, adding α = 0) gives ``x`` back bit for bit.
+
+Directions (:class:`DirectionEdit`): a steering vector, a latent's decoder row or several of them
+(a subspace) act on the activation itself. With unit directions ``v_j`` (each with its typical
+size ``s_j``, or 1 in absolute units) and ``P`` the orthogonal projector on their span::
+
+    add:    x' = x + α·Σ_j s_j·v_j      clamp:  x' = x - P·x + α·P·Σ_j s_j·v_j      ablate:  x' = x - P·x
+
+so ``add`` of a latent's unit decoder row with ``s = u_i·|d_i|`` is the latent ``add`` above, and
+one intervention model scores latents and vectors alike. α = 0 in ``add`` gives ``x`` bit for bit.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from .errors import BadInputError
 Mode = Literal["add", "clamp", "ablate"]
 Units = Literal["typical", "absolute"]
 MODES: tuple[str, ...] = ("add", "clamp", "ablate")
+DirectionMode = Mode
 UNITS: tuple[str, ...] = ("typical", "absolute")
 
 
@@ -92,6 +102,103 @@ def replacement(dictionary: Any, interventions: Sequence[Intervention], typical:
             return (rows.float() + delta).to(rows.dtype)
 
     return apply
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DirectionEdit:
+    """Add along, clamp the component in, or project out the span of ``directions [k, d]`` (unit rows)."""
+
+    directions: torch.Tensor
+    mode: DirectionMode = "add"
+    #: α: in units of ``scales`` (units="typical") or of the activation (absolute).
+    value: float = 0.0
+    #: Each direction's typical size s_j [k] (a vector's typical projection, a latent's u_i·|d_i|).
+    #: ``clamp`` sets the span's component to α·P·Σ_j s_j·v_j.
+    scales: torch.Tensor | None = None
+    units: Units = "typical"
+    #: What the directions are, for reports: ["vector:NAME", "latent:12", ...].
+    labels: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        directions = torch.as_tensor(self.directions, dtype=torch.float32)
+        if directions.ndim == 1:
+            directions = directions[None]
+        if directions.ndim != 2 or directions.shape[0] < 1:
+            raise BadInputError(f"directions must be [k, d] with k >= 1, got shape {tuple(directions.shape)}")
+        norms = directions.norm(dim=-1, keepdim=True)
+        if bool((norms == 0).any()):
+            raise BadInputError("a steering direction is zero; it cannot steer (make the vector from prompt sets that differ)")
+        object.__setattr__(self, "directions", directions / norms)
+        if self.mode not in MODES:
+            raise BadInputError(f"direction mode {self.mode!r} is not one of {', '.join(MODES)}")
+        if self.units not in UNITS:
+            raise BadInputError(f"units {self.units!r} are not one of {', '.join(UNITS)}")
+        if self.units == "typical" and self.mode != "ablate":
+            if self.scales is None:
+                raise BadInputError("typical units need each direction's typical size; pass units='absolute' or the scales")
+            scales = torch.as_tensor(self.scales, dtype=torch.float32).reshape(-1)
+            if scales.shape[0] != directions.shape[0]:
+                raise BadInputError(f"{scales.shape[0]} typical sizes for {directions.shape[0]} directions; give one each")
+            object.__setattr__(self, "scales", scales)
+
+    @property
+    def push(self) -> torch.Tensor:
+        """``Σ_j s_j·v_j`` [d]: the α = 1 edit of ``add`` (and the target of ``clamp``)."""
+        scales = self.scales if self.units == "typical" and self.scales is not None else torch.ones(self.directions.shape[0])
+        return (scales[:, None] * self.directions).sum(0)
+
+    def basis(self) -> torch.Tensor:
+        """[d, r] orthonormal basis of the directions' span (r = rank; QR of the rows)."""
+        q, r = torch.linalg.qr(self.directions.double().T)
+        keep = r.diagonal().abs() > 1e-6 * float(r.diagonal().abs().max())
+        return q[:, keep].float()
+
+
+def direction_replacement(edit: DirectionEdit) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The row replacement of a :class:`DirectionEdit` (see the module docstring's formulas)."""
+    shift = float(edit.value) * edit.push
+    basis = edit.basis() if edit.mode != "add" else None
+
+    width = int(edit.directions.shape[1])
+
+    def apply(rows: torch.Tensor) -> torch.Tensor:
+        if rows.shape[-1] != width:
+            raise BadInputError(f"the direction has width {width} but the hook gives rows of width {rows.shape[-1]}; "
+                                "apply it at a hook of the width it was made at (--hook)")
+        with torch.no_grad():
+            x = rows.float()
+            if edit.mode == "add":
+                return (x + shift.to(x.device)).to(rows.dtype)
+            q = basis.to(x.device)
+            out = x - (x @ q) @ q.T
+            if edit.mode == "clamp":
+                out = out + (shift.to(x.device) @ q) @ q.T
+            return out.to(rows.dtype)
+
+    return apply
+
+
+def latent_directions(dictionary: Any, latents: Sequence[int], typical: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(unit decoder rows [k, d] in original units, their typical sizes u_i·|d_i| [k] or None).
+
+    A decoder row in original units is ``decode(e_i) - decode(0)``, whatever the dictionary's
+    normalisation, so it is the direction ``add`` moves the activation along.
+    """
+    latents = [int(i) for i in latents]
+    d_dict = int(dictionary.d_dict)
+    bad = [i for i in latents if not 0 <= i < d_dict]
+    if bad:
+        raise BadInputError(f"latent {bad[0]} is outside the dictionary (0..{d_dict - 1}); pick a latent below d_dict={d_dict}")
+    device = next((p.device for p in dictionary.parameters()), torch.device("cpu")) if isinstance(dictionary, torch.nn.Module) else torch.device("cpu")
+    with torch.no_grad():
+        eye = torch.zeros(len(latents), d_dict, device=device)
+        eye[torch.arange(len(latents)), torch.as_tensor(latents)] = 1.0
+        rows = (dictionary.decode(eye) - dictionary.decode(torch.zeros_like(eye[:1]))).float().cpu()
+    norms = rows.norm(dim=-1)
+    if bool((norms == 0).any()):
+        raise BadInputError(f"latent {latents[int((norms == 0).nonzero()[0])]} has a zero decoder row; it has no direction")
+    scales = None if typical is None else typical.float().cpu()[torch.as_tensor(latents)] * norms
+    return rows / norms[:, None], scales
 
 
 def typical_values(dictionary: Any, blocks: Iterable[Any], max_rows: int = 65_536) -> torch.Tensor:

@@ -18,6 +18,10 @@ replace=, token_mask=)`` ``replace`` (``"dictionary"``, ``"none"``, ``"zero"``, 
 ``token_texts``
 ``pooled(hidden, m)``  sentence embedding of an encoder's hidden states (mean over ``m``)
 ``patch(fn)``          a block in which every forward of ``model`` is replaced at every position
+``also_at(hooks)``     a block in which the replacement also applies at other modules (layers)
+``reads``, ``sites``   a transcoder's source site (it writes ``site`` from the rows read there) or a
+                       crosscoder's sites (all replaced at once: a clean pass reads them, a second
+                       pass writes each site's reconstruction)
 ``batches``,           held-out data as :class:`TokenBatch` and the summed downstream quantities
 ``compare``            of one batch (what the ``downstream`` evaluator adds up)
 =====================  ============================================================================
@@ -27,7 +31,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping, Union
+import functools
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping, Sequence, Union
 
 import torch
 
@@ -60,12 +65,17 @@ class LiveModel:
     #: Whether ``prompt_ids``, ``decode`` and ``token_texts`` are implemented (what steering from text needs).
     reads_text: ClassVar[bool] = False
 
-    def __init__(self, model: Any, site: HookSite, dictionary: Any):
+    def __init__(self, model: Any, site: HookSite, dictionary: Any, *, reads: HookSite | None = None,
+                 sites: Sequence[HookSite] = ()):
         self.model = model
         self.site = site
         #: The hook point's name (shown by ``featureforge steer``).
         self.hook = site.name
         self.dictionary = dictionary
+        #: A transcoder's source site: "dictionary" writes ``dictionary(rows read here)`` at ``site``.
+        self.reads = reads
+        #: A crosscoder's sites, in its order: "dictionary" replaces every one (see :meth:`__call__`).
+        self.sites = tuple(sites)
         if isinstance(dictionary, torch.nn.Module):
             dictionary.to(self.device)
             dictionary.eval()
@@ -73,13 +83,19 @@ class LiveModel:
         self._mask: torch.Tensor | None = None
         #: Replacement at every position of forward passes not started by ``__call__`` (set by :meth:`patch`).
         self._patch: Replacement | None = None
-        self._handle: Any = site.attach(self._at_site)
+        self._source: torch.Tensor | None = None
+        self._reading: list[Any] | None = None
+        self._rebuilt: torch.Tensor | None = None
+        if self.sites:
+            self._handles = [s.attach(functools.partial(self._at_one_of_sites, i)) for i, s in enumerate(self.sites)]
+        else:
+            self._handles = ([reads.attach(self._read_source)] if reads is not None else []) + [site.attach(self._at_site)]
 
     def close(self) -> None:
-        """Remove the hook: the model runs as before the splice."""
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
+        """Remove the hooks: the model runs as before the splice."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
 
     # -- what a subclass implements ----------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -135,25 +151,61 @@ class LiveModel:
         attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(self.device)
         if replace == "dictionary" and self.dictionary is None:
             raise BadInputError("splice(None) has no dictionary to splice in; pass replace='none', 'zero', 'mean' or a function")
-        self._replace = replace
         self._mask = (token_mask if token_mask is not None else self.token_mask(input_ids, attention_mask)).to(self.device)
         try:
             # no_grad, not inference_mode: the dictionary runs inside, and tensors it caches across
             # calls (kernel workspaces) must stay usable by training afterwards.
             with torch.no_grad():
+                if self.sites and replace == "dictionary":
+                    self._rebuilt = self._rebuild_sites(input_ids, attention_mask)
+                self._replace = replace
                 return self.forward(input_ids, attention_mask)
         finally:
-            self._replace, self._mask = "none", None
+            self._replace, self._mask, self._source, self._rebuilt, self._reading = "none", None, None, None, None
+
+    def _rebuild_sites(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """A crosscoder's reconstruction ``[n, S, d]`` of every site's rows from one clean pass.
+
+        Why two passes: the crosscoder reads all its sites to encode, and a site patched in the
+        same pass would change what the later sites see. So every site is read clean first, then
+        one pass writes each site's reconstruction in its place (the acausal crosscoder's
+        replacement of Lindsey et al. 2024: all layers spliced at once from the clean activations).
+        """
+        self._replace, self._reading = "none", [None] * len(self.sites)
+        self.forward(input_ids, attention_mask)
+        read, self._reading = self._reading, None
+        missing = [s.name for s, rows in zip(self.sites, read) if rows is None]
+        if missing:
+            raise BadInputError(f"sites {', '.join(missing)} never ran in the model's forward pass; splice the crosscoder into the model it was trained on")
+        out = self.dictionary(torch.stack(read, 1).float())
+        return out.x_hat if hasattr(out, "x_hat") else out
 
     @contextlib.contextmanager
     def patch(self, replace: Replacement) -> Iterator["LiveModel"]:
         """Inside the block every forward pass of ``self.model`` is replaced at every position
         (padding and special tokens included), e.g. a transformers ``model.generate(...)``."""
+        if self.sites and replace == "dictionary":
+            raise BadInputError("a crosscoder is spliced from a clean pass of every site, which a patched generate() cannot run; "
+                                "use live(input_ids, ...) or patch with a function")
         self._patch = replace
         try:
             yield self
         finally:
             self._patch = None
+
+    @contextlib.contextmanager
+    def also_at(self, hooks: Iterable[str]) -> Iterator["LiveModel"]:
+        """Inside the block the replacement is applied at these modules too (same ``where`` as the site,
+        same positions): a steering direction added at several layers. A dictionary's replacement
+        belongs to its own site; use this with direction edits of the sites' width."""
+        sites = [HookSite.find(self.model, name, where=self.site.where, fix="pass --hook NAME", error=BadInputError)
+                 for name in hooks]
+        handles = [site.attach(self._at_site) for site in sites]
+        try:
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()
 
     def replacement(self, rows: torch.Tensor, replace: Replacement) -> torch.Tensor:
         """What stands in for the site's ``rows [n, d]`` under ``replace``."""
@@ -168,14 +220,46 @@ class LiveModel:
             return rows.float().mean(0, keepdim=True).expand_as(rows)
         raise BadInputError(f"replace={replace!r} is not one of dictionary, none, zero, mean or a function")
 
-    def _at_site(self, x: torch.Tensor) -> torch.Tensor | None:
+    def _active(self, x: torch.Tensor) -> tuple[Replacement, torch.Tensor | None]:
+        """(replacement, mask) for this forward pass: ``__call__``'s, else :meth:`patch`'s at every position."""
         replace, mask = self._replace, self._mask
         if mask is None and self._patch is not None:
             replace, mask = self._patch, torch.ones(x.shape[:-1], dtype=torch.bool, device=x.device)
+        return replace, mask
+
+    def _read_source(self, x: torch.Tensor) -> None:
+        """A transcoder's source site: keep its tensor for the write at ``site`` later in the pass."""
+        self._source = x
+
+    def _at_site(self, x: torch.Tensor) -> torch.Tensor | None:
+        replace, mask = self._active(x)
         if replace == "none" or mask is None:
             return None
         rows = x[mask]
-        new = self.replacement(rows, replace)
+        if replace == "dictionary" and self.reads is not None:
+            if self._source is None:
+                raise BadInputError(f"the transcoder's source site {self.reads.name} did not run before {self.site.name}; "
+                                    "the source must come earlier in the forward pass than the site it writes")
+            out = self.dictionary(self._source[mask].float())
+            new = out.x_hat if hasattr(out, "x_hat") else out
+        else:
+            new = self.replacement(rows, replace)
+        return self._written(x, mask, rows, new)
+
+    def _at_one_of_sites(self, index: int, x: torch.Tensor) -> torch.Tensor | None:
+        """Site ``index`` of a crosscoder: read (clean pass), or write its slice of the reconstruction."""
+        replace, mask = self._active(x)
+        if self._reading is not None:
+            self._reading[index] = x[self._mask].detach().clone()
+            return None
+        if replace == "none" or mask is None:
+            return None
+        rows = x[mask]
+        new = self._rebuilt[:, index] if replace == "dictionary" else self.replacement(rows, replace)
+        return self._written(x, mask, rows, new)
+
+    @staticmethod
+    def _written(x: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
         if tuple(new.shape) != tuple(rows.shape):
             raise BadInputError(f"the replacement gives shape {tuple(new.shape)} for rows of shape {tuple(rows.shape)}; it must keep the shape")
         x = x.clone()

@@ -39,6 +39,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "featureforge.builtin.array",
     "featureforge.builtin.reconstruction",
     "featureforge.builtin.ground_truth",
+    "featureforge.builtin.identity",
 )
 CORE_DISTRIBUTION = "featureforge"
 

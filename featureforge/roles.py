@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Sequence
 
 import numpy as np
 
@@ -22,8 +22,24 @@ if TYPE_CHECKING:  # pragma: no cover
     from .store import ActivationStore
 
 #: A batch of activations: ``acts [n, d]`` and optionally ``grads [n, d]``, ``token_ids [n]``,
-#: ``doc_ids [n]``, ``seq_ids [n]``, ``positions [n]``, as numpy arrays or torch tensors.
+#: ``doc_ids [n]``, ``seq_ids [n]``, ``positions [n]``, as numpy arrays or torch tensors. A source of
+#: several sites (``ActivationSource.sites``) puts its first site's rows in ``acts`` and every further
+#: site's rows ``[n, d_site]`` under that site's name.
 Batch = dict[str, Any]
+
+#: Batch keys a site may not be named (they are the columns every store may hold).
+RESERVED_SITE_NAMES = frozenset({"acts", "grads", "token_ids", "doc_ids", "seq_ids", "positions", "target", "sites"})
+
+
+@dataclasses.dataclass(frozen=True)
+class Site:
+    """One place a source reads activations from: a name (unique in the source), the row width, and
+    which module (``hook``) and whether its ``output`` or ``input``, as the store records them."""
+
+    name: str
+    d_in: int
+    hook: str = ""
+    io: str = "output"
 
 
 class Plugin:
@@ -78,6 +94,28 @@ class ActivationSource(Plugin):
     def n_rows(self) -> int | None:
         """Total rows the source can produce, or ``None`` when unbounded."""
         return None
+
+    @property
+    def sites(self) -> list[Site]:
+        """The sites every batch carries, in order; the first one's rows are ``acts``.
+
+        The default is one site (its width ``d_in``): a store as before sites existed. A source that
+        reads several sites in one pass (every block of a model, an MLP's input and output) lists
+        them here and puts each further site's rows in the batch under its name; ``cache`` then
+        writes one store with a column per site (docs/store.md, "Several sites").
+        """
+        return [Site(name="acts", d_in=int(self.d_in))]
+
+    def for_site(self, name: str) -> "ActivationSource":
+        """This source reading only site ``name`` (what evaluators splice or regenerate for a run on
+        one site of a store of several). The default serves a one-site source, or site 0 of a
+        source whose batches are the same there (``codes``, ``ground_truth`` stay the source's)."""
+        names = [site.name for site in self.sites]
+        if name in names[:1] or len(names) == 1:
+            return self
+        if type(self).splice is ActivationSource.splice:
+            return self  # nothing site-specific to run: regenerating rows by index is the same for every site
+        raise NotImplementedError(f"source {self.name!r} cannot run site {name!r} on its own; it would splice its first site")
 
     def provenance(self) -> dict[str, Any]:
         """Where the activations come from (model, hook point, data, seed), stored with them."""
@@ -189,6 +227,35 @@ class DictionaryTrainer(Plugin):
     #: cached gradients too: ``batch["grads"]`` is dL/d(training-unit acts), i.e. the stored
     #: dL/dx divided by the normalisation scale s (the acts are x*s, so dL/d(s*x) = g/s).
     columns: ClassVar[tuple[str, ...]] = ("acts",)
+    #: Whether the dictionary is learned. A trainer with nothing to learn (``identity``: the
+    #: site's own units) sets False; ``featureforge train`` then writes its run folder at once.
+    trains: ClassVar[bool] = True
+
+    #: Set by the loop before ``build``: each role's row width, ``{"acts": d_src, "target": d_tgt}``
+    #: or ``{"sites": (S, d)}`` (``build`` gets ``d_in``: the ``acts`` width, or ``d`` of ``sites``).
+    role_widths: dict[str, Any] = {}
+    #: Set by the loop before ``build``: each role's normalisation scale (``sites``: one per site),
+    #: what the rows were multiplied by; 1.0 with ``-t normalise=false``. A dictionary built for
+    #: roles keeps them so that ``dictionary(rows)`` takes the store's own ``acts`` (or stacked
+    #: ``sites``) rows and returns the estimate in the target's own units: evaluators call it so,
+    #: on a dictionary in training and on one loaded from disk alike.
+    role_scales: dict[str, Any] = {}
+
+    #: The batch roles the loop knows how to fill from store sites (``sites_for``'s keys).
+    SITE_ROLES: ClassVar[tuple[str, ...]] = ("acts", "target", "sites", "grads")
+
+    def sites_for(self, store_sites: Sequence[str], site: str | None) -> dict[str, str | tuple[str, ...]]:
+        """Which store site(s) fill each batch role ``loss`` reads; ``site`` is ``train --site`` (or None).
+
+        Roles: ``acts`` [n, d] one site's rows; ``target`` [n, d_tgt] another site's rows (a
+        transcoder maps ``acts`` to it); ``sites`` [n, S, d] several sites stacked, each normalised by
+        its own statistics (a crosscoder); ``grads`` the gradients cached with the first site. The
+        default reads ``acts`` from ``site`` or the store's first site (and ``grads`` from the same).
+        """
+        roles: dict[str, str | tuple[str, ...]] = {"acts": site or store_sites[0]}
+        if "grads" in self.columns:
+            roles["grads"] = roles["acts"]
+        return roles
 
     def build(self, d_in: int) -> Any:
         """A fresh ``Dictionary`` for rows of width ``d_in`` (random init, seeded by the loop)."""

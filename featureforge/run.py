@@ -80,6 +80,13 @@ class RunConfig:
     world_size: int | None = None
     #: The store trained on, as :func:`store_identity` records it.
     store: dict[str, Any] | None = None
+    #: Which store site fills each batch role the trainer reads (``{"acts": "in", "target": "out"}``,
+    #: ``{"sites": [...]}``; see ``DictionaryTrainer.sites_for``); absent for a run on a one-site store.
+    sites: dict[str, Any] | None = None
+    #: With ``sites``: each role's row width and normalisation scale (``DictionaryTrainer.role_widths`` /
+    #: ``role_scales``), which ``featureforge.load`` hands the trainer again before ``build``.
+    role_widths: dict[str, Any] | None = None
+    role_scales: dict[str, Any] | None = None
     #: Held-out chunks: ``{"chunks": [...], "rows": N}``.
     holdout: dict[str, Any] | None = None
     imported_from: dict[str, Any] | None = None
@@ -108,6 +115,8 @@ class RunConfig:
                 f"{where} uses run format {version} but this featureforge reads up to {RUN_FORMAT_VERSION}; "
                 "upgrade featureforge (pip install -U featureforge) to use this run"
             )
+        if data.get("kind") == "steering-vector":  # featureforge.vectors' folder: same file names, not a dictionary
+            raise CorruptRunError(f"{where} is a steering vector, not a dictionary run; pass it as --vector (featureforge steer, decompose)")
         for key in ("trainer", "d_in", "d_dict"):
             if key not in data:
                 raise CorruptRunError(f"{where} has no {key!r}; it was not written by featureforge train")
@@ -172,6 +181,8 @@ class RunConfig:
             diffs.append(f"store: {old_store.get('url')} -> {new_store.get('url')}")
         if (self.stream or None) != (new.stream or None):
             diffs.append(f"stream: {(self.stream or {}).get('source')} -> {(new.stream or {}).get('source')}")
+        if (self.sites or None) != (new.sites or None):
+            diffs.append(f"sites: {self.sites!r} -> {new.sites!r}")
         ot, nt = self.training or {}, new.training or {}
         diffs += [f"{k}: {ot.get(k)!r} -> {nt[k]!r}" for k in nt if k not in ignore and ot.get(k) != nt[k]]
         return diffs
@@ -222,6 +233,7 @@ def store_matches(recorded: Any, store: "ActivationStore") -> bool:
     """
     if not recorded:
         return False
+    store = getattr(store, "base", store)  # a site view is its store (config.json records the whole store)
     if isinstance(recorded, str):
         recorded = {"url": recorded}
     if not isinstance(recorded, Mapping):

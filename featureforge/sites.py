@@ -17,7 +17,7 @@ from torch import nn
 
 from .errors import OptionError
 
-__all__ = ["HookSite", "find_module", "first_tensor", "with_first"]
+__all__ = ["HookSite", "find_module", "first_tensor", "split_site_name", "with_first"]
 
 Where = Literal["output", "input"]
 #: ``fn(x)`` sees the site's tensor each forward pass; a tensor it returns replaces ``x``, ``None`` keeps it.
@@ -40,6 +40,25 @@ def find_module(model: nn.Module, name: str, *, of: str = "the model", prefixes:
     close = difflib.get_close_matches(name, [n for n in modules if n], n=5, cutoff=0.5)
     nearest = ", ".join(close) if close else "none close"
     raise error(f"hook {name!r} is not a module of {of}; nearest: {nearest}{hint}; {fix} (see model.named_modules())")
+
+
+#: Suffixes that name a module's input or output in a site name ("transformer.h.0.mlp:input").
+SITE_SUFFIXES: dict[str, Where] = {":input": "input", ":output": "output", ":in": "input", ":out": "output",
+                                   ".input": "input", ".output": "output", ".in": "input", ".out": "output"}
+
+
+def split_site_name(name: str, modules: Any = ()) -> tuple[str, "Where | None"]:
+    """(module name, "input"/"output" or None) of a store site's name: ``MODULE`` alone, or
+    ``MODULE`` with a suffix of :data:`SITE_SUFFIXES`. A suffix is only split off when what is
+    left is a module (of ``modules``, when given) and the whole name is not one."""
+    names = set(modules)
+    if names and name in names:
+        return name, None
+    for suffix, where in SITE_SUFFIXES.items():
+        stem = name[: -len(suffix)]
+        if name.endswith(suffix) and stem and (not names or stem in names or any(n.endswith("." + stem) for n in names)):
+            return stem, where
+    return name, None
 
 
 def first_tensor(value: Any) -> torch.Tensor:
@@ -79,6 +98,13 @@ class HookSite:
             raise OptionError(f"site {where!r} is neither output nor input; pass -o site=output or -o site=input")
         resolved, module = find_module(model, name, **how)
         return cls(resolved, module, where)
+
+    @classmethod
+    def find_site(cls, model: nn.Module, name: str, where: Where = "output", **how: Any) -> "HookSite":
+        """The site a store site's ``name`` means (:func:`split_site_name`): its module, and the
+        input or output its suffix says (else ``where``)."""
+        module, said = split_site_name(name, (n for n, _ in model.named_modules()))
+        return cls.find(model, module, said or where, **how)
 
     def attach(self, fn: SiteFunction) -> Any:
         """Call ``fn`` on the site's tensor each forward pass; returns the handle (``.remove()`` it).

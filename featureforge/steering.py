@@ -1,4 +1,10 @@
-"""Steering a live model with a dictionary's latents: ``featureforge steer`` and ``featureforge.steer``.
+"""Steering a live model with a dictionary's latents or steering vectors: ``featureforge steer`` and ``featureforge.steer``.
+
+A handle is a dictionary's latents (their codes edited, ``interventions.Intervention``) or
+directions at the hook (``interventions.DirectionEdit``): saved steering vectors
+(``featureforge.vectors``), latents' decoder rows (``as_directions``) or several of them at once
+(a subspace, projected out by ``ablate`` or clamped). Vectors alone need no store: the live model
+is rebuilt from the source the vector records, and ``hooks`` add the direction at other layers.
 
 The intervention (``interventions.py``) is applied through the store's source's splice seam: the
 source rebuilds its live model, ``source.splice(dictionary)`` yields a
@@ -16,13 +22,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
 from .errors import BadInputError
-from .interventions import Intervention, position_mask, replacement, typical_values
-from .live import KINDS, LiveModel
+from .interventions import DirectionEdit, Intervention, direction_replacement, latent_directions, position_mask, replacement, typical_values
+from .live import KINDS, LiveModel, Replacement
 
 #: Store rows encoded to find each latent's typical firing value (the unit of α).
 TYPICAL_ROWS = 16_384
@@ -71,6 +77,13 @@ class SteerResult:
     #: Continuation without intervention (causal LMs).
     clean_text: str | None
     outcomes: list[SteerOutcome]
+    #: "latents" (codes edited) or "directions" (vectors, decoder rows, a subspace).
+    handle: str = "latents"
+    #: What each direction is ("vector:NAME", "latent:12"), and the steering vectors used.
+    labels: list[str] = dataclasses.field(default_factory=list)
+    vectors: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    #: Every module the edit is applied at (the site first).
+    hooks: list[str] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -155,50 +168,173 @@ def generate(live: LiveModel, ids: list[int], replace: Any, positions: Sequence[
     return seq[prompt_len:]
 
 
+# -- what is steered ----------------------------------------------------------------------------
+@dataclasses.dataclass
+class Handle:
+    """What a steer acts through and how each α becomes a row replacement (``make(alpha)``)."""
+
+    kind: str
+    make: Callable[[float], Replacement]
+    latents: list[int]
+    typical: list[float]
+    labels: list[str]
+    vectors: list[dict[str, Any]]
+    hooks: list[str]
+
+
+@contextlib.contextmanager
+def opened(run: Any = None, *, store: Any = None, latents: Sequence[int] = (), vector: Any = None, mode: str = "add",
+           units: str = "typical", hooks: Sequence[str] | None = None, as_directions: bool = False,
+           device: str = "") -> Iterator[tuple[LiveModel, Handle]]:
+    """The live model to steer and the handle, for latents of ``run`` (with ``store``), steering
+    vectors (``vector``: one or a list of folders or :class:`featureforge.vectors.SteeringVector`), or both.
+
+    Latents edit codes unless ``as_directions`` (or a vector is given too): then each latent is its
+    unit decoder row with typical size u_i·|d_i|. ``hooks``: modules to apply direction edits at
+    (default: the vectors' own hook, or the dictionary's).
+    """
+    from .vectors import load_vector
+
+    vectors = [] if vector is None else [load_vector(v) for v in (vector if isinstance(vector, (list, tuple)) else [vector])]
+    latents = [int(i) for i in latents]
+    if not vectors and not latents:
+        raise BadInputError("nothing to steer with; pass --latent I (with RUN and --store) or --vector FOLDER")
+    if latents and (run is None or store is None):
+        raise BadInputError("latents belong to a dictionary; pass RUN and --store with --latent, or steer with --vector alone")
+    directions = bool(vectors) or as_directions
+    if hooks and not directions:
+        raise BadInputError("--hook applies directions at other layers; a latent's code edit belongs to its own site (add --as-directions)")
+    hooks = [str(h) for h in hooks] if hooks else []
+    for v in vectors[1:]:
+        if v.hook != vectors[0].hook and not hooks:
+            raise BadInputError(f"vectors {vectors[0].name!r} ({vectors[0].hook}) and {v.name!r} ({v.hook}) were made at different hooks; pass --hook to choose one")
+        if v.d_in != vectors[0].d_in:
+            raise BadInputError(f"vectors {vectors[0].name!r} and {v.name!r} have widths {vectors[0].d_in} and {v.d_in}; steer with vectors of one model")
+    dictionary = typical = None
+    if latents:
+        dictionary, store = _resolve(run, store)
+        typical = store_typical(dictionary, store)
+        source = live_source(store, device)
+        if vectors and vectors[0].d_in != int(dictionary.d_in):
+            raise BadInputError(f"vector {vectors[0].name!r} has width {vectors[0].d_in} but the dictionary has d_in={dictionary.d_in}; use a vector of the same hook")
+    else:
+        from .evaluation._context import source_from_record
+
+        overrides = {"device": device} if device else {}
+        if hooks and hooks[0] != vectors[0].hook:
+            overrides["hook"] = hooks[0]
+        source = source_from_record(vectors[0].source, overrides, f"vector {vectors[0].path or vectors[0].name}", "make the vector again")
+        if not source.can_splice:
+            raise BadInputError(f"vector {vectors[0].name!r} records source {source.name!r}, which cannot run a live model")
+    with source.splice(dictionary) as live:
+        site = live.hook
+        wanted = hooks[0] if hooks else (vectors[0].hook if vectors else site)
+        if latents and wanted != site:
+            raise BadInputError(f"the dictionary's hook is {site} but the edit is asked at {wanted}; make the vector at {site} or pass --hook {site}")
+        if vectors and not hooks and vectors[0].hook != site:
+            raise BadInputError(f"vector {vectors[0].name!r} was made at {vectors[0].hook} but the live model hooks {site}; pass --hook {vectors[0].hook}")
+        handle = _handle(dictionary, typical, latents, vectors, mode, units, directions, [site, *hooks[1:]])
+        with live.also_at(hooks[1:]):
+            yield live, handle
+
+
+def _handle(dictionary: Any, typical: Any, latents: list[int], vectors: list[Any], mode: str, units: str, directions: bool,
+            hooks: list[str]) -> Handle:
+    described = [{"name": v.name, "path": v.path, "method": v.method, "hook": v.hook, "typical": v.typical} for v in vectors]
+    if not directions:
+        check = Intervention(tuple(latents), mode, 1.0, units)  # type: ignore[arg-type]
+        check.check(int(dictionary.d_dict), typical)
+
+        def make_codes(alpha: float) -> Replacement:
+            return replacement(dictionary, [Intervention(tuple(latents), mode, float(alpha), units)], typical)  # type: ignore[arg-type]
+
+        typical_list = [float(typical[i]) for i in latents] if typical is not None else [0.0] * len(latents)
+        return Handle("latents", make_codes, latents, typical_list, [f"latent:{i}" for i in latents], described, hooks)
+    rows, scales = [], []
+    for v in vectors:
+        rows.append(v.direction.float().reshape(1, -1))
+        scales.append(torch.tensor([float(v.typical)]))
+    if latents:
+        silent = [i for i in latents if typical is not None and float(typical[i]) <= 0]
+        if silent and units == "typical" and mode != "ablate":
+            raise BadInputError(f"latent {silent[0]} never fired on the store sample, so it has no typical size; pass --units absolute")
+        unit_rows, sizes = latent_directions(dictionary, latents, typical)
+        rows.append(unit_rows)
+        scales.append(sizes if sizes is not None else torch.ones(len(latents)))
+    stacked, sizes_all = torch.cat(rows), torch.cat(scales)
+    labels = [f"vector:{v.name}" for v in vectors] + [f"latent:{i}" for i in latents]
+    DirectionEdit(stacked, mode, 0.0, sizes_all, units, tuple(labels))  # type: ignore[arg-type]  # checked once, up front
+
+    def make_direction(alpha: float) -> Replacement:
+        return direction_replacement(DirectionEdit(stacked, mode, float(alpha), sizes_all, units, tuple(labels)))  # type: ignore[arg-type]
+
+    return Handle("directions", make_direction, latents, [float(x) for x in sizes_all], labels, described, hooks)
+
+
 # -- the verb --------------------------------------------------------------------------------
 def steer(
-    run: str | os.PathLike | Any,
+    run: str | os.PathLike | Any = None,
     *,
-    store: Any,
-    latents: Sequence[int],
+    store: Any = None,
+    latents: Sequence[int] = (),
     prompt: str,
+    vector: Any = None,
     alphas: Sequence[float] = (4.0,),
     mode: str = "add",
     units: str = "typical",
     positions: Sequence[int] | None = None,
+    hooks: Sequence[str] | None = None,
+    as_directions: bool = False,
     max_new_tokens: int = 20,
     temperature: float = 0.0,
     seed: int = 0,
     top: int = 10,
     device: str = "",
 ) -> SteerResult:
-    """Run the store's live model on ``prompt`` with and without the intervention at each α.
+    """Run the live model on ``prompt`` with and without the edit at each α.
 
-    ``positions``: prompt positions to intervene at (negative: from the end); None: every
-    position, generated ones included. ``ablate`` takes no α (one outcome, α reported as 0).
+    The handle: ``latents`` of ``run`` (with the ``store`` it was trained on), a steering
+    ``vector`` (a folder, a :class:`~featureforge.vectors.SteeringVector` or a list of them: a
+    subspace), or both (see :func:`opened`). ``positions``: prompt positions to intervene at
+    (negative: from the end); None: every position, generated ones included. ``hooks``: modules
+    the direction is added at (several layers). ``ablate`` takes no α (one outcome, α reported as 0).
     """
     if not prompt:
         raise BadInputError("steer needs a prompt; pass --prompt \"some text\"")
     if max_new_tokens < 0:
         raise BadInputError(f"max_new_tokens={max_new_tokens} must be 0 or more")
-    dictionary, opened = _resolve(run, store)
     alphas = [0.0] if mode == "ablate" else [float(a) for a in alphas]
     if not alphas:
         raise BadInputError("give at least one strength, e.g. --alpha 4 or --alpha 0,2,4,8")
-    plans = [Intervention(tuple(latents), mode, a, units) for a in alphas]  # type: ignore[arg-type]
-    typical = store_typical(dictionary, opened)
-    for plan in plans:
-        plan.check(int(dictionary.d_dict), typical)
-    source = live_source(opened, device)
-    with source.splice(dictionary) as live:
-        return steer_live(live, dictionary, typical, plans, prompt, positions=positions, max_new_tokens=max_new_tokens,
-                          temperature=temperature, seed=seed, top=top)
+    with opened(run, store=store, latents=latents, vector=vector, mode=mode, units=units, hooks=hooks, as_directions=as_directions,
+                device=device) as (live, handle):
+        clean_text, outcomes = steer_functions(live, [(a, handle.make(a)) for a in alphas], prompt, positions=positions,
+                                               max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, top=top)
+        return SteerResult(prompt=prompt, kind=live.kind, hook=live.hook, latents=handle.latents, mode=mode, units=units,
+                           positions=list(positions) if positions is not None else None, typical=handle.typical,
+                           clean_text=clean_text, outcomes=outcomes, handle=handle.kind, labels=handle.labels,
+                           vectors=handle.vectors, hooks=handle.hooks)
 
 
 def steer_live(live: LiveModel, dictionary: Any, typical: torch.Tensor, plans: Sequence[Intervention], prompt: str, *,
                positions: Sequence[int] | None = None, max_new_tokens: int = 20, temperature: float = 0.0, seed: int = 0,
                top: int = 10) -> SteerResult:
-    """:func:`steer` on a live model already open (``source.splice(dictionary)``), one outcome per plan."""
+    """:func:`steer` of latents on a live model already open (``source.splice(dictionary)``), one outcome per plan."""
+    functions = [(plan.value, replacement(dictionary, [plan], typical)) for plan in plans]
+    clean_text, outcomes = steer_functions(live, functions, prompt, positions=positions, max_new_tokens=max_new_tokens,
+                                           temperature=temperature, seed=seed, top=top)
+    latents = list(dict.fromkeys(i for p in plans for i in p.latents))
+    return SteerResult(
+        prompt=prompt, kind=live.kind, hook=live.hook, latents=latents, mode=plans[0].mode if plans else "add",
+        units=plans[0].units if plans else "typical", positions=list(positions) if positions is not None else None,
+        typical=[float(typical[i]) for i in latents], clean_text=clean_text, outcomes=outcomes,
+        labels=[f"latent:{i}" for i in latents], hooks=[live.hook],
+    )
+
+
+def steer_functions(live: LiveModel, plans: Sequence[tuple[float, Replacement]], prompt: str, *, positions: Sequence[int] | None = None,
+                    max_new_tokens: int = 20, temperature: float = 0.0, seed: int = 0, top: int = 10) -> tuple[str | None, list[SteerOutcome]]:
+    """(clean continuation, one outcome per (α, row replacement)) on ``prompt``: whatever the handle."""
     ids = steerable(live).prompt_ids(prompt)
     if len(ids) < 1:
         raise BadInputError(f"prompt {prompt!r} has no tokens; pass some text")
@@ -210,8 +346,7 @@ def steer_live(live: LiveModel, dictionary: Any, typical: torch.Tensor, plans: S
     if live.kind == "causal-lm" and max_new_tokens:
         clean_text = live.decode(generate(live, ids, "none", positions, max_new_tokens, temperature, seed))
     outcomes = []
-    for plan in plans:
-        fn = replacement(dictionary, [plan], typical)
+    for alpha, fn in plans:
         out = live(input_ids, mask, replace=fn, token_mask=token_mask)
         if live.kind == "causal-lm":
             kl, up, down, lp, lq = distribution_shift(clean[0, -1].cpu(), out[0, -1].cpu(), top)
@@ -221,17 +356,12 @@ def steer_live(live: LiveModel, dictionary: Any, typical: torch.Tensor, plans: S
                 return [TokenShift(t, s, float(lp[t]), float(lq[t])) for t, s in zip(token_ids, texts)]
 
             text = live.decode(generate(live, ids, fn, positions, max_new_tokens, temperature, seed)) if max_new_tokens else None
-            outcomes.append(SteerOutcome(plan.value, text=text, kl=kl, promoted=shifts(up), suppressed=shifts(down)))
+            outcomes.append(SteerOutcome(alpha, text=text, kl=kl, promoted=shifts(up), suppressed=shifts(down)))
         else:
             a, b = live.pooled(clean, mask), live.pooled(out, mask)
             dist = float(1 - torch.nn.functional.cosine_similarity(a, b, dim=-1)[0])
-            outcomes.append(SteerOutcome(plan.value, embedding_distance=dist))
-    latents = list(dict.fromkeys(i for p in plans for i in p.latents))
-    return SteerResult(
-        prompt=prompt, kind=live.kind, hook=live.hook, latents=latents, mode=plans[0].mode if plans else "add",
-        units=plans[0].units if plans else "typical", positions=list(positions) if positions is not None else None,
-        typical=[float(typical[i]) for i in latents], clean_text=clean_text, outcomes=outcomes,
-    )
+            outcomes.append(SteerOutcome(alpha, embedding_distance=dist))
+    return clean_text, outcomes
 
 
 def feature_sections(source: Any, dictionary: Any, store: Any, latents: Sequence[int], *, prompt: str, max_new_tokens: int,
@@ -267,27 +397,32 @@ def feature_sections(source: Any, dictionary: Any, store: Any, latents: Sequence
 
 
 @contextlib.contextmanager
-def steered(run: str | os.PathLike | Any, *, store: Any, latents: Sequence[int], alpha: float = 4.0, mode: str = "add",
-            units: str = "typical", device: str = "") -> Iterator[LiveModel]:
-    """The store's live model, patched with the intervention at every position inside the block only.
+def steered(run: str | os.PathLike | Any = None, *, store: Any = None, latents: Sequence[int] = (), vector: Any = None,
+            alpha: float = 4.0, mode: str = "add", units: str = "typical", hooks: Sequence[str] | None = None,
+            as_directions: bool = False, device: str = "") -> Iterator[LiveModel]:
+    """The live model, patched with the edit (latents of ``run`` or a ``vector``; see :func:`opened`)
+    at every position inside the block only.
 
     Yields the live model (``.model`` is the framework model, e.g. a transformers model whose own
     ``generate`` is steered inside the block); nothing stays patched after it.
     """
-    dictionary, opened = _resolve(run, store)
-    typical = store_typical(dictionary, opened) if units == "typical" and mode != "ablate" else None
-    fn = replacement(dictionary, [Intervention(tuple(latents), mode, float(alpha), units)], typical)  # type: ignore[arg-type]
-    source = live_source(opened, device)
-    with source.splice(dictionary) as live:
-        with steerable(live, text=False).patch(fn):
+    with opened(run, store=store, latents=latents, vector=vector, mode=mode, units=units, hooks=hooks, as_directions=as_directions,
+                device=device) as (live, handle):
+        with steerable(live, text=False).patch(handle.make(float(alpha))):
             yield live
 
 
 def summary_lines(result: SteerResult) -> list[str]:
     """What ``featureforge steer`` prints without ``--json``."""
-    units = "× typical" if result.units == "typical" else "(code units)"
-    typical = ", ".join(f"{i}: {t:.3g}" for i, t in zip(result.latents, result.typical))
-    lines = [f"{result.mode} latent(s) {', '.join(map(str, result.latents))} at {result.hook} (typical value {typical}); prompt {result.prompt!r}, continuations:"]
+    units = "× typical" if result.units == "typical" else "(absolute)" if result.handle == "directions" else "(code units)"
+    if result.handle == "directions":
+        sizes = ", ".join(f"{label}: {t:.3g}" for label, t in zip(result.labels, result.typical))
+        what = "the direction" if len(result.labels) == 1 else f"the {len(result.labels)}-direction subspace"
+        lines = [f"{result.mode} {what} {', '.join(result.labels)} at {', '.join(result.hooks or [result.hook])} (typical size {sizes}); "
+                 f"prompt {result.prompt!r}, continuations:"]
+    else:
+        typical = ", ".join(f"{i}: {t:.3g}" for i, t in zip(result.latents, result.typical))
+        lines = [f"{result.mode} latent(s) {', '.join(map(str, result.latents))} at {result.hook} (typical value {typical}); prompt {result.prompt!r}, continuations:"]
     if result.clean_text is not None:
         lines.append(f"{'clean':<18} {result.clean_text!r}")
     for o in result.outcomes:

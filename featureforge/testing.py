@@ -66,10 +66,12 @@ def fresh_state(d_dict: int, rows_since_fired: int = 0, **fields: Any) -> Any:
 
 
 def train_steps(trainer: Any, dictionary: Any, batches: Any, lr: float | None = None, state: Any = None) -> tuple[Any, Any]:
-    """Train ``dictionary`` on ``batches`` (tensors of rows) with the loop's own step contract and Adam.
+    """Train ``dictionary`` on ``batches`` with the loop's own step contract and Adam.
 
-    Returns the last ``StepOutput`` and the ``TrainState``: for trainer tests that need a few steps
-    without a store (the whole loop is ``featureforge.train``).
+    A batch is a tensor of rows (the ``acts`` role) or a mapping role -> rows (``{"acts": x,
+    "target": y}`` for a transcoder, ``{"sites": [n, S, d]}`` for a crosscoder), as the loop
+    passes them. Returns the last ``StepOutput`` and the ``TrainState``: for trainer tests that
+    need a few steps without a store (the whole loop is ``featureforge.train``).
     """
     import torch
 
@@ -79,13 +81,44 @@ def train_steps(trainer: Any, dictionary: Any, batches: Any, lr: float | None = 
     state = state or fresh_state(dictionary.d_dict)
     out = None
     for x in batches:
-        out = trainer.loss(dictionary, {"acts": x}, state)
+        batch = dict(x) if isinstance(x, dict) else {"acts": x}
+        n = len(next(iter(batch.values())))
+        out = trainer.loss(dictionary, batch, state)
         out.loss.backward()
         apply_update(trainer, dictionary, optimizer, state)
         state.step += 1
-        state.rows_seen += len(x)
-        mark_fired(state, [out.active], len(x))
+        state.rows_seen += n
+        mark_fired(state, [out.active], n)
     return out, state
+
+
+def planted_roles(rows: int, d: int = 16, n_features: int = 48, mean_active: float = 3.0, noise: float = 0.01,
+                  seed: int = 0) -> dict[str, Any]:
+    """Rows of two sites from one planted sparse code (numpy, float32), scaled as the loop scales
+    training rows (mean squared norm ``d``): ``in = codes @ F_in + noise``, ``out = codes @ F_out
+    + noise``, so ``out`` is a sparse map of ``in`` (what a transcoder recovers, the synthetic
+    source's transcoder truth of issue #23 written in memory).
+
+    Returns ``acts`` (the ``in`` rows), ``target`` (``out``), ``sites`` (both stacked, [n, 2, d]),
+    ``codes`` and the unit-norm feature directions ``F_in``, ``F_out`` [n_features, d].
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+
+    def directions() -> Any:
+        f = rng.standard_normal((n_features, d))
+        return (f / np.linalg.norm(f, axis=1, keepdims=True)).astype(np.float32)
+
+    f_in, f_out = directions(), directions()
+    fires = rng.random((rows, n_features)) < mean_active / n_features
+    codes = (fires * rng.exponential(1.0, (rows, n_features))).astype(np.float32)
+    x = codes @ f_in + noise * rng.standard_normal((rows, d)).astype(np.float32)
+    y = codes @ f_out + noise * rng.standard_normal((rows, d)).astype(np.float32)
+    x *= np.sqrt(d / np.mean(np.sum(x * x, axis=1)))
+    y *= np.sqrt(d / np.mean(np.sum(y * y, axis=1)))
+    x, y = x.astype(np.float32), y.astype(np.float32)
+    return {"acts": x, "target": y, "sites": np.stack([x, y], axis=1), "codes": codes, "F_in": f_in, "F_out": f_out}
 
 
 @pytest.fixture(scope="session")
@@ -296,6 +329,149 @@ class TrainerTests(_Suite):
             back = featureforge.import_run(out, fmt, tmp_path / f"{fmt}-run")
             x = torch.randn(8, featureforge.load(trained).d_in)
             torch.testing.assert_close(featureforge.load(back)(x).x_hat, featureforge.load(trained)(x).x_hat, rtol=1e-4, atol=1e-5)
+
+
+#: Runs of :class:`RoleTrainerTests`, trained once per suite and options (the tests only read them).
+_ROLE_RUNS: dict[tuple[str, str], Any] = {}
+
+
+class RoleTrainerTests(_Suite):
+    """A trainer whose batches carry other roles than ``acts`` (``target``: transcoders, ``sites``:
+    crosscoders; contract of issue #23): listed, maps its roles to a store's sites, trains on
+    planted rows of two sites (:func:`planted_roles`, through :func:`train_steps`) to FVU < 1,
+    deterministic for a seed, saves and loads, exports and imports the formats it declares, and
+    (once the installed core caches several sites) trains through ``featureforge.train``."""
+
+    trainer: ClassVar[str] = ""
+    #: Site names the suite's planted store has, in order (the source's ``in`` and ``out``).
+    store_sites: ClassVar[tuple[str, ...]] = ("in", "out")
+    steps: ClassVar[int] = 30
+    batch_size: ClassVar[int] = 256
+    lr: ClassVar[float | None] = None
+
+    def _trainer(self, options: dict[str, Any]) -> Any:
+        trainer = _registry().get("trainer", self.trainer)(options)
+        trainer.sites_for(self.store_sites, None)
+        return trainer
+
+    def _batches(self, trainer: Any, held_out: bool = False) -> list[dict[str, Any]]:
+        """The training batches of one planted map, or (``held_out``) one more batch of it."""
+        import torch
+
+        data = planted_roles((self.steps + 1) * self.batch_size)
+        roles = [c for c in trainer.columns if c != "grads"]
+        out = []
+        for i in [self.steps] if held_out else range(self.steps):
+            part = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            out.append({role: torch.from_numpy(data[role][part]) for role in roles})
+        return out
+
+    def _trained(self, options: dict[str, Any], fresh: bool = False) -> tuple[Any, Any, Any]:
+        """(trainer, dictionary, last StepOutput) of a seeded run, trained once per suite and options."""
+        key = (type(self).__qualname__, json.dumps(options, sort_keys=True, default=str))
+        if fresh or key not in _ROLE_RUNS:
+            run = self._train_once(options)
+            if fresh:
+                return run
+            _ROLE_RUNS[key] = run
+        return _ROLE_RUNS[key]
+
+    def _train_once(self, options: dict[str, Any]) -> tuple[Any, Any, Any]:
+        import torch
+
+        trainer = self._trainer(options)
+        torch.manual_seed(0)
+        d = trainer.build(16)
+        batches = self._batches(trainer)
+        with torch.no_grad():
+            trainer.initialize(d, batches[0])
+        out, _ = train_steps(trainer, d, batches, lr=self.lr)
+        return trainer, d.eval(), out
+
+    def _reconstruct(self, d: Any, batch: dict[str, Any]) -> Any:
+        return d(batch["sites"] if "sites" in batch else batch["acts"]).x_hat
+
+    def test_listed_by_plugins(self) -> None:
+        _listed("trainer", self.trainer, self.distribution)
+
+    def test_roles_map_to_the_store_sites(self, plugin_options: dict[str, Any]) -> None:
+        trainer = _registry().get("trainer", self.trainer)(plugin_options)
+        roles = trainer.sites_for(self.store_sites, None)
+        wanted = {c for c in trainer.columns if c != "grads"}
+        assert set(roles) == wanted, f"sites_for gives roles {sorted(roles)}, the trainer's columns are {sorted(wanted)}"
+        for role, sites in roles.items():
+            for site in (sites,) if isinstance(sites, str) else sites:
+                assert site in self.store_sites, f"role {role!r} names {site!r}, not a site of {self.store_sites}"
+
+    def test_training_on_planted_rows_lowers_fvu(self, plugin_options: dict[str, Any]) -> None:
+        import torch
+
+        trainer, d, out = self._trained(plugin_options)
+        batch = self._batches(trainer, held_out=True)[0]
+        truth = batch["sites"] if "sites" in batch else batch["target"]
+        with torch.no_grad():
+            y_hat = self._reconstruct(d, batch)
+        assert y_hat.shape == truth.shape, f"the dictionary gives {tuple(y_hat.shape)} for targets {tuple(truth.shape)}"
+        flat, est = truth.reshape(len(truth), -1), y_hat.reshape(len(truth), -1)
+        fvu = float((flat - est).pow(2).sum() / (flat - flat.mean(0)).pow(2).sum())
+        assert fvu < 0.9, f"held-out FVU {fvu:.3f} after {self.steps} steps: the trainer does not learn the map"
+
+    def test_same_seed_gives_the_same_weights(self, plugin_options: dict[str, Any]) -> None:
+        import torch
+
+        _, a, _ = self._trained(plugin_options)
+        _, b, _ = self._trained(plugin_options, fresh=True)
+        for key, value in a.state_dict().items():
+            torch.testing.assert_close(value, b.state_dict()[key], rtol=0, atol=0, msg=f"{key} differs between two runs with one seed")
+
+    def test_saves_and_loads(self, plugin_options: dict[str, Any], tmp_path: Path) -> None:
+        import torch
+
+        import featureforge
+
+        trainer, d, _ = self._trained(plugin_options)
+        d.save(tmp_path / "run", {"trainer": self.trainer, "options": trainer.options_dict(), "status": "complete"})
+        back = featureforge.load(tmp_path / "run")
+        batch = self._batches(trainer, held_out=True)[0]
+        with torch.no_grad():
+            torch.testing.assert_close(self._reconstruct(back, batch), self._reconstruct(d, batch), rtol=1e-5, atol=1e-5)
+
+    def test_declared_formats_export_and_import(self, plugin_options: dict[str, Any], tmp_path: Path) -> None:
+        import torch
+
+        import featureforge
+        from featureforge import OptionError
+
+        trainer, d, _ = self._trained(plugin_options)
+        if not trainer.formats:
+            pytest.skip(f"trainer {self.trainer!r} declares no export formats")
+        d.save(tmp_path / "run", {"trainer": self.trainer, "options": trainer.options_dict(), "status": "complete"})
+        batch = self._batches(trainer, held_out=True)[0]
+        done = []
+        for fmt in trainer.formats:
+            try:
+                featureforge.export(tmp_path / "run", fmt, tmp_path / fmt)
+            except OptionError:
+                continue  # a format that cannot hold these options says so in one line
+            back = featureforge.load(featureforge.import_run(tmp_path / fmt, fmt, tmp_path / f"{fmt}-run"))
+            with torch.no_grad():
+                torch.testing.assert_close(self._reconstruct(back, batch), self._reconstruct(d, batch), rtol=1e-4, atol=1e-4)
+            done.append(fmt)
+        assert done, f"no declared format ({', '.join(trainer.formats)}) could hold options {plugin_options}"
+
+    def test_trains_through_the_loop_on_a_store_of_sites(self, plugin_options: dict[str, Any], tmp_path: Path) -> None:
+        """Through ``featureforge.train`` on the synthetic source's planted transcoder store (two
+        sites, ``in`` and ``out``), once the core caches several sites."""
+        import featureforge
+
+        synthetic = _registry().get("source", "synthetic")
+        if "transcoder" not in getattr(synthetic.Options, "__dataclass_fields__", {}):
+            pytest.skip("the installed synthetic source writes one site (multi-site stores of issue #23 not installed)")
+        store = synthetic_store(tmp_path / "store.zarr", rows=8192, transcoder=True)
+        [run] = featureforge.train(self.trainer, plugin_options, store=store, out=str(tmp_path / "run"), rows=8192,
+                                   batch_size=512, threads=1, progress=False)
+        report = featureforge.evaluate(run, store, ["reconstruction"])
+        assert 0 <= report["evaluators"]["reconstruction"]["metrics"]["fvu"] < 1
 
 
 class EvaluatorTests(_Suite):

@@ -50,9 +50,12 @@ def copy_store(src, dst):
 
 
 # -- crash safety --------------------------------------------------------------------------------
-def test_kill_9_mid_run_then_rerun_equals_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("sites", [1, 2], ids=["one-site", "two-sites"])
+def test_kill_9_mid_run_then_rerun_equals_uninterrupted_run(tmp_path, sites):
     # Many small chunks, each regenerating a 4096-row synthetic block: a few seconds of work.
     args = ["cache", "--source", "synthetic", "-o", "d_in=16", "-o", "n_features=512", "--rows", "8000", "--rows-per-chunk", "256"]
+    if sites == 2:  # a planted transcoder: sites in (acts) and out (acts_1), each with its statistics
+        args += ["-o", "transcoder=true", "-o", "d_out=8"]
     n_chunks = -(-8000 // 256)
     killed, reference = tmp_path / "killed.zarr", tmp_path / "reference.zarr"
     ref_proc = popen_cli(*args, "--store", reference)
@@ -84,6 +87,8 @@ def test_kill_9_mid_run_then_rerun_equals_uninterrupted_run(tmp_path):
     result = run_cli(*args, "--store", killed)
     assert "(complete)" in result.stdout
     names = ["acts", "chunk_stats", "ground_truth/features", "ground_truth/frequencies", "ground_truth/parents", "ground_truth/partners"]
+    if sites == 2:
+        names += ["acts_1", "chunk_stats_1", "ground_truth/features_out"]
     a, b = zarr_arrays(killed, names), zarr_arrays(reference, names)
     for name in names:
         assert a[name].dtype == b[name].dtype and a[name].shape == b[name].shape, name
@@ -91,6 +96,7 @@ def test_kill_9_mid_run_then_rerun_equals_uninterrupted_run(tmp_path):
     info_k, info_r = ff.open_store(killed).info(), ff.open_store(reference).info()
     assert info_k["complete"] and info_k["rows"] == 8000
     assert info_k["normalisation"] == info_r["normalisation"]
+    assert info_k.get("sites") == info_r.get("sites") and len(info_k.get("sites") or [None]) == sites
 
 
 def test_two_concurrent_writers_write_the_same_bytes_as_one(tmp_path):

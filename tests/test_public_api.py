@@ -20,10 +20,14 @@ EXPECTED_EXPORTS = {
     # the roles a plugin subclasses, what they exchange, and how they register
     "ActivationSource", "DictionaryTrainer", "Evaluator", "Dictionary", "StepOutput", "TrainState",
     "EvaluationContext", "EvaluationResult", "hookimpl", "progress_bar",
+    # a source's declared sites (several hook points in one pass: one store, a column per site)
+    "Site",
     # the plugin registry: every registered class by kind and name
     "get_registry",
     # the verbs (the CLI's commands) and the store they open
-    "cache", "train", "evaluate", "load", "export", "import_run", "open_store", "ActivationStore", "steer", "steered",
+    "cache", "train", "evaluate", "compare", "load", "export", "import_run", "open_store", "ActivationStore", "steer", "steered",
+    # steering vectors: made from two prompt sets, expressed in a dictionary's latents
+    "vector", "decompose",
     # building a registered source by name (what `--source NAME -o ...` does), or a store's own again
     "make_source", "rebuild_source",
     # errors
@@ -36,12 +40,16 @@ PUBLIC_MODULES = {"featureforge", "featureforge.store", "featureforge.training",
                   "featureforge.evaluation.metrics", "featureforge.plots", "featureforge.dictionary", "featureforge.testing",
                   # the one intervention model (add/clamp/ablate at a hook) that sources' splices and steering pages share
                   "featureforge.interventions", "featureforge.steering",
+                  # steering vectors (directions from prompt sets) and their decomposition in latents
+                  "featureforge.vectors", "featureforge.decomposition",
                   # process and device settings: the one device rule, the CLI's opt-in OpenMP spin
                   "featureforge.runtime",
                   # the run folder: its file names, RunConfig and the readers of metrics.jsonl and report.json
                   "featureforge.run",
                   # the live model a source's splice yields, and the torch hook sites sources and visualisers hook
-                  "featureforge.live", "featureforge.sites"}
+                  "featureforge.live", "featureforge.sites",
+                  # comparing dictionaries (featureforge compare) and reading a written comparison back (best_matches)
+                  "featureforge.comparison"}
 
 
 def test_default_exports():
@@ -112,6 +120,15 @@ def test_evaluate_has_the_full_signature_of_the_command():
     assert featureforge.evaluate is evaluation.evaluate
     params = inspect.signature(featureforge.evaluate).parameters
     assert {"run", "store", "evaluators", "out_dir", "rows", "storage_options", "device", "progress"} == set(params)
+    assert not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def test_compare_has_the_full_signature_of_the_command():
+    from featureforge.comparison import _compare
+
+    assert featureforge.compare is _compare.compare
+    params = inspect.signature(featureforge.compare).parameters
+    assert {"runs", "store", "out", "rows", "thresholds", "rule_threshold", "excess_threshold", "baseline"} <= set(params)
     assert not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import featureforge as ff
-from storehelpers import cli_env
+from storehelpers import cli_env, zarr_arrays
 from writeshuffle_source import Sequences
 
 TESTS = Path(__file__).resolve().parent
@@ -57,21 +57,23 @@ def test_default_window_on_for_streams_off_for_random_access(tmp_path):
 
 CACHE = (
     "import sys; sys.path.insert(0, {tests!r}); import featureforge as ff; from writeshuffle_source import Sequences; "
-    "ff.cache(Sequences(rows=3000, batch_rows=70), store={store!r}, rows_per_chunk=128, write_shuffle_rows=512, "
+    "ff.cache(Sequences(rows=3000, batch_rows=70, sites={sites}), store={store!r}, rows_per_chunk=128, write_shuffle_rows=512, "
     "world_size=2, rank={rank}, progress=False)"
 )
 
 
-@pytest.mark.parametrize("exit_after, committed", [(3, False), (11, True), (19, True)])
-def test_resume_after_kill_gives_identical_bytes(tmp_path, exit_after, committed):
+@pytest.mark.parametrize("exit_after, committed, sites", [(3, False, 1), (11, True, 1), (19, True, 1), (11, True, 2), (19, True, 2)])
+def test_resume_after_kill_gives_identical_bytes(tmp_path, exit_after, committed, sites):
     """A writer killed mid-window continues from the start of the window its marker is in.
 
     Each writer has 1,500 rows in batches of 70 and windows of 512: killed after 3 batches nothing
     is committed; after 11 the first window is, after 19 the first two (the kill is mid-window).
+    With two sites (a column per site, docs/store.md "Several sites") every column and each site's
+    statistics come back identical, and the shuffle moved every site's row with it.
     """
 
     def cache(store: Path, rank: int, env: dict[str, str]) -> int:
-        code = CACHE.format(tests=str(TESTS), store=str(store), rank=rank)
+        code = CACHE.format(tests=str(TESTS), store=str(store), rank=rank, sites=sites)
         return subprocess.run([sys.executable, "-c", code], env=cli_env(**env), capture_output=True, text=True, timeout=120).returncode
 
     for rank in (0, 1):
@@ -83,8 +85,14 @@ def test_resume_after_kill_gives_identical_bytes(tmp_path, exit_after, committed
         assert cache(tmp_path / "killed", rank, {}) == 0
     whole, killed = ff.open_store(tmp_path / "whole"), ff.open_store(tmp_path / "killed")
     assert killed.complete
-    for column in ("acts", "seq_ids", "positions"):
+    for column in ("acts", "seq_ids", "positions") + (("acts_1",) if sites == 2 else ()):
         assert np.array_equal(whole.read(0, 3000, column), killed.read(0, 3000, column))
+    if sites == 2:
+        names = ["acts", "acts_1", "chunk_stats", "chunk_stats_1"]
+        a, b = zarr_arrays(tmp_path / "whole", names), zarr_arrays(tmp_path / "killed", names)
+        assert all(a[n].tobytes() == b[n].tobytes() for n in names)
+        # site "second" holds -row index where acts hold the index: the rows moved together
+        assert np.array_equal(whole.site("second").read(0, 3000)[:, 0], -whole.read(0, 3000)[:, 0])
     stored = np.concatenate([whole.read(c.index * 128, c.index * 128 + c.rows, "acts")[:, 0] for c in whole.committed_chunks()])
     assert len(np.unique(stored)) == len(stored) == whole.rows  # no row twice (a writer's share may end short of its chunks)
 

@@ -117,7 +117,8 @@ def _regenerating_source(context: EvaluationContext, features: Any) -> Any:
     if not callable(getattr(source, "codes", None)):
         raise BadInputError(f"store {store.url}'s source {name!r} cannot regenerate true codes (it has no codes(start, stop)); use --evaluator reconstruction")
     rebuilt = source.ground_truth() or {}
-    mine, theirs = np.asarray(rebuilt.get("features", features)), np.asarray(features)
+    stored = (getattr(store, "base", store).ground_truth() or {}).get("features", features)  # a site view's features are its site's
+    mine, theirs = np.asarray(rebuilt.get("features", stored)), np.asarray(stored)
     if mine.shape != theirs.shape or not np.allclose(mine, theirs, atol=1e-5):
         raise BadInputError(
             f"source {name!r} rebuilt from store {store.url}'s options gives other true features than the store holds; "

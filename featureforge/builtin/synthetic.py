@@ -27,6 +27,14 @@ listens to a feature when it is present): ``grads = sum_{i active} a_i (f_i . x)
 features than dimensions, ``f_i . x`` carries crosstalk from every active feature, so under the
 quadratic readout all important directions pull on the gradient of every row, present or not;
 under the gated one a row's gradient points at the important features it actually contains.
+
+Planted transcoder (``transcoder=true``): two sites from the same sparse codes, ``in`` (the rows
+above, unchanged) and ``out = codes @ F_out + noise`` with its own ``n_features`` random unit
+directions ``F_out`` in ``d_out`` dimensions (seeded apart from ``F_in``, noise drawn apart from
+``in``'s). The target is then a sparse map of the input, which a transcoder ``in -> out`` can learn;
+``F_out`` is stored as ground truth ``features_out`` (the true features of site ``out``; ``features``
+stays ``F_in``), so a transcoder's decoder rows are scored by their MMCS to it, and a view
+``store.site("out")`` sees it as its ``features``.
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ import numpy as np
 
 from ..errors import OptionError
 from ..hookspecs import hookimpl
-from ..roles import ActivationSource
+from ..roles import ActivationSource, Site
 
 BLOCK_ROWS = 4096
 
@@ -85,6 +93,10 @@ class SyntheticOptions:
     """With downstream: loss weight a_i of every other feature."""
     readout: Literal["quadratic", "gated"] = "quadratic"
     """With downstream: quadratic reads every direction on every row; gated reads a feature only on rows where it fires (see the module docstring)."""
+    transcoder: bool = False
+    """Write two sites, in and out = codes @ F_out + noise from the same codes (a planted transcoder; ground truth features_out is F_out)."""
+    d_out: int | None = None
+    """With transcoder: width of the out site (none: d_in)."""
 
 
 class SyntheticSource(ActivationSource):
@@ -100,6 +112,10 @@ class SyntheticSource(ActivationSource):
             raise OptionError(f"synthetic: mean_active={o.mean_active} must be in (0, n_features={o.n_features}]")
         if o.hierarchy_parents * (1 + o.children_per_parent) + 2 * o.correlated_pairs > o.n_features:
             raise OptionError("synthetic: hierarchy_parents*(1+children_per_parent) + 2*correlated_pairs exceeds n_features")
+        if o.transcoder and o.downstream:
+            raise OptionError("synthetic: transcoder=true writes two sites and downstream=true gradients for one; pass only one of them")
+        if o.d_out is not None and (not o.transcoder or o.d_out <= 0):
+            raise OptionError(f"synthetic: d_out={o.d_out} needs transcoder=true and must be positive")
         if o.downstream:
             if not 0 < o.important_features <= o.n_features // 2:
                 raise OptionError(f"synthetic: important_features={o.important_features} must be in [1, n_features/2={o.n_features // 2}]")
@@ -114,10 +130,22 @@ class SyntheticSource(ActivationSource):
     def d_in(self) -> int:
         return self.options.d_in
 
+    @property
+    def d_out(self) -> int:
+        return self.options.d_out or self.options.d_in
+
+    @property
+    def sites(self) -> list[Site]:
+        if not self.options.transcoder:
+            return super().sites
+        return [Site("in", self.d_in, hook="planted transcoder input"), Site("out", self.d_out, hook="planted transcoder output")]
+
     def provenance(self) -> dict[str, Any]:
         prov = {"generator": "featureforge synthetic", "seed": self.options.seed, "n_features": self.options.n_features}
         if self.options.downstream:
             prov["grads"] = "dL/dx of the synthetic quadratic readout L = 1/2 sum_i a_i (f_i . x)^2"
+        if self.options.transcoder:
+            prov["transcoder"] = "sites in = codes @ F_in + noise, out = codes @ F_out + noise (ground truth features_out = F_out)"
         return prov
 
     # -- ground truth -------------------------------------------------------------------------
@@ -148,6 +176,11 @@ class SyntheticSource(ActivationSource):
             "parents": parent,
             "partners": partner,
         }
+        if o.transcoder:
+            out_rng = np.random.Generator(np.random.PCG64([o.seed, 3]))
+            target = out_rng.standard_normal((o.n_features, self.d_out))
+            target /= np.sqrt([math.fsum(row * row) for row in target])[:, None]
+            truth["features_out"] = target.astype(np.float32)
         if o.downstream:
             pick = np.random.Generator(np.random.PCG64([o.seed, 2]))
             important = np.zeros(o.n_features, dtype=bool)
@@ -218,7 +251,22 @@ class SyntheticSource(ActivationSource):
             out.append(np.ascontiguousarray(whole[start - offset : stop - offset]))
         return out
 
+    def _target(self, codes: np.ndarray, start: int) -> np.ndarray:
+        """The planted transcoder's ``out`` rows for ``codes`` of rows ``start:...`` (noise seeded per row block)."""
+        o = self.options
+        rows, cols = np.nonzero(codes)
+        out = _sparse_rows(len(codes), rows, cols, codes[rows, cols], self._truth["features_out"].astype(np.float64)).astype(np.float32)
+        if o.noise_std > 0:
+            first, last = start // BLOCK_ROWS, (start + len(codes) - 1) // BLOCK_ROWS
+            noise = np.concatenate([np.random.Generator(np.random.PCG64([o.seed, 4, b])).normal(0.0, o.noise_std, size=(BLOCK_ROWS, self.d_out))
+                                    for b in range(first, last + 1)]).astype(np.float32)
+            out += noise[start - first * BLOCK_ROWS : start - first * BLOCK_ROWS + len(codes)]
+        return out
+
     def rows(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        if self.options.transcoder:
+            acts, codes = self._range(start, stop, (0, 1))
+            return {"acts": acts, "out": self._target(codes, start)}
         if not self.options.downstream:
             return {"acts": self._range(start, stop, (0,))[0]}
         if self.options.readout == "gated":

@@ -99,6 +99,36 @@ class EvaluationContext:
         return self._eval_rows
 
     @property
+    def roles(self) -> dict[str, Any]:
+        """Which store site(s) fill each batch role of the run (config.json ``sites``, e.g.
+        ``{"acts": "in", "target": "out"}``); empty for a run on a one-site store."""
+        return dict(self.run_config.get("sites") or {})
+
+    def role_scale(self, site: str) -> float:
+        """The normalisation scale the run's loop applied to ``site``'s rows (1.0 when it applied none)."""
+        norm = self.run_config.get("normalisation") or {}
+        if not norm.get("applied", True):
+            return 1.0
+        return float((norm.get("sites") or {}).get(site, norm.get("scale", 1.0)))
+
+    def role_rows(self, role: str, start: int, stop: int, training_units: bool = True) -> Any:
+        """Rows ``start:stop`` of a role as a float32 tensor on ``device``: ``acts``/``target`` [n, d],
+        ``sites`` [n, S, d]; in training units (each site times its scale, as the loop fed them) or
+        the store's own. The rows of every site are the same tokens as ``eval_rows``' rows."""
+        import torch
+
+        roles = self.roles
+        if role not in roles:
+            raise BadInputError(f"run {self.run_dir} has no {role!r} role (its roles: {', '.join(roles) or 'acts only'})")
+        whole = getattr(self.store, "base", self.store)
+        names = list(roles[role]) if role == "sites" else [roles[role]]
+        parts = []
+        for name in names:
+            rows = torch.from_numpy(whole.site(name).read(start, stop)).to(self.device)
+            parts.append(rows * self.role_scale(name) if training_units else rows)
+        return torch.stack(parts, dim=1) if role == "sites" else parts[0]
+
+    @property
     def given_source(self) -> "ActivationSource | None":
         """The source passed in by the caller, if any (then ``source`` is it, not a rebuilt one)."""
         return self._source
@@ -117,8 +147,15 @@ class EvaluationContext:
             raise BadInputError("this evaluator needs the store's source, but no store was given; pass --store")
         key = json.dumps(overrides, sort_keys=True, default=str)
         if key not in self._sources:
-            self._sources[key] = rebuild_source(self.store, overrides)
-        return self._sources[key]
+            self._sources[key] = rebuild_source(getattr(self.store, "base", self.store), overrides)
+        site = self.store.site_name if len(getattr(self.store, "base", self.store).sites) > 1 else None
+        if site is None:
+            return self._sources[key]
+        # a run on one site of several: the source reading that site alone (it splices there)
+        site_key = f"{key}@{site}"
+        if site_key not in self._sources:
+            self._sources[site_key] = self._sources[key].for_site(site)
+        return self._sources[site_key]
 
     def derive(self, **changes: Any) -> "EvaluationContext":
         """A copy with some fields changed that shares the rebuilt sources (same store only)."""
@@ -128,7 +165,7 @@ class EvaluationContext:
             fields["eval_rows"] = None  # chosen again for the new store or run
         fields.update(changes)
         out = EvaluationContext(**fields)
-        if out.store is self.store:
+        if getattr(out.store, "base", out.store) is getattr(self.store, "base", self.store):  # a site view shares its store's source
             out._sources = self._sources
         return out
 
@@ -154,19 +191,24 @@ def rebuild_source(store: "ActivationStore", overrides: Mapping[str, Any] | None
     Raises ``BadInputError`` (one line) when the source is not installed or its recorded options
     no longer parse.
     """
+    return source_from_record(store.source or {}, overrides, f"store {store.url}", "re-cache it with this featureforge")
+
+
+def source_from_record(recorded: Mapping[str, Any], overrides: Mapping[str, Any] | None = None, what: str = "the record",
+                       fix: str = "record it again with this featureforge") -> "ActivationSource":
+    """A source rebuilt from a recorded ``{"name", "options"}`` (a store's, a steering vector's), one line when it cannot be."""
     from ..plugins import get_registry
 
-    recorded = store.source or {}
     name = recorded.get("name")
     if not name:
-        raise BadInputError(f"store {store.url} records no source, so its source cannot be rebuilt; re-cache it with this featureforge")
+        raise BadInputError(f"{what} records no source, so its source cannot be rebuilt; {fix}")
     try:
         cls = get_registry().get("source", name)
     except PluginError:
-        raise BadInputError(f"store {store.url} was cached by source {name!r}, which is not installed; install its plugin") from None
+        raise BadInputError(f"{what} was made by source {name!r}, which is not installed; install its plugin") from None
     options = {**dict(recorded.get("options") or {}), **dict(overrides or {})}
     try:
         return cls(options)
     except Exception as exc:  # options of another version, a missing model file, ...
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise BadInputError(f"cannot rebuild store {store.url}'s source {name!r} from its recorded options: {detail}") from None
+        raise BadInputError(f"cannot rebuild {what}'s source {name!r} from its recorded options: {detail}") from None

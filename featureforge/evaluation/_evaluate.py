@@ -153,12 +153,12 @@ def _evaluate_run(run_dir: Path, instances: list[Evaluator], base: EvaluationCon
                   rows: int | None) -> dict[str, Any]:
     """``evaluate`` for one run folder, with the evaluators and the store's context already made."""
     from ..dictionary import load
-    from ..store._holdout import select_eval_rows
+    from ..store._holdout import run_store, select_eval_rows
     from ..files import write_json
     from ..run import RunConfig
 
-    opened = base.store
     config = RunConfig.read(run_dir)
+    opened = run_store(base.store, config)  # a run on one site of several reads that site's rows
     if int(config.d_in) != opened.d_in:
         raise BadInputError(
             f"run {run_dir} has d_in={int(config.d_in)} but store {opened.url} has d_in={opened.d_in}; "
@@ -170,6 +170,8 @@ def _evaluate_run(run_dir: Path, instances: list[Evaluator], base: EvaluationCon
     out = Path(out_dir) if out_dir is not None else run_dir
     out.mkdir(parents=True, exist_ok=True)
     context = base.derive(out_dir=plots_dir(out), run_dir=run_dir, run_config=config, eval_rows=chosen)
+    if opened is not base.store:
+        context = context.derive(store=opened, eval_rows=chosen)
     results: dict[str, Any] = {}
     for evaluator in instances:
         result = evaluator.evaluate(dictionary, context)

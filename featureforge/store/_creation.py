@@ -24,10 +24,10 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from ..errors import CorruptStoreError, StoreError, StoreMismatchError
+from ..errors import CorruptStoreError, OptionError, StoreError, StoreMismatchError
 from ._location import Location
 from ._view import ActivationStore, open_store
-from ._format import ACT_COLUMNS, FORMAT_NAME, FORMAT_VERSION, STORAGE_DTYPES, STORE_MEMBERS, WRITE_CONFIG, array_codecs
+from ._format import ACT_COLUMNS, FORMAT_NAME, FORMAT_VERSION, STORAGE_DTYPES, STORE_MEMBERS, WRITE_CONFIG, array_codecs, site_column, site_members, site_stats
 
 LAYOUT_TEXT = (
     "rows are cut into chunks of rows_per_chunk; chunk c is written by writer c % writers, whose "
@@ -35,7 +35,9 @@ LAYOUT_TEXT = (
     "rows of uncommitted chunks are not data. bfloat16 is stored as uint16 (the high half of float32). "
     "Each chunk file ends in the crc32c of its bytes (zarr's crc32c codec). With write_shuffle_rows W > 0, "
     "each writer's stream of rows is cut into windows of W rows (its own rows, in the order of its chunks) "
-    "and the rows of each window are stored in a seeded permutation (seed: rank, window index), all columns alike."
+    "and the rows of each window are stored in a seeded permutation (seed: rank, window index), all columns alike. "
+    "A store of several sites (attribute sites) holds site 0 in acts and site i in acts_<i>, each with its own "
+    "chunk_stats(_<i>); a chunk's every column and statistics row is written before its commit marker."
 )
 
 
@@ -52,9 +54,23 @@ class StoreSpec:
     source: dict[str, Any]
     provenance: dict[str, Any]
     write_shuffle_rows: int = 0
+    #: Several sites (``{name, column, stats, d_in, hook, io}`` each, site 0's column ``acts``), or
+    #: None for a store of one site (laid out as before sites existed).
+    sites: list[dict[str, Any]] | None = None
+
+    def width(self, name: str) -> int | None:
+        """Row width of an activation column (``None``: a per-row scalar column)."""
+        if name in ACT_COLUMNS:
+            return self.d_in
+        return next((int(s["d_in"]) for s in self.sites or [] if s["column"] == name), None)
+
+    def stats_arrays(self) -> dict[str, int]:
+        """Each statistics array and the width of the site it describes."""
+        return {s["stats"]: int(s["d_in"]) for s in self.sites} if self.sites else {"chunk_stats": self.d_in}
 
     def identity(self) -> dict[str, Any]:
-        return {
+        sites = {"sites": self.sites} if self.sites else {}  # one-site stores keep their old identity
+        return sites | {
             "d_in": self.d_in,
             "dtype": self.dtype,
             "rows_allocated": self.rows,
@@ -66,6 +82,28 @@ class StoreSpec:
         }
 
 
+def source_sites(src: Any) -> list[dict[str, Any]] | None:
+    """The store's ``sites`` attribute for a source's declared sites (None: one site, the classic layout)."""
+    from ..roles import RESERVED_SITE_NAMES
+
+    declared = list(src.sites)
+    if len(declared) <= 1:
+        return None
+    names = [s.name for s in declared]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise OptionError(f"source {src.name!r} names site(s) {', '.join(repeated)} more than once; give each hook point once")
+    reserved = [n for n in names[1:] if n in RESERVED_SITE_NAMES or not n]  # further sites are batch keys
+    if reserved:
+        raise OptionError(f"source {src.name!r} declares a site named {reserved[0]!r}, a name a store's columns use; name the site otherwise")
+    if int(declared[0].d_in) != int(src.d_in):
+        raise OptionError(f"source {src.name!r}: its first site {declared[0].name!r} is {declared[0].d_in} wide but d_in is {src.d_in}; they must agree")
+    if "grads" in src.columns:
+        raise OptionError(f"source {src.name!r}: gradients are cached for one site only; cache grads with a single hook")
+    return [{"name": s.name, "column": site_column(i), "stats": site_stats(i), "d_in": int(s.d_in), "hook": s.hook, "io": s.io}
+            for i, s in enumerate(declared)]
+
+
 def _existing_identity(attrs: dict[str, Any]) -> dict[str, Any]:
     return {
         "d_in": attrs.get("d_in"),
@@ -75,6 +113,7 @@ def _existing_identity(attrs: dict[str, Any]) -> dict[str, Any]:
         "writers": attrs.get("writers"),
         "write_shuffle_rows": attrs.get("write_shuffle_rows", 0),  # stores from before the write shuffle: none
         "columns": attrs.get("columns"),
+        "sites": attrs.get("sites"),
         "source": {"name": attrs.get("source", {}).get("name"), "options": attrs.get("source", {}).get("options")},
     }
 
@@ -111,13 +150,15 @@ def _root_attrs(spec: StoreSpec, format_version: int = FORMAT_VERSION) -> dict[s
 
 def _array_args(spec: StoreSpec, name: str, checksum: bool = True) -> dict[str, Any]:
     """``create_array`` arguments of one of the store's row arrays."""
-    d, n, r = spec.d_in, spec.rows, spec.rows_per_chunk
+    n, r = spec.rows, spec.rows_per_chunk
     codecs = array_codecs(checksum)
-    if name == "chunk_stats":
-        n_chunks = -(-n // r)
+    stats = spec.stats_arrays()
+    if name in stats:
+        n_chunks, d = -(-n // r), stats[name]
         return dict(shape=(n_chunks, 2 * d + 1), chunks=(1, 2 * d + 1), dtype="float64", fill_value=0, config=WRITE_CONFIG, **codecs)
     logical = spec.columns[name]
-    shape, chunks = ((n, d), (r, d)) if name in ACT_COLUMNS else ((n,), (r,))
+    d = spec.width(name)
+    shape, chunks = ((n, d), (r, d)) if d is not None else ((n,), (r,))
     return dict(shape=shape, chunks=chunks, dtype=STORAGE_DTYPES.get(logical, logical), fill_value=0, config=WRITE_CONFIG,
                 attributes={"logical_dtype": logical, "row_axis": 0}, **codecs)
 
@@ -126,9 +167,8 @@ def _build(zarr_store: Any, spec: StoreSpec, ground_truth: dict[str, np.ndarray]
     import zarr
 
     group = zarr.open_group(zarr_store, mode="w")
-    for name in spec.columns:
+    for name in list(spec.columns) + list(spec.stats_arrays()):
         group.create_array(name, **_array_args(spec, name))
-    group.create_array("chunk_stats", **_array_args(spec, "chunk_stats"))
     if ground_truth:
         gt = group.create_group("ground_truth")
         for key, value in ground_truth.items():
@@ -183,6 +223,8 @@ def finalize(store: ActivationStore) -> ActivationStore:
     store = store.refresh()
     if store.complete and not (store.attrs.get("summary") or {}).get("complete"):
         summary = {"complete": True, "rows": store.rows, "normalisation": store._compute_normalisation()}
+        if len(store.sites) > 1:  # each site's own statistics, by site name (site 0's is "normalisation" too)
+            summary["site_normalisation"] = {name: store.site(name)._compute_normalisation() for name in store.sites}
         store.group.attrs.update({"summary": summary})
         store = store.refresh()
     return store
@@ -221,7 +263,7 @@ def prepare_store(
     """Create the store (rank 0) or check that an existing one matches ``spec`` and continue it."""
     if rank == 0:
         if location.exists() and (overwrite or _unfinished_creation(location, spec)):
-            location.remove_members(STORE_MEMBERS | set(spec.columns) | _existing_columns(location))
+            location.remove_members(STORE_MEMBERS | set(spec.columns) | set(spec.stats_arrays()) | _existing_columns(location))
         if repair:
             _rebuild_metadata(location, spec)
         if not location.exists():
@@ -245,7 +287,8 @@ def prepare_store(
 
 def _existing_columns(location: Location) -> set[str]:
     try:
-        return set(json.loads(location.read_bytes("zarr.json")).get("attributes", {}).get("columns") or {})
+        attrs = json.loads(location.read_bytes("zarr.json")).get("attributes", {})
+        return set(attrs.get("columns") or {}) | site_members(attrs.get("sites"))
     except Exception:
         return set()
 
@@ -255,7 +298,7 @@ def _check_writable_store(store: ActivationStore) -> None:
     loc = store.location
     if loc.remote:
         return
-    for key in [""] + list(store.columns) + ["chunk_stats", "writers"]:
+    for key in [""] + list(store.columns) + store.stats_arrays + ["writers"]:
         path = loc.key_path(key) if key else loc.root
         if os.path.isdir(path) and not os.access(path, os.W_OK | os.X_OK):
             raise StoreError(
@@ -291,7 +334,7 @@ def _rebuild_metadata(location: Location, spec: StoreSpec) -> None:
     """``--repair``: write back a missing root or array ``zarr.json`` (chunk files are left as they are)."""
     if location.remote or not os.path.isdir(location.root):
         return
-    names = list(spec.columns) + ["chunk_stats"]
+    names = list(spec.columns) + list(spec.stats_arrays())
     present = [n for n in names if location.exists(f"{n}/zarr.json")]
     checksum = True
     if present:
@@ -347,7 +390,7 @@ def _unfinished_creation(location: Location, spec: StoreSpec) -> bool:
         if dict(group.attrs):
             return False
         names = {name for name, _ in group.members()}
-        if not names <= set(spec.columns) | {"chunk_stats", "ground_truth", "writers"}:
+        if not names <= set(spec.columns) | set(spec.stats_arrays()) | {"chunk_stats", "ground_truth", "writers"}:
             return False
         markers = [dict(w.attrs) for _, w in group["writers"].groups()] if "writers" in names else []
     except Exception:  # not a zarr group at all: not ours to remove

@@ -32,6 +32,29 @@ WRITE_CONFIG = {"write_empty_chunks": True}  # the raw reader expects every comm
 STORE_MEMBERS = frozenset({"zarr.json", "acts", "grads", "token_ids", "doc_ids", "positions", "seq_ids", "chunk_stats", "writers", "ground_truth"})
 
 
+# -- sites ----------------------------------------------------------------------------------------
+# A multi-site store keeps one activation column per site (docs/store.md, "Several sites"): site 0's
+# rows are ``acts`` (so code that knows nothing of sites reads a valid store), site i > 0's are
+# ``acts_<i>``; each site's chunk statistics are ``chunk_stats`` / ``chunk_stats_<i>`` alike.
+SITE_COLUMN_PREFIX = "acts_"
+SITE_STATS_PREFIX = "chunk_stats_"
+
+
+def site_column(index: int) -> str:
+    """The store column holding site ``index``'s rows."""
+    return "acts" if index == 0 else f"{SITE_COLUMN_PREFIX}{index}"
+
+
+def site_stats(index: int) -> str:
+    """The array holding site ``index``'s per-chunk statistics."""
+    return "chunk_stats" if index == 0 else f"{SITE_STATS_PREFIX}{index}"
+
+
+def site_members(sites: list[dict[str, Any]] | None) -> set[str]:
+    """The store members of the sites after the first (their columns and statistics arrays)."""
+    return {name for site in (sites or [])[1:] for name in (site["column"], site["stats"])}
+
+
 def default_rows_per_chunk(d_in: int, dtype: str) -> int:
     """About 16 MiB of activations per chunk, a power of two between 256 and 65536 rows."""
     itemsize = 4 if dtype == "float32" else 2

@@ -118,6 +118,14 @@ def _take(chunks: Sequence[ChunkRef], limit: int | None) -> list[tuple[int, int]
     return parts
 
 
+def run_store(store: ActivationStore, run_config: Any) -> ActivationStore:
+    """The view of ``store`` a run's ``acts`` come from: its ``acts`` site, else its first stacked
+    site (config.json's ``sites``); the store itself for a run on a one-site store."""
+    roles = (run_config.get("sites") if isinstance(run_config, Mapping) else getattr(run_config, "sites", None)) or {}
+    site = roles.get("acts") or (list(roles.get("sites") or []) or [None])[0]
+    return store.site(site) if site else store
+
+
 def same_store(run_config: Mapping[str, Any], store: ActivationStore) -> bool:
     """Whether ``store`` is the one the run was trained on (the rule is :func:`featureforge.run.store_matches`)."""
     from ..run import store_matches

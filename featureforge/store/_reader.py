@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from ..errors import BadInputError
-from ._format import ACT_COLUMNS, CHECKSUM_BYTES, STORAGE_DTYPES, VERIFIED, ChunkRef, chunk_checksum_ok, has_checksum, read_only_bytes
+from ._format import CHECKSUM_BYTES, STORAGE_DTYPES, VERIFIED, ChunkRef, chunk_checksum_ok, has_checksum, read_only_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._view import ActivationStore
@@ -190,7 +190,7 @@ class ShuffledReader:
 
     def _column_layout(self, name: str) -> tuple[np.dtype, int | None]:
         logical = self.store.columns[name]
-        return np.dtype(STORAGE_DTYPES.get(logical, logical)), (self.store.d_in if name in ACT_COLUMNS else None)
+        return np.dtype(STORAGE_DTYPES.get(logical, logical)), self.store.width(name)
 
     @property
     def buffer_bytes(self) -> int:
@@ -249,7 +249,7 @@ class ShuffledReader:
 
     def _chunk_key(self, name: str, ref: ChunkRef) -> str:
         coords = (ref.index, 0) if self._layout[name][1] else (ref.index,)
-        return f"{name}/{self._arrays[name].metadata.encode_chunk_key(coords)}"
+        return f"{self.store.array_name(name)}/{self._arrays[name].metadata.encode_chunk_key(coords)}"
 
     def _read_column(self, pool: ThreadPoolExecutor, name: str, refs: list[ChunkRef], buf: np.ndarray) -> list[Future]:
         """Start copying a window's chunks of one column into ``buf`` (rows in chunk order)."""

@@ -7,6 +7,7 @@ Layout (a Zarr group; every array shares the row axis and is chunked by whole ro
     grads       (N, d)        optional, like acts
     token_ids / doc_ids / seq_ids / positions (N,)   optional integer columns
     chunk_stats (C, 2d+1)     per-chunk float64 sum, sum of squares, sum of squared row norms
+    acts_<i>, chunk_stats_<i> a store of several sites: site i > 0's rows and statistics (attribute sites)
     writers/<rank>            group per writer; its attributes are the commit marker
     ground_truth/...          optional arrays a synthetic source knows (true features, ...)
 
@@ -40,6 +41,8 @@ from ._format import (  # noqa: F401  (re-exported: the store's public constants
     default_rows_per_chunk,
     default_write_shuffle_rows,
     has_checksum,
+    site_column,
+    site_stats,
     read_only_bytes,
     to_float32,
     to_storage,
@@ -130,6 +133,52 @@ class ActivationStore:
     def source(self) -> dict[str, Any]:
         return dict(self.attrs["source"])
 
+    # -- sites --------------------------------------------------------------------------------
+    @property
+    def site_records(self) -> list[dict[str, Any]]:
+        """Each site's ``{name, column, stats, d_in, hook, io}`` in order (a one-site store: its hook, or "acts")."""
+        recorded = self.attrs.get("sites")
+        if recorded:
+            return [dict(site) for site in recorded]
+        prov = self.attrs.get("provenance") or {}
+        hook = prov.get("hook") or ""
+        return [{"name": hook or "acts", "column": "acts", "stats": "chunk_stats", "d_in": int(self.attrs["d_in"]),
+                 "hook": hook, "io": prov.get("site") or "output"}]
+
+    @property
+    def sites(self) -> list[str]:
+        """The store's site names in order; a one-site store has one."""
+        return [site["name"] for site in self.site_records]
+
+    def site(self, name: str) -> "ActivationStore":
+        """A view of site ``name`` (or of its column, e.g. ``acts_1``) in which ``acts``, ``d_in``, the chunk
+        statistics and the normalisation are that site's, so every reader and evaluator works on it."""
+        records = self.site_records
+        found = next((r for r in records if name in (r["name"], r["column"])), None)
+        if found is None:
+            raise BadInputError(f"store {self.url} has no site {name!r}; its sites are: {', '.join(self.sites)}")
+        return SiteView(self, found, first=found is records[0])
+
+    @property
+    def site_name(self) -> str:
+        """The name of the site whose rows ``acts`` holds (the first site of a whole store)."""
+        return self.site_records[0]["name"]
+
+    @property
+    def stats_arrays(self) -> list[str]:
+        """Every statistics array of the store (``chunk_stats``, then each further site's)."""
+        return [site["stats"] for site in self.site_records]
+
+    def width(self, column: str) -> int | None:
+        """Row width of an activation column (``None``: a per-row scalar column such as ``token_ids``)."""
+        if column in ACT_COLUMNS:
+            return self.d_in
+        return next((int(s["d_in"]) for s in self.site_records if s["column"] == column), None)
+
+    def array_name(self, name: str) -> str:
+        """The stored array behind a name this view reads (a site view reads its own column as ``acts``)."""
+        return name
+
     @property
     def provenance(self) -> dict[str, Any]:
         return dict(self.attrs.get("provenance", {}))
@@ -147,6 +196,7 @@ class ActivationStore:
 
     def array(self, name: str) -> Any:
         """A stored array, or a one-line error naming its missing or damaged metadata file."""
+        name = self.array_name(name)
         if name not in self._arrays:
             try:
                 self._arrays[name] = self.group[name]
@@ -173,7 +223,7 @@ class ActivationStore:
     # -- chunk files --------------------------------------------------------------------------
     def chunk_key(self, name: str, index: int) -> str:
         arr = self.array(name)
-        return f"{name}/{arr.metadata.encode_chunk_key((index,) + (0,) * (arr.ndim - 1))}"
+        return f"{self.array_name(name)}/{arr.metadata.encode_chunk_key((index,) + (0,) * (arr.ndim - 1))}"
 
     def chunk_payload_bytes(self, name: str) -> int:
         """Bytes of one chunk's data in a chunk file (edge chunks are padded to full size)."""
@@ -213,7 +263,7 @@ class ActivationStore:
         ``progress`` is called with the rows checked after each chunk.
         """
         damaged = []
-        names = list(self.columns) + ["chunk_stats"]
+        names = list(self.columns) + self.stats_arrays
         for ref in self.committed_chunks():
             for name in names:
                 problem = self.chunk_problem(name, ref.index)
@@ -287,8 +337,11 @@ class ActivationStore:
         """
         summary = self.attrs.get("summary")
         if summary and summary.get("rows") == self.rows and "normalisation" in summary:
-            return summary["normalisation"]
+            return self._summary_normalisation(summary)
         return self._compute_normalisation()
+
+    def _summary_normalisation(self, summary: dict[str, Any]) -> dict[str, Any]:
+        return summary["normalisation"]
 
     def _compute_normalisation(self) -> dict[str, Any]:
         refs = self.committed_chunks()
@@ -332,7 +385,7 @@ class ActivationStore:
             raise
         except Exception:  # zarr cannot decode a chunk (bad size or checksum): name it
             raise self._named_damage(column, start // rpc, -(-stop // rpc)) from None
-        return to_float32(data, self.columns[column]) if column in ACT_COLUMNS else data
+        return to_float32(data, self.columns[column]) if self.width(column) is not None else data
 
     def _named_damage(self, name: str, first: int, stop: int) -> CorruptStoreError:
         for index in range(first, stop):
@@ -372,10 +425,84 @@ class ActivationStore:
             "normalisation": {k: norm[k] for k in ("rows", "mean_squared_norm", "scale") if k in norm}
             | ({"mean_abs_mean": float(np.mean(np.abs(norm["mean"]))), "mean_std": float(np.mean(norm["std"]))} if "mean" in norm else {}),
             "ground_truth": sorted(self.ground_truth() or {}),
-        }
+        } | ({"sites": self._sites_info()} if len(self.site_records) > 1 else {})
+
+    def _sites_info(self) -> list[dict[str, Any]]:
+        """Each site's layout and normalisation, as ``featureforge info`` shows them."""
+        out = []
+        for record in self.site_records:
+            norm = self.site(record["name"]).normalisation()
+            out.append(record | {"normalisation": {k: norm[k] for k in ("rows", "mean_squared_norm", "scale") if k in norm}})
+        return out
 
     def refresh(self) -> "ActivationStore":
         return open_store(self.location)
+
+
+class SiteView(ActivationStore):
+    """One site of a store seen as a store of its own: ``acts`` are the site's rows, ``d_in`` its width,
+    ``chunk_stats`` and the normalisation its own; the per-row columns (token ids, ...) are shared, and
+    ``grads`` belong to the first site only. Writing goes through the whole store, never a view."""
+
+    def __init__(self, base: ActivationStore, record: dict[str, Any], first: bool):
+        self.location = base.location
+        self.group = base.group
+        self.attrs = base.attrs
+        self._arrays = {}
+        self._record = dict(record)
+        self._first = first
+        self.base = base
+
+    @property
+    def d_in(self) -> int:
+        return int(self._record["d_in"])
+
+    @property
+    def site_records(self) -> list[dict[str, Any]]:
+        return [dict(self._record)]
+
+    @property
+    def columns(self) -> dict[str, str]:
+        whole = dict(self.attrs["columns"])
+        others = {s["column"] for s in self.base.site_records} | ({"grads"} if not self._first else set())
+        return {"acts": whole[self._record["column"]]} | {k: v for k, v in whole.items() if k not in others}
+
+    def site(self, name: str) -> "ActivationStore":
+        return self.base.site(name)
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """The store's provenance as a one-site store of this site would record it (its hook and io), so
+        a source rebuilt for this site matches and exports name this site's hook."""
+        prov = {k: v for k, v in self.base.provenance.items() if k != "hooks"}
+        if prov and self._record.get("hook"):
+            prov.update(hook=self._record["hook"], hook_name=self._record["hook"], site=self._record.get("io") or prov.get("site"))
+        return prov
+
+    def array_name(self, name: str) -> str:
+        return {"acts": self._record["column"], "chunk_stats": self._record["stats"]}.get(name, name)
+
+    def _summary_normalisation(self, summary: dict[str, Any]) -> dict[str, Any]:
+        by_site = summary.get("site_normalisation") or {}
+        if self._record["name"] in by_site:
+            return by_site[self._record["name"]]
+        return summary["normalisation"] if self._first else self._compute_normalisation()
+
+    def ground_truth(self) -> dict[str, np.ndarray] | None:
+        """The store's ground truth, with ``features`` this site's: ``features_<site>`` for a site after the
+        first (none when the source stored none for it), so the ground-truth evaluator scores a view."""
+        truth = self.base.ground_truth()
+        if truth is None or self._first:
+            return truth
+        own = truth.get(f"features_{self._record['name']}")
+        truth = {k: v for k, v in truth.items() if k != "features"}
+        return truth | ({"features": own} if own is not None else {})
+
+    def info(self) -> dict[str, Any]:
+        return self.base.info() | {"site": self._record["name"], "d_in": self.d_in}
+
+    def refresh(self) -> "ActivationStore":
+        return self.base.refresh().site(self._record["name"])
 
 
 # -- opening and creating -------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import numpy as np
 from ..errors import BadInputError, StoreError
 from ..roles import ActivationSource
 from ._view import ActivationStore
-from ._format import ACT_COLUMNS, WRITE_CONFIG, to_float32, to_storage
+from ._format import WRITE_CONFIG, to_float32, to_storage
 
 
 def as_numpy(value: Any) -> np.ndarray:
@@ -60,7 +60,10 @@ class StoreWriter:
         self.world_size = world_size
         self.progress = progress or (lambda rows: None)
         self.arrays = {name: store.array(name).with_config(WRITE_CONFIG) for name in store.columns}
-        self.stats = store.array("chunk_stats").with_config(WRITE_CONFIG)
+        # Each site's statistics array, by the column it describes (a one-site store: acts -> chunk_stats).
+        self.stats = {site["column"]: store.array(site["stats"]).with_config(WRITE_CONFIG) for site in store.site_records}
+        # A source's batch carries site 0 as ``acts`` and every further site under its name.
+        self.site_keys = {site["name"]: site["column"] for site in store.site_records[1:]}
         store.marker(rank)  # a damaged marker is named (and --repair rebuilds it) before any work
         self.marker_group = store.group[f"writers/{rank}"]
         self.my_chunks = list(range(rank, store.n_chunks, world_size))
@@ -88,7 +91,7 @@ class StoreWriter:
         Returns the number of committed chunks that remain.
         """
         n, _ = self.committed()
-        arrays = dict(self.arrays, chunk_stats=self.stats)
+        arrays = dict(self.arrays, **{name: None for name in self.store.stats_arrays})
         sizes = {name: self._chunk_sizes(name) for name in arrays} if self.store.location.remote else None
         for i, chunk in enumerate(self.my_chunks[:n]):
             for name in arrays:
@@ -121,7 +124,7 @@ class StoreWriter:
         damaged chunk indices.
         """
         n, _ = self.committed()
-        names = list(self.arrays) + ["chunk_stats"]
+        names = list(self.arrays) + self.store.stats_arrays
         damaged = []
         for chunk in self.my_chunks[:n]:
             if any(self.store.chunk_problem(name, chunk) for name in names):
@@ -135,7 +138,7 @@ class StoreWriter:
         for chunk in damaged:
             start = chunk * self.store.rows_per_chunk
             rows = self.store.chunk_rows(chunk)
-            data = {k: as_numpy(v) for k, v in self.source.rows(start, start + rows).items() if k in self.store.columns and v is not None}
+            data = self._columns_of(self.source.rows(start, start + rows))
             self._validate(data, start, rows)
             self._store_chunk(chunk, data, rows)
         return damaged
@@ -231,11 +234,16 @@ class StoreWriter:
     def _write_and_commit(self, chunk: int, batch: dict[str, Any], n_rows: int, chunks: int, last_chunk_rows: int | None, done: bool) -> int:
         """Validate here, then store and commit on the writer thread after the previous chunk."""
         start = chunk * self.store.rows_per_chunk
-        data = {k: as_numpy(v) for k, v in batch.items() if k in self.store.columns and v is not None}
+        data = self._columns_of(batch)
         self._validate(data, start, n_rows)
         self._drain()
         self._pending = self._pool.submit(self._store_and_commit, chunk, data, n_rows, chunks, last_chunk_rows, done)
         return n_rows
+
+    def _columns_of(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
+        """A source's batch as store columns (each further site's rows renamed to its column)."""
+        renamed = {self.site_keys.get(k, k): v for k, v in batch.items()}
+        return {k: as_numpy(v) for k, v in renamed.items() if k in self.store.columns and v is not None}
 
     def _store_and_commit(self, chunk: int, data: dict[str, np.ndarray], n_rows: int, chunks: int, last_chunk_rows: int | None, done: bool) -> None:
         self._store_chunk(chunk, data, n_rows)
@@ -251,35 +259,40 @@ class StoreWriter:
     def _store_chunk(self, chunk: int, data: dict[str, np.ndarray], n_rows: int) -> None:
         start = chunk * self.store.rows_per_chunk
         columns = self.store.columns
-        row = None
+        rows = {}
         for name, logical in columns.items():
             values = data[name]
-            if name in ACT_COLUMNS:
+            if self.store.width(name) is not None:
                 stored = to_storage(values, logical)
                 if logical == "float16" and not np.isfinite(stored).all():
                     raise BadInputError(
                         f"rows {start}–{start + n_rows - 1} overflow float16 ({name} beyond ±65504); cache with --dtype bfloat16 or float32"
                     )
-                if name == "acts":  # statistics describe the rows as stored (after any rounding)
-                    row = _chunk_stats(stored, logical)
+                if name in self.stats:  # statistics describe the rows as stored (after any rounding)
+                    rows[name] = _chunk_stats(stored, logical)
             else:
                 stored = values.astype(logical, copy=False)
             self.arrays[name][start : start + n_rows] = stored
-        self.stats[chunk] = row
+        for name, stats in self.stats.items():  # every column of the chunk is written before its statistics
+            stats[chunk] = rows[name]
 
     def _validate(self, data: dict[str, np.ndarray], start: int, n_rows: int) -> None:
         name = self.source.name
+        site_of = {column: site for site, column in self.site_keys.items()}
         for column in self.store.columns:
             if column not in data:
-                raise BadInputError(f"source {name!r} gave no {column!r} column for rows {start}–{start + n_rows - 1}; the store expects it")
+                what = f"site {site_of[column]!r}" if column in site_of else f"{column!r} column"
+                raise BadInputError(f"source {name!r} gave no {what} for rows {start}–{start + n_rows - 1}; the store expects it")
         acts = data["acts"]
-        d = self.store.d_in
-        if acts.ndim != 2 or acts.shape != (n_rows, d):
-            raise BadInputError(f"source {name!r} gave acts of shape {tuple(acts.shape)} for rows {start}–{start + n_rows - 1}; expected ({n_rows}, {d})")
+        for site in self.store.site_records:
+            values, d = data[site["column"]], int(site["d_in"])
+            if values.ndim != 2 or values.shape != (n_rows, d):
+                what = "acts" if site["column"] == "acts" else f"site {site['name']!r}"
+                raise BadInputError(f"source {name!r} gave {what} of shape {tuple(values.shape)} for rows {start}–{start + n_rows - 1}; expected ({n_rows}, {d})")
         for column, values in data.items():
             if values.shape[0] != n_rows:
                 raise BadInputError(f"source {name!r} gave {values.shape[0]} {column} for {n_rows} rows starting at row {start}")
-            if column in ACT_COLUMNS:
+            if self.store.width(column) is not None:
                 if column == "grads" and values.shape != acts.shape:
                     raise BadInputError(f"source {name!r} gave grads of shape {tuple(values.shape)} but acts of shape {tuple(acts.shape)}; they must match")
                 bad = ~np.isfinite(values).all(axis=1)

@@ -19,6 +19,7 @@ from ..evaluation._evaluate import default_evaluators
 from ..options import evaluator_options
 from ..plugins import get_registry
 from ..run import RunConfig, plots_dir
+from ..store._holdout import run_store
 from ..store._view import ActivationStore
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -67,10 +68,12 @@ def evaluate_members(members: Sequence[Any], configs: Sequence[RunConfig], evalu
     with rng_preserved(), torch.no_grad():
         for m, config, f in zip(members, configs, metric_files):
             started = time.perf_counter()
-            copy = m.trainer.build(base.store.d_in)
+            copy = m.trainer.build(m.dictionary.d_in)
             copy.load_state_dict(m.dictionary.state_dict())
             copy.to(base.device).eval()
             context = base.derive(out_dir=plots_dir(m.run_dir) / "during_training", run_dir=Path(m.run_dir), run_config=config)
+            if config.sites:  # a run on one site of several: its acts are that site's
+                context = context.derive(store=run_store(base.store, config))
             line: dict[str, Any] = {"step": step, "rows": rows_seen}
             for evaluator in evaluators:
                 if announce is not None:

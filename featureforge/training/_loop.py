@@ -43,7 +43,8 @@ from ._schedule import dead_after_for, lr_at
 from ._settings import TrainConfig, check_trainer_class, resolve_config
 from ._step import apply_update, mark_fired
 from ._stream import HeldOutSlice, StreamedReader, StreamPlan, check_stream_resume, plan_stream
-from ._sweep import expand_sweep
+from ._sweep import expand_seeds, expand_sweep, with_seeds
+from ._sites import MemberSites, column_scales, member_specs
 from ._during import eval_instances, evaluate_members
 
 __all__ = ["METRICS_FILE", "TrainConfig", "check_gradient_store", "expand_sweep", "is_complete", "lr_at", "train"]
@@ -70,6 +71,8 @@ class Member:
     variant: int = 0
     #: Its entry in the learning-rate race, while one is running.
     candidate: Candidate | None = None
+    #: The store sites filling each batch role (see ``_sites.MemberSites``).
+    sites: Any = None
 
 
 # -- helpers ----------------------------------------------------------------------------------------
@@ -135,23 +138,34 @@ def train(
 
     ``config`` takes the fields of :class:`TrainConfig` (``rows``, ``batch_size``, ``lr``, ...).
     """
-    cfg = resolve_config(config)
+    seeds = expand_seeds(config.get("seed"))
+    cfg = resolve_config({**config, "seed": seeds[0]} if "seed" in config else config)
     trainer_cls = get_registry().get("trainer", trainer)
     check_trainer_class(trainer_cls, trainer)
-    variants = expand_sweep(trainer_cls.Options, options)
+    variants, seeds = with_seeds(expand_sweep(trainer_cls.Options, options), seeds)
     trainers = [(label, trainer_cls(opts)) for label, opts in variants]
     if (store is None) == (source is None):
         raise OptionError("train needs either a store (--store) or a source to stream from (--source), not both or neither")
     if source is not None:
         from ..api import make_source
 
-        run = _Run(trainer, trainers, None, Path(out), cfg, resume=resume, overwrite=overwrite, progress=progress,
-                   source=make_source(source, source_options))
+        if not trainer_cls.trains:
+            raise OptionError(f"trainer {trainer!r} learns nothing, so there is nothing to stream; cache the source and pass --store")
+        run = _Run(trainer, None, None, Path(out), cfg, resume=resume, overwrite=overwrite, progress=progress,
+                   source=make_source(source, source_options), pending=(trainer_cls, variants, seeds))
         return run.execute()
     opened = store if isinstance(store, ActivationStore) else open_store(store, storage_options)
+    if not trainer_cls.trains:  # nothing to learn (identity): the run folder is written at once
+        from ._untrained import write_untrained
+
+        if len(trainers) > 1 or resume:
+            raise OptionError(f"trainer {trainer!r} learns nothing, so it has no sweep and no --resume; train it once")
+        return write_untrained(trainer, trainers[0][1], opened, Path(out), cfg, overwrite)
     if "grads" in trainer_cls.columns:
         check_gradient_store(opened, trainer)
-    run = _Run(trainer, trainers, opened, Path(out), cfg, resume=resume, overwrite=overwrite, progress=progress)
+    trainers = member_specs(trainer_cls, variants, opened, cfg.site, cfg.sites)
+    seeds = seeds * (len(trainers) // len(variants))  # member_specs: every variant once per chosen site, in order
+    run = _Run(trainer, trainers, opened, Path(out), cfg, resume=resume, overwrite=overwrite, progress=progress, seeds=seeds)
     return run.execute()
 
 
@@ -177,13 +191,16 @@ def check_gradient_store(store: ActivationStore, trainer: str = "this trainer") 
 
 
 class _Run:
-    def __init__(self, trainer_name: str, trainers: list[tuple[str, DictionaryTrainer]], store: ActivationStore | None, out: Path,
-                 cfg: TrainConfig, *, resume: bool, overwrite: bool, progress: bool, source: ActivationSource | None = None):
+    def __init__(self, trainer_name: str, trainers: list[tuple[str, DictionaryTrainer, MemberSites]], store: ActivationStore | None, out: Path,
+                 cfg: TrainConfig, *, resume: bool, overwrite: bool, progress: bool, seeds: list[int] | None = None,
+                 source: ActivationSource | None = None, pending: Any = None):
         self.trainer_name = trainer_name
-        self.trainers = trainers
         self.store = store  # a streamed run's is its held-out store, written in execute()
         self.source = source
         self.plan: StreamPlan | None = None
+        #: A streamed run's (trainer class, sweep variants, seeds): its members are made once its
+        #: held-out store (which records the source's sites) is written.
+        self._pending = pending
         self.out = out
         self.cfg = cfg
         self.resume = resume
@@ -198,24 +215,36 @@ class _Run:
         if cfg.batch_size % self.shards:
             raise OptionError(f"--batch-size {cfg.batch_size} must be divisible by the number of data shards ({self.shards})")
         self.device = resolve_device(cfg.device)
-        # Columns every trainer asks for, acts first (trainers declare `columns`; see roles.DictionaryTrainer).
-        wanted = [c for _, t in trainers for c in t.columns]
-        self.columns = tuple(dict.fromkeys(["acts", *wanted]))
+        if trainers is not None:
+            self._set_members(trainers, seeds)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
 
+    def _set_members(self, trainers: list[tuple[str, DictionaryTrainer, MemberSites]], seeds: list[int] | None) -> None:
+        self.trainers = trainers
+        #: Initialisation seed of each member (``--seed 0,1,2``; the data order is ``cfg.seed``'s).
+        self.seeds = seeds or [self.cfg.seed] * len(trainers)
+        # Store columns every member reads: its roles' site columns, then the trainer's other columns
+        # (trainers declare `columns` and `sites_for`; see roles.DictionaryTrainer).
+        self.columns = tuple(dict.fromkeys(c for _, _, ms in trainers for c in ms.store_columns()))
+        self.scales = column_scales(self.store, self.columns, self.cfg.normalise)
+
     # -- set-up ------------------------------------------------------------------------------
     def _run_dirs(self) -> list[Path]:
-        if len(self.trainers) == 1:
+        if len(self.trainers) == 1 and self.cfg.sites is None:  # --sites: always OUT/<site>, a folder evaluate reads whole
             return [self.out]
-        return [self.out / label for label, _ in self.trainers]
+        return [self.out / label for label, _, _ in self.trainers]
 
-    def _config_for(self, label: str, trainer: DictionaryTrainer, d_dict: int, holdout: list[int], scale: float) -> RunConfig:
+    def _config_for(self, label: str, trainer: DictionaryTrainer, d_dict: int, holdout: list[int], sites: MemberSites) -> RunConfig:
         reg = get_registry().registration("trainer", self.trainer_name)
         stream = None
         if self.plan is not None:
             stream = {**self.plan.record(), "heldout_store": str(self._heldout_path().relative_to(self.out) if len(self.trainers) == 1
-                                                                 else Path("..") / HELDOUT_STORE)}
+                                                                 and self.cfg.sites is None else Path("..") / HELDOUT_STORE)}
+        scale = sites.input_scale(self.scales)
+        normalisation = {"scale": scale, "applied": self.cfg.normalise}
+        if sites.recorded():
+            normalisation["sites"] = sites.site_scales(self.scales)
         return RunConfig(
             stream=stream,
             trainer=self.trainer_name,
@@ -223,12 +252,15 @@ class _Run:
             trainer_version=reg.version,
             options=trainer.options_dict(),
             sweep_label=label,
-            d_in=self.store.d_in,
+            d_in=sites.d_in,
             d_dict=d_dict,
-            normalisation={"scale": scale, "applied": self.cfg.normalise},
+            normalisation=normalisation,
             training=options_to_dict(self.cfg),
             world_size=self.world,
-            store=store_identity(self.store),
+            store=sites.store_identity(store_identity(self.store)),
+            sites=sites.recorded(),
+            role_widths=sites.widths() if sites.recorded() else None,
+            role_scales=sites.scales(self.scales) if sites.recorded() else None,
             holdout={"chunks": holdout, "rows": sum(self.store.chunk_rows(i) for i in holdout)},
         )
 
@@ -264,7 +296,7 @@ class _Run:
     def _readers(self, chunks: list | None) -> list[Any]:
         local = self.cfg.batch_size // self.shards
         if self.plan is not None:
-            return [StreamedReader(self.plan, self.source, local, columns=self.columns, seed=self.cfg.seed, rank=shard,
+            return [StreamedReader(self.plan, self.source, local, columns=self.columns, keys=self._stream_keys(), seed=self.cfg.seed, rank=shard,
                                    world_size=self.shards) for shard in range(self.rank, self.shards, self.world)]
         return [
             ShuffledReader(self.store, batch_size=local, chunks=chunks, seed=self.cfg.seed, rank=shard, world_size=self.shards,
@@ -272,13 +304,17 @@ class _Run:
             for shard in range(self.rank, self.shards, self.world)
         ]
 
-    def _init_sample(self, chunks: list | None, scale: float) -> torch.Tensor:
+    def _init_sample(self, chunks: list | None) -> dict[str, torch.Tensor]:
+        """A sample of training rows, every column the members read, in training units."""
+        columns = [c for c in self.columns if self.store.width(c) is not None and c != "grads"]
         if self.plan is not None:  # the first rows of shard 0's training stream
             n = min(INIT_SAMPLE_ROWS, self.plan.shard_train_rows(0) or INIT_SAMPLE_ROWS, self._shard_rows)
-            reader: Any = StreamedReader(self.plan, self.source, n, seed=self.cfg.seed + 1, world_size=self.shards, buffer_rows=n)
+            reader: Any = StreamedReader(self.plan, self.source, n, seed=self.cfg.seed + 1, world_size=self.shards, buffer_rows=n,
+                                         columns=columns, keys=self._stream_keys())
         else:
             n = min(INIT_SAMPLE_ROWS, sum(c.rows for c in chunks))
-            reader = ShuffledReader(self.store, batch_size=n, chunks=chunks, seed=self.cfg.seed + 1, buffer_rows=self.cfg.buffer_rows)
+            reader = ShuffledReader(self.store, batch_size=n, chunks=chunks, seed=self.cfg.seed + 1, buffer_rows=self.cfg.buffer_rows,
+                                    columns=columns)
         it = iter(reader)
         try:
             batch = next(it, None)
@@ -286,24 +322,26 @@ class _Run:
                 raise BadInputError(f"{self._where()} has fewer than {n} training rows for the dictionary's initialisation; stream more rows")
         finally:
             it.close()
-        return batch["acts"].float().to(self.device) * scale
+        return {c: batch[c].float().to(self.device) * self.scales[c] for c in columns}
 
-    def _build_members(self, scale: float, sample: torch.Tensor, holdout: list[int], total_steps: int,
+    def _build_members(self, sample: dict[str, torch.Tensor], holdout: list[int], total_steps: int,
                        race: bool) -> tuple[list[Member], list[RunConfig]]:
         """One member per sweep variant, or (``race``) one per candidate learning rate of each variant,
         every candidate from the same initialisation (see featureforge.training._lr_search)."""
         members, configs = [], []
         factors = self.cfg.lr_search_factors if race else (None,)
-        for variant, ((label, trainer), run_dir) in enumerate(zip(self.trainers, self._run_dirs())):
+        for variant, ((label, trainer, sites), run_dir) in enumerate(zip(self.trainers, self._run_dirs())):
+            trainer.role_widths, trainer.role_scales = sites.widths(), sites.scales(self.scales)
+            scale = sites.input_scale(self.scales)
             for factor in factors:
-                torch.manual_seed(self.cfg.seed)
-                dictionary = trainer.build(self.store.d_in)
+                torch.manual_seed(self.seeds[variant])
+                dictionary = trainer.build(sites.d_in)
                 if not isinstance(dictionary, Dictionary):
                     raise FeatureforgeError(f"trainer {self.trainer_name!r} built a {type(dictionary).__name__}, not a featureforge Dictionary")
                 dictionary.to(self.device)
                 dictionary.input_scale.fill_(scale)
                 with torch.no_grad():
-                    trainer.initialize(dictionary, sample)
+                    trainer.initialize(dictionary, sites.sample(sample))
                 base_lr = self.cfg.lr if self.cfg.lr is not None else float(trainer.learning_rate(dictionary, total_steps)) * (factor or 1.0)
                 params = [p for p in dictionary.parameters() if p.requires_grad]
                 # fused Adam: never slower than foreach here, up to 4x faster on busy cores (measured in featureforge-sae)
@@ -312,8 +350,9 @@ class _Run:
                 state = TrainState(step=0, rows_seen=0, rows_since_fired=torch.zeros(dictionary.d_dict, dtype=torch.long, device=self.device),
                                    world_size=self.world, dead_after=horizon)
                 members.append(Member(label, run_dir, trainer, dictionary, optimizer, state, base_lr, variant=variant,
-                                      candidate=Candidate(base_lr) if race else None))
-            configs.append(self._config_for(label, trainer, dictionary.d_dict, holdout, scale))
+                                      candidate=Candidate(base_lr) if race else None, sites=sites))
+            configs.append(self._config_for(label, trainer, dictionary.d_dict, holdout, sites))
+            configs[-1].training["seed"] = self.seeds[variant]
             configs[-1].extra["dead_after_rows"] = horizon  # the horizon this run used, whoever set it
         torch.manual_seed(self.cfg.seed)  # the step RNG starts from a known state whatever was built
         return members, configs
@@ -373,14 +412,12 @@ class _Run:
         else:
             train_chunks, held = split_chunks(self.store, self.cfg.holdout_rows)
             total_steps = self._total_steps(sum(c.rows for c in train_chunks))
-        norm = self.store.normalisation()
-        scale = float(norm.get("scale", 1.0)) if self.cfg.normalise else 1.0
         if self.resume:
             self._keep_old_dead_after()
         race_steps = 0
         if self.cfg.lr is None and not has_checkpoint:
             race_steps = probe_steps(total_steps, self.cfg.lr_search_fraction, len(self.cfg.lr_search_factors))
-        members, configs = self._build_members(scale, self._init_sample(train_chunks, scale), [c.index for c in held], total_steps, race_steps > 0)
+        members, configs = self._build_members(self._init_sample(train_chunks), [c.index for c in held], total_steps, race_steps > 0)
         if self.resume:
             self._check_resumable(configs)
             if all(is_complete(d) for d in self._run_dirs()):
@@ -398,18 +435,19 @@ class _Run:
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.cfg.dtype == "bfloat16" else contextlib.nullcontext()
         metric_files = [open(d / METRICS_FILE, "a") if self.rank == 0 else None for d in self._run_dirs()]
         next_checkpoint = (rows_seen // self.cfg.checkpoint_every + 1) * self.cfg.checkpoint_every
-        bar = progress_bar(total_steps * self.cfg.batch_size, f"train {self.trainer_name}", initial=rows_seen,
+        label = f"train {self.trainer_name}" + (f" ({len(self.trainers)} sites)" if self.cfg.sites is not None else "")
+        bar = progress_bar(total_steps * self.cfg.batch_size, label, initial=rows_seen,
                            enabled=None if (self.show_progress and self.rank == 0) else False)
         window_start = time.perf_counter()
         window_rows = 0
         try:
             while step < total_steps:
-                batches = [self._to_device(next(s), scale) for s in streams]
-                dens = [None] * len(batches)  # each batch's FVU denominator, computed once for all members
+                parts = [self._to_device(next(s)) for s in streams]
+                dens: dict[Any, Any] = {}  # each batch's FVU denominator per reference, computed once for all members
                 for m in members:
                     m.optimizer.param_groups[0]["lr"] = lr_at(step, total_steps, m.base_lr, self.cfg)
                     m.state.step, m.state.rows_seen = step, rows_seen
-                    num, den = self._step(m, batches, autocast, step, rows_seen, dens)
+                    num, den = self._step(m, [m.sites.batch(part) for part in parts], autocast, step, rows_seen, dens)
                     if m.candidate is not None and scored(step, race_steps):
                         m.candidate.num += float(num)
                         m.candidate.den += float(den)
@@ -490,7 +528,7 @@ class _Run:
                                 "cannot --resume; start again with --overwrite, or cache it first and train on the store")
         self.plan = plan_stream(src, self.cfg, self.shards)
         if self.resume:  # before the held-out store is touched
-            check_stream_resume(self.plan, self._run_dirs()[0], self.out)
+            check_stream_resume(self.plan, self.out)
         path = self._heldout_path()
         if self.rank == 0:
             from ..api import cache
@@ -503,9 +541,16 @@ class _Run:
             dist.barrier()
             if self.rank != 0:
                 self.store = open_store(str(path))
-        if "grads" in self.columns:
+        trainer_cls, variants, seeds = self._pending
+        if "grads" in trainer_cls.columns:
             check_gradient_store(self.store, self.trainer_name)
+        members = member_specs(trainer_cls, variants, self.store, self.cfg.site, self.cfg.sites)
+        self._set_members(members, seeds * (len(members) // len(variants)))
         return self.store.committed_chunks()
+
+    def _stream_keys(self) -> dict[str, str]:
+        """Each store column's key in the source's batches: a site after the first is under its name."""
+        return {r["column"]: ("acts" if i == 0 else r["name"]) for i, r in enumerate(self.store.site_records)}
 
     def _start_tee(self, readers: list[Any], total_steps: int) -> Any:
         """``--tee``: start writing the streamed training rows into a store (None without it)."""
@@ -570,24 +615,22 @@ class _Run:
 
             dist.barrier()
 
-    def _to_device(self, part: dict[str, torch.Tensor], scale: float) -> dict[str, torch.Tensor]:
-        """One data shard's batch on the device, in training units."""
-        acts = part["acts"].to(self.device, non_blocking=True).float()
-        if scale != 1.0:
-            acts.mul_(scale)
-        batch = {"acts": acts}
-        for column in self.columns[1:]:
-            extra = part[column].to(self.device, non_blocking=True)
-            if column == "grads":
-                # dL/d(s*x) = (dL/dx)/s: gradients in the units the trainer sees acts in.
-                extra = extra.float()
+    def _to_device(self, part: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One data shard's store columns on the device, activation columns in training units (each
+        site's rows times its own scale; ``grads`` divided by the first site's: dL/d(s*x) = (dL/dx)/s)."""
+        batch = {}
+        for column in self.columns:
+            value = part[column].to(self.device, non_blocking=True)
+            if self.store.width(column) is not None:
+                value = value.float()
+                scale = self.scales[column]
                 if scale != 1.0:
-                    extra.div_(scale)
-            batch[column] = extra
+                    value.div_(scale) if column == "grads" else value.mul_(scale)
+            batch[column] = value
         return batch
 
     def _step(self, m: Member, batches: list[dict[str, torch.Tensor]], autocast: Any, step: int, rows_seen: int,
-              dens: list[Any] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+              dens: dict[Any, Any] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimiser step over this process's data shards: per-shard losses, averaged gradients.
 
         Returns the FVU numerator and denominator of the batch as it was reconstructed before the step
@@ -616,15 +659,16 @@ class _Run:
         apply_update(m.trainer, m.dictionary, m.optimizer, m.state)
         mark_fired(m.state, [out.active for out in outs], self.cfg.batch_size)
         num_before, den_before = m.window.get("fvu_num", 0.0), m.window.get("fvu_den", 0.0)
-        dens = dens if dens is not None else [None] * len(batches)
+        dens = dens if dens is not None else {}
         with torch.no_grad():
             for i, (batch, out) in enumerate(zip(batches, outs)):
-                x = batch["acts"]
+                x = batch[m.sites.reference]  # what x_hat estimates: acts, or the target / stacked sites
                 x_hat = out.x_hat.detach().float()
-                if dens[i] is None:
-                    dens[i] = (x - x.mean(0)).pow(2).sum()
+                key = (i, m.sites.reference_key)
+                if key not in dens:
+                    dens[key] = (x - x.mean(0)).pow(2).sum()
                 # FVU sums add up over shards (as over ranks); the other scalars are averaged.
-                acc = {"fvu_num": (x - x_hat).pow(2).sum(), "fvu_den": dens[i], "loss": out.loss.detach().float() / len(outs)}
+                acc = {"fvu_num": (x - x_hat).pow(2).sum(), "fvu_den": dens[key], "loss": out.loss.detach().float() / len(outs)}
                 if out.l0 is not None:
                     acc["l0"] = _scalar(out.l0) / len(outs)
                 for key, value in out.metrics.items():

@@ -68,6 +68,10 @@ class TrainConfig:
     """Evaluators run every eval_every steps; default: those that declare themselves defaults for the store (Evaluator.default_for; featureforge-hf: downstream when the source can splice), else reconstruction."""
     eval_options: list[str] | None = None
     """Options of those evaluators as EVALUATOR.KEY=VALUE (e.g. downstream.max_sequences=64); an option naming another evaluator adds it."""
+    site: str | None = None
+    """On a store of several sites: the site the trainer's acts come from (default: the trainer's choice, the store's first site)."""
+    sites: str | None = None
+    """On a store of several sites: all (or a comma list of site names) trains one dictionary per site in one pass over the data, each in OUT/<site>."""
 
 
 
@@ -87,6 +91,8 @@ def resolve_config(config: Mapping[str, Any]) -> TrainConfig:
         raise OptionError(f"dead_after must be a positive number of rows (e.g. -t dead_after=1000000), got {cfg.dead_after}")
     if cfg.eval_every < 0:
         raise OptionError(f"eval_every must be 0 (no evaluation during training) or a number of steps, got {cfg.eval_every}")
+    if cfg.site is not None and cfg.sites is not None:
+        raise OptionError("pass either --site NAME (one dictionary on one site) or --sites all|A,B (one per site), not both")
     if cfg.grad_clip is not None and not cfg.grad_clip > 0:
         raise OptionError(f"grad_clip must be a positive gradient norm (e.g. -t grad_clip=1.0) or none, got {cfg.grad_clip}")
     return cfg
@@ -94,7 +100,8 @@ def resolve_config(config: Mapping[str, Any]) -> TrainConfig:
 
 def check_trainer_class(cls: type, name: str) -> None:
     """A trainer must implement ``build`` and ``loss``; say so by name instead of an empty NotImplementedError."""
-    missing = [m for m in ("build", "loss") if getattr(cls, m) is getattr(DictionaryTrainer, m)]
+    needed = ("build", "loss") if cls.trains else ("build",)  # a trainer with nothing to learn has no loss
+    missing = [m for m in needed if getattr(cls, m) is getattr(DictionaryTrainer, m)]
     if missing:
         what = {"build": "build(self, d_in) returning a featureforge Dictionary",
                 "loss": "loss(self, dictionary, batch, state) returning a StepOutput"}

@@ -63,13 +63,15 @@ def plan_stream(src: ActivationSource, cfg: Any, shards: int) -> "StreamPlan":
     return StreamPlan.make(src, shards, held, buffer_rows)
 
 
-def check_stream_resume(plan: "StreamPlan", run_dir: Any, out: Any) -> None:
-    """Refuse in one line to --resume a run that was streamed from another source or layout."""
+def check_stream_resume(plan: "StreamPlan", out: Any) -> None:
+    """Refuse in one line to --resume a run that was streamed from another source or layout (its
+    config.json is in ``out``, or in its members' folders for a sweep or ``--sites``)."""
     from ..run import CONFIG_FILE, RunConfig
 
-    if not (run_dir / CONFIG_FILE).exists():
+    found = [out] if (out / CONFIG_FILE).exists() else sorted(p for p in out.iterdir() if (p / CONFIG_FILE).exists()) if out.is_dir() else []
+    if not found:
         return
-    old = {k: v for k, v in (RunConfig.read(run_dir).stream or {}).items() if k != "heldout_store"}
+    old = {k: v for k, v in (RunConfig.read(found[0]).stream or {}).items() if k != "heldout_store"}
     new = plan.record()
     diffs = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     if diffs:
@@ -191,7 +193,8 @@ class StreamedReader:
     """
 
     def __init__(self, plan: StreamPlan, source: ActivationSource, batch_size: int, *, columns: Sequence[str] = ("acts",),
-                 seed: int = 0, rank: int = 0, world_size: int = 1, buffer_rows: int | None = None):
+                 seed: int = 0, rank: int = 0, world_size: int = 1, buffer_rows: int | None = None,
+                 keys: "dict[str, str] | None" = None):
         if batch_size <= 0:
             raise BadInputError(f"batch_size must be positive, got {batch_size}")
         if world_size != plan.shards or not 0 <= rank < world_size:
@@ -200,6 +203,8 @@ class StreamedReader:
         self.source = source
         self.batch_size = int(batch_size)
         self.columns = tuple(columns)
+        #: Each column's key in the source's batches (a store's ``acts_<i>`` is site i's name there).
+        self.keys = dict(keys or {})
         self.seed = int(seed)
         self.rank = rank
         self.world_size = world_size
@@ -271,8 +276,8 @@ class StreamedReader:
                         break
                     if batch.get("doc_ids") is not None and len(batch["doc_ids"]):
                         self.last_doc_id = max(self.last_doc_id, int(as_numpy(batch["doc_ids"]).max()))
-                    part = {c: as_numpy(batch[c]) for c in self.columns}
-                    n = len(part["acts"])
+                    part = {c: as_numpy(batch[self.keys.get(c, c)]) for c in self.columns}
+                    n = len(batch["acts"])
                     self.source_rows += n
                     pending.append(part)
                     have += n
@@ -372,6 +377,10 @@ class WrappedSource(ActivationSource):
     @property
     def d_in(self) -> int:
         return self.inner.d_in
+
+    @property
+    def sites(self) -> Any:
+        return self.inner.sites
 
     def provenance(self) -> dict[str, Any]:
         return self.inner.provenance()

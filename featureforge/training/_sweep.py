@@ -1,6 +1,9 @@
-"""Sweep expansion: ``k=16,32,64`` on a trainer option becomes one member config per value.
+"""Sweep expansion: ``k=16,32,64`` on a trainer option becomes one member config per value, and
+``--seed 0,1,2`` one member per initialisation seed.
 
-Every member is then trained in one pass over the data (see ``_loop.py``).
+Every member is then trained in one pass over the data (see ``_loop.py``). Seed members share the
+batches (the data order is the first seed's), as sparsify trains a list of init seeds at once, so
+they differ only in their initialisation: what ``featureforge compare`` asks of a seed comparison.
 """
 
 from __future__ import annotations
@@ -39,3 +42,31 @@ def expand_sweep(options_cls: type, options: Mapping[str, Any] | Sequence[str] |
         label = ",".join(f"{key}={chosen[key]}" for key in swept)
         out.append((label, chosen))
     return out
+
+
+def expand_seeds(seed: Any) -> list[int]:
+    """``0``, ``"0,1,2"`` or ``[0, 1, 2]`` as a list of distinct integer seeds (at least one)."""
+    from ..errors import OptionError
+
+    if seed is None:
+        return [0]
+    values = seed.split(",") if isinstance(seed, str) else list(seed) if isinstance(seed, (list, tuple)) else [seed]
+    try:
+        seeds = [int(str(v).strip()) for v in values if str(v).strip()]
+    except ValueError:
+        raise OptionError(f"--seed {seed!r} must be an integer or a comma list of integers (--seed 0,1,2)") from None
+    if not seeds or len(set(seeds)) < len(seeds):
+        raise OptionError(f"--seed {seed!r} must name distinct seeds, e.g. --seed 0,1,2")
+    return seeds
+
+
+def with_seeds(variants: list[tuple[str, Any]], seeds: list[int]) -> tuple[list[tuple[str, Any]], list[int]]:
+    """Each variant once per seed (labels gain ``seed=S`` when there are several); the seed of each."""
+    if len(seeds) == 1:
+        return variants, seeds * len(variants)
+    out, member_seeds = [], []
+    for label, value in variants:
+        for s in seeds:
+            out.append((f"{label},seed={s}" if label else f"seed={s}", value))
+            member_seeds.append(s)
+    return out, member_seeds

@@ -176,6 +176,11 @@ class DownstreamEvaluator(Evaluator):
         try:
             with src.splice(dictionary) as live, progress_bar(o.max_sequences, "downstream", unit="seq", enabled=enabled) as bar:
                 kind = live.kind
+                if live.reads is not None or live.sites:
+                    # The store's mean is of its first site; a transcoder writes another site and a
+                    # crosscoder several: mean-ablate each written site by its own rows' batch mean.
+                    replacements["mean"] = "mean"
+                    hook = ",".join(s.name for s in live.sites) if live.sites else live.site.name
                 for batch in live.batches(texts, start_doc=start or 0, max_sequences=o.max_sequences, batch_size=o.batch_size or None):
                     totals.update(live.compare(batch, replacements))
                     bar.update(int(batch.input_ids.shape[0]))

@@ -107,6 +107,32 @@ class LoadedModel:
             handle.remove()
         raise BadInputError(f"hook {site.name!r} never ran in the model's forward pass; pick a module the forward pass uses (-o hook=...)")
 
+    def capture_many(self, sites: Sequence[HookSite], input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
+        """Every site's tensor from one forward pass, stopping once the last of them has run."""
+        held: dict[int, torch.Tensor] = {}
+
+        def keep(i: int) -> Callable[[torch.Tensor], None]:
+            def fn(x: torch.Tensor) -> None:
+                if i not in held:
+                    held[i] = x.clone() if len(held) + 1 < len(sites) else x  # later modules may reuse earlier buffers
+                if len(held) == len(sites):
+                    raise StopForward(x)
+
+            return fn
+
+        handles = [site.attach(keep(i)) for i, site in enumerate(sites)]
+        try:
+            self.forward(input_ids, attention_mask)
+        except StopForward:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+        missing = [site.name for i, site in enumerate(sites) if i not in held]
+        if missing:
+            raise BadInputError(f"hook(s) {', '.join(missing)} never ran in the model's forward pass; pick modules the forward pass uses (-o hook=...)")
+        return [held[i] for i in range(len(sites))]
+
     def capture_with_grads(self, site: HookSite, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Activation and d(summed next-token CE)/d(activation) at the site, from one full pass."""
         held: dict[str, torch.Tensor] = {}
@@ -290,6 +316,33 @@ def block_list(model: nn.Module) -> tuple[str, int] | None:
             if len(kinds) == 1 and (best is None or len(module) > best[1]):
                 best = (name, len(module))
     return best
+
+
+def all_blocks(model: nn.Module) -> list[str]:
+    """Every block of the model's main stack, in order (``-o hook=all-blocks``): the longest
+    ``nn.ModuleList`` whose modules are all of one class (GPT-2's ``transformer.h``, BERT's
+    ``encoder.layer``, Llama's ``model.layers``)."""
+    found = block_list(model)
+    if found is None:
+        raise OptionError("cannot find the model's stack of blocks for hook=all-blocks; list the hooks: -o hook=NAME,NAME,...")
+    name, n = found
+    return [f"{name}.{i}" for i in range(n)]
+
+
+#: Child module names taken as a block's MLP for ``-o site=mlp-io`` (GPT-2, Llama/Mistral, GPT-NeoX: ``mlp``).
+MLP_NAMES = ("mlp", "feed_forward", "ffn", "mlp_block")
+
+
+def mlp_of(model: nn.Module, hook: str) -> str:
+    """The MLP module at or inside module ``hook``: ``hook`` itself when its last name is an MLP's
+    (``transformer.h.1.mlp``), else its child called one of ``MLP_NAMES``."""
+    modules = dict(model.named_modules())
+    if hook.rsplit(".", 1)[-1] in MLP_NAMES:
+        return hook
+    for child in MLP_NAMES:
+        if f"{hook}.{child}" in modules:
+            return f"{hook}.{child}"
+    raise OptionError(f"module {hook!r} has no MLP child ({', '.join(MLP_NAMES)}) for site=mlp-io; name the MLP module itself: -o hook=PATH.TO.MLP")
 
 
 def default_hook(model: nn.Module) -> str:

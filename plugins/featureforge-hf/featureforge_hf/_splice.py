@@ -39,7 +39,8 @@ class SplicedModel(LiveModel):
 
     reads_text = True
 
-    def __init__(self, loaded: LoadedModel, site: HookSite, dictionary: Any, *, text: "HFSource | None" = None):
+    def __init__(self, loaded: LoadedModel, site: HookSite, dictionary: Any, *, text: "HFSource | None" = None,
+                 reads: HookSite | None = None, sites: "tuple[HookSite, ...]" = ()):
         self.source = text
         self.loaded = loaded
         self.tokenizer = loaded.tokenizer
@@ -47,7 +48,7 @@ class SplicedModel(LiveModel):
         #: "causal-lm" (logits; CE/KL metrics) or "encoder" (hidden states; pooled-embedding metrics).
         self.kind = "causal-lm" if loaded.is_causal else "encoder"
         self.pooling = _pooling_mode(loaded.path) if self.kind == "encoder" else None
-        super().__init__(loaded.model, site, dictionary)
+        super().__init__(loaded.model, site, dictionary, reads=reads, sites=sites)
 
     @property
     def device(self) -> torch.device:
@@ -188,6 +189,47 @@ class SplicedModel(LiveModel):
                 return self.dictionary.reconstruct_with_grads(rows.float(), rows_grads)
 
         return reconstruct
+
+
+def dictionary_roles(dictionary: Any) -> dict[str, Any]:
+    """The store sites a dictionary's batch roles came from: the run's recorded role -> site
+    mapping (``config.json``'s ``sites``, issue #23), else what its trainer's ``sites_for`` kept in
+    its options (``source``/``target`` for a transcoder, ``sites`` for a crosscoder); ``{}`` for a
+    dictionary of one site (or one made in memory)."""
+    from featureforge import get_registry
+
+    cfg = getattr(dictionary, "config", None) or {}
+    recorded = cfg.get("sites")
+    if isinstance(recorded, Mapping) and ("target" in recorded or "sites" in recorded):
+        return dict(recorded)
+    options = cfg.get("options") or {}
+    trainer = cfg.get("trainer")
+    columns = get_registry().get("trainer", trainer).columns if trainer and trainer in get_registry().names("trainer") else ()
+    if "target" in columns and options.get("source") and options.get("target"):
+        return {"acts": options["source"], "target": options["target"]}
+    if "sites" in columns and options.get("sites") and list(options["sites"]) != ["all"]:
+        return {"sites": tuple(options["sites"])}
+    return {}
+
+
+def splice_sites(loaded: LoadedModel, site: HookSite, dictionary: Any) -> dict[str, Any]:
+    """``SplicedModel`` keywords for ``dictionary``: a transcoder writes its target site from the
+    rows it reads at its source site (``site``, ``reads``); a crosscoder replaces all its sites
+    (``sites``); any other dictionary replaces the source's own ``site``. Site names resolve by
+    :meth:`featureforge.sites.HookSite.find_site`: a module's name is its output (as the source
+    names a store's sites), with ``:input`` its input."""
+    roles = dictionary_roles(dictionary)
+
+    def find(name: str) -> HookSite:
+        return HookSite.find_site(loaded.model, name, "output", of=repr(loaded.name or loaded.path),  # type: ignore[arg-type]
+                                  prefixes=(getattr(loaded.model, "base_model_prefix", "") or "",), fix="splice into the model the dictionary was trained on")
+
+    if "target" in roles:
+        return {"site": find(roles["target"]), "reads": find(roles["acts"])}
+    if "sites" in roles:
+        sites = tuple(find(n) for n in roles["sites"])
+        return {"site": sites[0], "sites": sites}
+    return {"site": site}
 
 
 def summarize(totals: Mapping[str, float]) -> dict[str, float]:

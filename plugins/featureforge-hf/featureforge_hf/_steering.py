@@ -1,4 +1,10 @@
-"""The ``steering`` evaluator: how well single latents steer the live model in contexts where they are silent.
+"""The ``steering`` evaluator: how well single latents, and steering vectors, steer the live model.
+
+Latents and vectors are handles scored by one code path (``_score``): a latent is its code edit
+(``add``) on the contexts where it is silent, a vector (``-o vectors=DIR,...``, from ``featureforge
+vector``) its direction added (α × its typical projection, ``featureforge.interventions.DirectionEdit``)
+on every context; ``latent_ids`` picks latents instead of a sample, so "this latent or this vector
+for the concept?" is one ``featureforge evaluate``. Each vector's numbers are ``vector_<name>_<metric>``.
 
 For a seeded sample of live latents (``latents``; live = fired on the store's first rows), over
 held-out sequences (documents after the store's, first ``context_tokens`` tokens each) on which
@@ -43,7 +49,13 @@ MIN_CONTEXTS = 4
 @dataclasses.dataclass
 class SteeringOptions:
     latents: int = 16
-    """Live latents sampled (seeded) and steered one at a time."""
+    """Live latents sampled (seeded) and steered one at a time (0: none, e.g. to score only vectors)."""
+    latent_ids: str = ""
+    """Comma list of latents to steer instead of a sample (e.g. a vector's decomposition; latents firing on nearly every context are skipped)."""
+    vectors: str = ""
+    """Comma list of steering-vector folders (featureforge vector) scored beside the latents, on every context."""
+    vector_alphas: str = ""
+    """Strengths for the vectors, × each one's typical projection (α = 1: the whole concept shift); empty: alphas."""
     alphas: str = "2,4,8"
     """Strengths α, comma list, in units of each latent's typical firing value."""
     contexts: int = 32
@@ -74,20 +86,23 @@ class SteeringEvaluator(DownstreamEvaluator):
 
     def __post_init__(self) -> None:
         o = self.options
-        if o.latents < 1 or o.contexts < 2 or o.context_tokens < 2 or o.top_tokens < 1:
-            raise OptionError("steering: latents, top_tokens must be >= 1 and contexts, context_tokens >= 2")
+        if o.latents < 0 or o.contexts < 2 or o.context_tokens < 2 or o.top_tokens < 1:
+            raise OptionError("steering: latents must be >= 0, top_tokens >= 1 and contexts, context_tokens >= 2")
         try:
             self.alpha_values = [float(a) for a in o.alphas.split(",") if a.strip()]
         except ValueError:
             raise OptionError(f"steering: alphas={o.alphas!r} is not a comma list of numbers; pass e.g. -o steering.alphas=2,4,8") from None
         if not self.alpha_values:
             raise OptionError("steering: give at least one strength, e.g. -o steering.alphas=4")
+        try:
+            self.vector_alpha_values = [float(a) for a in o.vector_alphas.split(",") if a.strip()] or self.alpha_values
+        except ValueError:
+            raise OptionError(f"steering: vector_alphas={o.vector_alphas!r} is not a comma list of numbers; pass e.g. -o steering.vector_alphas=0.25,0.5,1") from None
         self._starts = {}
 
     def evaluate(self, dictionary: Any, context: EvaluationContext) -> EvaluationResult:
         import torch
 
-        from featureforge.interventions import Intervention, replacement
         from featureforge.steering import store_typical
 
         o = self.options
@@ -95,16 +110,22 @@ class SteeringEvaluator(DownstreamEvaluator):
         if store is None:
             raise BadInputError("the steering evaluator needs the store (typical firing values, held-out text); pass --store")
         src = self._source_for(context)
+        vectors = self._vectors(dictionary)
         typical = store_typical(dictionary, store)
         live_ids = torch.nonzero(typical > 0).flatten()
-        if len(live_ids) == 0:
+        if len(live_ids) == 0 and not vectors:
             raise BadInputError("no latent fired on the store's first rows; the steering evaluator needs live latents")
         gen = torch.Generator().manual_seed(o.seed)
         home = dictionary.input_scale.device if hasattr(dictionary, "input_scale") else None
         was_training = bool(getattr(dictionary, "training", False))
         rows: list[dict[str, Any]] = []
+        vector_rows: list[dict[str, Any]] = []
         try:
             with src.splice(dictionary) as live:
+                for v in vectors:
+                    if v.hook != live.hook:
+                        raise BadInputError(f"steering: vector {v.name!r} was made at {v.hook} but the store's live model hooks {live.hook}; "
+                                            "make the vector at the dictionary's hook")
                 batch = self._contexts(live, store)
                 ids, mask, keep = batch.input_ids.to(live.device), batch.attention_mask.to(live.device), batch.token_mask.to(live.device)
                 held: list[torch.Tensor] = []
@@ -118,33 +139,15 @@ class SteeringEvaluator(DownstreamEvaluator):
                     codes = dictionary.encode(held[0].float())
                     seq_of_row = torch.nonzero(keep)[:, 0].to(codes.device)
                     fires = torch.zeros(ids.shape[0], codes.shape[1], device=codes.device).index_add_(0, seq_of_row, (codes != 0).float()) > 0
-                    # Candidates: live latents silent on at least MIN_CONTEXTS held-out contexts.
-                    silent_count = (~fires).sum(0).cpu()
-                    candidates = live_ids[silent_count[live_ids] >= MIN_CONTEXTS]
-                    chosen = candidates[torch.randperm(len(candidates), generator=gen)[: o.latents]].sort().values.tolist()
-                    eye = torch.eye(codes.shape[1], device=codes.device)
-                    directions = dictionary.decode(eye[chosen]) - dictionary.decode(torch.zeros_like(eye[:1]))
+                chosen = self._latents(live_ids, fires, gen)
+                handles = [self._latent_handle(dictionary, typical, int(latent), fires) for latent in chosen]
+                handles += [self._vector_handle(v, ids.shape[0]) for v in vectors]
                 enabled = None if context.progress else False
-                bar = progress_bar(len(chosen), "steering", unit="latent", enabled=enabled)
-                for n, latent in enumerate(chosen):
+                bar = progress_bar(len(handles), "steering", unit="handle", enabled=enabled)
+                for handle in handles:
                     bar.update(1)
-                    silent = torch.nonzero(~fires[:, latent]).flatten().cpu()
-                    # push_norm: |u_i d_i| in original units, the size of the α = 1 edit (the control matches it).
-                    row: dict[str, Any] = {"latent": int(latent), "typical": float(typical[latent]), "contexts": int(len(silent)),
-                                           "push_norm": float(typical[latent] * directions[n].norm())}
-                    rand = torch.randn(directions.shape[1], generator=gen).to(directions.device)
-                    rand = rand / rand.norm() * directions[n].norm()
-                    for alpha in self.alpha_values:
-                        fn = replacement(dictionary, [Intervention((latent,), "add", alpha)], typical)
-                        row.update(_effects(live, ids, mask, keep, clean, silent, fn, o.top_tokens, f"a{alpha:g}"))
-                        if o.control:
-                            shift = (alpha * float(typical[latent]) * rand).detach()
-
-                            def control(x: torch.Tensor, shift: torch.Tensor = shift) -> torch.Tensor:
-                                return x + shift.to(x.device, x.dtype)
-
-                            row.update(_effects(live, ids, mask, keep, clean, silent, control, o.top_tokens, f"a{alpha:g}", prefix="control_"))
-                    rows.append(row)
+                    row = self._score(live, ids, mask, keep, clean, handle, gen)
+                    (vector_rows if handle["kind"] == "vector" else rows).append(row)
                 bar.close()
                 kind = live.kind
         finally:
@@ -153,19 +156,101 @@ class SteeringEvaluator(DownstreamEvaluator):
             if was_training:
                 dictionary.train()
         metrics: dict[str, Any] = {"kind": kind, "latents_steered": len(rows), "alphas": self.alpha_values}
-        if not rows:  # a dense dictionary: every latent fires somewhere in every context
+        if vector_rows:
+            metrics["vector_alphas"] = self.vector_alpha_values
+        if not rows and not vector_rows:  # a dense dictionary: every latent fires somewhere in every context
             metrics["note"] = (f"no live latent is silent on {MIN_CONTEXTS} of the {o.contexts} held-out contexts of {o.context_tokens} tokens; "
                                "pass more -o steering.contexts or a smaller -o steering.context_tokens")
-        keys = sorted({k for r in rows for k in r if k not in ("latent", "typical", "contexts")})  # push_norm aggregated too
+        keys = sorted({k for r in rows for k in r if k not in ("latent", "typical", "contexts", "handle", "kind")})  # push_norm aggregated too
         for key in keys:
             values = [r[key] for r in rows if key in r and math.isfinite(r[key])]
             metrics[key] = float(torch.tensor(values).median()) if values else math.nan
+        for row in vector_rows:  # one handle each: its own numbers, beside the latents' medians
+            for key, value in row.items():
+                if key not in ("handle", "kind", "contexts", "typical", "name"):
+                    metrics[f"vector_{row['name']}_{key}"] = value
         context.out_dir.mkdir(parents=True, exist_ok=True)
         table = context.out_dir / "steering.json"
-        table.write_text(json.dumps({"metrics": metrics, "latents": rows}, indent=1))
+        table.write_text(json.dumps({"metrics": metrics, "latents": rows, "vectors": vector_rows}, indent=1))
         plot = context.out_dir / "steering.png"
-        _plot(metrics, self.alpha_values, kind, plot)
+        _plot(metrics, self.alpha_values, kind, plot, [r["name"] for r in vector_rows], self.vector_alpha_values)
         return EvaluationResult(metrics=metrics, artifacts={"steering_table": str(table), "steering": str(plot)})
+
+    # -- the handles: latents and steering vectors, scored by one code path ------------------------
+    def _vectors(self, dictionary: Any) -> list[Any]:
+        from featureforge.vectors import load_vector
+
+        found = [load_vector(p.strip()) for p in self.options.vectors.split(",") if p.strip()]
+        for v in found:
+            if v.d_in != int(dictionary.d_in):
+                raise BadInputError(f"steering: vector {v.name!r} has width {v.d_in} but the dictionary has d_in={dictionary.d_in}; use a vector of this hook")
+        return found
+
+    def _latents(self, live_ids: Any, fires: Any, gen: Any) -> list[int]:
+        """The latents scored: ``latent_ids`` when given, else a seeded sample of live latents silent on MIN_CONTEXTS contexts."""
+        import torch
+
+        o = self.options
+        silent_count = (~fires).sum(0).cpu()
+        if o.latent_ids.strip():
+            try:
+                wanted = [int(i) for i in o.latent_ids.split(",") if i.strip()]
+            except ValueError:
+                raise OptionError(f"steering: latent_ids={o.latent_ids!r} is not a comma list of integers; pass e.g. -o steering.latent_ids=12,40") from None
+            bad = [i for i in wanted if not 0 <= i < fires.shape[1]]
+            if bad:
+                raise OptionError(f"steering: latent {bad[0]} is outside the dictionary (0..{fires.shape[1] - 1})")
+            live = set(live_ids.tolist())
+            return [i for i in wanted if i in live and int(silent_count[i]) >= MIN_CONTEXTS]
+        if o.latents == 0:
+            return []
+        candidates = live_ids[silent_count[live_ids] >= MIN_CONTEXTS]
+        return candidates[torch.randperm(len(candidates), generator=gen)[: o.latents]].sort().values.tolist()
+
+    def _latent_handle(self, dictionary: Any, typical: Any, latent: int, fires: Any) -> dict[str, Any]:
+        """A latent: its code edit (``add``, α × typical value) on the contexts where it is silent."""
+        import torch
+
+        from featureforge.interventions import Intervention, latent_directions, replacement
+
+        unit, size = latent_directions(dictionary, [latent], typical)
+        return {"kind": "latent", "label": {"latent": latent, "typical": float(typical[latent])},
+                "silent": torch.nonzero(~fires[:, latent]).flatten().cpu(), "push_norm": float(size[0]), "width": int(unit.shape[1]), "alphas": self.alpha_values,
+                "make": lambda alpha: replacement(dictionary, [Intervention((latent,), "add", alpha)], typical)}
+
+    def _vector_handle(self, vector: Any, n_contexts: int) -> dict[str, Any]:
+        """A steering vector: ``add`` along it (α × its typical projection) on every context."""
+        import torch
+
+        from featureforge.interventions import DirectionEdit, direction_replacement
+
+        def make(alpha: float) -> Any:
+            return direction_replacement(DirectionEdit(vector.direction, "add", alpha, torch.tensor([vector.typical])))
+
+        return {"kind": "vector", "label": {"name": vector.name, "typical": float(vector.typical), "handle": f"vector:{vector.name}"},
+                "silent": torch.arange(n_contexts), "push_norm": float(vector.typical), "width": vector.d_in, "alphas": self.vector_alpha_values, "make": make}
+
+    def _score(self, live: Any, ids: Any, mask: Any, keep: Any, clean: Any, handle: dict[str, Any], gen: Any) -> dict[str, Any]:
+        """Every metric of one handle at each α, and of a random direction of equal push (the control)."""
+        import torch
+
+        o = self.options
+        silent = handle["silent"]
+        # push_norm: the size of the α = 1 edit in original units (|u_i d_i| for a latent); the control matches it.
+        row: dict[str, Any] = {**handle["label"], "kind": handle["kind"], "contexts": int(len(silent)), "push_norm": handle["push_norm"]}
+        rand = torch.randn(handle["width"], generator=gen)  # drawn whether or not the control runs: seeded results stay put
+        rand = rand / rand.norm() * handle["push_norm"]
+        for alpha in handle["alphas"]:
+            fn = handle["make"](alpha)
+            row.update(_effects(live, ids, mask, keep, clean, silent, fn, o.top_tokens, f"a{alpha:g}"))
+            if o.control:
+                shift = (alpha * rand).detach()
+
+                def control(x: torch.Tensor, shift: torch.Tensor = shift) -> torch.Tensor:
+                    return x + shift.to(x.device, x.dtype)
+
+                row.update(_effects(live, ids, mask, keep, clean, silent, control, o.top_tokens, f"a{alpha:g}", prefix="control_"))
+        return row
 
     def _contexts(self, live: Any, store: Any) -> Any:
         """One batch of held-out sequences (windows of the documents after the store's) cut to ``context_tokens``."""
@@ -240,19 +325,23 @@ def _mean_pairwise_cosine(vectors: Any) -> float:
     return float((sims.sum() - sims.diagonal().sum()) / (n * (n - 1))) if n > 1 else math.nan
 
 
-def _plot(metrics: dict[str, Any], alphas: list[float], kind: str, path: Any) -> None:
+def _plot(metrics: dict[str, Any], alphas: list[float], kind: str, path: Any, vectors: list[str] = (), vector_alphas: list[float] | None = None) -> None:
+    """Medians over latents, their control, and each vector at its own α (× its typical projection)."""
     from featureforge.plots import new_figure, save_figure
 
     panels = ["output_score_gain", "stability", "kl_rest", "ce_increase"] if kind == "causal-lm" else ["embedding_distance", "stability"]
+    lines = [("", "latents (median)", "o-"), ("control_", "random direction, equal norm", "s--")]
+    lines = [(prefix, label, style, alphas) for prefix, label, style in lines]
+    lines += [(f"vector_{name}_", f"vector {name}", "^-", vector_alphas or alphas) for name in vectors]
     fig = new_figure(3.2 * len(panels), 3.2)
     for i, name in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
-        for prefix, label, style in (("", "latents", "o-"), ("control_", "random direction, equal norm", "s--")):
-            ys = [metrics.get(f"{prefix}{name}_a{a:g}", math.nan) for a in alphas]
+        for prefix, label, style, xs in lines:
+            ys = [metrics.get(f"{prefix}{name}_a{a:g}", math.nan) for a in xs]
             if any(math.isfinite(y) for y in ys):
-                ax.plot(alphas, ys, style, label=label, markersize=4)
-        ax.set_xlabel("α (× typical firing value)")
-        ax.set_title(name.replace("_", " ") + " (median)", fontsize=9)
+                ax.plot(xs, ys, style, label=label, markersize=4)
+        ax.set_xlabel("α (× typical value / projection)")
+        ax.set_title(name.replace("_", " "), fontsize=9)
         if i == 0:
             ax.legend(fontsize=7)
     save_figure(fig, path)

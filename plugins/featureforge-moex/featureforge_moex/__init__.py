@@ -2,7 +2,7 @@
 
 Registers the trainers ``moex`` (MoE-X dictionary) and ``switch`` (Switch SAE). The library side:
 ``MoEXMLP`` / ``SwitchMLP`` / ``MoEMLP`` layers and ``upcycle`` (``layers``) and the routers
-(``routing``). The models MoE-X is measured on (chess and Othello language models, the ``chess-lm``
+(``routing``); steering an MoE layer by weighting or switching its experts (``steering``). The models MoE-X is measured on (chess and Othello language models, the ``chess-lm``
 source) are featureforge-testbeds'. See docs/methods/moex.md.
 
 Importing the package is cheap: torch loads when one of the names below is first used.
@@ -19,6 +19,7 @@ _NAMES = {
     "sparsity_scores": "routing", "load_balance_loss": "routing",
     "MoEXDictionary": "dictionaries", "SwitchDictionary": "dictionaries",
     "MoEXTrainer": "trainers", "SwitchTrainer": "trainers",
+    "expert_weighting": "steering", "switched": "steering",
 }
 
 __all__ = sorted(_NAMES)

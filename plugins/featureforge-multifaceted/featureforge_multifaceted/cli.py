@@ -1,5 +1,6 @@
-"""Commands: ``featureforge dashboard`` (the ``facets`` evaluator with its site written to ``--out``)
-and ``featureforge facets-vision`` (facet synthesis for a unit of an image model)."""
+"""Commands: ``featureforge dashboard`` (the ``facets`` evaluator with its site written to ``--out``),
+``featureforge vector-page`` (a steering vector's decomposition page) and ``featureforge facets-vision``
+(facet synthesis for a unit of an image model)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,19 @@ def add_commands(cli: Any) -> None:
         click.echo(f"facets: {m['analysed']} features analysed, {m['rows']} rows at {m['rows_per_second']:.0f} rows/s, "
                    f"mean facets {m['mean_facets']}, multi-facet fraction {m['multi_facet_fraction']}")
         click.echo(f"Wrote {Path(out) / 'index.html'} and {Path(out) / 'report.json'}")
+
+    @cli.command(name="vector-page")
+    @click.argument("vector")
+    @click.argument("run")
+    @click.option("--store", required=True, help="The store the run was trained on (its rows give the latents' contexts).")
+    @click.option("--out", required=True, help="Folder for vector_<name>.html (a dashboard's --out puts it beside the feature pages).")
+    @click.option("--k", "max_latents", type=int, default=8, show_default=True, help="At most this many latents in the non-negative fit.")
+    @click.option("--contexts", type=int, default=5, show_default=True, help="Top contexts shown per fitted latent.")
+    def vector_page_command(vector: str, run: str, store: str, out: str, max_latents: int, contexts: int) -> None:
+        """A steering vector's page: its decomposition in the run's latents, with their top contexts."""
+        from .vector_page import vector_page
+
+        click.echo(f"Wrote {vector_page(vector, run, store, out, k=max_latents, n_contexts=contexts)}")
 
     @cli.command(name="facets-vision")
     @click.option("--model", required=True, metavar="MODULE:CALLABLE", help="Python callable returning the torch nn.Module (no pickles).")

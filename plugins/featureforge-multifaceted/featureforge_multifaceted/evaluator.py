@@ -64,6 +64,8 @@ class FacetsOptions:
     """Dashboard of a causal LM: tokens of the precomputed steered continuations on each feature page (latent added at 2, 4, 8 × its typical value); 0: no steering section."""
     steer_prompt: str = "The"
     """Prompt the steered continuations start from."""
+    compare: str = ""
+    """Folder written by featureforge compare that includes this run: each feature page lists its best matches in the other compared runs."""
 
 
 class FacetsEvaluator(Evaluator):
@@ -126,6 +128,7 @@ class FacetsEvaluator(Evaluator):
         from .steering_page import steering_sections
 
         steering = steering_sections(source, dictionary, store, latents, prompt=o.steer_prompt, max_new_tokens=o.steer_tokens) if site and o.steer_tokens else {}
+        matches = _best_matches(o.compare, context.run_dir) if site and o.compare else {}
         t0 = time.perf_counter()
         table: dict[int, dict[str, Any]] = {}
         for rec in feature_records(dictionary, store, found, latents, self.settings(), shown, decode, effects, embed=embed):
@@ -134,6 +137,8 @@ class FacetsEvaluator(Evaluator):
             if site is not None:
                 if rec["id"] in steering:
                     rec["steering"] = steering[rec["id"]]
+                if o.compare:
+                    rec["matches"] = matches.get(rec["id"], [])
                 site.feature(rec)
         seconds = time.perf_counter() - t0
         counts = [t["facets"] for t in table.values()]
@@ -202,3 +207,15 @@ def check_match(dictionary: Any, store: Any, run_config: dict[str, Any]) -> None
     if diffs:
         raise BadInputError(f"the run was trained on other activations than store {store.url} holds: {'; '.join(diffs)}; "
                             "pass the store the run was trained on (or one cached from the same model and hook)")
+
+
+def _best_matches(folder: str, run_dir: Any) -> dict[int, list[dict[str, Any]]]:
+    """Each latent's best partners in a ``featureforge compare`` folder; refuses one that left this run out."""
+    from featureforge.comparison import COMPARE_FILE, best_matches
+
+    if not (Path(folder) / COMPARE_FILE).exists():
+        raise BadInputError(f"facets: compare={folder} holds no {COMPARE_FILE}; run featureforge compare RUN OTHER --out {folder} first")
+    found = best_matches(folder, run_dir) if run_dir is not None else {}
+    if not found:
+        raise BadInputError(f"facets: the comparison in {folder} does not include run {run_dir}; compare this run with the others first")
+    return found

@@ -159,3 +159,24 @@ def test_text_dashboard_feature_pages_show_precomputed_steering(tiny_text, tmp_p
     if chromium():
         dom, console = dump_dom(out / "feature.html", f"?id={records[0]['id']}")
         assert console == [] and dom.count('class="steered"') == 3 and 'data-state="ready"' in dom
+
+
+def test_feature_pages_list_best_matches_from_a_comparison(synthetic_run, synthetic_store, tmp_path):
+    import featureforge
+
+    neurons = featureforge.train("neurons", store=synthetic_store.url, out=str(tmp_path / "neurons"), progress=False)[0]
+    featureforge.compare([synthetic_run, neurons], store=synthetic_store.url, out=tmp_path / "cmp", progress=False)
+    out = tmp_path / "site"
+    dashboard(str(synthetic_run), synthetic_store.url, str(out), ("latents=1,2", f"compare={tmp_path / 'cmp'}"))
+    text = (out / "data" / "feature_2.js").read_text()
+    record = json.loads(text[len("ffFeature("):-3])
+    pair = json.loads((tmp_path / "cmp" / "pairs" / "0-1.json").read_text())
+    (match,) = record["matches"]
+    assert match["run"] == "neurons" and match["latent"] == pair["a_activation"]["best"][2]
+    assert match["activation"] == pair["a_activation"]["best_score"][2] and match["decoder"] == pair["a_decoder"]["best_score"][2]
+    assert "Best matches in compared runs" in (out / "feature.html").read_text()
+    if chromium() is not None:  # the page renders the table without script errors
+        dom, console = dump_dom(out / "feature.html", "?id=2")
+        assert console == [] and dom.count('class="match"') == 1 and _values(dom)["activation"] == [match["activation"]]
+    with pytest.raises(featureforge.BadInputError, match="holds no compare.json"):
+        dashboard(str(synthetic_run), synthetic_store.url, str(tmp_path / "site2"), ("latents=1", f"compare={tmp_path}"))

@@ -32,7 +32,8 @@ Import picks the dictionary class a folder holds (a featureforge export names it
 a JumpReLU SAE), and the trainer that builds that class reads it. Import folds the variants
 that are equivalent (SAELens ``apply_b_dec_to_input``, ``rescale_acts_by_decoder_norm``) and
 refuses with one line, giving the reason, what featureforge cannot reproduce (activation
-normalisation done at run time, skip connections, transcoders, missing or mis-shaped tensors).
+normalisation done at run time, skip connections, missing or mis-shaped tensors). Transcoders are
+``_coder_interop``'s.
 """
 
 from __future__ import annotations
@@ -250,9 +251,10 @@ def _base_options(trainer_cls: Any, cfg_block: Any) -> dict[str, Any]:
     return {}
 
 
-def _make(trainer_cls: Any, options: dict[str, Any], d_in: int, weights: dict[str, torch.Tensor], cfg_path: Path,
-          threshold: torch.Tensor | None = None):
-    """(options, dictionary) of ``trainer_cls`` holding ``weights`` (original units: input_scale 1)."""
+def built_with(trainer_cls: Any, options: dict[str, Any], d_in: int, weights: dict[str, torch.Tensor], cfg_path: Path) -> tuple[Any, Any]:
+    """(trainer, dictionary) of ``trainer_cls`` built for ``d_in`` with the linear tensors of
+    ``weights`` (``W_enc [d_dict, d_in]``, ``b_enc``, ``W_dec``, ``b_dec``) copied in and every
+    scale 1 (imported weights are in original units); a bad option fails naming the file."""
     try:
         trainer = trainer_cls(options)
         dictionary = trainer.build(d_in)
@@ -264,6 +266,14 @@ def _make(trainer_cls: Any, options: dict[str, Any], d_in: int, weights: dict[st
         dictionary.W_dec.copy_(weights["W_dec"])
         dictionary.b_dec.copy_(weights["b_dec"])
         dictionary.input_scale.fill_(1.0)
+    return trainer, dictionary
+
+
+def _make(trainer_cls: Any, options: dict[str, Any], d_in: int, weights: dict[str, torch.Tensor], cfg_path: Path,
+          threshold: torch.Tensor | None = None):
+    """(options, dictionary) of ``trainer_cls`` holding ``weights`` (original units: input_scale 1)."""
+    trainer, dictionary = built_with(trainer_cls, options, d_in, weights, cfg_path)
+    with torch.no_grad():
         if isinstance(dictionary, JumpReLUSAE):
             # theta <= 0 fires wherever relu(pre) > 0 (SAELens: relu(pre) * 1[pre > theta]): the smallest positive theta does the same.
             dictionary.log_threshold.copy_(threshold.clamp_min(torch.finfo(torch.float32).tiny).log())
@@ -357,8 +367,10 @@ def _import_sparsify(trainer_cls: Any, src_dir: Path):
     cfg = _read_cfg(cfg_path)
     if cfg.get("activation", "topk") != "topk":
         raise BadInputError(f"{cfg_path} uses activation {cfg.get('activation')!r}; featureforge imports sparsify's topk coders only")
-    if cfg.get("skip_connection") or cfg.get("transcode"):
-        raise BadInputError(f"{cfg_path} is a transcoder or has a skip connection; featureforge imports plain sparsify autoencoders only")
+    if cfg.get("transcode"):
+        return None  # the transcoder trainer reads sparsify's transcoders (_coder_interop)
+    if cfg.get("skip_connection"):
+        raise BadInputError(f"{cfg_path} is an autoencoder with a skip connection; featureforge imports plain sparsify autoencoders and transcoders only")
     d_in = _int_field(cfg, "d_in", cfg_path)
     num_latents = cfg.get("num_latents") or d_in * int(cfg.get("expansion_factor", 32))
     d_sae = int(num_latents)

@@ -31,6 +31,10 @@ class _LinearSAE(Dictionary):
     def decoder_directions(self) -> Tensor:
         return self.W_dec
 
+    @property
+    def encoder_directions(self) -> Tensor:
+        return self.encoder.weight
+
     def decode_normalised(self, codes: Tensor) -> Tensor:
         return codes.to(self.W_dec.dtype) @ self.W_dec + self.b_dec
 

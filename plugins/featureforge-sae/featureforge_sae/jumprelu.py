@@ -67,27 +67,36 @@ class JumpReLUTrainer(UnitDecoder, SAETrainer):
         return warmed_up(self.options.l0_coef, rows_seen, self.options.l0_warmup_rows)
 
     def loss(self, dictionary: Any, batch: Any, state: TrainState) -> StepOutput:
-        import torch
-
-        from ._kernels import heaviside_step, jumprelu
-
         x = batch["acts"].to(dictionary.W_dec.dtype)
-        eps = self.options.bandwidth
-        theta = dictionary.threshold
-        pre = dictionary.pre_activations(x)
-        f = jumprelu(pre, theta, eps)  # eq. 8
-        x_hat = f @ dictionary.W_dec + dictionary.b_dec
-        n, d_in = x.shape
-        diff = (x - x_hat).reshape(-1)
-        reconstruction = torch.dot(diff, diff) / (n * d_in)  # eq. 9, rows at unit mean squared norm
-        l0 = heaviside_step(pre, theta, eps).sum(1).mean()  # eq. 10
         coef = self.l0_weight(state.rows_seen if state is not None else 0)
-        loss = reconstruction + coef * l0
-        with torch.no_grad():
-            fired = f > 0
-            fvu = torch.dot(diff, diff) / sum_sq_centred(x)
-        return StepOutput(loss=loss, x_hat=x_hat.detach(), active=fired.any(0), l0=l0.detach(),
-                          metrics={"fvu_train": fvu, "l0_coef": coef, "threshold_mean": theta.detach().mean()})
+        return jumprelu_step(dictionary.pre_activations(x), dictionary.threshold, dictionary.W_dec, dictionary.b_dec, x,
+                             self.options.bandwidth, coef)
+
+
+def jumprelu_step(pre: Any, theta: Any, W_dec: Any, b_dec: Any, target: Any, eps: float, coef: float,
+                  offset: Any = None) -> StepOutput:
+    """Eqs. 8-10 for one batch: ``f = JumpReLU_theta(pre)``, ``x_hat = f W_dec + b_dec (+ offset)``,
+    loss = squared error / (n d) + coef * L0; ``target`` is what ``x_hat`` must match (the input
+    for an autoencoder, the target site for a transcoder, whose skip term is ``offset``)."""
+    import torch
+
+    from ._kernels import heaviside_step, jumprelu
+
+    f = jumprelu(pre, theta, eps)  # eq. 8
+    x_hat = f @ W_dec + b_dec
+    if offset is not None:
+        x_hat = x_hat + offset.to(x_hat.dtype)
+    target = target.to(x_hat.dtype)
+    n, d = target.shape
+    diff = (target - x_hat).reshape(-1)
+    reconstruction = torch.dot(diff, diff) / (n * d)  # eq. 9, rows at unit mean squared norm
+    l0 = heaviside_step(pre, theta, eps).sum(1).mean()  # eq. 10
+    loss = reconstruction + coef * l0
+    with torch.no_grad():
+        fired = f > 0
+        fvu = torch.dot(diff, diff) / sum_sq_centred(target)
+    return StepOutput(loss=loss, x_hat=x_hat.detach(), active=fired.any(0), l0=l0.detach(),
+                      metrics={"fvu_train": fvu, "l0_coef": coef, "threshold_mean": theta.detach().mean()})
 
 
 TRAINERS = (JumpReLUTrainer,)

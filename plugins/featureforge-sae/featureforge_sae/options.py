@@ -206,3 +206,64 @@ class MatryoshkaOptions(BatchTopKOptions):
         d_dict = super().check_for(d_in)
         resolve_prefixes(self.prefixes, d_dict)
         return d_dict
+
+
+@dataclasses.dataclass
+class TranscoderOptions(BatchTopKOptions):
+    """Options of the ``transcoder`` trainer: a sparse map from one site's rows to another's (Dunefsky
+    et al. 2024; skip transcoders: Paulo, Belrose et al. 2025, arXiv 2501.18823)."""
+
+    source: str = ""
+    """Store site the encoder reads (e.g. an MLP's input); default: the store's first site (or --site)."""
+    target: str = ""
+    """Store site the decoder predicts (e.g. that MLP's output); default: the site after the source."""
+    activation: Literal["topk", "batchtopk", "jumprelu"] = "topk"
+    """topk: k latents per row (Gao et al. 2024); batchtopk: the batch's top n*k, a learned threshold at inference (Bussmann et al. 2024); jumprelu: per-latent thresholds and an L0 penalty (Rajamanoharan et al. 2024)."""
+    skip: bool = False
+    """Add a linear skip term W_skip x (skip transcoder, Paulo et al. 2025); W_skip starts at zero."""
+    d_target: int | None = None
+    """Width of the target rows; default: the source's width (the loop sets it from the target site)."""
+    l0_coef: float = 0.02
+    """activation=jumprelu: weight lambda of the L0 penalty (as the jumprelu trainer's)."""
+    l0_warmup_rows: int = 100_000
+    """activation=jumprelu: rows over which lambda rises linearly from 0."""
+    bandwidth: float = 0.1
+    """activation=jumprelu: width epsilon of the straight-through rectangle kernel."""
+    init_threshold: float = 0.5
+    """activation=jumprelu: every latent's threshold at initialisation."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.d_target is not None and self.d_target <= 0:
+            raise OptionError(f"d_target={self.d_target} must be positive; leave it unset for the source's width")
+        if self.source and self.source == self.target:
+            raise OptionError(f"source and target are the same site ({self.source!r}); a transcoder maps one site to another, use topk for an autoencoder")
+        if not self.init_threshold > 0 or not self.bandwidth > 0 or self.l0_coef < 0 or self.l0_warmup_rows < 0:
+            raise OptionError("init_threshold and bandwidth must be positive, l0_coef and l0_warmup_rows >= 0; e.g. -o init_threshold=0.5 -o bandwidth=0.1")
+
+
+@dataclasses.dataclass
+class CrosscoderOptions(BatchTopKOptions):
+    """Options of the ``crosscoder`` trainer: one dictionary reading and writing several sites (Lindsey
+    et al. 2024, "Sparse Crosscoders for Cross-Layer Features and Model Diffing")."""
+
+    sites: tuple[str, ...] = ("all",)
+    """Store sites read and written, in order: all (every site of the store) or a comma list a,b,c (all of one width)."""
+    activation: Literal["topk", "batchtopk"] = "topk"
+    """topk: k latents per row over all sites together; batchtopk: the batch's top n*k, a learned threshold at inference."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.sites = tuple(self.sites)
+        if not self.sites or ("all" in self.sites and len(self.sites) > 1):
+            raise OptionError(f"sites={','.join(self.sites)!r}: give all, or a comma list of store sites (a,b,c)")
+        if len(set(self.sites)) != len(self.sites):
+            raise OptionError(f"sites={','.join(self.sites)!r} names a site twice; list each once")
+        if self.sites != ("all",) and len(self.sites) < 2:
+            raise OptionError(f"sites={self.sites[0]!r}: a crosscoder reads at least two sites; use topk for one")
+
+    def resolved(self) -> tuple[str, ...]:
+        """The site names, refusing ``all`` before the store has said what all is."""
+        if self.sites == ("all",):
+            raise OptionError("sites=all is resolved against a store's sites when training starts; pass -o sites=a,b,c to build a crosscoder without one")
+        return self.sites

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import featureforge
 
-from . import gsae, jumprelu, matryoshka, trainers
+from . import coders, gsae, jumprelu, matryoshka, trainers
 
 
 @featureforge.hookimpl
 def featureforge_register_trainers(register):
-    for module in (trainers, gsae, jumprelu, matryoshka):
+    for module in (trainers, gsae, jumprelu, matryoshka, coders):
         for trainer in module.TRAINERS:
             register(trainer)
+
+
+@featureforge.hookimpl
+def featureforge_register_evaluators(register):
+    from . import coder_report
+
+    for evaluator in coder_report.EVALUATORS:
+        register(evaluator)

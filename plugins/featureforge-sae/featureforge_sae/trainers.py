@@ -54,6 +54,13 @@ def geometric_median(points: "torch.Tensor", iters: int = 200, tol: float = 1e-6
     return y.to(points.dtype) if torch.is_floating_point(points) else y
 
 
+def torch_dot(flat: "torch.Tensor") -> "torch.Tensor":
+    """``flat . flat``: the squared norm of a flat tensor (one BLAS call, with autograd)."""
+    import torch
+
+    return torch.dot(flat, flat)
+
+
 def warmed_up(coef: float, rows_seen: int, warmup_rows: int) -> float:
     """A penalty weight rising linearly from 0 to ``coef`` over the first ``warmup_rows`` rows."""
     if warmup_rows <= 0:
@@ -268,9 +275,22 @@ class TopKTrainer(UnitDecoder, SAETrainer):
         fn = sparse_reconstruction_loss if self.options.decoder_impl == "sparse" else dense_reconstruction_loss
         return fn(values, indices, dictionary.W_dec, bias, target, denominator)
 
-    def _reconstruction_loss(self, dictionary: Any, values, indices, x, total_variance):
-        """(loss term, metrics, x_hat) of the main reconstruction: FVU of the whole code."""
-        fvu, x_hat = self._reconstruction(dictionary, values, indices, dictionary.b_dec, x, total_variance)
+    def _reconstruction_loss(self, dictionary: Any, values, indices, x, total_variance, offset=None):
+        """(loss term, metrics, x_hat) of the main reconstruction: FVU of the whole code.
+
+        ``offset`` ([n, d], with gradients) is added to the reconstruction: a skip transcoder's
+        ``W_skip x``. The fused kernel takes no gradient to its target, so with an offset the
+        sparse decoder's output is compared with autograd instead.
+        """
+        if offset is None:
+            fvu, x_hat = self._reconstruction(dictionary, values, indices, dictionary.b_dec, x, total_variance)
+        else:
+            from ._kernels import dense_decode, sparse_decode
+
+            decode = sparse_decode if self.options.decoder_impl == "sparse" else dense_decode
+            x_hat = decode(values, indices, dictionary.W_dec) + dictionary.b_dec + offset.to(dictionary.W_dec.dtype)
+            diff = (x_hat - x).reshape(-1)
+            fvu = torch_dot(diff) / total_variance
         return fvu, {"fvu_train": fvu.detach()}, x_hat
 
     def loss(self, dictionary: Any, batch: Any, state: TrainState) -> StepOutput:
@@ -280,20 +300,25 @@ class TopKTrainer(UnitDecoder, SAETrainer):
         values, indices, aux_values, aux_indices = self._encode(dictionary, x, dead, k_aux)
         return self._finish(dictionary, x, values, indices, aux_values, aux_indices, dead)
 
-    def _finish(self, dictionary, x, values, indices, aux_values, aux_indices, dead) -> StepOutput:
+    def _finish(self, dictionary, x, values, indices, aux_values, aux_indices, dead, offset=None) -> StepOutput:
+        """The losses once the code is chosen; ``x`` is what the decoder must reconstruct (a
+        transcoder's target) and ``offset`` a term added to the reconstruction (its skip term)."""
         from ._kernels import _one_thread
 
         # Everything after the encoder is small memory-bound work: one thread (see _one_thread).
         with _one_thread(x.device):
-            return self._losses(dictionary, x, values, indices, aux_values, aux_indices, dead)
+            return self._losses(dictionary, x, values, indices, aux_values, aux_indices, dead, offset)
 
-    def _losses(self, dictionary, x, values, indices, aux_values, aux_indices, dead) -> StepOutput:
+    def _losses(self, dictionary, x, values, indices, aux_values, aux_indices, dead, offset=None) -> StepOutput:
         import torch
 
         x = x.to(dictionary.W_dec.dtype)
         with torch.no_grad():
             total_variance = sum_sq_centred(x)
-        loss, metrics, x_hat = self._reconstruction_loss(dictionary, values, indices, x, total_variance)
+        if offset is None:
+            loss, metrics, x_hat = self._reconstruction_loss(dictionary, values, indices, x, total_variance)
+        else:
+            loss, metrics, x_hat = self._reconstruction_loss(dictionary, values, indices, x, total_variance, offset)
         if dead is not None and aux_indices.shape[1] > 0:
             with torch.no_grad():
                 e = x - x_hat.detach()

@@ -180,7 +180,7 @@ def test_import_of_a_foreign_architecture_names_the_problem(tmp_path):
     assert "no installed trainer recognises" in _one_line(info)
 
 
-def test_import_refuses_runtime_normalisation_and_transcoders(tmp_path):
+def test_import_refuses_runtime_normalisation_and_skip_autoencoders(tmp_path):
     out = _exported(tmp_path)
     cfg = json.loads((out / "cfg.json").read_text())
     cfg["normalize_activations"] = "layer_norm"
@@ -190,11 +190,11 @@ def test_import_refuses_runtime_normalisation_and_transcoders(tmp_path):
     assert "layer_norm" in _one_line(info)
     out = _exported(tmp_path / "sp", "sparsify")
     cfg = json.loads((out / "cfg.json").read_text())
-    cfg["transcode"] = True
+    cfg["skip_connection"] = True  # (transcoders, transcode=true, are the transcoder trainer's: test_coder_interop.py)
     (out / "cfg.json").write_text(json.dumps(cfg))
     with pytest.raises(BadInputError) as info:
         featureforge.import_run(out, "sparsify", tmp_path / "back2")
-    assert "transcoder" in _one_line(info)
+    assert "skip connection" in _one_line(info)
 
 
 def test_import_folds_saelens_variants(tmp_path):

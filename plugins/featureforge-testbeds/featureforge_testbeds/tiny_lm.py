@@ -5,7 +5,8 @@ afterwards only prints where it is (cached; ``--retrain`` trains again); the cau
 same on first use. The text is this machine's standard library (the ``hf`` source's default data),
 the tokenizer a byte-level BPE trained here and the model a randomly initialised ``transformers``
 GPT-2 (both from ``featureforge_hf.tiny``); every 50th document is held out for the validation
-loss. Training stops after ``minutes``.
+loss. Training stops after ``minutes``. With ``checkpoints`` N the model is also saved N times on the
+way (``OUT/checkpoints/``, listed in the report), for comparing units over training.
 """
 
 from __future__ import annotations
@@ -38,6 +39,12 @@ class TinyLMConfig:
     max_chars: int = 4_000_000
     threads: int = 1
     seed: int = 0
+    steps: int = 0
+    """Train exactly this many optimiser steps (the schedule and checkpoints follow steps, so models of
+    several seeds are saved at the same steps); 0: train until ``minutes`` run out."""
+    checkpoints: int = 0
+    """Also save the model this many times during training (at equal fractions of the time budget), each into
+    ``OUT/checkpoints/NN-stepS`` (a Hugging Face folder like OUT): the persistence of units over training."""
 
 
 def cached_report(out: str | Path) -> dict[str, Any] | None:
@@ -85,12 +92,16 @@ def train_gpt2(out: str | Path, cfg: TinyLMConfig, progress: Any = None) -> dict
     budget, warmup = cfg.minutes * 60.0, 50
     losses: list[float] = []
     step = 0
+    saved: list[dict[str, Any]] = []
     train_start = time.perf_counter()
     while True:
         elapsed = time.perf_counter() - train_start
-        if elapsed >= budget and step > 0:
+        done = step / cfg.steps if cfg.steps else elapsed / budget  # fraction of the run behind us
+        if len(saved) < cfg.checkpoints and done >= (len(saved) + 1) / (cfg.checkpoints + 1) and step > 0:
+            saved.append(_checkpoint(out, model, tokenizer, len(saved), step))
+        if done >= 1.0 and step > 0:
             break
-        lr = cfg.lr * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, elapsed / budget))))
+        lr = cfg.lr * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, done))))
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch = batch_of(train, torch.randint(0, len(train) - cfg.context, (cfg.batch_size,), generator=gen))
@@ -102,7 +113,7 @@ def train_gpt2(out: str | Path, cfg: TinyLMConfig, progress: Any = None) -> dict
         losses.append(loss.item())
         step += 1
         if progress is not None:
-            progress(min(elapsed, budget))
+            progress(min(done, 1.0) * budget)
     train_s = time.perf_counter() - train_start
     model.eval()
     with torch.no_grad():
@@ -124,9 +135,20 @@ def train_gpt2(out: str | Path, cfg: TinyLMConfig, progress: Any = None) -> dict
         "train_s": round(train_s, 1),
         "threads": cfg.threads,
         "options": dataclasses.asdict(cfg),
+        "checkpoints": saved,
     }
     (folder / REPORT).write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _checkpoint(out: str | Path, model: Any, tokenizer: Any, index: int, step: int) -> dict[str, Any]:
+    """Save the model as it is now into ``OUT/checkpoints/NN-stepS`` (then back to training mode)."""
+    from featureforge_hf.tiny import save_model
+
+    model.eval()
+    folder = save_model(Path(out) / "checkpoints" / f"{index:02d}-step{step}", model, tokenizer)
+    model.train()
+    return {"path": str(folder), "step": step}
 
 
 def train_with_bar(out: str | Path, cfg: TinyLMConfig, enabled: bool | None = None) -> dict[str, Any]:

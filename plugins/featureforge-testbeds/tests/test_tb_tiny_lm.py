@@ -55,3 +55,27 @@ def test_tiny_lm_command_trains_once_then_reports_the_cached_model(tmp_path, cli
     (foreign / "config.json").write_text("{}")
     refused = runner.invoke(build_cli(), ["tiny-lm", "--out", str(foreign)])
     assert refused.exit_code == 1 and "did not train" in refused.output
+
+
+def test_tiny_lm_saves_checkpoints_during_training_that_the_hf_source_reads(tmp_path, monkeypatch):
+    import featureforge_testbeds.tiny_lm as train_lm
+    from click.testing import CliRunner
+
+    from featureforge.cli import build_cli
+
+    small = dict(max_chars=60_000, heads=2, vocab=300, context=32, batch_size=4)
+    real = train_lm.TinyLMConfig
+    monkeypatch.setattr(train_lm, "TinyLMConfig", lambda **kw: real(**{**small, **kw}))
+    out = tmp_path / "lm"
+    done = CliRunner().invoke(build_cli(), ["tiny-lm", "--out", str(out), "--minutes", "0.03", "--checkpoints", "2", "--layers", "1",
+                                            "--d-model", "32", "--json"], env={"FEATUREFORGE_PROGRESS": "0"})
+    assert done.exit_code == 0, done.output
+    report = json.loads(done.output)
+    saved = report["checkpoints"]
+    assert len(saved) == 2 and 0 < saved[0]["step"] < saved[1]["step"] <= report["steps"]
+    assert report["config"]["n_layer"] == 1 and report["config"]["n_embd"] == 32
+    for c in saved:
+        source = HFSource(model=c["path"], context_size=32, max_docs=1, hook="transformer.h.0.mlp.act")
+        assert next(iter(source.stream()))["acts"].shape[1] == 128  # the MLP's neurons, 4 x d_model
+    bad = CliRunner().invoke(build_cli(), ["tiny-lm", "--out", str(tmp_path / "x"), "--checkpoints", "-1"])
+    assert bad.exit_code == 1 and "--checkpoints -1 must be 0 or more" in bad.output

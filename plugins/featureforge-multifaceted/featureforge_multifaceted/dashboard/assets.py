@@ -140,7 +140,20 @@ function ffFeature(f) {
     eff.appendChild(el("p", {className: "note", text: "no output-token effects for this dictionary (see the index page)"}));
   }
   steering(f.steering);
+  matches(f.matches);
   ready("feature " + f.id);
+}
+function matches(m) {  // from featureforge compare (-o compare=FOLDER): this latent's best partner in each other run
+  var box = document.getElementById("matches");
+  if (!m) { box.appendChild(el("p", {className: "note", text: "no comparison (featureforge compare RUN OTHER --out C, then dashboard ... -o compare=C)"})); return; }
+  var rows = [el("tr", {}, ["run", "best latent", "activation ρ", "Hungarian partner", "its ρ", "decoder best", "decoder cos", "shared"].map(function (h) { return el("th", {text: h}); }))];
+  m.forEach(function (r) {
+    rows.push(el("tr", {className: "match"}, [el("td", {text: r.run}), el("td", {text: String(r.latent)}), num("activation", r.activation),
+      el("td", {text: String(r.hungarian)}), num("hungarian_activation", r.hungarian_activation),
+      el("td", {text: r.decoder_latent === undefined ? "n/a" : String(r.decoder_latent)}), num("decoder", r.decoder),
+      el("td", {text: r.shared === undefined ? "n/a" : (r.shared ? "yes" : "no")})]));
+  });
+  box.appendChild(el("table", {}, rows));
 }
 function steering(s) {  // precomputed by steering_page.py: continuations without and with the latent added
   var box = document.getElementById("steering");
@@ -220,6 +233,7 @@ FEATURE_BODY = """
 <h2>Activation quantile bands</h2><div id="bands"></div>
 <h2>Output-token effects</h2><div id="effects"></div>
 <h2>Steering</h2><div id="steering"></div>
+<h2>Best matches in compared runs</h2><div id="matches"></div>
 <script>loadFeature();</script>
 """
 
