@@ -107,7 +107,8 @@ def _train_streamed(out, **kw):
     settings = dict(rows=4096, batch_size=256, seed=0, lr=1e-3, holdout_rows=1024, buffer_rows=2048, progress=False,
                     log_every=4, checkpoint_every=1024)
     settings.update(kw)
-    return ff.train(TINY, TRAINER, source="synthetic", source_options=SYNTH, out=out, **settings)
+    settings.setdefault("source_options", SYNTH)
+    return ff.train(TINY, TRAINER, source="synthetic", out=out, **settings)
 
 
 def test_a_streamed_run_records_its_source_holds_out_rows_and_evaluates(tmp_path):
@@ -341,3 +342,37 @@ def test_cli_routes_source_options_and_refuses_a_source_option_without_a_source(
     assert config["options"]["k"] == 4 and config["d_in"] == 16
     bad = CliRunner().invoke(build_cli(), ["train", "--store", "x", "-s", "d_in=16", "--trainer", TINY, "--out", str(tmp_path / "b")], env=env)
     assert bad.exit_code != 0 and "-s/--source-option needs --source" in bad.output
+
+
+# -- several sites from one pass of the source ------------------------------------------------------
+PLANTED = {**SYNTH, "transcoder": True}
+
+
+def test_sites_all_streamed_trains_one_dictionary_per_site_from_one_pass_and_resumes_exactly(tmp_path):
+    """A two-site source (the planted transcoder) streamed with ``sites="all"``: one member per site,
+    each reading its own site's rows of the same source batches; the held-out store holds both sites;
+    a crash and --resume give both members' uninterrupted weights."""
+    runs = _train_streamed(tmp_path / "all", source_options=PLANTED, sites="all")
+    assert [r.name for r in runs] == ["in", "out"]
+    held = ff.open_store(tmp_path / "all" / "heldout")
+    assert held.sites == ["in", "out"]
+    src = ff.get_registry().get("source", "synthetic")(PLANTED)
+    first = src.rows(0, 1024)
+    assert np.array_equal(held.site("out").read(0, 1024), first["out"])  # the second site under its own name
+    configs = [json.loads((r / "config.json").read_text()) for r in runs]
+    assert [c["sites"] for c in configs] == [{"acts": "in"}, {"acts": "out"}]
+    assert configs[1]["stream"]["heldout_store"] == "../heldout"
+    a = ff.evaluate(runs[0])["evaluators"]["reconstruction"]["metrics"]["fvu"]
+    b = ff.evaluate(runs[1])["evaluators"]["reconstruction"]["metrics"]["fvu"]
+    assert 0 < a < 1 and 0 < b < 1
+    # the out site alone, streamed: the same weights as its member of the one-pass run
+    [alone] = _train_streamed(tmp_path / "alone", source_options=PLANTED, site="out")
+    w1, w2 = load_file(str(alone / "weights.safetensors")), load_file(str(runs[1] / "weights.safetensors"))
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+    with _crash_after_checkpoint(2):
+        _train_streamed(tmp_path / "cut", source_options=PLANTED, sites="all")
+    resumed = _train_streamed(tmp_path / "cut", source_options=PLANTED, sites="all", resume=True)
+    for whole, cut in zip(runs, resumed):
+        x, y = load_file(str(whole / "weights.safetensors")), load_file(str(cut / "weights.safetensors"))
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
