@@ -161,6 +161,8 @@ def train(
     *,
     store: str | os.PathLike | ActivationStore | None = None,
     out: str | os.PathLike | None = None,
+    source: str | ActivationSource | None = None,
+    source_options: Mapping[str, Any] | Sequence[str] | None = None,
     config: str | os.PathLike | None = None,
     resume: bool = False,
     overwrite: bool = False,
@@ -186,6 +188,7 @@ def train(
     checkpoint_every: int = 2_000_000,
     dead_after: int | None = None,
     buffer_rows: int | None = None,
+    tee: str | None = None,
     data_shards: int | None = None,
     eval_every: int = 0,
     eval_evaluators: list[str] | None = None,
@@ -197,14 +200,18 @@ def train(
 
     ``options`` are the trainer's (``{"k": 32}`` or ``["k=32"]``; ``k=16,32`` sweeps). ``store``
     is a path, fsspec URL or opened store; ``out`` the run folder (a sweep's members go in
-    subfolders). ``resume`` continues a run from its checkpoint; ``overwrite`` replaces an
+    subfolders). Instead of a store, ``source`` (a name with ``source_options``, or an instance)
+    trains straight from the source through a bounded shuffle buffer (``buffer_rows``), holding out
+    its first ``holdout_rows`` rows in a small store in the run folder; the run records the source
+    and ``resume`` restarts it at the recorded row. ``resume`` continues a run from its checkpoint; ``overwrite`` replaces an
     existing run. The remaining arguments are the loop's settings (``featureforge train --help``,
     ``-t KEY=VALUE``): rows and epochs to train, batch size, learning rate (default: the
     trainer's for this run, or a race of ``lr_search_factors`` times it over
     ``lr_search_fraction`` of the steps), warm-up steps and final decay fraction, Adam betas, gradient clipping, seed
     (a list, or ``"0,1,2"``, trains one member per initialisation seed on the same batches),
     compute dtype, threads, device, input normalisation, held-out rows, logging, checkpointing and
-    dead-latent windows (in rows), the reader's shuffle buffer and data shards, and evaluation
+    dead-latent windows (in rows), the reader's shuffle buffer (a streamed run's window), ``tee`` (a streamed run also writes
+    its training rows into this store) and data shards, and evaluation
     during training (every ``eval_every`` steps with ``eval_evaluators``, options as
     ``EVALUATOR.KEY=VALUE``). On a store of several sites, ``site`` picks the one the trainer's
     ``acts`` come from, and ``sites`` (``"all"`` or a list of names) trains one dictionary per site
@@ -220,15 +227,19 @@ def train(
         settings["sites"] = ",".join(str(s) for s in settings["sites"])
     if config is not None:
         trainer, options, store, out, resume, overwrite = _apply_run_file(config, settings, trainer, options, store, out, resume, overwrite)
-    missing = [flag for flag, value in (("trainer", trainer), ("store", store), ("out", out)) if value is None]
+        if store is None and source is None:  # a run file's `source = "hf"` (its options come from source_options=)
+            from .training._run_file import read_run_file
+
+            source = read_run_file(config, flag="config=").top.get("source")
+    missing = [flag for flag, value in (("trainer", trainer), ("store", store if source is None else source), ("out", out)) if value is None]
     if missing:
         raise OptionError(f"train needs {' and '.join(missing)}; pass {', '.join(f'{m}=...' for m in missing)} or a run file with config=...")
     return _train(trainer, options, store=store, out=out, resume=resume, overwrite=overwrite, progress=progress,
-                  storage_options=storage_options, **settings)
+                  storage_options=storage_options, source=source, source_options=source_options, **settings)
 
 
 # Arguments of ``train`` that are not loop settings (TrainConfig fields).
-_TRAIN_OWN = frozenset({"trainer", "options", "store", "out", "config", "resume", "overwrite", "progress", "storage_options", "_train"})
+_TRAIN_OWN = frozenset({"trainer", "options", "store", "out", "source", "source_options", "config", "resume", "overwrite", "progress", "storage_options", "_train"})
 
 
 def _apply_run_file(config: str | os.PathLike, settings: dict[str, Any], trainer: Any, options: Any, store: Any, out: Any,

@@ -200,6 +200,12 @@ def _print_info(data: dict[str, Any]) -> None:
             click.echo(f"  {site['name']:<28} column {site['column']:<8} d_in {site['d_in']:<6} {where}{scale}")
 
 
+def _option_names(cls: type) -> set[str]:
+    import dataclasses
+
+    return {f.name for f in dataclasses.fields(cls.Options)} if dataclasses.is_dataclass(cls.Options) else set()
+
+
 def _load_train_config(ctx: click.Context, param: click.Parameter, path: str | None) -> str | None:
     """Read ``--config run.toml`` before the other options, as their defaults (flags given still win)."""
     if path is None:
@@ -207,7 +213,7 @@ def _load_train_config(ctx: click.Context, param: click.Parameter, path: str | N
     from .training._run_file import read_run_file
 
     parsed = read_run_file(path)
-    renamed = {"trainer": "trainer_name"}
+    renamed = {"trainer": "trainer_name", "source": "source_name"}
     defaults = {renamed.get(key, key): value for key, value in parsed.top.items()}
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     ctx.meta["train_config_tables"] = {"options": parsed.options, "train_options": parsed.train_options}
@@ -220,8 +226,14 @@ def _load_train_config(ctx: click.Context, param: click.Parameter, path: str | N
                    "[train_options] are -t; flags given here override it.")
 @click.option("--trainer", "trainer_name", required=True, help="Trainer name (see `featureforge plugins`).")
 @click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
-              help="Trainer option; repeatable. A comma list on a scalar option (k=16,32,64) trains a sweep from one pass.")
-@click.option("--store", required=True, help="Store path or fsspec URL.")
+              help="Trainer option; repeatable. A comma list on a scalar option (k=16,32,64) trains a sweep from one pass. "
+                   "With --source, a key only the source has goes to the source.")
+@click.option("--store", default=None, help="Store path or fsspec URL (or --source to stream without one).")
+@click.option("--source", "source_name", default=None,
+              help="Train straight from this source (see `featureforge plugins`), no store: a bounded shuffle buffer (-t buffer_rows), "
+                   "its first -t holdout_rows rows held out; --resume restarts it at the recorded row.")
+@click.option("-s", "--source-option", "source_options", multiple=True, metavar="KEY=VALUE",
+              help="Option of --source; repeatable (also a -o key the trainer does not have).")
 @click.option("--out", required=True, help="Run folder (a sweep gets one sub-folder per setting).")
 @click.option("--rows", type=int, default=None, help="Training rows (default: --epochs passes over the training chunks).")
 @click.option("--epochs", type=float, default=None, help="Passes over the training chunks (default 1).")
@@ -236,30 +248,43 @@ def _load_train_config(ctx: click.Context, param: click.Parameter, path: str | N
 @click.option("--site", default=None, help="On a store of several sites: the site the dictionary reads (default: the first; `featureforge info` lists them).")
 @click.option("--sites", default=None, metavar="all|A,B",
               help="On a store of several sites: one dictionary per site (all, or a comma list) from one pass over the data, each in OUT/<site>.")
+@click.option("--tee", default=None, help="With --source: also write the streamed training rows into this store (for later runs).")
 @click.option("--resume", is_flag=True, help="Continue from the run's last checkpoint (bit-identical to an uninterrupted run).")
 @click.option("--overwrite", is_flag=True, help="Delete an existing run folder and start again.")
 @click.pass_context
-def train(ctx: click.Context, trainer_name: str, options: tuple[str, ...], store: str, out: str, rows: int | None, epochs: float | None,
+def train(ctx: click.Context, trainer_name: str, options: tuple[str, ...], store: str | None, source_name: str | None,
+          source_options: tuple[str, ...], out: str, rows: int | None, epochs: float | None,
           batch_size: int | None, lr: float | None, dtype: str | None, threads: int | None, seed: str | None,
-          site: str | None, sites: str | None, train_options: tuple[str, ...], resume: bool, overwrite: bool) -> None:
-    """Train a dictionary on a store with a registered trainer."""
+          site: str | None, sites: str | None, train_options: tuple[str, ...], tee: str | None, resume: bool, overwrite: bool) -> None:
+    """Train a dictionary on a store (or streamed from a source) with a registered trainer."""
     from . import api
+    from .errors import BadInputError
     from .options import split_pairs
+    from .plugins import get_registry
 
     tables = ctx.meta.get("train_config_tables") or {"options": {}, "train_options": {}}
     given = {"rows": rows, "epochs": epochs, "batch_size": batch_size, "lr": lr, "dtype": dtype, "threads": threads, "seed": seed,
-             "site": site, "sites": sites}
+             "site": site, "sites": sites, "tee": tee}
     config: dict[str, Any] = {**tables["train_options"], **{k: v for k, v in given.items() if v is not None},
                               **dict(split_pairs(train_options, "log_every=100", flag="-t"))}
     trainer_options = {**tables["options"], **dict(split_pairs(options, "k=32"))}
-    runs = api.train(trainer_name, trainer_options, store=store, out=out, resume=resume, overwrite=overwrite, **config)
+    streamed: dict[str, Any] = {}
+    if source_name is not None:
+        own = dict(split_pairs(source_options, "model=gpt2", flag="-s"))
+        source_keys = _option_names(get_registry().get("source", source_name))
+        trainer_keys = _option_names(get_registry().get("trainer", trainer_name))
+        own.update({k: trainer_options.pop(k) for k in list(trainer_options) if k in source_keys and k not in trainer_keys})
+        streamed = {"source": source_name, "source_options": own}
+    elif source_options:
+        raise BadInputError("-s/--source-option needs --source; pass --source NAME or leave out -s")
+    runs = api.train(trainer_name, trainer_options, store=store, out=out, resume=resume, overwrite=overwrite, **streamed, **config)
     for run in runs:
         click.echo(f"Trained {trainer_name} into {run}")
 
 
 @cli.command(name="evaluate")
 @click.argument("run")
-@click.option("--store", required=True, help="Store path or fsspec URL to evaluate on.")
+@click.option("--store", default=None, help="Store path or fsspec URL to evaluate on (default: the run's own; a streamed run's held-out rows).")
 @click.option("--evaluator", "evaluators", multiple=True, metavar="NAME",
               help="Evaluator to run; repeatable (default: reconstruction, plus ground-truth when the store has it).")
 @click.option("--rows", type=int, default=None,

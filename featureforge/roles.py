@@ -129,6 +129,12 @@ class ActivationSource(Plugin):
     def random_access(self) -> bool:
         return type(self).rows is not ActivationSource.rows
 
+    #: Whether ``stream(..., skip_rows=n)`` starts exactly at row ``n`` of the writer's share (the
+    #: contract below): a continued cache and a resumed streamed run (``featureforge train --source``)
+    #: rely on it. A live feed that cannot restart at a row sets False; its streamed runs then
+    #: cannot ``--resume``. Random-access sources can always seek.
+    seekable: ClassVar[bool] = True
+
     def stream(self, rank: int = 0, world_size: int = 1, skip_rows: int = 0, max_rows: int | None = None) -> Iterator[Batch]:
         """Batches of writer ``rank``'s share of the data, after skipping ``skip_rows`` rows of it.
 

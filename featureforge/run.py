@@ -11,6 +11,7 @@ is the run's own lives here too. A run folder holds::
     report.json            what ``featureforge evaluate`` measured (``read_report``)
     plots/                 training.png, evaluators' plots
     checkpoint/            model + optimiser state and data cursors for --resume
+    heldout/               a streamed run's held-out rows, a store (a sweep keeps one beside its members)
 
 A run is *complete* only when its config says so, its weights are whole and its training plot
 exists: the status is written last, after the plots, so a kill at any earlier moment leaves a run
@@ -41,9 +42,11 @@ REPORT_FILE = "report.json"
 PLOTS_DIR = "plots"
 TRAINING_PLOT = "training.png"
 CHECKPOINT_DIR = "checkpoint"
+#: A streamed run's held-out rows (a store, written from the source's leading rows; its eval rows).
+HELDOUT_STORE = "heldout"
 
 __all__ = [
-    "CHECKPOINT_DIR", "CONFIG_FILE", "METRICS_FILE", "PLOTS_DIR", "REPORT_FILE", "RUN_FORMAT_VERSION", "TRAINING_PLOT",
+    "CHECKPOINT_DIR", "CONFIG_FILE", "HELDOUT_STORE", "METRICS_FILE", "PLOTS_DIR", "REPORT_FILE", "RUN_FORMAT_VERSION", "TRAINING_PLOT",
     "WEIGHTS_FILE", "RunConfig", "RunFormatError", "is_complete", "plots_dir", "read_metrics", "read_report",
 ]
 
@@ -93,6 +96,11 @@ class RunConfig:
     lr_search: dict[str, Any] | None = None
     #: Units of weights.safetensors: ``{"units": "raw", "input_scale_folded": s}`` or ``"training"`` (see Dictionary.fold_input_scale).
     weights_units: dict[str, Any] | None = None
+    #: A streamed run (no store): the source, its options and which rows are held out or trained on
+    #: (featureforge.training._stream.StreamPlan.record), plus ``heldout_store``, the held-out
+    #: store's path relative to the run folder, and, once trained, ``next_doc_id`` (1 + the largest
+    #: ``doc_ids`` the source produced for training, when it has that column). None for a store's run.
+    stream: dict[str, Any] | None = None
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     # -- conversion ---------------------------------------------------------------------------
@@ -171,6 +179,8 @@ class RunConfig:
         old_store, new_store = self.store or {}, new.store or {}
         if old_store.get("source") != new_store.get("source") or old_store.get("rows") != new_store.get("rows"):
             diffs.append(f"store: {old_store.get('url')} -> {new_store.get('url')}")
+        if (self.stream or None) != (new.stream or None):
+            diffs.append(f"stream: {(self.stream or {}).get('source')} -> {(new.stream or {}).get('source')}")
         if (self.sites or None) != (new.sites or None):
             diffs.append(f"sites: {self.sites!r} -> {new.sites!r}")
         ot, nt = self.training or {}, new.training or {}
@@ -188,6 +198,22 @@ def store_identity(store: "ActivationStore") -> dict[str, Any]:
     """What a run records about its store (``config.json``'s ``store``)."""
     return {"url": store.url, "source": store.source, "rows": store.rows, "d_in": store.d_in, "dtype": store.dtype,
             "provenance": store.provenance}
+
+
+def trained_store(run_dir: str | os.PathLike) -> str:
+    """Where the store a run (or a sweep's first member) was trained on is: a streamed run's
+    held-out store beside it, else the recorded store URL; refused in one line when neither is known."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_FILE).exists():
+        members = sorted(d for d in run_dir.iterdir() if (d / CONFIG_FILE).exists()) if run_dir.is_dir() else []
+        run_dir = members[0] if members else run_dir
+    config = RunConfig.read(run_dir)
+    if config.stream and config.stream.get("heldout_store"):
+        return str((run_dir / config.stream["heldout_store"]).resolve())
+    recorded = config.store.get("url") if isinstance(config.store, dict) else config.store
+    if not recorded:
+        raise FeatureforgeError(f"run {run_dir} records no store; name one with --store")
+    return str(recorded)
 
 
 def _normalised_url(url: str) -> str:

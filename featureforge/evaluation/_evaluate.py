@@ -85,7 +85,7 @@ def _instantiate(evaluators: Any, store: "ActivationStore") -> list["Evaluator"]
 
 def evaluate(
     run: str | os.PathLike,
-    store: str | os.PathLike | ActivationStore,
+    store: str | os.PathLike | ActivationStore | None = None,
     evaluators: Sequence[str | Evaluator] | Mapping[str, Any] | None = None,
     out_dir: str | os.PathLike | None = None,
     rows: int | None = None,
@@ -104,6 +104,7 @@ def evaluate(
         ``sweep.png``) written into it and returned (see ``_sweeps``).
     store
         Store path, fsspec URL or an opened ``ActivationStore``; its ``d_in`` must be the run's.
+        Default: the store the run was trained on (a streamed run's held-out store).
     evaluators
         Evaluator names (or instances, or a mapping name -> options). Default: ``reconstruction``,
         plus ``ground-truth`` when the store holds ground truth.
@@ -132,6 +133,10 @@ def evaluate(
     from ..store._view import ActivationStore, open_store
     from ._sweeps import evaluate_sweep, is_sweep
 
+    if store is None:
+        from ..run import trained_store
+
+        store = trained_store(run)
     opened = store if isinstance(store, ActivationStore) else open_store(store, storage_options)
     instances = _instantiate(evaluators, opened)
     dev = resolve_device(device)

@@ -35,13 +35,14 @@ from ..options import options_to_dict
 from ..plots import plot_training
 from ..plugins import get_registry
 from ..store._reader import ShuffledReader
-from ..roles import DictionaryTrainer, StepOutput, TrainState
+from ..roles import ActivationSource, DictionaryTrainer, StepOutput, TrainState
 from ..runtime import resolve_device
-from ..run import CONFIG_FILE, METRICS_FILE, STATUS_COMPLETE, RunConfig, is_complete, prepare_out_dir, store_identity
-from ..store._view import ActivationStore, open_store
+from ..run import CONFIG_FILE, HELDOUT_STORE, METRICS_FILE, STATUS_COMPLETE, RunConfig, is_complete, prepare_out_dir, store_identity
+from ..store._view import ActivationStore, ChunkRef, open_store
 from ._schedule import dead_after_for, lr_at
 from ._settings import TrainConfig, check_trainer_class, resolve_config
 from ._step import apply_update, mark_fired
+from ._stream import HeldOutSlice, StreamedReader, StreamPlan, check_stream_resume, plan_stream
 from ._sweep import expand_seeds, expand_sweep, with_seeds
 from ._sites import MemberSites, column_scales, member_specs
 from ._during import eval_instances, evaluate_members
@@ -86,7 +87,7 @@ def _distributed() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def _shard_batches(reader: ShuffledReader) -> Iterator[dict[str, torch.Tensor]]:
+def _shard_batches(reader: Any, where: str) -> Iterator[dict[str, torch.Tensor]]:
     while True:
         produced = False
         for batch in reader:
@@ -94,7 +95,7 @@ def _shard_batches(reader: ShuffledReader) -> Iterator[dict[str, torch.Tensor]]:
             yield batch
         if not produced:
             raise BadInputError(
-                f"store {reader.store.url}: a data shard has fewer training rows than its batch ({reader.batch_size}); "
+                f"{where}: a data shard has fewer training rows than its batch ({reader.batch_size}); "
                 "use a smaller --batch-size or cache more rows"
             )
 
@@ -122,15 +123,18 @@ def train(
     trainer: str,
     options: Mapping[str, Any] | Sequence[str] | None = None,
     *,
-    store: str | ActivationStore,
+    store: str | ActivationStore | None = None,
     out: str | os.PathLike,
+    source: str | ActivationSource | None = None,
+    source_options: Mapping[str, Any] | Sequence[str] | None = None,
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
     storage_options: dict[str, Any] | None = None,
     **config: Any,
 ) -> list[Path]:
-    """Train one dictionary (or one per swept option value) on a store; returns the run folders.
+    """Train one dictionary (or one per swept option value) on a store, or streamed straight from
+    ``source`` (no store; see featureforge.training._stream); returns the run folders.
 
     ``config`` takes the fields of :class:`TrainConfig` (``rows``, ``batch_size``, ``lr``, ...).
     """
@@ -140,6 +144,16 @@ def train(
     check_trainer_class(trainer_cls, trainer)
     variants, seeds = with_seeds(expand_sweep(trainer_cls.Options, options), seeds)
     trainers = [(label, trainer_cls(opts)) for label, opts in variants]
+    if (store is None) == (source is None):
+        raise OptionError("train needs either a store (--store) or a source to stream from (--source), not both or neither")
+    if source is not None:
+        from ..api import make_source
+
+        if not trainer_cls.trains:
+            raise OptionError(f"trainer {trainer!r} learns nothing, so there is nothing to stream; cache the source and pass --store")
+        run = _Run(trainer, None, None, Path(out), cfg, resume=resume, overwrite=overwrite, progress=progress,
+                   source=make_source(source, source_options), pending=(trainer_cls, variants, seeds))
+        return run.execute()
     opened = store if isinstance(store, ActivationStore) else open_store(store, storage_options)
     if not trainer_cls.trains:  # nothing to learn (identity): the run folder is written at once
         from ._untrained import write_untrained
@@ -177,19 +191,23 @@ def check_gradient_store(store: ActivationStore, trainer: str = "this trainer") 
 
 
 class _Run:
-    def __init__(self, trainer_name: str, trainers: list[tuple[str, DictionaryTrainer, MemberSites]], store: ActivationStore, out: Path,
-                 cfg: TrainConfig, *, resume: bool, overwrite: bool, progress: bool, seeds: list[int] | None = None):
+    def __init__(self, trainer_name: str, trainers: list[tuple[str, DictionaryTrainer, MemberSites]], store: ActivationStore | None, out: Path,
+                 cfg: TrainConfig, *, resume: bool, overwrite: bool, progress: bool, seeds: list[int] | None = None,
+                 source: ActivationSource | None = None, pending: Any = None):
         self.trainer_name = trainer_name
-        self.trainers = trainers
-        #: Initialisation seed of each member (``--seed 0,1,2``; the data order is ``cfg.seed``'s).
-        self.seeds = seeds or [cfg.seed] * len(trainers)
-        self.store = store
+        self.store = store  # a streamed run's is its held-out store, written in execute()
+        self.source = source
+        self.plan: StreamPlan | None = None
+        #: A streamed run's (trainer class, sweep variants, seeds): its members are made once its
+        #: held-out store (which records the source's sites) is written.
+        self._pending = pending
         self.out = out
         self.cfg = cfg
         self.resume = resume
         self.overwrite = overwrite
         self.show_progress = progress
         self._eval_context: Any = None  # made at the first evaluation during training
+        self._cursors: dict[str, Any] = {}  # every shard's reader cursor at the last checkpoint
         self.rank, self.world = _distributed()
         self.shards = cfg.data_shards or self.world
         if self.shards % self.world:
@@ -197,12 +215,19 @@ class _Run:
         if cfg.batch_size % self.shards:
             raise OptionError(f"--batch-size {cfg.batch_size} must be divisible by the number of data shards ({self.shards})")
         self.device = resolve_device(cfg.device)
+        if trainers is not None:
+            self._set_members(trainers, seeds)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+
+    def _set_members(self, trainers: list[tuple[str, DictionaryTrainer, MemberSites]], seeds: list[int] | None) -> None:
+        self.trainers = trainers
+        #: Initialisation seed of each member (``--seed 0,1,2``; the data order is ``cfg.seed``'s).
+        self.seeds = seeds or [self.cfg.seed] * len(trainers)
         # Store columns every member reads: its roles' site columns, then the trainer's other columns
         # (trainers declare `columns` and `sites_for`; see roles.DictionaryTrainer).
         self.columns = tuple(dict.fromkeys(c for _, _, ms in trainers for c in ms.store_columns()))
-        self.scales = column_scales(store, self.columns, cfg.normalise)
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        self.scales = column_scales(self.store, self.columns, self.cfg.normalise)
 
     # -- set-up ------------------------------------------------------------------------------
     def _run_dirs(self) -> list[Path]:
@@ -212,11 +237,16 @@ class _Run:
 
     def _config_for(self, label: str, trainer: DictionaryTrainer, d_dict: int, holdout: list[int], sites: MemberSites) -> RunConfig:
         reg = get_registry().registration("trainer", self.trainer_name)
+        stream = None
+        if self.plan is not None:
+            stream = {**self.plan.record(), "heldout_store": str(self._heldout_path().relative_to(self.out) if len(self.trainers) == 1
+                                                                 and self.cfg.sites is None else Path("..") / HELDOUT_STORE)}
         scale = sites.input_scale(self.scales)
         normalisation = {"scale": scale, "applied": self.cfg.normalise}
         if sites.recorded():
             normalisation["sites"] = sites.site_scales(self.scales)
         return RunConfig(
+            stream=stream,
             trainer=self.trainer_name,
             trainer_distribution=reg.distribution,
             trainer_version=reg.version,
@@ -263,23 +293,33 @@ class _Run:
                     "resume with the original ones or pass --overwrite"
                 )
 
-    def _readers(self, chunks: list) -> list[ShuffledReader]:
+    def _readers(self, chunks: list | None) -> list[Any]:
         local = self.cfg.batch_size // self.shards
+        if self.plan is not None:
+            return [StreamedReader(self.plan, self.source, local, columns=self.columns, keys=self._stream_keys(), seed=self.cfg.seed, rank=shard,
+                                   world_size=self.shards) for shard in range(self.rank, self.shards, self.world)]
         return [
             ShuffledReader(self.store, batch_size=local, chunks=chunks, seed=self.cfg.seed, rank=shard, world_size=self.shards,
                            drop_last=True, buffer_rows=self.cfg.buffer_rows, columns=self.columns)
             for shard in range(self.rank, self.shards, self.world)
         ]
 
-    def _init_sample(self, chunks: list) -> dict[str, torch.Tensor]:
+    def _init_sample(self, chunks: list | None) -> dict[str, torch.Tensor]:
         """A sample of training rows, every column the members read, in training units."""
-        n = min(INIT_SAMPLE_ROWS, sum(c.rows for c in chunks))
         columns = [c for c in self.columns if self.store.width(c) is not None and c != "grads"]
-        reader = ShuffledReader(self.store, batch_size=n, chunks=chunks, seed=self.cfg.seed + 1, buffer_rows=self.cfg.buffer_rows,
-                                columns=columns)
+        if self.plan is not None:  # the first rows of shard 0's training stream
+            n = min(INIT_SAMPLE_ROWS, self.plan.shard_train_rows(0) or INIT_SAMPLE_ROWS, self._shard_rows)
+            reader: Any = StreamedReader(self.plan, self.source, n, seed=self.cfg.seed + 1, world_size=self.shards, buffer_rows=n,
+                                         columns=columns, keys=self._stream_keys())
+        else:
+            n = min(INIT_SAMPLE_ROWS, sum(c.rows for c in chunks))
+            reader = ShuffledReader(self.store, batch_size=n, chunks=chunks, seed=self.cfg.seed + 1, buffer_rows=self.cfg.buffer_rows,
+                                    columns=columns)
         it = iter(reader)
         try:
-            batch = next(it)
+            batch = next(it, None)
+            if batch is None:
+                raise BadInputError(f"{self._where()} has fewer than {n} training rows for the dictionary's initialisation; stream more rows")
         finally:
             it.close()
         return {c: batch[c].float().to(self.device) * self.scales[c] for c in columns}
@@ -350,6 +390,7 @@ class _Run:
             gathered: list[Any] = [None] * self.world
             dist.all_gather_object(gathered, cursors)
             cursors = {k: v for part in gathered for k, v in part.items()}
+        self._cursors = cursors
         for m in members:
             m.window = _floats(m.window)  # the checkpoint's JSON holds floats
         if self.rank != 0:
@@ -363,9 +404,14 @@ class _Run:
         from ..progress import progress_bar
 
         self._check_out_dir()
-        train_chunks, held = split_chunks(self.store, self.cfg.holdout_rows)
-        total_steps = self._total_steps(train_chunks)
         has_checkpoint = self.resume and load_checkpoint(self.out) is not None
+        if self.source is not None:
+            train_chunks, held = None, self._open_stream(has_checkpoint)
+            total_steps = self._total_steps(self.plan.train_rows)
+            self._shard_rows = total_steps * self.cfg.batch_size // self.shards  # rows each shard trains on
+        else:
+            train_chunks, held = split_chunks(self.store, self.cfg.holdout_rows)
+            total_steps = self._total_steps(sum(c.rows for c in train_chunks))
         if self.resume:
             self._keep_old_dead_after()
         race_steps = 0
@@ -378,12 +424,14 @@ class _Run:
                 return self._run_dirs()
         readers = self._readers(train_chunks)
         step, rows_seen = restore_training_state(self.out, members, readers, self.rank == 0) if self.resume else (0, 0)
+        self._cursors = {str(r.rank): r.state_dict() for r in readers}
         if self.rank == 0:
             for m in members:
                 configs[m.variant].write(m.run_dir)
                 m.dictionary.config = configs[m.variant].to_dict()
         evaluators = eval_instances(self.cfg, self.store) if self.cfg.eval_every > 0 else []
-        streams = [_shard_batches(r) for r in readers]
+        tee = self._start_tee(readers, total_steps)
+        streams = [_shard_batches(r, self._where()) for r in readers]
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.cfg.dtype == "bfloat16" else contextlib.nullcontext()
         metric_files = [open(d / METRICS_FILE, "a") if self.rank == 0 else None for d in self._run_dirs()]
         next_checkpoint = (rows_seen // self.cfg.checkpoint_every + 1) * self.cfg.checkpoint_every
@@ -416,7 +464,7 @@ class _Run:
                     continue
                 if step % self.cfg.log_every == 0 or last:
                     lines = self._log(members, metric_files, step, rows_seen, window_rows / max(time.perf_counter() - window_start, 1e-9))
-                    bar.set_postfix(self._postfix(members, lines), refresh=False)
+                    bar.set_postfix({**self._postfix(members, lines), **self._stream_postfix(readers, lines)}, refresh=False)
                     window_start, window_rows = time.perf_counter(), 0
                 if evaluators and (step % self.cfg.eval_every == 0 or last):
                     paused = time.perf_counter()
@@ -428,6 +476,10 @@ class _Run:
                 if rows_seen >= next_checkpoint or last:
                     self._checkpoint(members, readers, step, rows_seen, [f.tell() if f is not None else 0 for f in metric_files])
                     next_checkpoint = (rows_seen // self.cfg.checkpoint_every + 1) * self.cfg.checkpoint_every
+        except BaseException:
+            if tee is not None:
+                tee.abort()
+            raise
         finally:
             bar.close()
             for s in streams:
@@ -435,12 +487,15 @@ class _Run:
             for f in metric_files:
                 if f is not None:
                     f.close()
+        if tee is not None:
+            tee.finish()
         if self.rank == 0:
             self._finish(members, configs, step, rows_seen)
         return self._run_dirs()
 
-    def _total_steps(self, train_chunks: list) -> int:
-        train_rows = sum(c.rows for c in train_chunks)
+    def _total_steps(self, train_rows: int | None) -> int:
+        if self.cfg.rows is None and train_rows is None:
+            raise BadInputError(f"source {self.plan.source!r} is unbounded; say how many rows to train on with --rows N")
         total_rows = self.cfg.rows if self.cfg.rows is not None else int(self.cfg.epochs * train_rows)
         total_steps = total_rows // self.cfg.batch_size
         if total_steps <= 0:
@@ -458,6 +513,71 @@ class _Run:
             lines.append(line)
         return lines
 
+    # -- streaming -------------------------------------------------------------------------------
+    def _where(self) -> str:
+        return f"source {self.plan.source!r}" if self.plan is not None else f"store {self.store.url}"
+
+    def _heldout_path(self) -> Path:
+        return self.out / HELDOUT_STORE
+
+    def _open_stream(self, has_checkpoint: bool) -> list[ChunkRef]:
+        """Plan a streamed run and write (or reopen) its held-out store; returns its chunks, all held out."""
+        src = self.source
+        if has_checkpoint and not src.seekable:
+            raise BadInputError(f"source {src.name!r} cannot restart at a row (it does not seek), so its streamed run {self.out} "
+                                "cannot --resume; start again with --overwrite, or cache it first and train on the store")
+        self.plan = plan_stream(src, self.cfg, self.shards)
+        if self.resume:  # before the held-out store is touched
+            check_stream_resume(self.plan, self.out)
+        path = self._heldout_path()
+        if self.rank == 0:
+            from ..api import cache
+
+            self.store = cache(HeldOutSlice(src, self.plan), store=str(path), rows=self.plan.heldout_rows, write_shuffle_rows=0,
+                               rank=0, world_size=1, progress=self.show_progress)
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+            if self.rank != 0:
+                self.store = open_store(str(path))
+        trainer_cls, variants, seeds = self._pending
+        if "grads" in trainer_cls.columns:
+            check_gradient_store(self.store, self.trainer_name)
+        members = member_specs(trainer_cls, variants, self.store, self.cfg.site, self.cfg.sites)
+        self._set_members(members, seeds * (len(members) // len(variants)))
+        return self.store.committed_chunks()
+
+    def _stream_keys(self) -> dict[str, str]:
+        """Each store column's key in the source's batches: a site after the first is under its name."""
+        return {r["column"]: ("acts" if i == 0 else r["name"]) for i, r in enumerate(self.store.site_records)}
+
+    def _start_tee(self, readers: list[Any], total_steps: int) -> Any:
+        """``--tee``: start writing the streamed training rows into a store (None without it)."""
+        if self.cfg.tee is None:
+            return None
+        if self.plan is None:
+            raise OptionError("--tee writes what a streamed run streams; train with --source instead of --store, or leave out --tee")
+        from ._tee import Tee
+
+        rows = total_steps * self.cfg.batch_size
+        if self.plan.train_rows is not None:
+            rows = min(rows, self.plan.train_rows)
+        tee = Tee(self.source, self.plan, self.cfg.tee, rows)
+        reader = readers[0]
+        reader.tee = tee.source
+        tee.start(reader.row, reader.window_rows, reader.epoch)
+        return tee
+
+    def _stream_postfix(self, readers: list[Any], lines: list[dict[str, Any]]) -> dict[str, str]:
+        """A streamed run's bar also shows the source's and the trainer's rows/s and the buffer's fill."""
+        if self.plan is None:
+            return {}
+        stats = [r.progress() for r in readers]
+        return {"src/s": f"{sum(s['source_rows_per_s'] for s in stats) * self.world:,.0f}",
+                "train/s": f"{lines[0]['rows_per_s']:,.0f}" if lines else "",
+                "buf": f"{sum(s['buffer_fill'] for s in stats) / len(stats):.0%}"}
+
     @staticmethod
     def _postfix(members: list[Member], lines: list[dict[str, Any]]) -> dict[str, str]:
         """The bar's figures: FVU and L0 of a single run, every member's FVU in a sweep."""
@@ -467,8 +587,11 @@ class _Run:
 
     def _finish(self, members: list[Member], configs: list[RunConfig], step: int, rows_seen: int) -> None:
         """Final weights, then plots, then status "complete": a kill before the last write leaves a run --resume finishes."""
+        last_doc = max((int(c.get("last_doc_id", -1)) for c in self._cursors.values()), default=-1)
         for m, config in zip(members, configs):
             config.training_result = {"steps": step, "rows": rows_seen}
+            if config.stream is not None and last_doc >= 0:  # held-out text for a live model starts after it
+                config.stream = {**config.stream, "next_doc_id": last_doc + 1}
             m.dictionary.save(m.run_dir, config)
             plot_training(m.run_dir)
             config.status = STATUS_COMPLETE

@@ -58,6 +58,8 @@ class TrainConfig:
     """Rows without firing after which a latent counts as dead: in the log and in the AuxK loss of trainers without their own setting; default: the trainer's horizon for this dictionary (topk: 1,000 mean firing intervals, at most 10M rows), else 10M (Gao et al.'s and sparsify's)."""
     buffer_rows: int | None = None
     """Rows mixed in the reader's shuffle buffer (default: 8 chunks, at least 65536 rows)."""
+    tee: str | None = None
+    """Streamed runs (--source): also write the streamed training rows into this store (crash-safe; --resume continues it)."""
     data_shards: int | None = None
     """Shards the data is cut into; default: the DDP world size."""
     eval_every: int = 0

@@ -151,6 +151,8 @@ class DownstreamEvaluator(Evaluator):
             held_out = f"{spec.description}"
         else:
             start = self._start_doc(store) or 0
+            # A streamed run (no store) trained on the documents after its held-out ones: start after those.
+            start = max(start, int((context.run_config.get("stream") or {}).get("next_doc_id") or 0))
             held_out = f"the store's data from document {start} on"
         replacements: dict[str, Any] = {"dictionary": "dictionary", "zero": "zero"}
         mean = (store.normalisation() or {}).get("mean") if store is not None else None

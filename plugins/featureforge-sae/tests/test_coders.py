@@ -255,3 +255,14 @@ def test_loop_trained_crosscoder_reports_per_site_fvu_and_shares(tmp_path):
     assert m["applies"] and m["sites"] == ["in", "out"] and set(m["fvu_per_site"]) == {"in", "out"}
     assert all(v < 0.5 for v in m["fvu_per_site"].values()), m["fvu_per_site"]
     assert (Path(run) / report["evaluators"]["crosscoder"]["artifacts"]["crosscoder"]).stat().st_size > 1000  # relative to the run
+
+
+def test_a_transcoder_trains_streamed_from_a_two_site_source(tmp_path):
+    """Streamed from the live source (no store): the roles come from the source's sites."""
+
+    [run] = featureforge.train("transcoder", {"d_dict": 64, "k": 4, "source": "in", "target": "out"}, source="synthetic",
+                     source_options={"d_in": 16, "n_features": 64, "mean_active": 3.0, "transcoder": True}, out=tmp_path / "tc", rows=8192, batch_size=256, holdout_rows=1024, progress=False)
+    config = json.loads((run / "config.json").read_text())
+    assert config["sites"] == {"acts": "in", "target": "out"}
+    metrics = featureforge.evaluate(run, evaluators=["reconstruction"])["evaluators"]["reconstruction"]["metrics"]
+    assert metrics["fvu_of"] == "target" and 0 < metrics["fvu"] < 0.6
