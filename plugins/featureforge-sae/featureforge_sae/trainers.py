@@ -206,26 +206,25 @@ class TopKTrainer(UnitDecoder, SAETrainer):
                 dictionary.W_dec.mul_(self.options.init_decoder_norm)
 
     def learning_rate(self, dictionary: Any, steps: int | None = None) -> float:
-        """The width rule; for a run of ``steps``: ``0.5 / (d_dict^(1/4) sqrt(steps))``, and with free
-        decoder rows and the unit-norm gradient (topk's defaults) at least ``4 / sqrt(d_dict * steps)``;
-        never below the width rule nor above 32x it.
+        """The width rule; for a run of ``steps``: ``0.5 / (d_dict^(1/4) sqrt(steps))``, times
+        ``(4096 / d_dict)^(1/4)`` held between 1 and sqrt(2) with free decoder rows and the unit-norm
+        gradient (topk's defaults); never below the width rule nor above 32x it.
 
         The width rule (Gao et al. / sparsify's scaling) (2e-4 at 2^14 latents, times (2^14 / d_dict)^0.5) is tuned for runs of many
-        thousands of steps; short runs want far more. Both short-run terms fall as 1/sqrt(steps).
-        The first was fitted with unit decoder rows and the raw gradient at 73-292 steps (best
-        rates ~d_dict^(-1/4)). With free rows and the unit gradient the best rates measured fall
-        faster with the width: 1.4-1.5x the first term at 1,024 latents (73 steps: FVU 0.133 ->
-        0.109; 244 steps: 0.308 -> 0.286), the first term itself at 4,096 (0.5x and 1.5x both
-        worse). Wider dictionaries keep the first term (a lower rate is not measured there).
-        docs/benchmarks.md, "Default learning rate". The cap only binds on runs of a handful of steps.
+        thousands of steps; short runs want far more, falling as 1/sqrt(steps). The quarter-power
+        term was fitted with unit decoder rows and the raw gradient at 73-292 steps. With free rows
+        and the unit gradient the best rates fall faster with the width, as d_dict^(-1/2) between
+        the two widths measured: sqrt(2)x the term at 1,024 latents (FVU 0.133 -> 0.112 at 73 steps,
+        0.291 -> 0.274 at 1,000), the term itself at 4,096 (where 0.5x and 1.5x are both worse).
+        Outside 1,024-4,096 latents the factor is held, not extrapolated. docs/benchmarks.md,
+        "Default learning rate". The cap only binds on runs of a handful of steps.
         """
         rule = 2e-4 / math.sqrt(dictionary.d_dict / 2**14)
         if steps is None:
             return rule
-        steps = max(1, steps)
-        short = 0.5 / (dictionary.d_dict ** 0.25 * math.sqrt(steps))
+        short = 0.5 / (dictionary.d_dict ** 0.25 * math.sqrt(max(1, steps)))
         if self.options.unit_gradient and not self.holds_unit_decoder():
-            short = max(short, 4.0 / math.sqrt(dictionary.d_dict * steps))
+            short *= min(math.sqrt(2.0), max(1.0, (4096 / dictionary.d_dict) ** 0.25))
         return min(32.0 * rule, max(rule, short))
 
     def k_aux(self, d_in: int) -> int:

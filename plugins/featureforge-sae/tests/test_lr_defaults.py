@@ -32,14 +32,15 @@ def _rates(d_dict, steps, **options):
 
 def test_topk_default_rate_grows_for_short_runs_and_is_the_width_rule_for_long_ones():
     rule, short = _rates(1024, 100)
-    assert short == pytest.approx(4.0 / (1024 * 100) ** 0.5)  # 1.25e-2, 16x the width rule
+    assert short == pytest.approx(2 ** 0.5 * 0.5 / (1024 ** 0.25 * 10))  # 1.25e-2, 16x the width rule
     assert _rates(1024, 1_000_000)[1] == pytest.approx(rule)
     assert _rates(1024, 1)[1] == pytest.approx(32 * rule)
     assert _rates(1024, 400)[1] == pytest.approx(short / 2)  # 1/sqrt(steps)
-    # free rows + unit gradient: up to 4,096 latents the rate falls as d_dict^(-1/2) ...
+    # free rows + unit gradient: between 1,024 and 4,096 latents the rate falls as d_dict^(-1/2) ...
     assert _rates(4096, 73)[1] / _rates(1024, 73)[1] == pytest.approx(0.5)
-    assert _rates(512, 73)[1] / _rates(1024, 73)[1] == pytest.approx(2 ** 0.5)
-    # ... wider, as d_dict^(-1/4) (the older rule, which it meets at 4,096)
+    assert _rates(2048, 73)[1] / _rates(1024, 73)[1] == pytest.approx(0.5 ** 0.5)
+    # ... outside them as d_dict^(-1/4), the factor held at sqrt(2) and 1
+    assert _rates(512, 73)[1] / _rates(1024, 73)[1] == pytest.approx(2 ** 0.25)
     assert _rates(2**14, 73)[1] / _rates(4096, 73)[1] == pytest.approx(0.25 ** 0.25)
 
 
