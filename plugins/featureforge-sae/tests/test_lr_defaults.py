@@ -36,12 +36,14 @@ def test_topk_default_rate_grows_for_short_runs_and_is_the_width_rule_for_long_o
     assert _rates(1024, 1_000_000)[1] == pytest.approx(rule)
     assert _rates(1024, 1)[1] == pytest.approx(32 * rule)
     assert _rates(1024, 400)[1] == pytest.approx(short / 2)  # 1/sqrt(steps)
-    # free rows + unit gradient: between 1,024 and 4,096 latents the rate falls as d_dict^(-1/2) ...
+    # free rows + unit gradient: sqrt(2)x the quarter-power rule at 1,024 latents, 1x at 4,096 (the
+    # widths measured), so the rate falls as d_dict^(-1/2) between them ...
     assert _rates(4096, 73)[1] / _rates(1024, 73)[1] == pytest.approx(0.5)
     assert _rates(2048, 73)[1] / _rates(1024, 73)[1] == pytest.approx(0.5 ** 0.5)
-    # ... outside them as d_dict^(-1/4), the factor held at sqrt(2) and 1
-    assert _rates(512, 73)[1] / _rates(1024, 73)[1] == pytest.approx(2 ** 0.25)
-    assert _rates(2**14, 73)[1] / _rates(4096, 73)[1] == pytest.approx(0.25 ** 0.25)
+    # ... and the factor returns to 1 on either side (the quarter-power rule, as with unit rows)
+    for d_dict in (256, 512, 4096, 2**14):
+        assert _rates(d_dict, 73)[1] == pytest.approx(_rates(d_dict, 73, decoder="unit")[1])
+    assert _rates(768, 73)[1] > _rates(768, 73, decoder="unit")[1]
 
 
 @pytest.mark.parametrize("options", [{"decoder": "unit"}, {"unit_gradient": False}])
