@@ -213,22 +213,27 @@ class TopKTrainer(UnitDecoder, SAETrainer):
                 dictionary.W_dec.mul_(self.options.init_decoder_norm)
 
     def learning_rate(self, dictionary: Any, steps: int | None = None) -> float:
-        """The width rule; for a run of ``steps``: 0.5 / (d_dict^(1/4) sqrt(steps)), never below the
-        width rule nor above 32x it.
+        """The width rule; for a run of ``steps``: ``0.5 / (d_dict^(1/4) sqrt(steps))``, and with free
+        decoder rows and the unit-norm gradient (topk's defaults) times a factor that peaks at sqrt(2)
+        at 1,024 latents: ``min((d_dict / 512)^(1/2), (4096 / d_dict)^(1/4))`` held in [1, sqrt(2)];
+        never below the width rule nor above 32x it.
 
         The width rule (Gao et al. / sparsify's scaling) (2e-4 at 2^14 latents, times (2^14 / d_dict)^0.5) is tuned for runs of many
-        thousands of steps; short runs want far more, and their best rate depends less on the
-        width. Measured on synthetic stores at 73-292 steps (docs/benchmarks.md, "Default learning
-        rate"): the best rates fall as 1/sqrt(steps) and as about d_dict^(-1/4) (1.3e-2 at 512
-        latents, ~1e-2 at 1,024, 7e-3 at 4,096 for 73 steps, where 1e-2 already leaves 45% of the
-        latents silent on held-out rows and 1.5e-2 70%). A run reaches the width rule after
-        ~12k steps at 1,024 latents, ~24k at 4,096, ~49k at 2^14; the cap only binds on runs of a
-        handful of steps.
+        thousands of steps; short runs want far more, falling as 1/sqrt(steps). The quarter-power
+        term was fitted with unit decoder rows and the raw gradient at 73-292 steps. With free rows
+        and the unit gradient the best rates measured are sqrt(2)x the term at 1,024 latents (FVU
+        0.133 -> 0.112 at 73 steps, 0.291 -> 0.274 at 1,000) and the term itself at 4,096 (0.5x and
+        1.5x both worse). No other width was measured, so the factor returns to 1 on either side:
+        at 512 latents a 28-step run (the quick demo) at sqrt(2)x left half its k slots empty.
+        docs/benchmarks.md, "Default learning rate". The cap only binds on runs of a handful of steps.
         """
         rule = 2e-4 / math.sqrt(dictionary.d_dict / 2**14)
         if steps is None:
             return rule
         short = 0.5 / (dictionary.d_dict ** 0.25 * math.sqrt(max(1, steps)))
+        if self.options.unit_gradient and not self.holds_unit_decoder():
+            d = dictionary.d_dict
+            short *= min(math.sqrt(2.0), max(1.0, min((d / 512) ** 0.5, (4096 / d) ** 0.25)))
         return min(32.0 * rule, max(rule, short))
 
     def k_aux(self, d_in: int) -> int:

@@ -21,24 +21,41 @@ def _fvu(run, store) -> float:
     return evaluate(run, store, ["reconstruction"])["evaluators"]["reconstruction"]["metrics"]["fvu"]
 
 
-def test_topk_default_rate_grows_for_short_runs_and_is_the_width_rule_for_long_ones():
+def _rates(d_dict, steps, **options):
     from featureforge_sae.trainers import TopKTrainer
     from featureforge_sae.options import TopKOptions
 
-    def rates(d_dict, steps):
-        trainer = TopKTrainer(TopKOptions(d_dict=d_dict, k=8))
-        d = trainer.build(64)
-        return trainer.learning_rate(d), trainer.learning_rate(d, steps)
+    trainer = TopKTrainer(TopKOptions(d_dict=d_dict, k=8, **options))
+    d = trainer.build(64)
+    return trainer.learning_rate(d), trainer.learning_rate(d, steps)
 
-    rule, short = rates(1024, 100)
+
+def test_topk_default_rate_grows_for_short_runs_and_is_the_width_rule_for_long_ones():
+    rule, short = _rates(1024, 100)
+    assert short == pytest.approx(2 ** 0.5 * 0.5 / (1024 ** 0.25 * 10))  # 1.25e-2, 16x the width rule
+    assert _rates(1024, 1_000_000)[1] == pytest.approx(rule)
+    assert _rates(1024, 1)[1] == pytest.approx(32 * rule)
+    assert _rates(1024, 400)[1] == pytest.approx(short / 2)  # 1/sqrt(steps)
+    # free rows + unit gradient: sqrt(2)x the quarter-power rule at 1,024 latents, 1x at 4,096 (the
+    # widths measured), so the rate falls as d_dict^(-1/2) between them ...
+    assert _rates(4096, 73)[1] / _rates(1024, 73)[1] == pytest.approx(0.5)
+    assert _rates(2048, 73)[1] / _rates(1024, 73)[1] == pytest.approx(0.5 ** 0.5)
+    # ... and the factor returns to 1 on either side (the quarter-power rule, as with unit rows)
+    for d_dict in (256, 512, 4096, 2**14):
+        assert _rates(d_dict, 73)[1] == pytest.approx(_rates(d_dict, 73, decoder="unit")[1])
+    assert _rates(768, 73)[1] > _rates(768, 73, decoder="unit")[1]
+
+
+@pytest.mark.parametrize("options", [{"decoder": "unit"}, {"unit_gradient": False}])
+def test_unit_rows_or_the_raw_gradient_keep_the_quarter_power_rule(options):
+    rule, short = _rates(1024, 100, **options)
     assert short == pytest.approx(0.5 / (1024 ** 0.25 * 10))  # 8.8e-3, 11x the width rule
-    assert rates(1024, 1_000_000)[1] == pytest.approx(rule)
-    assert rates(1024, 1)[1] == pytest.approx(32 * rule)
-    assert rates(1024, 400)[1] == pytest.approx(short / 2)  # 1/sqrt(steps)
+    assert short < _rates(1024, 100)[1]
     # short runs: the rate falls as d_dict^(-1/4) with the width, not as the rule's d_dict^(-1/2)
-    wide_rule, wide = rates(4096, 73)
-    assert wide / rates(1024, 73)[1] == pytest.approx(0.25 ** 0.25)
-    assert wide_rule / rule == pytest.approx(0.5) and wide > 16 * wide_rule
+    wide_rule, wide = _rates(4096, 73, **options)
+    assert wide / _rates(1024, 73, **options)[1] == pytest.approx(0.25 ** 0.25)
+    assert wide > 16 * wide_rule
+    assert wide == pytest.approx(_rates(4096, 73)[1])  # the two rules meet at 4,096 latents
 
 
 def test_default_rate_beats_the_width_rule_on_a_short_run(short_store, tmp_path):

@@ -47,6 +47,18 @@ def plain_formula(arch: str, t: dict, x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 @torch.no_grad()
+def clear_selection(arch: str, t: dict, x: torch.Tensor, k: int) -> torch.Tensor:
+    """Rows whose top-k choice no rounding can flip (k-th and next pre-activation apart by > 1e-4
+    relative); in a near tie the two forwards' different summation orders may pick different
+    latents, which moves that row's x_hat by a whole decoder row. Other architectures: every row."""
+    if arch != "topk":
+        return torch.ones(x.shape[0], dtype=torch.bool)
+    pre = F.relu((x - t["b_dec"]) @ t["encoder.weight"].T + t["encoder.bias"])
+    top = pre.topk(k + 1, dim=1).values
+    return (top[:, k - 1] - top[:, k]) > 1e-4 * top[:, k - 1].abs().clamp_min(1e-6)
+
+
+@torch.no_grad()
 def fvu(x: torch.Tensor, x_hat: torch.Tensor) -> float:
     x, x_hat = x.double(), x_hat.double()
     return float((x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
@@ -72,7 +84,9 @@ def test_run_folder_weights_work_on_raw_rows(tmp_path, raw_store, arch):
     ours = fvu(x, x_hat)
     assert ours < 0.99  # it learned something, so agreement below is not two copies of "predict the mean"
     assert fvu(x, plain) == pytest.approx(ours, rel=1e-4, abs=1e-6)
-    torch.testing.assert_close(plain, x_hat, rtol=1e-4, atol=1e-3)
+    rows = clear_selection(arch, tensors, x, k)
+    assert rows.float().mean() > 0.99
+    torch.testing.assert_close(plain[rows], x_hat[rows], rtol=1e-4, atol=1e-3)
 
     # the training state stays in training units (--resume continues from it bit for bit)
     ckpt = load_file(str(run / "checkpoint" / "tensors.safetensors"))
@@ -92,7 +106,9 @@ def test_evaluate_and_export_after_folding(tmp_path, raw_store):
     assert sl_cfg["metadata"]["featureforge"]["input_scale_folded"] == pytest.approx(cfg["normalisation"]["scale"])
     sl = load_file(str(out / "sae_weights.safetensors"))
     t = {"encoder.weight": sl["W_enc"].T, "encoder.bias": sl["b_enc"], "W_dec": sl["W_dec"], "b_dec": sl["b_dec"]}
-    torch.testing.assert_close(plain_formula("topk", t, x, 4), loaded(x).x_hat, rtol=1e-4, atol=1e-4)
+    rows = clear_selection("topk", t, x, 4)
+    assert rows.float().mean() > 0.99
+    torch.testing.assert_close(plain_formula("topk", t, x, 4)[rows], loaded(x).x_hat[rows], rtol=1e-4, atol=1e-4)
     report = featureforge.evaluate(run, store=raw_store.url, evaluators=["reconstruction"])
     with torch.no_grad():
         expected = fvu(x, loaded(x).x_hat)
