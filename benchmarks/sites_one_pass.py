@@ -57,10 +57,10 @@ def main() -> None:
         one_pass, separate = [], []
         for rep in range(args.repeats):
             start = time.perf_counter()
-            both = ff.cache("hf", dict(opts, hook="all-blocks"), store=work / f"all{rep}", rows=args.rows, progress=False)
+            both = ff.cache("hf", dict(opts, hook="all-blocks"), store=work / f"all{rep}", rows=args.rows, rows_per_chunk=2048, progress=False)
             one_pass.append(time.perf_counter() - start)
             start = time.perf_counter()
-            stores = [ff.cache("hf", dict(opts, hook=h), store=work / f"{h}-{rep}", rows=args.rows, progress=False) for h in hooks]
+            stores = [ff.cache("hf", dict(opts, hook=h), store=work / f"{h}-{rep}", rows=args.rows, rows_per_chunk=2048, progress=False) for h in hooks]
             separate.append(time.perf_counter() - start)
         same = all(np.array_equal(both.site(h).read(0, both.rows), s.read(0, s.rows)) for h, s in zip(hooks, stores))
         result = {
