@@ -24,6 +24,14 @@ size ``s_j``, or 1 in absolute units) and ``P`` the orthogonal projector on thei
 
 so ``add`` of a latent's unit decoder row with ``s = u_i·|d_i|`` is the latent ``add`` above, and
 one intervention model scores latents and vectors alike. α = 0 in ``add`` gives ``x`` bit for bit.
+
+Dictionaries that read one site and write another (issue #23): a latent edit is a
+:class:`featureforge.live.ReadEdit`, so the codes come from what the dictionary reads and the
+decoded difference lands where it writes. A transcoder: ``z = encode(x_source)`` and the target
+site's rows (an MLP's output) become ``y + decode(z') - decode(z)``: ``add`` is ``y + α·u_i·d_i``
+with ``d_i`` the decoder row in the target's raw units, clamp and ablate add ``(z'_i - z_i)·d_i``,
+and the rest of the output (the transcoder's error, its skip term) is kept. A crosscoder: ``z``
+from every site's clean rows at once, and each site gets its own slice of the decoded difference.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from typing import Any, Callable, Iterable, Literal, Sequence
 import torch
 
 from .errors import BadInputError
+from .live import ReadEdit
 
 Mode = Literal["add", "clamp", "ablate"]
 Units = Literal["typical", "absolute"]
@@ -89,19 +98,23 @@ def edit_codes(codes: torch.Tensor, interventions: Sequence[Intervention], typic
     return out
 
 
-def replacement(dictionary: Any, interventions: Sequence[Intervention], typical: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The row replacement ``x -> x + decode(z') - decode(z)`` that a live model's splice applies."""
+def replacement(dictionary: Any, interventions: Sequence[Intervention], typical: torch.Tensor | None = None) -> ReadEdit:
+    """The row replacement ``x -> x + decode(z') - decode(z)`` that a live model's splice applies,
+    with ``z`` the codes of what the dictionary reads (the rows themselves at a one-site hook)."""
     interventions = list(interventions)
     for iv in interventions:
         iv.check(int(dictionary.d_dict), typical)
 
-    def apply(rows: torch.Tensor) -> torch.Tensor:
+    def apply(read: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            codes = dictionary.encode(rows.float())
+            codes = dictionary.encode(read.float())
             delta = dictionary.decode(edit_codes(codes, interventions, typical)) - dictionary.decode(codes)
-            return (rows.float() + delta).to(rows.dtype)
+            if tuple(delta.shape) != tuple(rows.shape):
+                raise BadInputError(f"the dictionary decodes rows of shape {tuple(delta.shape[1:])} but the site it edits has rows of shape "
+                                    f"{tuple(rows.shape[1:])}; steer it in the model (and at the sites) it was trained on")
+            return (rows.float() + delta.to(rows.device)).to(rows.dtype)
 
-    return apply
+    return ReadEdit(apply)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -182,7 +195,8 @@ def latent_directions(dictionary: Any, latents: Sequence[int], typical: torch.Te
     """(unit decoder rows [k, d] in original units, their typical sizes u_i·|d_i| [k] or None).
 
     A decoder row in original units is ``decode(e_i) - decode(0)``, whatever the dictionary's
-    normalisation, so it is the direction ``add`` moves the activation along.
+    normalisation, so it is the direction ``add`` moves the activation along (a transcoder's is in
+    its target site; a crosscoder's is every site's row side by side, ``[k, S*d]``).
     """
     latents = [int(i) for i in latents]
     d_dict = int(dictionary.d_dict)
@@ -193,7 +207,7 @@ def latent_directions(dictionary: Any, latents: Sequence[int], typical: torch.Te
     with torch.no_grad():
         eye = torch.zeros(len(latents), d_dict, device=device)
         eye[torch.arange(len(latents)), torch.as_tensor(latents)] = 1.0
-        rows = (dictionary.decode(eye) - dictionary.decode(torch.zeros_like(eye[:1]))).float().cpu()
+        rows = (dictionary.decode(eye) - dictionary.decode(torch.zeros_like(eye[:1]))).float().cpu().reshape(len(latents), -1)
     norms = rows.norm(dim=-1)
     if bool((norms == 0).any()):
         raise BadInputError(f"latent {latents[int((norms == 0).nonzero()[0])]} has a zero decoder row; it has no direction")

@@ -22,6 +22,9 @@ replace=, token_mask=)`` ``replace`` (``"dictionary"``, ``"none"``, ``"zero"``, 
 ``reads``, ``sites``   a transcoder's source site (it writes ``site`` from the rows read there) or a
                        crosscoder's sites (all replaced at once: a clean pass reads them, a second
                        pass writes each site's reconstruction)
+``ReadEdit``           a replacement computed from what the dictionary reads: ``edit(read, rows)``
+                       gets the source site's rows (a transcoder) or every site's stacked (a
+                       crosscoder) beside the rows it replaces; steering a latent is one
 ``batches``,           held-out data as :class:`TokenBatch` and the summed downstream quantities
 ``compare``            of one batch (what the ``downstream`` evaluator adds up)
 =====================  ============================================================================
@@ -39,9 +42,28 @@ import torch
 from .errors import BadInputError
 from .sites import HookSite
 
-__all__ = ["KINDS", "LiveModel", "Replacement", "TokenBatch"]
+__all__ = ["KINDS", "LiveModel", "ReadEdit", "Replacement", "TokenBatch"]
 
-#: ``replace`` values: a fixed rule or a function of the rows ``[n, d] -> [n, d]``.
+
+class ReadEdit:
+    """A row replacement that also sees what the dictionary reads: ``edit(read, rows) -> new rows``.
+
+    Why: a transcoder's latents come from its source site (an MLP's input) while its edit lands at
+    its target site (the MLP's output), and a crosscoder's from all its sites at once; a plain
+    ``rows -> rows`` function only sees the rows it replaces. At a transcoder's target ``read`` is
+    the source site's rows at the same positions; for a crosscoder both are every site's clean rows
+    stacked ``[n, S, d]`` (its clean pass) and the result is written site by site; at a one-site
+    hook ``read`` is ``rows`` (so a ``ReadEdit`` is also a plain ``rows -> rows`` function).
+    """
+
+    def __init__(self, edit: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
+        self.edit = edit
+
+    def __call__(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.edit(rows, rows)
+
+
+#: ``replace`` values: a fixed rule or a function of the rows ``[n, d] -> [n, d]`` (or a :class:`ReadEdit`).
 Replacement = Union[str, Callable[[torch.Tensor], torch.Tensor]]
 KINDS = ("causal-lm", "encoder")
 
@@ -156,15 +178,16 @@ class LiveModel:
             # no_grad, not inference_mode: the dictionary runs inside, and tensors it caches across
             # calls (kernel workspaces) must stay usable by training afterwards.
             with torch.no_grad():
-                if self.sites and replace == "dictionary":
-                    self._rebuilt = self._rebuild_sites(input_ids, attention_mask)
+                if self.sites and (replace == "dictionary" or isinstance(replace, ReadEdit)):
+                    self._rebuilt = self._rebuild_sites(input_ids, attention_mask, replace)
                 self._replace = replace
                 return self.forward(input_ids, attention_mask)
         finally:
             self._replace, self._mask, self._source, self._rebuilt, self._reading = "none", None, None, None, None
 
-    def _rebuild_sites(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """A crosscoder's reconstruction ``[n, S, d]`` of every site's rows from one clean pass.
+    def _rebuild_sites(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, replace: Replacement = "dictionary") -> torch.Tensor:
+        """A crosscoder's reconstruction ``[n, S, d]`` of every site's rows from one clean pass (or a
+        :class:`ReadEdit`'s new rows of every site, from the clean rows stacked).
 
         Why two passes: the crosscoder reads all its sites to encode, and a site patched in the
         same pass would change what the later sites see. So every site is read clean first, then
@@ -177,16 +200,19 @@ class LiveModel:
         missing = [s.name for s, rows in zip(self.sites, read) if rows is None]
         if missing:
             raise BadInputError(f"sites {', '.join(missing)} never ran in the model's forward pass; splice the crosscoder into the model it was trained on")
-        out = self.dictionary(torch.stack(read, 1).float())
+        stacked = torch.stack(read, 1)
+        if isinstance(replace, ReadEdit):
+            return replace.edit(stacked, stacked)
+        out = self.dictionary(stacked.float())
         return out.x_hat if hasattr(out, "x_hat") else out
 
     @contextlib.contextmanager
     def patch(self, replace: Replacement) -> Iterator["LiveModel"]:
         """Inside the block every forward pass of ``self.model`` is replaced at every position
         (padding and special tokens included), e.g. a transformers ``model.generate(...)``."""
-        if self.sites and replace == "dictionary":
-            raise BadInputError("a crosscoder is spliced from a clean pass of every site, which a patched generate() cannot run; "
-                                "use live(input_ids, ...) or patch with a function")
+        if self.sites and (replace == "dictionary" or isinstance(replace, ReadEdit)):
+            raise BadInputError("a crosscoder is spliced (and its latents steered) from a clean pass of every site, which a patched "
+                                "generate() cannot run; use live(input_ids, ...) (featureforge steer does) or patch with a plain function")
         self._patch = replace
         try:
             yield self
@@ -237,14 +263,20 @@ class LiveModel:
             return None
         rows = x[mask]
         if replace == "dictionary" and self.reads is not None:
-            if self._source is None:
-                raise BadInputError(f"the transcoder's source site {self.reads.name} did not run before {self.site.name}; "
-                                    "the source must come earlier in the forward pass than the site it writes")
-            out = self.dictionary(self._source[mask].float())
+            out = self.dictionary(self._source_rows(mask).float())
             new = out.x_hat if hasattr(out, "x_hat") else out
+        elif isinstance(replace, ReadEdit) and self.reads is not None:
+            new = replace.edit(self._source_rows(mask), rows)
         else:
             new = self.replacement(rows, replace)
         return self._written(x, mask, rows, new)
+
+    def _source_rows(self, mask: torch.Tensor) -> torch.Tensor:
+        """The transcoder's source rows at ``mask`` (kept by :meth:`_read_source` earlier in this pass)."""
+        if self._source is None:
+            raise BadInputError(f"the transcoder's source site {self.reads.name} did not run before {self.site.name}; "  # type: ignore[union-attr]
+                                "the source must come earlier in the forward pass than the site it writes")
+        return self._source[mask]
 
     def _at_one_of_sites(self, index: int, x: torch.Tensor) -> torch.Tensor | None:
         """Site ``index`` of a crosscoder: read (clean pass), or write its slice of the reconstruction."""
@@ -255,7 +287,8 @@ class LiveModel:
         if replace == "none" or mask is None:
             return None
         rows = x[mask]
-        new = self._rebuilt[:, index] if replace == "dictionary" else self.replacement(rows, replace)
+        rebuilt = replace == "dictionary" or isinstance(replace, ReadEdit)
+        new = self._rebuilt[:, index] if rebuilt else self.replacement(rows, replace)
         return self._written(x, mask, rows, new)
 
     @staticmethod

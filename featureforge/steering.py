@@ -12,6 +12,12 @@ source rebuilds its live model, ``source.splice(dictionary)`` yields a
 positions. Steering checks up front (:func:`steerable`) that the live model reads text
 (``prompt_ids``, ``decode``, ``token_texts``) and is a causal LM or an encoder.
 
+Transcoders and crosscoders (issue #23): a latent's codes come from what the dictionary reads
+and its edit lands where it writes (``interventions.replacement`` is a ``live.ReadEdit``): a
+transcoder's latents from its source site (an MLP's input), the edit added at its target (the
+MLP's output); a crosscoder's from every site's clean rows, each site edited by its own decoder
+rows. Typical values come from the same rows of the store (``ActivationStore.for_roles``).
+
 Causal LMs: greedy (or seeded sampling) continuations with and without the intervention, and the
 next-token distribution shift at the prompt's end (KL(clean ‖ steered), most promoted and
 suppressed tokens by log-probability gain). Encoders: 1 − cos between the pooled embeddings.
@@ -84,6 +90,8 @@ class SteerResult:
     vectors: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     #: Every module the edit is applied at (the site first).
     hooks: list[str] = dataclasses.field(default_factory=list)
+    #: Where the latents are read when that is not ``hook`` (a transcoder's source; a crosscoder's sites).
+    reads: list[str] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -112,8 +120,38 @@ def steerable(live: Any, *, text: bool = True) -> LiveModel:
     return live
 
 
+def dictionary_roles(dictionary: Any) -> dict[str, Any]:
+    """The store sites a run's batch roles came from (config.json ``sites``: ``{"acts", "target"}`` of
+    a transcoder, ``{"sites": [...]}`` of a crosscoder); ``{}`` for a dictionary of one site."""
+    return dict((getattr(dictionary, "config", None) or {}).get("sites") or {})
+
+
+def read_view(dictionary: Any, store: Any) -> Any:
+    """The view of ``store`` whose rows ``dictionary`` encodes (its source site, its sites side by
+    side, or the store itself), refusing a store whose width is not the dictionary's in one line."""
+    view = store.for_roles(dictionary_roles(dictionary))
+    sites = dictionary_roles(dictionary).get("sites") or [None]
+    want = int(dictionary.d_in) * len(sites)
+    if view.d_in != want:
+        what = f"its {len(sites)} sites side by side" if len(sites) > 1 else "rows"
+        raise BadInputError(f"the dictionary reads {what} of width {want} but store {store.url} has width {view.d_in}; pass the store it was trained on")
+    return view
+
+
+def live_sites(live: Any) -> tuple[list[str], list[str]]:
+    """(sites the edit is written at, sites the latents are read at when others) of a spliced live model."""
+    def named(site: Any) -> str:
+        return site.name + (":input" if site.where == "input" else "")
+
+    if live.sites:
+        names = [named(s) for s in live.sites]
+        return names, names
+    return [live.hook], [named(live.reads)] if live.reads is not None else []
+
+
 def store_typical(dictionary: Any, store: Any, rows: int = TYPICAL_ROWS) -> torch.Tensor:
-    """Each latent's mean non-zero code over the store's first ``rows`` rows."""
+    """Each latent's mean non-zero code over the first ``rows`` rows it reads from the store."""
+    store = read_view(dictionary, store)
     rpc = store.rows_per_chunk
     blocks = (store.read(ref.index * rpc, ref.index * rpc + ref.rows) for ref in store.committed_chunks())
     return typical_values(dictionary, (torch.from_numpy(b) for b in blocks), max_rows=rows)
@@ -125,8 +163,7 @@ def _resolve(run: Any, store: Any) -> tuple[Any, Any]:
 
     dictionary = run if isinstance(run, Dictionary) else load(run)
     opened = store if isinstance(store, ActivationStore) else open_store(store)
-    if int(dictionary.d_in) != opened.d_in:
-        raise BadInputError(f"the dictionary has d_in={dictionary.d_in} but store {opened.url} has width {opened.d_in}; pass the store it was trained on")
+    read_view(dictionary, opened)
     return dictionary, opened
 
 
@@ -213,6 +250,9 @@ def opened(run: Any = None, *, store: Any = None, latents: Sequence[int] = (), v
     dictionary = typical = None
     if latents:
         dictionary, store = _resolve(run, store)
+        if directions and "sites" in dictionary_roles(dictionary):
+            raise BadInputError("a crosscoder's decoder row spans all its sites, so it is no direction at one hook; "
+                                "steer its latents as code edits (drop --as-directions and --vector)")
         typical = store_typical(dictionary, store)
         source = live_source(store, device)
         if vectors and vectors[0].d_in != int(dictionary.d_in):
@@ -233,7 +273,8 @@ def opened(run: Any = None, *, store: Any = None, latents: Sequence[int] = (), v
             raise BadInputError(f"the dictionary's hook is {site} but the edit is asked at {wanted}; make the vector at {site} or pass --hook {site}")
         if vectors and not hooks and vectors[0].hook != site:
             raise BadInputError(f"vector {vectors[0].name!r} was made at {vectors[0].hook} but the live model hooks {site}; pass --hook {vectors[0].hook}")
-        handle = _handle(dictionary, typical, latents, vectors, mode, units, directions, [site, *hooks[1:]])
+        written, _ = live_sites(live) if latents and not directions else ([site], [])
+        handle = _handle(dictionary, typical, latents, vectors, mode, units, directions, [*written, *hooks[1:]])
         with live.also_at(hooks[1:]):
             yield live, handle
 
@@ -313,7 +354,8 @@ def steer(
         return SteerResult(prompt=prompt, kind=live.kind, hook=live.hook, latents=handle.latents, mode=mode, units=units,
                            positions=list(positions) if positions is not None else None, typical=handle.typical,
                            clean_text=clean_text, outcomes=outcomes, handle=handle.kind, labels=handle.labels,
-                           vectors=handle.vectors, hooks=handle.hooks)
+                           vectors=handle.vectors, hooks=handle.hooks,
+                           reads=live_sites(live)[1] if handle.kind == "latents" else [])
 
 
 def steer_live(live: LiveModel, dictionary: Any, typical: torch.Tensor, plans: Sequence[Intervention], prompt: str, *,
@@ -328,7 +370,7 @@ def steer_live(live: LiveModel, dictionary: Any, typical: torch.Tensor, plans: S
         prompt=prompt, kind=live.kind, hook=live.hook, latents=latents, mode=plans[0].mode if plans else "add",
         units=plans[0].units if plans else "typical", positions=list(positions) if positions is not None else None,
         typical=[float(typical[i]) for i in latents], clean_text=clean_text, outcomes=outcomes,
-        labels=[f"latent:{i}" for i in latents], hooks=[live.hook],
+        labels=[f"latent:{i}" for i in latents], hooks=live_sites(live)[0], reads=live_sites(live)[1],
     )
 
 
@@ -422,7 +464,10 @@ def summary_lines(result: SteerResult) -> list[str]:
                  f"prompt {result.prompt!r}, continuations:"]
     else:
         typical = ", ".join(f"{i}: {t:.3g}" for i, t in zip(result.latents, result.typical))
-        lines = [f"{result.mode} latent(s) {', '.join(map(str, result.latents))} at {result.hook} (typical value {typical}); prompt {result.prompt!r}, continuations:"]
+        where = f"at {result.hook}"
+        if result.reads:
+            where = f"read at {', '.join(result.reads)}, written at {', '.join(result.hooks or [result.hook])}"
+        lines = [f"{result.mode} latent(s) {', '.join(map(str, result.latents))} {where} (typical value {typical}); prompt {result.prompt!r}, continuations:"]
     if result.clean_text is not None:
         lines.append(f"{'clean':<18} {result.clean_text!r}")
     for o in result.outcomes:

@@ -56,6 +56,23 @@ def test_a_store_of_two_sites_has_a_column_and_statistics_per_site(planted):
     assert np.array_equal(out.ground_truth()["features"], planted.ground_truth()["features_out"])
 
 
+def test_views_for_a_dictionarys_roles_read_its_source_or_its_sites_side_by_side(tmp_path, planted):
+    """``for_roles``: what a transcoder (its acts site) or a crosscoder (its sites stacked) encodes."""
+    from writeshuffle_source import Sequences
+
+    assert planted.for_roles({"acts": "in", "target": "out"}).sites == ["in"]
+    assert planted.site("out").for_roles({"acts": "in"}).d_in == 16  # from a view: the whole store's site
+    assert planted.for_roles({}) is planted
+    store = ff.cache(Sequences(rows=1024, sites=3, width=4), store=tmp_path / "three", rows_per_chunk=256, progress=False)
+    stacked = store.for_roles({"sites": ["second", "acts"]})
+    assert stacked.d_in == 8 and stacked.stacked_sites == ["second", "acts"]
+    rows = stacked.read(100, 140)
+    assert np.array_equal(rows, np.concatenate([store.site("second").read(100, 140), store.read(100, 140)], 1))
+    assert np.array_equal(stacked.read(100, 140, "positions"), store.read(100, 140, "positions"))
+    with pytest.raises(ff.BadInputError, match="widths"):
+        planted.stacked(["in", "out"])
+
+
 def test_a_one_site_store_names_one_site_and_refuses_unknown_ones(tmp_path):
     store = ff.cache("synthetic", {"d_in": 8}, store=tmp_path / "one", rows=1024, rows_per_chunk=256, progress=False)
     assert store.sites == ["acts"] and "sites" not in store.attrs

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 import shlex
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -158,6 +158,23 @@ class ActivationStore:
         if found is None:
             raise BadInputError(f"store {self.url} has no site {name!r}; its sites are: {', '.join(self.sites)}")
         return SiteView(self, found, first=found is records[0])
+
+    def stacked(self, names: "Sequence[str]") -> "ActivationStore":
+        """A view whose ``acts`` are the rows of sites ``names`` side by side (``[n, S*d]``, site after
+        site): what a crosscoder over them encodes, for readers that take one ``acts`` column."""
+        return StackedView(self, [self.site(n) for n in names])
+
+    def for_roles(self, roles: "Mapping[str, Any] | None") -> "ActivationStore":
+        """The view whose ``acts`` a dictionary with these batch roles encodes (config.json ``sites``):
+        its ``acts`` site (a transcoder's source), its ``sites`` side by side (a crosscoder), else this
+        store itself (a run on a one-site store)."""
+        roles = dict(roles or {})
+        whole = getattr(self, "base", self)
+        if roles.get("acts"):
+            return whole.site(roles["acts"])
+        if roles.get("sites"):
+            return whole.stacked(list(roles["sites"]))
+        return self
 
     @property
     def site_name(self) -> str:
@@ -503,6 +520,43 @@ class SiteView(ActivationStore):
 
     def refresh(self) -> "ActivationStore":
         return self.base.refresh().site(self._record["name"])
+
+
+class StackedView(SiteView):
+    """Several sites of one width side by side: ``acts`` rows are ``[n, S*d]`` (each site's own rows,
+    in order), the per-row columns are the store's; statistics and writing belong to the sites."""
+
+    def __init__(self, base: ActivationStore, views: "list[ActivationStore]"):
+        widths = {v.d_in for v in views}
+        if not views or len(widths) != 1:
+            raise BadInputError(f"sites {', '.join(v.site_name for v in views)} of store {base.url} have widths "
+                                f"{sorted(widths)}; stack sites of one width")
+        first = views[0]
+        super().__init__(base, first.site_records[0], first.site_records[0] is base.site_records[0])
+        self.views = list(views)
+
+    @property
+    def d_in(self) -> int:
+        return sum(v.d_in for v in self.views)
+
+    @property
+    def stacked_sites(self) -> list[str]:
+        """The stacked sites' names, in order."""
+        return [v.site_name for v in self.views]
+
+    def read(self, start: int, stop: int, column: str = "acts") -> np.ndarray:
+        if column != "acts":
+            return super().read(start, stop, column)
+        return np.concatenate([v.read(start, stop) for v in self.views], axis=1)
+
+    def normalisation(self) -> dict[str, Any]:
+        raise BadInputError(f"stacked sites {', '.join(self.stacked_sites)} have one normalisation each; read it from store.site(NAME)")
+
+    def info(self) -> dict[str, Any]:
+        return self.base.info() | {"stacked_sites": self.stacked_sites, "d_in": self.d_in}
+
+    def refresh(self) -> "ActivationStore":
+        return self.base.refresh().stacked(self.stacked_sites)
 
 
 # -- opening and creating -------------------------------------------------------------------------

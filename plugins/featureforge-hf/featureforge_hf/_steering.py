@@ -29,6 +29,10 @@ model (``add``, α × its typical firing value; ``featureforge.interventions``) 
 per-latent rows are in ``steering.json``; plot ``steering.png``. ``push_norm`` is |u_i·d_i|, the
 size of the α = 1 edit: compare dictionaries' scores at equal push, or against their control. Encoders: ``embedding_distance``
 (1 − cos of pooled embeddings) and ``stability`` of the pooled-embedding change vectors.
+
+A transcoder's latent fires (and is silent) on its source site's rows and is added at its target
+site (α·u_i·d_i in the MLP's output); a crosscoder's fires on every site's rows and is added at
+each site by its own decoder rows (its control: a random direction over all sites of equal norm).
 """
 
 from __future__ import annotations
@@ -103,6 +107,7 @@ class SteeringEvaluator(DownstreamEvaluator):
     def evaluate(self, dictionary: Any, context: EvaluationContext) -> EvaluationResult:
         import torch
 
+        from featureforge.live import ReadEdit
         from featureforge.steering import store_typical
 
         o = self.options
@@ -130,11 +135,11 @@ class SteeringEvaluator(DownstreamEvaluator):
                 ids, mask, keep = batch.input_ids.to(live.device), batch.attention_mask.to(live.device), batch.token_mask.to(live.device)
                 held: list[torch.Tensor] = []
 
-                def spy(x: torch.Tensor) -> torch.Tensor:
-                    held.append(x)
+                def spy(read: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+                    held.append(read)  # what the dictionary encodes (a transcoder's source rows, a crosscoder's sites)
                     return x
 
-                clean = live(ids, mask, replace=spy, token_mask=keep).float()
+                clean = live(ids, mask, replace=ReadEdit(spy), token_mask=keep).float()
                 with torch.no_grad():
                     codes = dictionary.encode(held[0].float())
                     seq_of_row = torch.nonzero(keep)[:, 0].to(codes.device)
@@ -234,6 +239,8 @@ class SteeringEvaluator(DownstreamEvaluator):
         """Every metric of one handle at each α, and of a random direction of equal push (the control)."""
         import torch
 
+        from featureforge.live import ReadEdit
+
         o = self.options
         silent = handle["silent"]
         # push_norm: the size of the α = 1 edit in original units (|u_i d_i| for a latent); the control matches it.
@@ -246,10 +253,10 @@ class SteeringEvaluator(DownstreamEvaluator):
             if o.control:
                 shift = (alpha * rand).detach()
 
-                def control(x: torch.Tensor, shift: torch.Tensor = shift) -> torch.Tensor:
-                    return x + shift.to(x.device, x.dtype)
+                def control(read: torch.Tensor, x: torch.Tensor, shift: torch.Tensor = shift) -> torch.Tensor:
+                    return x + shift.to(x.device, x.dtype).view(x.shape[1:])  # a crosscoder's rows [n, S, d]: over every site
 
-                row.update(_effects(live, ids, mask, keep, clean, silent, control, o.top_tokens, f"a{alpha:g}", prefix="control_"))
+                row.update(_effects(live, ids, mask, keep, clean, silent, ReadEdit(control), o.top_tokens, f"a{alpha:g}", prefix="control_"))
         return row
 
     def _contexts(self, live: Any, store: Any) -> Any:

@@ -3,6 +3,10 @@
 Metrics go into ``report.json``; the per-latent table (counts, density, max activation, number of
 facets and their sizes) goes into the ``facets.json`` artifact; with ``-o site=DIR`` the HTML
 dashboard is written there (``featureforge dashboard`` sets it).
+
+A run of several sites (config.json ``sites``) is shown on the rows it encodes: a transcoder's
+source site (e.g. an MLP's input), a crosscoder's sites side by side (``store.for_roles``); its
+pages say where each latent reads and writes (``sites_page``).
 """
 
 from __future__ import annotations
@@ -97,11 +101,14 @@ class FacetsEvaluator(Evaluator):
         from .contexts import require_tokens, token_decoder
         from .effects import token_effects, unembedding
         from .live_embed import live_embedder
+        from .sites_page import output_rows, site_sections
 
         o = self.options
         store = context.store
         if store is None:
             raise BadInputError("the facets evaluator needs an activation store; pass --store")
+        roles = context.roles or dict((getattr(dictionary, "config", None) or {}).get("sites") or {})
+        store = store.for_roles(roles)
         check_match(dictionary, store, dict(context.run_config))
         text = o.contexts == "on" or (o.contexts == "auto" and "token_ids" in store.columns)
         if text or o.embed != "acts":
@@ -117,8 +124,12 @@ class FacetsEvaluator(Evaluator):
                             seed=o.seed, progress=bar.update)
         latents = requested if requested is not None else choose_latents(found, o.features)
         decode = token_decoder(source if text else None)
-        w_u, effects_note = unembedding(source, dictionary.d_in) if text else (None, "no token ids in the store")
-        effects = token_effects(dictionary.decoder_directions.detach(), w_u, latents, decode) if w_u is not None else None
+        rows_out, written = output_rows(dictionary, roles)
+        w_u, effects_note = unembedding(source, int(rows_out.shape[-1])) if text else (None, "no token ids in the store")
+        if w_u is not None and written:
+            effects_note += f", decoder rows in site {written}"
+        effects = token_effects(rows_out, w_u, latents, decode) if w_u is not None else None
+        sites = site_sections(dictionary, roles, latents)
         shown = RecordSettings(shown=o.shown, bands=o.bands, text=text, layout="" if o.layout == "none" else o.layout)
         site = None
         if o.site:
@@ -137,6 +148,8 @@ class FacetsEvaluator(Evaluator):
             if site is not None:
                 if rec["id"] in steering:
                     rec["steering"] = steering[rec["id"]]
+                if rec["id"] in sites:
+                    rec["sites"] = sites[rec["id"]]
                 if o.compare:
                     rec["matches"] = matches.get(rec["id"], [])
                 site.feature(rec)
@@ -159,6 +172,9 @@ class FacetsEvaluator(Evaluator):
             "output_effects": effects is not None,
             "output_effects_note": effects_note,
         }
+        if roles.get("target") or roles.get("sites"):  # where the latents are read and written
+            metrics["reads"] = list(roles["sites"]) if roles.get("sites") else [roles["acts"]]
+            metrics["writes"] = list(roles["sites"]) if roles.get("sites") else [roles["target"]]
         context.out_dir.mkdir(parents=True, exist_ok=True)
         table_path = context.out_dir / "facets.json"
         table_path.write_text(json.dumps({"rows": found.rows, "features": {str(k): v for k, v in table.items()}}))
@@ -194,9 +210,11 @@ def _store_source(context: EvaluationContext) -> Any:
 
 
 def check_match(dictionary: Any, store: Any, run_config: dict[str, Any]) -> None:
-    """Refuse a store whose width or provenance differs from the run's training store."""
-    if int(dictionary.d_in) != store.d_in:
-        raise BadInputError(f"the dictionary has d_in={dictionary.d_in} but store {store.url} has d_in={store.d_in}; "
+    """Refuse a store whose width or provenance differs from the run's training store (``store``: the
+    view of the rows the dictionary encodes; a crosscoder's sites side by side are as wide as all of them)."""
+    want = int(dictionary.d_in) * len(getattr(store, "stacked_sites", None) or [None])
+    if want != store.d_in:
+        raise BadInputError(f"the dictionary reads rows of width {want} but store {store.url} has d_in={store.d_in}; "
                             "use a store cached at the hook point the run was trained on")
     trained = run_config.get("store") if isinstance(run_config.get("store"), dict) else {}
     old, new = trained.get("provenance") or {}, store.provenance

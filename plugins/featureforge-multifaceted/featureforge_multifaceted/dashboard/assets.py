@@ -141,7 +141,16 @@ function ffFeature(f) {
   }
   steering(f.steering);
   matches(f.matches);
+  sites(f.sites);
   ready("feature " + f.id);
+}
+function sites(s) {  // sites_page.py: a transcoder's source and target, a crosscoder's decoder-norm share per site
+  var box = document.getElementById("sites");
+  if (!s) { box.appendChild(el("p", {className: "note", text: "one site: the latent is read and written at the store's hook"})); return; }
+  box.appendChild(el("p", {className: "note", text: "read at " + s.reads.join(", ") + "; written at " + s.writes.map(function (w) { return w.site; }).join(", ")}));
+  var rows = [el("tr", {}, [el("th", {text: "written at"}), el("th", {className: "num", text: "decoder norm"}), el("th", {className: "num", text: "share"})])];
+  s.writes.forEach(function (w) { rows.push(el("tr", {className: "site"}, [el("td", {text: w.site}), num("norm", w.norm), num("share", w.share)])); });
+  box.appendChild(el("table", {}, rows));
 }
 function matches(m) {  // from featureforge compare (-o compare=FOLDER): this latent's best partner in each other run
   var box = document.getElementById("matches");
@@ -234,6 +243,7 @@ FEATURE_BODY = """
 <h2>Output-token effects</h2><div id="effects"></div>
 <h2>Steering</h2><div id="steering"></div>
 <h2>Best matches in compared runs</h2><div id="matches"></div>
+<h2>Sites</h2><div id="sites"></div>
 <script>loadFeature();</script>
 """
 
