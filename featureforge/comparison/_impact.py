@@ -65,10 +65,13 @@ def ablation_impact(
     if mode not in ("mean", "zero"):
         raise BadInputError(f"ablation mode {mode!r} is not mean or zero")
     units = [int(u) for u in units]  # none: every edit is the identity, so each ΔCE is exactly 0 (a check of the splice)
-    if len(set(units)) < len(units):
-        raise BadInputError(f"units {units} name a unit twice; pass each unit once")
+    twice = sorted({u for u in units if units.count(u) > 1})
+    if twice:
+        raise BadInputError(f"unit {twice[0]} is named twice; pass each unit once")
     opened = store if isinstance(store, ActivationStore) else open_store(store)
     dictionary = load(run)
+    if int(dictionary.d_in) != opened.d_in:
+        raise BadInputError(f"run {run} reads rows of width {dictionary.d_in} but store {opened.url} has width {opened.d_in}; pass the store of its site")
     m = int(dictionary.d_dict)
     bad = [u for u in units if not 0 <= u < m]
     if bad:

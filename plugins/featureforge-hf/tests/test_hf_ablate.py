@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from click.testing import CliRunner
@@ -88,6 +89,7 @@ def test_given_units_are_ablated_on_the_runs_own_store_and_printed(setup, tmp_pa
     (["--from-compare", "{cmp}", "--top", "1.5"], r"^Error: --top is a fraction of the units in \[0, 1\], got 1.5$"),
     (["--top", "0.1"], r"^Error: --top and --above pick units from a comparison; pass --from-compare COMPARISON too$"),
     ([], r"^Error: nothing to ablate; pass --units or --from-compare COMPARISON$"),
+    (["--units", "3,9,3"], r"^Error: unit 3 is named twice; pass each unit once$"),
     (["--units", "a,b"], r"^Error: --units 'a,b' is not a comma list of unit numbers"),
 ])
 def test_bad_input_is_refused_in_one_line(setup, tmp_path, args, message):
@@ -95,7 +97,7 @@ def test_bad_input_is_refused_in_one_line(setup, tmp_path, args, message):
     result = CliRunner().invoke(cli, ["ablate", setup["run0"], *args])
     assert result.exit_code == 1
     assert len(result.output.strip().splitlines()) == 1
-    assert __import__("re").match(message, result.output.strip()), result.output
+    assert re.match(message, result.output.strip()), result.output
 
 
 def test_a_run_outside_the_comparison_is_refused(setup, tmp_path):
