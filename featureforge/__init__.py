@@ -1,7 +1,7 @@
 """featureforge: learn and study feature dictionaries from neural-network activations.
 
-The library API has the CLI's verbs: ``cache``, ``open_store``, ``train``, ``evaluate``, ``compare``, ``load``,
-``export`` and ``import_run``. Plugins subclass the role classes (``ActivationSource``,
+The library API has the CLI's verbs: ``cache``, ``open_store``, ``train``, ``evaluate``, ``compare``, ``ablate``,
+``load``, ``export`` and ``import_run``. Plugins subclass the role classes (``ActivationSource``,
 ``DictionaryTrainer``, ``Evaluator``; trainers build a ``Dictionary``) and register them with
 ``hookimpl``. ``__all__`` is the public API, pinned by ``tests/test_public_api.py``; the packages'
 faces ``featureforge.store``, ``featureforge.training`` and ``featureforge.evaluation`` and the modules
@@ -16,7 +16,7 @@ opt-in process settings).
 
 from typing import Any
 
-from .api import cache, compare, decompose, evaluate, export, import_run, load, make_source, open_store, steer, steered, train, vector
+from .api import ablate, cache, compare, decompose, evaluate, export, import_run, load, make_source, open_store, steer, steered, train, vector
 from .evaluation import EvaluationContext, rebuild_source
 from .errors import (
     BadInputError,
@@ -63,6 +63,7 @@ __all__ = [
     "StoreError",
     "StoreMismatchError",
     "TrainState",
+    "ablate",
     "cache",
     "compare",
     "decompose",

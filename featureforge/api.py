@@ -6,7 +6,7 @@ import os
 from typing import Any, Literal, Mapping, Sequence
 
 from .errors import OptionError
-from .comparison import compare
+from .comparison import ablate, compare
 from .evaluation._evaluate import evaluate
 from .plugins import get_registry
 from .roles import ActivationSource
@@ -16,7 +16,7 @@ from .store._view import ActivationStore, open_store
 from .store._format import STORAGE_DTYPES, default_rows_per_chunk, default_write_shuffle_rows
 from .store._writer import StoreWriter
 
-__all__ = ["cache", "compare", "decompose", "evaluate", "export", "import_run", "load", "make_source", "open_store", "steer", "steered", "train", "vector"]
+__all__ = ["ablate", "cache", "compare", "decompose", "evaluate", "export", "import_run", "load", "make_source", "open_store", "steer", "steered", "train", "vector"]
 
 
 def make_source(source: str | ActivationSource, options: Mapping[str, Any] | Sequence[str] | None = None) -> ActivationSource:

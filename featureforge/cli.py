@@ -368,6 +368,71 @@ def _compare_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+@cli.command(name="ablate")
+@click.argument("run")
+@click.option("--from-compare", "compare", default=None,
+              help="A comparison folder (featureforge compare --out) the run is part of: the units are taken from its runs/K.json and the "
+                   "result is written to its ablation/K.json.")
+@click.option("--top", type=float, default=None, help="With --from-compare: ablate this fraction of the units, highest score first (0.05: the top 5%).")
+@click.option("--above", type=float, default=None,
+              help="With --from-compare: ablate the units scoring above it (default: the comparison's --excess-threshold, its universal units).")
+@click.option("--by", type=click.Choice(["excess", "best"]), default="excess", show_default=True,
+              help="Score: Gurnee et al.'s excess correlation over the rotated baseline, or the mean best correlation with the other runs.")
+@click.option("--units", default=None, help="Units to ablate instead: a comma list (3,17,40) or a file of them (JSON list or numbers).")
+@click.option("--store", default=None, help="Store whose source runs the live model (default: the comparison's store of the run, else the run's own).")
+@click.option("--mode", type=click.Choice(["mean", "zero"]), default="mean", show_default=True,
+              help="mean: clamp each unit's code to its mean over the store's rows; zero: set it to 0.")
+@click.option("--random-sets", type=int, default=3, show_default=True, help="Frequency-matched random sets of the same size to ablate for comparison.")
+@click.option("--sequences", type=int, default=64, show_default=True, help="Held-out sequences (documents after the store's) the CE is measured on.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random sets.")
+@click.option("--out", default=None, help="Also write the result to this JSON file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+def ablate_command(run: str, compare: str | None, top: float | None, above: float | None, by: str, units: str | None, store: str | None,
+                   mode: str, random_sets: int, sequences: int, seed: int, out: str | None, as_json: bool) -> None:
+    """Ablate a run's units (a comparison's universal set, or given) and frequency-matched random sets: the CE-loss change of each.
+
+    The functional-impact test of Gurnee et al. 2024: does removing the universal units hurt the
+    model's next-token loss more than removing as many units that fire as often?
+    """
+    from . import api
+    from .comparison._ablate import summary_lines
+
+    result = api.ablate(run, units=_unit_list(units) if units is not None else None, compare=compare, top=top, above=above, by=by,
+                        store=store, mode=mode, random_sets=random_sets, max_sequences=sequences, seed=seed, out=out)
+    if as_json:
+        _echo_json(result)
+    else:
+        for line in summary_lines(result):
+            click.echo(line)
+    written = [p for p in (result.get("file"), out) if p]
+    if written:
+        click.echo(f"Wrote {', '.join(map(str, written))}", err=as_json)
+
+
+def _unit_list(text: str) -> list[int]:
+    """``--units``: a comma list, or a file holding a JSON list ({"units": [...]} too) or numbers separated by commas or spaces."""
+    from .errors import OptionError
+
+    path = Path(text)
+    if text and path.is_file():
+        body = path.read_text()
+        try:
+            data = json.loads(body)
+        except ValueError:
+            data = body.replace(",", " ").split()
+        if isinstance(data, dict):
+            data = data.get("units", data.get("universal"))
+        if not isinstance(data, list):
+            raise OptionError(f"--units file {path} holds no list of units; write a JSON list or numbers separated by commas")
+        items = [str(x) for x in data]
+    else:
+        items = [t for t in text.replace(" ", "").split(",") if t]
+    try:
+        return [int(t) for t in items]
+    except ValueError:
+        raise OptionError(f"--units {text!r} is not a comma list of unit numbers nor a file of them; pass e.g. --units 3,17,40") from None
+
+
 @cli.command(name="export")
 @click.argument("run")
 @click.option("--format", "fmt", type=TrainerFormat(), required=True, help="A format the run's trainer declares.")

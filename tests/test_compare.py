@@ -106,6 +106,26 @@ def test_identity_run_holds_the_units_and_compares_as_a_dictionary(store, tmp_pa
     assert pair["same_unit"]["mean_correlation"] == 1.0 and data["a_activation"]["same_index"] == [1.0] * store.d_in
 
 
+def test_ablate_picks_a_comparisons_units_and_refuses_a_store_without_a_live_model(store, tmp_path):
+    """The synthetic source has no model to run: the set is chosen, then the ablation is refused in one line."""
+    for name in ("n0", "n1"):
+        ff.train("neurons", store=store.url, out=str(tmp_path / name), progress=False)
+    ff.compare([tmp_path / "n0", tmp_path / "n1"], store=store.url, out=tmp_path / "cmp", progress=False, baseline=False)
+    picked = ff.comparison.select_units(tmp_path / "cmp", "n1", top=0.25, by="best")
+    best = json.loads((tmp_path / "cmp" / "runs" / "1.json").read_text())["mean_best_correlation"]
+    assert picked["index"] == 1 and len(picked["units"]) == round(0.25 * store.d_in)
+    assert min(best[i] for i in picked["units"]) >= max(b for i, b in enumerate(best) if i not in picked["units"])
+    runner = CliRunner()
+    result = runner.invoke(cli, ["ablate", "n0", "--from-compare", str(tmp_path / "cmp"), "--top", "0.25", "--by", "best"])
+    assert result.exit_code == 1
+    assert result.output.strip() == (f"Error: store {store.url}'s source 'synthetic' cannot run its model; "
+                                     "ablation needs a source with a live model (hf)")
+    # compared without the rotated baseline: no excess correlation to pick by
+    result = runner.invoke(cli, ["ablate", str(tmp_path / "n0"), "--from-compare", str(tmp_path / "cmp"), "--top", "0.25"])
+    assert result.exit_code == 1 and "has no excess correlation for its runs (compared with --no-baseline); compare again with --baseline" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
 def test_identity_trainer_refuses_a_sweep_or_resume(store, tmp_path):
     with pytest.raises(ff.OptionError, match="learns nothing"):
         ff.train("identity", store=store.url, out=str(tmp_path / "n"), resume=True, progress=False)

@@ -25,7 +25,7 @@ EXPECTED_EXPORTS = {
     # the plugin registry: every registered class by kind and name
     "get_registry",
     # the verbs (the CLI's commands) and the store they open
-    "cache", "train", "evaluate", "compare", "load", "export", "import_run", "open_store", "ActivationStore", "steer", "steered",
+    "cache", "train", "evaluate", "compare", "ablate", "load", "export", "import_run", "open_store", "ActivationStore", "steer", "steered",
     # steering vectors: made from two prompt sets, expressed in a dictionary's latents
     "vector", "decompose",
     # building a registered source by name (what `--source NAME -o ...` does), or a store's own again
@@ -130,6 +130,19 @@ def test_compare_has_the_full_signature_of_the_command():
     params = inspect.signature(featureforge.compare).parameters
     assert {"runs", "store", "out", "rows", "thresholds", "rule_threshold", "excess_threshold", "baseline"} <= set(params)
     assert not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def test_ablate_has_the_full_signature_of_the_command_and_the_impact_is_public():
+    from featureforge.comparison import _ablate, _impact
+
+    assert featureforge.ablate is _ablate.ablate
+    params = inspect.signature(featureforge.ablate).parameters
+    assert {"run", "units", "compare", "top", "above", "by", "store", "mode", "random_sets", "max_sequences", "seed", "out"} == set(params)
+    assert not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    import featureforge.comparison as comparison
+
+    assert {"ablate", "ablation_impact", "frequency_matched", "select_units"} <= set(comparison.__all__)
+    assert comparison.ablation_impact is _impact.ablation_impact
 
 
 def _featureforge_imports(path: Path) -> list[tuple[str, str]]:

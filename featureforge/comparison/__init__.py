@@ -6,7 +6,8 @@ dictionaries and stores), ``_similarity`` (each pair's cosines and correlations)
 similarity matrix seen in blocks), ``_correlation`` (code correlations
 streamed over the eval rows, and the rotation baseline), ``_rows`` (which rows are compared, and
 the token check between stores of different models), ``_impact`` (the CE-loss change when a
-set of units is ablated, against frequency-matched random sets) and ``_plots``. ``best_matches`` reads a
+set of units is ablated, against frequency-matched random sets), ``_ablate`` (``featureforge ablate``: which
+units, from a comparison or given, and the result written beside the comparison) and ``_plots``. ``best_matches`` reads a
 written comparison back (the dashboard's feature pages use it).
 """
 
@@ -17,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from ._compare import COMPARE_FILE, DEFAULT_THRESHOLDS, PAIRS_DIR, compare, pair_file
+from ._ablate import ABLATION_DIR, ablate, select_units
 from ._impact import ablation_impact, frequency_matched
 
-__all__ = ["COMPARE_FILE", "DEFAULT_THRESHOLDS", "PAIRS_DIR", "ablation_impact", "best_matches", "compare", "frequency_matched", "pair_file"]
+__all__ = ["ABLATION_DIR", "COMPARE_FILE", "DEFAULT_THRESHOLDS", "PAIRS_DIR", "ablate", "ablation_impact", "best_matches", "compare",
+           "frequency_matched", "pair_file", "select_units"]
 
 
 def best_matches(out: str | Path, run: str | Path, latent: int | None = None) -> dict[int, list[dict[str, Any]]]:

@@ -64,11 +64,20 @@ def ablation_impact(
 
     if mode not in ("mean", "zero"):
         raise BadInputError(f"ablation mode {mode!r} is not mean or zero")
-    units = [int(u) for u in units]
-    if not units:
-        raise BadInputError("no units to ablate; pass at least one")
+    units = [int(u) for u in units]  # none: every edit is the identity, so each ΔCE is exactly 0 (a check of the splice)
+    twice = sorted({u for u in units if units.count(u) > 1})
+    if twice:
+        raise BadInputError(f"unit {twice[0]} is named twice; pass each unit once")
     opened = store if isinstance(store, ActivationStore) else open_store(store)
     dictionary = load(run)
+    if int(dictionary.d_in) != opened.d_in:
+        raise BadInputError(f"run {run} reads rows of width {dictionary.d_in} but store {opened.url} has width {opened.d_in}; pass the store of its site")
+    m = int(dictionary.d_dict)
+    bad = [u for u in units if not 0 <= u < m]
+    if bad:
+        raise BadInputError(f"unit {bad[0]} is out of range for run {run} ({m} units); pass units in 0..{m - 1}")
+    if frequency is not None and len(frequency) != m:
+        raise BadInputError(f"{len(frequency)} firing frequencies for run {run}'s {m} units; pass the frequencies of this run's units")
     source = rebuild_source(opened)
     if not source.can_splice:
         raise BadInputError(f"store {opened.url}'s source {source.name!r} cannot run its model; ablation needs a source with a live model (hf)")
@@ -81,7 +90,7 @@ def ablation_impact(
     sets = {"ablated": units, **{f"random{k}": frequency_matched(units, freq, rng) for k in range(random_sets)}}
 
     def edit(chosen: list[int]) -> Any:
-        if mode == "zero":
+        if mode == "zero" and chosen:
             return replacement(dictionary, [Intervention(tuple(chosen), "ablate")])
         return replacement(dictionary, [Intervention((u,), "clamp", float(mean[u]), "absolute") for u in chosen])
 

@@ -158,7 +158,7 @@ def _check_out(out: Path) -> None:
 
 def _clear(out: Path) -> None:
     """Drop the files of an earlier comparison written into ``out`` (it may have compared other runs)."""
-    for sub, pattern in ((PAIRS_DIR, "*.json"), ("runs", "*.json"), (PLOTS_DIR, "*.png")):
+    for sub, pattern in ((PAIRS_DIR, "*.json"), ("runs", "*.json"), ("ablation", "*.json"), (PLOTS_DIR, "*.png")):
         for old in (out / sub).glob(pattern):
             old.unlink()
 
